@@ -1,0 +1,27 @@
+"""Pydantic schemas shared by the control plane, the client and the CLI (no heavy imports)."""
+
+from kubeml.api.schemas import (
+    DatasetInfo,
+    EpochRecord,
+    FunctionInfo,
+    History,
+    InferRequest,
+    LogLine,
+    OptimizerState,
+    TaskInfo,
+    TaskState,
+    TrainRequest,
+)
+
+__all__ = [
+    "DatasetInfo",
+    "EpochRecord",
+    "FunctionInfo",
+    "History",
+    "InferRequest",
+    "LogLine",
+    "OptimizerState",
+    "TaskInfo",
+    "TaskState",
+    "TrainRequest",
+]

@@ -1,0 +1,1 @@
+"""The control plane: engine, scheduler, train jobs, merge, metadata, HTTP server."""

@@ -1,0 +1,1 @@
+"""What happens inside one function invocation: its arguments, context, sync and execution."""

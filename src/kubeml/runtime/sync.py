@@ -1,0 +1,36 @@
+"""The sync interface between a function and the parameter server.
+
+A function never calls the parameter server directly: it publishes its weights to the
+model store and sends a small `RoundReport` through a `SyncChannel`, which blocks until
+the round is merged and answers with a `Release`. Each backend supplies the channel
+(a direct call, a pipe to the worker's parent, a Ray actor), so the function path makes
+no assumption about where the parameter server runs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+
+@dataclass(frozen=True)
+class RoundReport:
+    task_id: str
+    func_id: int
+    round: int
+    samples: int  # trained in this round; the merge weight
+    loss_sum: float  # sum of batch losses in this round
+    batches: int
+    final: bool  # this function's shard is done; it leaves after this round
+    handle: Any = None  # model-store handle of the published weights, if the store needs one
+
+
+@dataclass(frozen=True)
+class Release:
+    proceed: bool  # False: stop requested or the task failed; the function returns now
+
+
+class SyncChannel(Protocol):
+    def publish(self, report: RoundReport) -> Release:
+        """Announce published weights and block until the round is merged."""
+        ...

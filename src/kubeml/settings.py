@@ -1,0 +1,64 @@
+"""Configuration: one `Settings` object, read from `KUBEML_*` variables at entry points only."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from enum import Enum
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class BackendKind(str, Enum):
+    """Where function invocations run."""
+
+    PROCESS = "process"
+    INLINE = "inline"
+    RAY = "ray"
+
+
+def _default_home() -> Path:
+    return Path.home() / ".kubeml"
+
+
+def _default_capacity() -> int:
+    return os.cpu_count() or 1
+
+
+class Settings(BaseSettings):
+    """Everything configurable about a kubeml installation.
+
+    Build it with `Settings()` in an entry point (CLI, server, test) and pass it down;
+    library code never reads the environment itself.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="KUBEML_", extra="ignore")
+
+    home: Path = Field(default_factory=_default_home, description="where kubeml keeps its state")
+    host: str = "127.0.0.1"
+    port: int = 10100
+    api_token: str | None = None
+    url: str | None = Field(default=None, description="control plane URL for the client")
+    backend: BackendKind = BackendKind.PROCESS
+    ray_address: str | None = None
+    capacity: int = Field(default_factory=_default_capacity, ge=1, description="function slots")
+    worker_idle_timeout_s: float = Field(default=300.0, gt=0)
+    round_timeout_s: float = Field(default=600.0, gt=0)
+    shm_dir: Path | None = Field(default=None, description="fast scratch for weights")
+
+    @property
+    def server_url(self) -> str:
+        return self.url or f"http://{self.host}:{self.port}"
+
+    def scratch_dir(self) -> Path:
+        """Directory for transient weights: shared memory when the OS has it."""
+        if self.shm_dir is not None:
+            return self.shm_dir
+        shm = Path("/dev/shm")
+        if shm.is_dir() and os.access(shm, os.W_OK):
+            # One scratch per home, so two installations on one machine never collide.
+            tag = hashlib.sha1(str(self.home.resolve()).encode()).hexdigest()[:10]
+            return shm / f"kubeml-{os.getuid()}-{tag}"
+        return self.home / "scratch"

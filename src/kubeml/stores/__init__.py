@@ -1,0 +1,1 @@
+"""Dataset and model stores: where arrays and weights live between invocations."""

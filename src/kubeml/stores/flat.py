@@ -1,0 +1,117 @@
+"""A model state as a few flat buffers, one per dtype, so weights move as whole blocks.
+
+Copying a state dict tensor by tensor costs a Python call per tensor; copying one flat
+buffer per dtype is a memcpy. The layout is derived from the state dict once per task and
+shared by the parameter server and every function of the task.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
+
+_ALIGN = 64  # bytes; every group starts on a cache line
+
+
+@dataclass(frozen=True)
+class Entry:
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    offset: int  # in elements, inside its dtype group
+
+    @property
+    def numel(self) -> int:
+        n = 1
+        for d in self.shape:
+            n *= d
+        return n
+
+
+@dataclass(frozen=True)
+class FlatLayout:
+    """Where each tensor of a state dict lives inside the per-dtype flat buffers."""
+
+    entries: tuple[Entry, ...]
+    group_numel: tuple[tuple[str, int], ...]  # (dtype, numel), in file order
+
+    @classmethod
+    def from_state(cls, state: dict[str, torch.Tensor]) -> FlatLayout:
+        sizes: dict[str, int] = {}
+        entries = []
+        for name, tensor in state.items():
+            dtype = str(tensor.dtype).removeprefix("torch.")
+            offset = sizes.get(dtype, 0)
+            entries.append(Entry(name, dtype, tuple(tensor.shape), offset))
+            sizes[dtype] = offset + tensor.numel()
+        return cls(tuple(entries), tuple(sorted(sizes.items())))
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "entries": [[e.name, e.dtype, list(e.shape), e.offset] for e in self.entries],
+                "groups": [list(g) for g in self.group_numel],
+            }
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> FlatLayout:
+        raw = json.loads(text)
+        entries = tuple(Entry(n, d, tuple(s), o) for n, d, s, o in raw["entries"])
+        return cls(entries, tuple((d, int(n)) for d, n in raw["groups"]))
+
+    def byte_spans(self) -> list[tuple[str, int, int]]:
+        """(dtype, byte offset, numel) for each group of a flat file."""
+        import torch
+
+        spans, pos = [], 0
+        for dtype, numel in self.group_numel:
+            spans.append((dtype, pos, numel))
+            nbytes = numel * getattr(torch, dtype).itemsize
+            pos += -(-nbytes // _ALIGN) * _ALIGN
+        return spans
+
+    @property
+    def nbytes(self) -> int:
+        import torch
+
+        total = 0
+        for dtype, numel in self.group_numel:
+            total += -(-(numel * getattr(torch, dtype).itemsize) // _ALIGN) * _ALIGN
+        return total
+
+    def views(self, groups: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The state dict as views into the flat groups (no copy)."""
+        return {
+            e.name: groups[e.dtype][e.offset : e.offset + e.numel].view(e.shape)
+            for e in self.entries
+        }
+
+    def flatten_into(self, state: dict[str, torch.Tensor], groups: dict[str, torch.Tensor]) -> None:
+        """Copy every tensor of `state` into its place in `groups`."""
+        import torch
+
+        with torch.no_grad():
+            for e in self.entries:
+                groups[e.dtype][e.offset : e.offset + e.numel].copy_(state[e.name].reshape(-1))
+
+    def unflatten_into(self, groups: dict[str, torch.Tensor], state: dict[str, torch.Tensor]) -> None:
+        """Copy the flat groups back into the (live) tensors of `state`, in place."""
+        import torch
+
+        with torch.no_grad():
+            for name, view in self.views(groups).items():
+                state[name].copy_(view)
+
+    def check_matches(self, state: dict[str, torch.Tensor]) -> None:
+        if FlatLayout.from_state(state) != self:
+            from kubeml.errors import StorageError
+
+            raise StorageError(
+                "the model's parameters differ from the task's reference model "
+                "(did the network change between invocations?)"
+            )

@@ -1,0 +1,208 @@
+"""Model store: the task's reference model, each function's published weights, final models.
+
+Transient weights (reference and published) live in flat files in shared memory
+(`/dev/shm` when the OS has it) and are memory-mapped once per process, so a K-AVG round
+moves whole buffers and never pickles. Final models are `torch.save`d under the kubeml
+home and loaded with `weights_only=True`; they stay until the task's history is deleted.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import threading
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from kubeml.errors import NotFoundError, StorageError
+from kubeml.stores.flat import FlatLayout
+
+if TYPE_CHECKING:
+    import torch
+
+Groups = dict[str, "torch.Tensor"]
+
+
+class ModelStore(ABC):
+    """Weights of running and finished tasks, as seen by functions and the job."""
+
+    # -- function side ----------------------------------------------------------------
+    @abstractmethod
+    def write_reference(self, task_id: str, state: dict[str, torch.Tensor]) -> None:
+        """Publish `state` as the task's reference model (fixes the task's layout)."""
+
+    @abstractmethod
+    def load_reference_into(self, task_id: str, state: dict[str, torch.Tensor]) -> None:
+        """Overwrite the live tensors of `state` with the reference model, in place."""
+
+    @abstractmethod
+    def publish(self, task_id: str, func_id: int, state: dict[str, torch.Tensor]) -> Any:
+        """Store a function's weights for the current round; returns a handle for the job."""
+
+    # -- parameter-server side ----------------------------------------------------------
+    @abstractmethod
+    def layout(self, task_id: str) -> FlatLayout: ...
+
+    @abstractmethod
+    def published_groups(self, task_id: str, func_id: int, handle: Any) -> Groups:
+        """Read-only flat groups of a function's published weights."""
+
+    @abstractmethod
+    def reference_groups(self, task_id: str) -> Groups:
+        """Writable flat groups of the reference model (the merge writes here)."""
+
+    @abstractmethod
+    def clear_task(self, task_id: str) -> None:
+        """Drop the transient weights of a task."""
+
+    # -- durable models -----------------------------------------------------------------
+    @abstractmethod
+    def save_final(self, task_id: str) -> None:
+        """Persist the current reference model as the task's trained model."""
+
+    @abstractmethod
+    def load_final(self, task_id: str) -> dict[str, torch.Tensor]: ...
+
+    @abstractmethod
+    def has_final(self, task_id: str) -> bool: ...
+
+    @abstractmethod
+    def delete_final(self, task_id: str) -> None: ...
+
+
+class LocalModelStore(ModelStore):
+    """Model store on this machine: shared-memory scratch plus files under the home."""
+
+    def __init__(self, scratch_dir: Path, models_dir: Path) -> None:
+        self.scratch_dir = Path(scratch_dir)
+        self.models_dir = Path(models_dir)
+        self._maps: dict[Path, Any] = {}
+        self._layouts: dict[str, FlatLayout] = {}
+        self._lock = threading.Lock()
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"scratch_dir": self.scratch_dir, "models_dir": self.models_dir}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["scratch_dir"], state["models_dir"])  # type: ignore[misc]
+
+    # -- files --------------------------------------------------------------------------
+    def _task_dir(self, task_id: str) -> Path:
+        return self.scratch_dir / task_id
+
+    def _groups(self, path: Path, layout: FlatLayout, *, create: bool) -> Groups:
+        import numpy as np
+        import torch
+
+        with self._lock:
+            mm = self._maps.get(path)
+            if mm is None:
+                if create and not path.exists():
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    with open(path, "wb") as f:
+                        f.truncate(layout.nbytes)
+                elif not path.exists():
+                    raise NotFoundError(f"no weights at {path}: the task's transient state is gone")
+                mm = np.memmap(path, dtype=np.uint8, mode="r+", shape=(layout.nbytes,))
+                self._maps[path] = mm
+        groups = {}
+        for dtype, offset, numel in layout.byte_spans():
+            tdtype = getattr(torch, dtype)
+            raw = torch.from_numpy(mm[offset : offset + numel * tdtype.itemsize])
+            groups[dtype] = raw.view(tdtype)
+        return groups
+
+    def layout(self, task_id: str) -> FlatLayout:
+        layout = self._layouts.get(task_id)
+        if layout is None:
+            path = self._task_dir(task_id) / "layout.json"
+            try:
+                layout = FlatLayout.from_json(path.read_text())
+            except FileNotFoundError as exc:
+                raise NotFoundError(f"task {task_id!r} has no reference model yet") from exc
+            self._layouts[task_id] = layout
+        return layout
+
+    # -- function side ------------------------------------------------------------------
+    def write_reference(self, task_id: str, state: dict[str, torch.Tensor]) -> None:
+        layout = FlatLayout.from_state(state)
+        task_dir = self._task_dir(task_id)
+        try:
+            task_dir.mkdir(parents=True, exist_ok=True)
+            tmp = task_dir / f"layout.json.{os.getpid()}"
+            tmp.write_text(layout.to_json())
+            tmp.replace(task_dir / "layout.json")
+        except OSError as exc:
+            raise StorageError(f"cannot write the reference model of {task_id!r}: {exc}") from exc
+        self._layouts[task_id] = layout
+        layout.flatten_into(state, self._groups(task_dir / "reference.bin", layout, create=True))
+
+    def load_reference_into(self, task_id: str, state: dict[str, torch.Tensor]) -> None:
+        layout = self.layout(task_id)
+        groups = self._groups(self._task_dir(task_id) / "reference.bin", layout, create=False)
+        layout.unflatten_into(groups, state)
+
+    def publish(self, task_id: str, func_id: int, state: dict[str, torch.Tensor]) -> None:
+        layout = self.layout(task_id)
+        path = self._task_dir(task_id) / f"function-{func_id}.bin"
+        layout.flatten_into(state, self._groups(path, layout, create=True))
+        return None
+
+    # -- parameter-server side ----------------------------------------------------------
+    def published_groups(self, task_id: str, func_id: int, handle: Any) -> Groups:
+        path = self._task_dir(task_id) / f"function-{func_id}.bin"
+        return self._groups(path, self.layout(task_id), create=False)
+
+    def reference_groups(self, task_id: str) -> Groups:
+        path = self._task_dir(task_id) / "reference.bin"
+        return self._groups(path, self.layout(task_id), create=False)
+
+    def clear_task(self, task_id: str) -> None:
+        task_dir = self._task_dir(task_id)
+        with self._lock:
+            for path in [p for p in self._maps if p.parent == task_dir]:
+                del self._maps[path]
+        self._layouts.pop(task_id, None)
+        shutil.rmtree(task_dir, ignore_errors=True)
+
+    def forget_other_tasks(self, task_id: str) -> None:
+        """Unmap every task's files but this one's (warm workers call it between tasks)."""
+        keep = self._task_dir(task_id)
+        with self._lock:
+            for path in [p for p in self._maps if p.parent != keep]:
+                del self._maps[path]
+        for other in [t for t in self._layouts if t != task_id]:
+            del self._layouts[other]
+
+    # -- durable models -----------------------------------------------------------------
+    def _final_path(self, task_id: str) -> Path:
+        return self.models_dir / f"{task_id}.pt"
+
+    def save_final(self, task_id: str) -> None:
+        import torch
+
+        layout = self.layout(task_id)
+        state = {k: v.clone() for k, v in layout.views(self.reference_groups(task_id)).items()}
+        path = self._final_path(task_id)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".pt.tmp")
+            torch.save(state, tmp)
+            tmp.replace(path)
+        except OSError as exc:
+            raise StorageError(f"cannot save the model of task {task_id!r}: {exc}") from exc
+
+    def load_final(self, task_id: str) -> dict[str, torch.Tensor]:
+        import torch
+
+        path = self._final_path(task_id)
+        if not path.exists():
+            raise NotFoundError(f"task {task_id!r} has no trained model")
+        return torch.load(path, weights_only=True, map_location="cpu")
+
+    def has_final(self, task_id: str) -> bool:
+        return self._final_path(task_id).exists()
+
+    def delete_final(self, task_id: str) -> None:
+        self._final_path(task_id).unlink(missing_ok=True)
