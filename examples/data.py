@@ -51,8 +51,12 @@ def load_mnist_5k(test_size: int = 1000) -> dict[str, np.ndarray]:
     y = table[:, -1].astype(np.int64)
     order = np.random.default_rng(0).permutation(len(x))
     x, y = x[order], y[order]
-    return {"train_x": x[test_size:], "train_y": y[test_size:],
-            "test_x": x[:test_size], "test_y": y[:test_size]}  # fmt: skip
+    return {
+        "train_x": x[test_size:],
+        "train_y": y[test_size:],
+        "test_x": x[:test_size],
+        "test_y": y[:test_size],
+    }
 
 
 def write(arrays: dict[str, np.ndarray], out: Path) -> None:

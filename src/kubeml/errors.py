@@ -3,7 +3,8 @@
     KubeMLError
     ├── InvalidInputError          422  a request field or an uploaded file is wrong
     │   ├── InvalidDatasetError    422  arrays with bad shapes, dtypes, lengths, or pickle
-    │   └── InvalidFunctionError   422  function code that does not compile or has no main()
+    │   ├── InvalidFunctionError   422  function code that does not compile or has no main()
+    │   └── PayloadTooLargeError   413  an upload or request body over the server's limit
     ├── NotFoundError              404  unknown function, dataset, task or model
     ├── AlreadyExistsError         409  a name that is taken
     ├── UnauthorizedError          401  missing or wrong API token
@@ -60,6 +61,11 @@ class InvalidDatasetError(InvalidInputError):
 
 class InvalidFunctionError(InvalidInputError):
     code = "invalid_function"
+
+
+class PayloadTooLargeError(InvalidInputError):
+    code = "payload_too_large"
+    http_status = 413
 
 
 class NotFoundError(KubeMLError):

@@ -47,6 +47,7 @@ class Settings(BaseSettings):
     worker_idle_timeout_s: float = Field(default=300.0, gt=0)
     round_timeout_s: float = Field(default=600.0, gt=0)
     shm_dir: Path | None = Field(default=None, description="fast scratch for weights")
+    max_upload_mb: int = Field(default=2048, ge=1, description="largest dataset upload accepted")
 
     @property
     def server_url(self) -> str:

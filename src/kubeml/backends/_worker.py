@@ -101,7 +101,7 @@ def worker_main(address: str, authkey: bytes) -> None:
 
     import torch  # noqa: F401 - import once, while idle, not on the first invocation
 
-    import kubeml.runtime.execute  # noqa: F401
+    import kubeml.runtime.execute
     import kubeml.sdk  # noqa: F401
 
     pipe = _Pipe(conn)

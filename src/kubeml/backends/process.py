@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 import secrets
 import subprocess
@@ -37,10 +38,8 @@ class _Worker:
     def kill(self) -> None:
         if self.process.poll() is None:
             self.process.kill()
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             self.process.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            pass
         self.conn.close()
 
 
@@ -212,16 +211,12 @@ class ProcessBackend(FunctionBackend):
             self._closed = True
             workers, self._idle, self._busy = self._idle + self._busy, [], []
         for worker in workers:
-            try:
+            with contextlib.suppress(OSError):
                 worker.conn.send(("exit",))
-            except (OSError, BrokenPipeError):
-                pass
         deadline = time.monotonic() + 3
         for worker in workers:
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 worker.process.wait(timeout=max(0.01, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                pass
             worker.kill()
         self._listener.close()
         import shutil

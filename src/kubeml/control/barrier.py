@@ -63,7 +63,8 @@ class RoundBarrier:
             return self._live - {r.func_id for r in self._pending[open_round]}
 
     def _complete(self, round_index: int) -> None:
-        reports = self._pending[round_index]
+        # Sorted, so the float sums of the merge do not depend on arrival order.
+        reports = sorted(self._pending[round_index], key=lambda r: r.func_id)
         try:
             proceed = self._merge(round_index, reports)
         except BaseException as exc:

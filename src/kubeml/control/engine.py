@@ -1,11 +1,11 @@
 """The engine: kubeml's Python entry point, and what the HTTP server sits on.
 
-    engine = Engine(Settings(home=...))
-    engine.create_function("lenet", open("lenet.py").read())
-    engine.create_dataset("mnist", train_x, train_y, test_x, test_y)
-    task_id = engine.train(TrainRequest(function="lenet", dataset="mnist", epochs=3))
-    engine.wait(task_id)
-    engine.get_history(task_id), engine.infer(task_id, [sample])
+engine = Engine(Settings(home=...))
+engine.create_function("lenet", open("lenet.py").read())
+engine.create_dataset("mnist", train_x, train_y, test_x, test_y)
+task_id = engine.train(TrainRequest(function="lenet", dataset="mnist", epochs=3))
+engine.wait(task_id)
+engine.get_history(task_id), engine.infer(task_id, [sample])
 """
 
 from __future__ import annotations
@@ -37,8 +37,8 @@ from kubeml.errors import InvalidInputError, KubeMLError, NotFoundError
 from kubeml.runtime.invocation import FunctionCode, Invocation, Mode
 from kubeml.runtime.loader import check_source, code_sha256
 from kubeml.settings import Settings
-from kubeml.stores.datasets import ARRAY_FIELDS, LocalDatasetStore, check_name
-from kubeml.stores.models import LocalModelStore
+from kubeml.stores.datasets import ARRAY_FIELDS, DatasetStore, LocalDatasetStore, check_name
+from kubeml.stores.models import LocalModelStore, ModelStore
 
 if TYPE_CHECKING:
     import numpy as np
@@ -58,15 +58,22 @@ class _TaskRecorder:
 
     def on_round(self, epoch: int, round_index: int, train_loss: float, parallelism: int) -> None:
         self.info = self.info.model_copy(
-            update={"epoch": epoch, "round": round_index, "train_loss": train_loss,
-                    "parallelism": parallelism}  # fmt: skip
+            update={
+                "epoch": epoch,
+                "round": round_index,
+                "train_loss": train_loss,
+                "parallelism": parallelism,
+            }
         )
         self.engine.metrics.inc("kubeml_job_rounds_total", self.info.id)
 
     def on_epoch(self, record: EpochRecord) -> None:
         self.history.epochs.append(record)
-        update: dict[str, Any] = {"epoch": record.epoch, "train_loss": record.train_loss,
-                                  "parallelism": record.parallelism}  # fmt: skip
+        update: dict[str, Any] = {
+            "epoch": record.epoch,
+            "train_loss": record.train_loss,
+            "parallelism": record.parallelism,
+        }
         if record.accuracy is not None:
             update |= {"accuracy": record.accuracy, "val_loss": record.val_loss}
         self.info = self.info.model_copy(update=update)
@@ -98,10 +105,12 @@ class Engine:
         home.mkdir(parents=True, exist_ok=True)
         self.home = home
         self.metadata = MetadataStore(home / "kubeml.db")
-        self.datasets = LocalDatasetStore(home / "datasets")
-        self.models = LocalModelStore(self.settings.scratch_dir(), home / "models")
-        self.backend = backend or create_backend(self.settings, self.datasets, self.models)
-        self.datasets, self.models = self.backend.datasets, self.backend.models
+        local_datasets = LocalDatasetStore(home / "datasets")
+        local_models = LocalModelStore(self.settings.scratch_dir(), home / "models")
+        self.backend = backend or create_backend(self.settings, local_datasets, local_models)
+        # A backend may wrap the local stores (Ray serves them to other nodes).
+        self.datasets: DatasetStore = self.backend.datasets
+        self.models: ModelStore = self.backend.models
         self.logs = TaskLogs(home / "logs")
         self.metrics = Metrics()
         self.scheduler = Scheduler(self.backend.capacity, self._start)
@@ -160,7 +169,9 @@ class Engine:
     def delete_dataset(self, name: str) -> None:
         busy = [r.info.id for r in self._live() if r.info.request.dataset == name]
         if busy:
-            raise InvalidInputError(f"dataset {name!r} is in use by task(s) {busy}; stop them first")
+            raise InvalidInputError(
+                f"dataset {name!r} is in use by task(s) {busy}; stop them first"
+            )
         self.datasets.delete(name)
 
     # -- train tasks ------------------------------------------------------------------------
@@ -171,9 +182,13 @@ class Engine:
         self.datasets.get(request.dataset)
         task_id = self._new_task_id()
         info = TaskInfo(
-            id=task_id, request=request, state=TaskState.QUEUED,
-            parallelism=request.parallelism, function_sha256=function.sha256, created_at=_now(),
-        )  # fmt: skip
+            id=task_id,
+            request=request,
+            state=TaskState.QUEUED,
+            parallelism=request.parallelism,
+            function_sha256=function.sha256,
+            created_at=_now(),
+        )
         self._enqueue(info, History(task_id=task_id, request=request, state=TaskState.QUEUED))
         return task_id
 
@@ -228,14 +243,21 @@ class Engine:
         )
         policy = StaticPolicy() if info.request.static else ThroughputPolicy()
         job = TrainJob(
-            task_id, info.request, code, parallelism, services, recorder, policy,
+            task_id,
+            info.request,
+            code,
+            parallelism,
+            services,
+            recorder,
+            policy,
             start_epoch=len(recorder.history.epochs),
-        )  # fmt: skip
+        )
         self._jobs[task_id] = job
         recorder.info = info.model_copy(update={"state": TaskState.RUNNING, "started_at": _now()})
         self.metadata.put_task(recorder.info)
-        threading.Thread(target=self._run_job, args=(job, recorder), daemon=True,
-                         name=f"kubeml-job-{task_id}").start()  # fmt: skip
+        threading.Thread(
+            target=self._run_job, args=(job, recorder), daemon=True, name=f"kubeml-job-{task_id}"
+        ).start()
 
     def _run_job(self, job: TrainJob, recorder: _TaskRecorder) -> None:
         outcome = JobOutcome(TaskState.FAILED, "the job did not report an outcome")
@@ -247,8 +269,12 @@ class Engine:
     def _finish(self, recorder: _TaskRecorder, outcome: JobOutcome) -> None:
         task_id = recorder.info.id
         recorder.info = recorder.info.model_copy(
-            update={"state": outcome.state, "error": outcome.error,
-                    "traceback": outcome.traceback, "finished_at": _now()}  # fmt: skip
+            update={
+                "state": outcome.state,
+                "error": outcome.error,
+                "traceback": outcome.traceback,
+                "finished_at": _now(),
+            }
         )
         recorder.history.state = outcome.state
         self.metadata.put_history(recorder.history)
@@ -308,7 +334,11 @@ class Engine:
     # -- histories --------------------------------------------------------------------------
     def get_history(self, task_id: str) -> History:
         recorder = self._recorders.get(task_id)
-        return recorder.history.model_copy(deep=True) if recorder else self.metadata.get_history(task_id)
+        return (
+            recorder.history.model_copy(deep=True)
+            if recorder
+            else self.metadata.get_history(task_id)
+        )
 
     def list_histories(self) -> list[History]:
         return self.metadata.list_histories()
@@ -335,13 +365,20 @@ class Engine:
         history = self.metadata.get_history(task_id)
         if not self.models.has_final(task_id):
             raise NotFoundError(f"task {task_id!r} has no trained model yet")
-        info = self.metadata.get_task(task_id) if task_id not in self._recorders else self.get_task(task_id)
+        info = (
+            self.metadata.get_task(task_id)
+            if task_id not in self._recorders
+            else self.get_task(task_id)
+        )
         name, sha = history.request.function, info.function_sha256 or ""
         invocation = Invocation(
-            mode=Mode.INFER, task_id=task_id,
+            mode=Mode.INFER,
+            task_id=task_id,
             function=FunctionCode(name, sha, str(self._code_path(name, sha))),
-            dataset=history.request.dataset, infer_data=data, threads=1,
-        )  # fmt: skip
+            dataset=history.request.dataset,
+            infer_data=data,
+            threads=1,
+        )
         future = self.backend.invoke([invocation], sync=None, log=self._infer_log(task_id))[0]
         return future.result(timeout=self.settings.round_timeout_s).output
 
@@ -361,11 +398,16 @@ class Engine:
             if info.state.finished:
                 continue
             done = len(self.metadata.get_history(info.id).epochs)
-            self.metadata.put_task(info.model_copy(update={
-                "state": TaskState.FAILED, "finished_at": _now(),
-                "error": f"interrupted: the control plane stopped during this task; "
-                         f"`kubeml task resume --id {info.id}` continues after epoch {done}",
-            }))  # fmt: skip
+            self.metadata.put_task(
+                info.model_copy(
+                    update={
+                        "state": TaskState.FAILED,
+                        "finished_at": _now(),
+                        "error": f"interrupted: the control plane stopped during this task; "
+                        f"`kubeml task resume --id {info.id}` continues after epoch {done}",
+                    }
+                )
+            )
 
     def close(self) -> None:
         if self._closed:

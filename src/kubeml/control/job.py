@@ -27,8 +27,9 @@ from kubeml.stores.models import ModelStore
 class JobListener(Protocol):
     """Where a job reports progress (the engine records it as task state and history)."""
 
-    def on_round(self, epoch: int, round_index: int, train_loss: float, parallelism: int) -> None:
-        ...
+    def on_round(
+        self, epoch: int, round_index: int, train_loss: float, parallelism: int
+    ) -> None: ...
 
     def on_epoch(self, record: EpochRecord) -> None: ...
 
@@ -98,8 +99,10 @@ class TrainJob:
     def run(self) -> JobOutcome:
         models = self.services.models
         try:
-            self._log(f"task started: N={self.parallelism}, K={self.request.k}, "
-                      f"{self.request.epochs} epoch(s) on {self._train_size} samples")  # fmt: skip
+            self._log(
+                f"task started: N={self.parallelism}, K={self.request.k}, "
+                f"{self.request.epochs} epoch(s) on {self._train_size} samples"
+            )
             self._initialise()
             for epoch in range(self.start_epoch, self.request.epochs):
                 self._epoch = epoch
@@ -151,12 +154,9 @@ class TrainJob:
         results = self._run(Mode.TRAIN, shards, sync=barrier)
         duration = time.monotonic() - started
         samples = sum(r.samples for r in results)
-        batches = [r for r in results if r.loss is not None]
-        train_loss = (
-            sum(r.loss * r.samples for r in batches) / max(1, sum(r.samples for r in batches))  # type: ignore[operator]
-            if batches
-            else float("nan")
-        )
+        losses = [(r.loss, r.samples) for r in results if r.loss is not None and r.samples]
+        weight = sum(n for _, n in losses)
+        train_loss = sum(loss * n for loss, n in losses) / weight if weight else float("nan")
         return EpochRecord(
             epoch=epoch + 1,
             train_loss=train_loss,

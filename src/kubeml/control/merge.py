@@ -45,10 +45,10 @@ def weighted_average_into(
                     acc.add_(tensor.to(target.dtype), alpha=weight)
                 target.copy_(acc)
             elif target.dtype == torch.bool:
-                votes = sum(t.double() * w for t, w in tensors)
+                votes = torch.stack([t.double() * w for t, w in tensors]).sum(0)
                 target.copy_(votes >= 0.5)
             else:
-                mean = sum(t.double() * w for t, w in tensors)
+                mean = torch.stack([t.double() * w for t, w in tensors]).sum(0)
                 target.copy_(torch.round(mean).to(target.dtype))
 
 

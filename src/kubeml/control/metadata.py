@@ -6,6 +6,7 @@ import sqlite3
 import threading
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 from kubeml.api.schemas import FunctionInfo, History, TaskInfo
 from kubeml.errors import AlreadyExistsError, NotFoundError
@@ -14,7 +15,8 @@ _SCHEMA = """
 CREATE TABLE IF NOT EXISTS functions (
     name TEXT PRIMARY KEY, sha256 TEXT NOT NULL, code TEXT NOT NULL,
     created_at TEXT NOT NULL, updated_at TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS tasks (id TEXT PRIMARY KEY, created_at TEXT NOT NULL, body TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS tasks (
+    id TEXT PRIMARY KEY, created_at TEXT NOT NULL, body TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS histories (task_id TEXT PRIMARY KEY, body TEXT NOT NULL);
 """
 
@@ -78,7 +80,9 @@ class MetadataStore:
             rows = self._db.execute(
                 "SELECT name, sha256, created_at, updated_at FROM functions ORDER BY name"
             ).fetchall()
-        return [FunctionInfo(name=r[0], sha256=r[1], created_at=r[2], updated_at=r[3]) for r in rows]
+        return [
+            FunctionInfo(name=r[0], sha256=r[1], created_at=r[2], updated_at=r[3]) for r in rows
+        ]
 
     def delete_function(self, name: str) -> None:
         with self._lock:
@@ -132,6 +136,6 @@ class MetadataStore:
             if self._db.execute("DELETE FROM histories WHERE task_id=?", (task_id,)).rowcount == 0:
                 raise NotFoundError(f"no history for task {task_id!r}")
 
-    def _one(self, sql: str, *args: object) -> tuple[object, ...] | None:
+    def _one(self, sql: str, *args: object) -> Any:
         with self._lock:
             return self._db.execute(sql, args).fetchone()

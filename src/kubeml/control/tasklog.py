@@ -29,7 +29,7 @@ class TaskLogs:
         path = self._path(task_id)
         if not path.exists():
             return []
-        out = []
+        out: list[LogLine] = []
         with self._lock, open(path) as f:
             for index, raw in enumerate(f):
                 if index < since:
@@ -37,7 +37,9 @@ class TaskLogs:
                 if limit is not None and len(out) >= limit:
                     break
                 item = json.loads(raw)
-                out.append(LogLine(index=index, time=item["t"], source=item["s"], message=item["m"]))
+                out.append(
+                    LogLine(index=index, time=item["t"], source=item["s"], message=item["m"])
+                )
         return out
 
     def delete(self, task_id: str) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import traceback
 
@@ -30,10 +31,8 @@ class SinkHandler(logging.Handler):
         self.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
 
     def emit(self, record: logging.LogRecord) -> None:
-        try:
+        with contextlib.suppress(Exception):  # a log line must never fail the invocation
             self.sink(self.source, self.format(record))
-        except Exception:  # a log line must never fail the invocation
-            pass
 
 
 def function_logger(inv: Invocation, sink: LogSink) -> logging.Logger:

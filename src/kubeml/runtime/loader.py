@@ -50,7 +50,9 @@ def load_function(code: FunctionCode) -> ModuleType:
         path = Path(code.path)
         if not path.exists():
             if code.source is None:
-                raise FunctionError(f"function {code.name!r}: code file {path} is not readable here")
+                raise FunctionError(
+                    f"function {code.name!r}: code file {path} is not readable here"
+                )
             path = Path(tempfile.gettempdir()) / "kubeml-functions" / f"{code.sha256}.py"
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(code.source)

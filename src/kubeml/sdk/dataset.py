@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from torch.utils.data import Dataset
 
@@ -78,8 +78,8 @@ class KubeDataset(Dataset):
             )
         inv = ctx.invocation
         if inv.mode in (Mode.TRAIN, Mode.VALIDATE):
-            split = "train" if inv.mode is Mode.TRAIN else "test"
             self._training = inv.mode is Mode.TRAIN
+            split: Literal["train", "test"] = "train" if self._training else "test"
             self._data, self._labels = ctx.datasets.read(self.dataset, split, inv.ranges)
         else:  # init and infer need no samples
             import numpy as np

@@ -184,9 +184,15 @@ class KubeModel(ABC):
             final = batch_index >= n_batches
             handle = models.publish(inv.task_id, inv.func_id, state)
             report = RoundReport(
-                inv.task_id, inv.func_id, round_index, samples, loss_sum,
-                batch_index - start_index, final, handle,
-            )  # fmt: skip
+                inv.task_id,
+                inv.func_id,
+                round_index,
+                samples,
+                loss_sum,
+                batch_index - start_index,
+                final,
+                handle,
+            )
             release = ctx.sync.publish(report)
             total_loss += loss_sum
             total_samples += samples

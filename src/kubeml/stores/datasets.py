@@ -91,7 +91,9 @@ def validate_arrays(arrays: dict[str, np.ndarray]) -> None:
             raise InvalidDatasetError(f"{field}: missing")
         array = arrays[field]
         if not isinstance(array, np.ndarray):
-            raise InvalidDatasetError(f"{field}: expected a numpy array, got {type(array).__name__}")
+            raise InvalidDatasetError(
+                f"{field}: expected a numpy array, got {type(array).__name__}"
+            )
         if array.dtype.kind not in _NUMERIC_KINDS:
             raise InvalidDatasetError(
                 f"{field}: unsupported dtype {array.dtype}; use a numeric (int, uint, float, bool)"

