@@ -1,0 +1,1 @@
+"""The `kubeml` command line: typer commands, one module per noun, that only call the client."""

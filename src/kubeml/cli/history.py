@@ -1,0 +1,150 @@
+"""`kubeml history get|list|delete|prune|plot`: what each epoch of a train task measured."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from kubeml.cli._context import client
+from kubeml.cli._output import fmt_float, fmt_percent, print_json, print_table
+from kubeml.errors import InvalidInputError
+
+if TYPE_CHECKING:
+    from kubeml.api.schemas import History
+
+app = typer.Typer(help="Inspect the per-epoch history of train tasks.", no_args_is_help=True)
+
+TaskId = Annotated[str, typer.Option("--id", help="task id")]
+Json = Annotated[bool, typer.Option("--json", help="print JSON")]
+
+
+def _last_accuracy(history: History) -> float | None:
+    scored = [e.accuracy for e in history.epochs if e.accuracy is not None]
+    return scored[-1] if scored else None
+
+
+@app.command()
+def get(ctx: typer.Context, task_id: TaskId, json: Json = False) -> None:
+    """Show the history of one task: loss, accuracy, N and speed per epoch."""
+    history = client(ctx).get_history(task_id)
+    if json:
+        print_json(history)
+        return
+    request = history.request
+    title = (
+        f"task {history.task_id}: {request.function} on {request.dataset}, "
+        f"{history.state.value}, K={request.k}, batch {request.batch_size}, lr {request.lr}"
+    )
+    print_table(
+        ["EPOCH", "TRAIN LOSS", "VAL LOSS", "ACCURACY", "N", "ROUNDS", "SECONDS", "SAMPLES/S"],
+        [
+            (
+                e.epoch,
+                fmt_float(e.train_loss),
+                fmt_float(e.val_loss),
+                fmt_percent(e.accuracy),
+                e.parallelism,
+                e.rounds,
+                f"{e.epoch_duration_s:.1f}",
+                f"{e.samples_per_s:.0f}",
+            )
+            for e in history.epochs
+        ],
+        title=title,
+    )
+    if not history.epochs:
+        typer.echo("(no epoch has finished yet)")
+
+
+@app.command("list")
+def list_(ctx: typer.Context, json: Json = False) -> None:
+    """List the histories of all tasks."""
+    histories = client(ctx).list_histories()
+    if json:
+        print_json(histories)
+        return
+    if not histories:
+        typer.echo("no histories; start a task with `kubeml train -f FUNCTION -d DATASET`")
+        return
+    print_table(
+        ["TASK", "FUNCTION", "DATASET", "STATE", "EPOCHS", "ACCURACY", "TRAIN LOSS"],
+        [
+            (
+                h.task_id,
+                h.request.function,
+                h.request.dataset,
+                h.state.value,
+                f"{len(h.epochs)}/{h.request.epochs}",
+                fmt_percent(_last_accuracy(h)),
+                fmt_float(h.epochs[-1].train_loss if h.epochs else None),
+            )
+            for h in histories
+        ],
+    )
+
+
+@app.command()
+def delete(ctx: typer.Context, task_id: TaskId) -> None:
+    """Delete a finished task's history, with its trained model and log."""
+    client(ctx).delete_history(task_id)
+    typer.echo(f"history of task {task_id} deleted (with its trained model and log)")
+
+
+@app.command()
+def prune(ctx: typer.Context) -> None:
+    """Delete the histories of all finished tasks."""
+    pruned = client(ctx).prune_histories()
+    typer.echo(f"pruned {len(pruned)} histories" + (f": {' '.join(pruned)}" if pruned else ""))
+
+
+@app.command()
+def plot(
+    ctx: typer.Context,
+    task_id: TaskId,
+    output: Annotated[
+        Path, typer.Option("--output", "-o", help="image file to write (.png, .svg, .pdf)")
+    ],
+) -> None:
+    """Plot loss and accuracy per epoch into an image file."""
+    history = client(ctx).get_history(task_id)
+    if not history.epochs:
+        raise InvalidInputError(f"task {task_id} has no finished epoch to plot yet")
+    _plot(history, output)
+    typer.echo(f"wrote {output}")
+
+
+def _plot(history: History, output: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only; never needs a display
+    import matplotlib.pyplot as plt
+
+    epochs = [e.epoch for e in history.epochs]
+    scored = [e for e in history.epochs if e.accuracy is not None]
+    fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(10, 4))
+    loss_ax.plot(epochs, [e.train_loss for e in history.epochs], "o-", label="train loss")
+    if scored:
+        loss_ax.plot(
+            [e.epoch for e in scored], [e.val_loss for e in scored], "s-", label="validation loss"
+        )
+        acc_ax.plot([e.epoch for e in scored], [e.accuracy for e in scored], "o-", color="C2")
+    loss_ax.set(xlabel="epoch", ylabel="loss", title="loss")
+    loss_ax.legend()
+    acc_ax.set(xlabel="epoch", ylabel="accuracy (%)", title="test accuracy")
+    for ax in (loss_ax, acc_ax):
+        ax.grid(alpha=0.3)
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    request = history.request
+    fig.suptitle(
+        f"task {history.task_id}: {request.function} on {request.dataset}, "
+        f"N={request.parallelism}, K={request.k}"
+    )
+    fig.tight_layout()
+    try:
+        fig.savefig(output)
+    except (OSError, ValueError) as exc:
+        raise InvalidInputError(f"--output {output}: cannot write the plot ({exc})") from exc
+    finally:
+        plt.close(fig)

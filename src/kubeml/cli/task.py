@@ -1,0 +1,75 @@
+"""`kubeml task list|stop|prune|resume`: the train tasks, queued, running and finished."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from kubeml.cli._context import client
+from kubeml.cli._output import fmt_percent, fmt_time, print_json, print_table
+
+app = typer.Typer(help="List, stop, prune and resume train tasks.", no_args_is_help=True)
+
+TaskId = Annotated[str, typer.Option("--id", help="task id")]
+
+
+@app.command("list")
+def list_(
+    ctx: typer.Context,
+    short: Annotated[bool, typer.Option("--short", help="print only the task ids")] = False,
+    json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+) -> None:
+    """List the tasks and where each one is."""
+    tasks = client(ctx).list_tasks()
+    if json:
+        print_json(tasks)
+        return
+    if short:
+        for info in tasks:
+            typer.echo(info.id)
+        return
+    if not tasks:
+        typer.echo("no tasks; start one with `kubeml train -f FUNCTION -d DATASET`")
+        return
+    print_table(
+        ["ID", "STATE", "FUNCTION", "DATASET", "EPOCH", "N", "K", "ACCURACY", "CREATED"],
+        [
+            (
+                t.id,
+                t.state.value,
+                t.request.function,
+                t.request.dataset,
+                f"{t.epoch}/{t.request.epochs}",
+                t.parallelism,
+                t.request.k,
+                fmt_percent(t.accuracy),
+                fmt_time(t.created_at),
+            )
+            for t in tasks
+        ],
+    )
+
+
+@app.command()
+def stop(ctx: typer.Context, task_id: TaskId) -> None:
+    """Stop a task: a queued one at once, a running one at its next round boundary."""
+    info = client(ctx).stop_task(task_id)
+    if info.state.finished:
+        typer.echo(f"task {task_id} {info.state.value}")
+    else:
+        typer.echo(f"task {task_id} stopping at its next round boundary")
+
+
+@app.command()
+def prune(ctx: typer.Context) -> None:
+    """Forget finished tasks (their histories and trained models stay)."""
+    pruned = client(ctx).prune_tasks()
+    typer.echo(f"pruned {len(pruned)} tasks" + (f": {' '.join(pruned)}" if pruned else ""))
+
+
+@app.command()
+def resume(ctx: typer.Context, task_id: TaskId) -> None:
+    """Continue a failed or interrupted task from its last completed epoch."""
+    client(ctx).resume_task(task_id)
+    typer.echo(f"task {task_id} queued again; it continues after its last completed epoch")

@@ -1,0 +1,104 @@
+"""`kubeml train`: start a train task and print its id (`--watch` follows it to the end)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Annotated, Any, Literal
+
+import typer
+
+from kubeml.cli._context import client
+
+if TYPE_CHECKING:
+    from kubeml.api.schemas import TrainRequest
+
+# TrainRequest field -> the CLI flag that sets it, to name the flag in validation errors.
+_FLAGS = {
+    "function": "--function",
+    "dataset": "--dataset",
+    "epochs": "--epochs",
+    "batch_size": "--batch",
+    "lr": "--lr",
+    "parallelism": "--parallelism",
+    "k": "--K",
+    "validate_every": "--validate-every",
+    "goal_accuracy": "--goal-accuracy",
+    "seed": "--seed",
+    "optimizer_state": "--optimizer-state",
+}
+
+
+def train(
+    ctx: typer.Context,
+    function: Annotated[str, typer.Option("--function", "-f", help="function to train")],
+    dataset: Annotated[str, typer.Option("--dataset", "-d", help="dataset to train on")],
+    epochs: Annotated[int, typer.Option("--epochs", "-e", help="epochs to train")] = 1,
+    batch: Annotated[int, typer.Option("--batch", "-b", help="batch size")] = 64,
+    lr: Annotated[float, typer.Option("--lr", help="learning rate")] = 0.01,
+    parallelism: Annotated[
+        int, typer.Option("--parallelism", help="functions N (the start value unless --static)")
+    ] = 2,
+    static: Annotated[
+        bool, typer.Option("--static", help="keep N fixed instead of tuning it by throughput")
+    ] = False,
+    k: Annotated[
+        int, typer.Option("--K", help="local steps between model averages; -1 = once per epoch")
+    ] = -1,
+    sparse_avg: Annotated[
+        bool, typer.Option("--sparse-avg", help="average once per epoch (same as --K -1)")
+    ] = False,
+    validate_every: Annotated[
+        int, typer.Option("--validate-every", help="validate every N epochs; 0 = only at the end")
+    ] = 0,
+    goal_accuracy: Annotated[
+        float, typer.Option("--goal-accuracy", help="stop once test accuracy (%) reaches this")
+    ] = 100.0,
+    seed: Annotated[
+        int | None, typer.Option("--seed", help="seed of data order and init [default: 0]")
+    ] = None,
+    optimizer_state: Annotated[
+        Literal["keep", "reset"],
+        typer.Option(
+            "--optimizer-state",
+            help="optimizer state (momentum) between rounds: keep it, or reset it as in 2021",
+        ),
+    ] = "keep",
+    watch: Annotated[
+        bool, typer.Option("--watch", "-w", help="show live progress until the task ends")
+    ] = False,
+) -> None:
+    """Start a train task and print its id."""
+    if sparse_avg and k != -1:
+        raise typer.BadParameter(f"--sparse-avg means --K -1; drop one of them (got --K {k})")
+    fields: dict[str, Any] = {
+        "function": function, "dataset": dataset, "epochs": epochs, "batch_size": batch,
+        "lr": lr, "parallelism": parallelism, "static": static, "k": k,
+        "validate_every": validate_every, "goal_accuracy": goal_accuracy,
+        "optimizer_state": optimizer_state,
+    }  # fmt: skip
+    if seed is not None:
+        fields["seed"] = seed
+    request = _request(fields)
+    api = client(ctx)
+    task_id = api.train(request)
+    typer.echo(task_id)
+    if watch:
+        from kubeml.cli._watch import watch_task
+
+        watch_task(api, task_id)
+
+
+def _request(fields: dict[str, Any]) -> TrainRequest:
+    """Validate the options with the API's own rules, naming the flag that is wrong."""
+    from pydantic import ValidationError
+
+    from kubeml.api.schemas import TrainRequest
+
+    try:
+        return TrainRequest(**fields)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = str(first["loc"][0]) if first["loc"] else ""
+        message = str(first["msg"]).removeprefix("Value error, ")
+        raise typer.BadParameter(
+            f"{message} (got {fields.get(field)!r})", param_hint=f"'{_FLAGS.get(field, field)}'"
+        ) from exc
