@@ -43,6 +43,10 @@ class Settings(BaseSettings):
     url: str | None = Field(default=None, description="control plane URL for the client")
     backend: BackendKind = BackendKind.PROCESS
     ray_address: str | None = None
+    ray_cpus_per_function: float | None = Field(
+        default=None, gt=0, description="CPUs a Ray function reserves (default: its threads)"
+    )
+    ray_gpus_per_function: float = Field(default=0, ge=0, description="GPUs a Ray function takes")
     capacity: int = Field(default_factory=_default_capacity, ge=1, description="function slots")
     worker_idle_timeout_s: float = Field(default=300.0, gt=0)
     round_timeout_s: float = Field(default=600.0, gt=0)

@@ -33,7 +33,7 @@ class FunctionCode:
     name: str
     sha256: str
     path: str
-    source: str | None = None  # carried along when the worker cannot read `path`
+    source: str | None = None  # carried code; workers load it instead of reading `path`
 
 
 @dataclass(frozen=True)

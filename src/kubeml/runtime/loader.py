@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import hashlib
 import importlib.util
+import os
 import sys
 import tempfile
 import threading
@@ -48,14 +49,16 @@ def load_function(code: FunctionCode) -> ModuleType:
         if module is not None:
             return module
         path = Path(code.path)
-        if not path.exists():
-            if code.source is None:
-                raise FunctionError(
-                    f"function {code.name!r}: code file {path} is not readable here"
-                )
+        if code.source is not None:
+            # Carried code wins, so a worker on another node never reads the control plane's
+            # files; written atomically, as warm workers on one node may load it at once.
             path = Path(tempfile.gettempdir()) / "kubeml-functions" / f"{code.sha256}.py"
             path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(code.source)
+            staging = path.with_name(f"{path.stem}.{os.getpid()}.{threading.get_ident()}.tmp")
+            staging.write_text(code.source)
+            staging.replace(path)
+        elif not path.exists():
+            raise FunctionError(f"function {code.name!r}: code file {path} is not readable here")
         module_name = f"kubeml_function_{code.name.replace('-', '_').replace('.', '_')}"
         module_name += f"_{code.sha256[:12]}"
         spec = importlib.util.spec_from_file_location(module_name, path)

@@ -1,0 +1,369 @@
+"""Stores for the Ray backend: datasets and weights reach functions through the object store.
+
+Nothing here assumes a shared filesystem. The control plane keeps its stores as always
+(datasets as files under the kubeml home, the reference model in its own memory, final
+models as files) and hands functions *object refs*:
+
+- a dataset split is `ray.put` once per (dataset, split) and read by range on the
+  function's node, where Ray keeps one copy for every function there;
+- a function publishes its weights with `ray.put`; the ref is the `RoundReport.handle`,
+  and the control plane fetches the buffer as soon as the report arrives (`prefetch`), so
+  the merge finds it there;
+- the merged reference model is `ray.put` once per round by the control plane and its
+  ref travels back to every function with the round's release.
+
+The function side (`RemoteDatasetStore`, `RemoteModelStore`) asks the control plane for
+refs through the backend's relay: `ask(kind, *args)` sends a request with the
+invocation's messages and blocks for the answer. Imported only by `kubeml.backends.ray`.
+"""
+
+from __future__ import annotations
+
+import threading
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
+
+import numpy as np
+import ray
+
+from kubeml.api.schemas import DatasetInfo
+from kubeml.errors import NotFoundError, StorageError
+from kubeml.stores.datasets import DatasetStore, LocalDatasetStore, Split
+from kubeml.stores.flat import FlatLayout
+from kubeml.stores.models import Groups, ModelStore
+
+if TYPE_CHECKING:
+    import torch
+
+Ask = Callable[..., Any]  # ask(kind, *args) -> the control plane's answer (or raises its error)
+ReferenceRef = tuple[FlatLayout, "ray.ObjectRef"]
+
+
+def _groups(buffer: np.ndarray, layout: FlatLayout) -> Groups:
+    """Flat per-dtype tensors over one byte buffer (no copy)."""
+    import torch
+
+    groups = {}
+    with warnings.catch_warnings():
+        # Buffers from ray.get are read-only; they are only ever read through these views.
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        for dtype, offset, numel in layout.byte_spans():
+            tdtype = getattr(torch, dtype)
+            raw = torch.from_numpy(buffer[offset : offset + numel * tdtype.itemsize])
+            groups[dtype] = raw.view(tdtype)
+    return groups
+
+
+def _flatten(layout: FlatLayout, state: dict[str, torch.Tensor], out: np.ndarray) -> np.ndarray:
+    layout.flatten_into(state, _groups(out, layout))
+    return out
+
+
+def _outside_a_function(what: str) -> StorageError:
+    return StorageError(f"{what} is the control plane's job, not available inside a function")
+
+
+# -- control plane side ------------------------------------------------------------------------
+class RayDatasetStore(DatasetStore):
+    """The control plane's datasets (files under the home), served through the object store."""
+
+    def __init__(self, local: LocalDatasetStore) -> None:
+        self.local = local
+        self._refs: dict[tuple[str, str], tuple[Any, tuple[Any, Any]]] = {}
+        self._lock = threading.Lock()
+
+    def create(self, name: str, arrays: dict[str, np.ndarray]) -> DatasetInfo:
+        return self.local.create(name, arrays)
+
+    def get(self, name: str) -> DatasetInfo:
+        return self.local.get(name)
+
+    def list(self) -> list[DatasetInfo]:
+        return self.local.list()
+
+    def delete(self, name: str) -> None:
+        with self._lock:
+            for key in [k for k in self._refs if k[0] == name]:
+                del self._refs[key]
+        self.local.delete(name)
+
+    def read(
+        self, name: str, split: Split, ranges: Sequence[tuple[int, int]]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        return self.local.read(name, split, ranges)
+
+    def split_refs(self, name: str, split: Split) -> tuple[Any, Any]:
+        """Object refs of one split's (features, labels), put on first use."""
+        info = self.local.get(name)
+        with self._lock:
+            cached = self._refs.get((name, split))
+            # A dataset deleted and created again under the same name is a new one.
+            if cached is not None and cached[0] == info.created_at:
+                return cached[1]
+            size = info.train_size if split == "train" else info.test_size
+            x, y = self.local.read(name, split, [(0, size)])
+            refs = (ray.put(x), ray.put(y))
+            self._refs[(name, split)] = (info.created_at, refs)
+            return refs
+
+    def close(self) -> None:
+        with self._lock:
+            self._refs.clear()
+
+
+@dataclass
+class _Reference:
+    layout: FlatLayout
+    buffer: np.ndarray  # writable; the merge writes here
+    groups: Groups
+    ref: Any = None  # its object-store copy, None while stale
+
+
+class RayModelStore(ModelStore):
+    """The control plane's weights: references in memory, published weights as object refs,
+    final models as files under the home (as in `LocalModelStore`)."""
+
+    def __init__(self, models_dir: Path) -> None:
+        self.models_dir = Path(models_dir)
+        self._references: dict[str, _Reference] = {}
+        self._fetched: dict[tuple[str, int], tuple[str, np.ndarray]] = {}  # see `prefetch`
+        self._lock = threading.Lock()
+
+    def _reference(self, task_id: str) -> _Reference:
+        reference = self._references.get(task_id)
+        if reference is None:
+            raise NotFoundError(f"task {task_id!r} has no reference model yet")
+        return reference
+
+    def _install(self, task_id: str, layout: FlatLayout, buffer: np.ndarray) -> None:
+        with self._lock:
+            self._references[task_id] = _Reference(layout, buffer, _groups(buffer, layout))
+
+    def adopt_reference(self, task_id: str, layout: FlatLayout, ref: Any) -> None:
+        """Take the reference a function wrote (init) into the control plane's memory.
+
+        The copy is ours: the function's object dies with its actor, and the next ref
+        handed out is put by the control plane, which outlives every node.
+        """
+        self._install(task_id, layout, np.array(ray.get(ref), copy=True))
+
+    def reference_ref(self, task_id: str) -> ReferenceRef:
+        """The current reference model in the object store; put at most once per change."""
+        with self._lock:
+            reference = self._reference(task_id)
+            if reference.ref is None:
+                reference.ref = ray.put(reference.buffer)
+            return reference.layout, reference.ref
+
+    def final_ref(self, task_id: str) -> Any:
+        return ray.put(self.load_final(task_id))
+
+    # -- function side, when called in the control plane (resume) -------------------------
+    def write_reference(self, task_id: str, state: dict[str, torch.Tensor]) -> None:
+        layout = FlatLayout.from_state(state)
+        self._install(task_id, layout, _flatten(layout, state, np.zeros(layout.nbytes, np.uint8)))
+
+    def load_reference_into(self, task_id: str, state: dict[str, torch.Tensor]) -> None:
+        reference = self._reference(task_id)
+        reference.layout.unflatten_into(reference.groups, state)
+
+    def publish(self, task_id: str, func_id: int, state: dict[str, torch.Tensor]) -> Any:
+        layout = self.layout(task_id)
+        return ray.put(_flatten(layout, state, np.zeros(layout.nbytes, np.uint8)))
+
+    # -- parameter-server side --------------------------------------------------------------
+    def layout(self, task_id: str) -> FlatLayout:
+        return self._reference(task_id).layout
+
+    def prefetch(self, task_id: str, func_id: int, handle: Any) -> None:
+        """Fetch published weights as soon as they are announced, while the round waits
+        for slower functions, so the merge finds all but the last one here already."""
+        buffer = self._fetch(task_id, func_id, handle)
+        with self._lock:
+            self._fetched[(task_id, func_id)] = (handle.hex(), buffer)
+
+    def _fetch(self, task_id: str, func_id: int, handle: Any) -> np.ndarray:
+        if handle is None:
+            raise StorageError(f"function {func_id} of task {task_id!r} published no object ref")
+        try:
+            return ray.get(handle)
+        except ray.exceptions.RayError as exc:
+            raise StorageError(
+                f"the weights function {func_id} of task {task_id!r} published are lost "
+                f"(its node left the cluster?): {type(exc).__name__}"
+            ) from exc
+
+    def published_groups(self, task_id: str, func_id: int, handle: Any) -> Groups:
+        with self._lock:
+            fetched = self._fetched.pop((task_id, func_id), None)
+        if fetched is not None and handle is not None and fetched[0] == handle.hex():
+            buffer = fetched[1]
+        else:
+            buffer = self._fetch(task_id, func_id, handle)
+        return _groups(buffer, self.layout(task_id))
+
+    def reference_groups(self, task_id: str) -> Groups:
+        with self._lock:
+            reference = self._reference(task_id)
+            reference.ref = None  # handed out writable: the merge is about to change it
+            return reference.groups
+
+    def clear_task(self, task_id: str) -> None:
+        with self._lock:
+            self._references.pop(task_id, None)
+            for key in [k for k in self._fetched if k[0] == task_id]:
+                del self._fetched[key]
+
+    def close(self) -> None:
+        with self._lock:
+            self._references.clear()
+            self._fetched.clear()
+
+    # -- durable models -----------------------------------------------------------------
+    def _final_path(self, task_id: str) -> Path:
+        return self.models_dir / f"{task_id}.pt"
+
+    def save_final(self, task_id: str) -> None:
+        import torch
+
+        reference = self._reference(task_id)
+        state = {k: v.clone() for k, v in reference.layout.views(reference.groups).items()}
+        path = self._final_path(task_id)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".pt.tmp")
+            torch.save(state, tmp)
+            tmp.replace(path)
+        except OSError as exc:
+            raise StorageError(f"cannot save the model of task {task_id!r}: {exc}") from exc
+
+    def load_final(self, task_id: str) -> dict[str, torch.Tensor]:
+        import torch
+
+        path = self._final_path(task_id)
+        if not path.exists():
+            raise NotFoundError(f"task {task_id!r} has no trained model")
+        return torch.load(path, weights_only=True, map_location="cpu")
+
+    def has_final(self, task_id: str) -> bool:
+        return self._final_path(task_id).exists()
+
+    def delete_final(self, task_id: str) -> None:
+        self._final_path(task_id).unlink(missing_ok=True)
+
+
+# -- function side (inside a Ray actor, on any node) ------------------------------------------
+class RemoteDatasetStore(DatasetStore):
+    """A function's view of the datasets: `read` only, from the object store.
+
+    The split's arrays are fetched once per actor and dataset version (Ray keeps one copy
+    per node, shared by every function there) and the ranges are copied out of them.
+    """
+
+    def __init__(self, ask: Ask) -> None:
+        self._ask = ask
+        self._arrays: dict[tuple[str, str], tuple[tuple[str, ...], tuple[np.ndarray, ...]]] = {}
+
+    def read(
+        self, name: str, split: Split, ranges: Sequence[tuple[int, int]]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        refs = self._ask("dataset", name, split)
+        ids = tuple(ref.hex() for ref in refs)
+        cached = self._arrays.get((name, split))
+        if cached is None or cached[0] != ids:
+            self._arrays[(name, split)] = cached = (ids, tuple(ray.get(list(refs))))
+        x_all, y_all = cached[1]
+        if not ranges:
+            return x_all[:0].copy(), y_all[:0].copy()
+        x = np.concatenate([x_all[a:b] for a, b in ranges])
+        y = np.concatenate([y_all[a:b] for a, b in ranges])
+        return x, y
+
+    def forget(self) -> None:
+        """Drop the arrays held (a warm actor calls it when a new task arrives)."""
+        self._arrays.clear()
+
+    def create(self, name: str, arrays: dict[str, np.ndarray]) -> DatasetInfo:
+        raise _outside_a_function("creating a dataset")
+
+    def get(self, name: str) -> DatasetInfo:
+        raise _outside_a_function("describing a dataset")
+
+    def list(self) -> list[DatasetInfo]:
+        raise _outside_a_function("listing datasets")
+
+    def delete(self, name: str) -> None:
+        raise _outside_a_function("deleting a dataset")
+
+
+class RemoteModelStore(ModelStore):
+    """A function's view of the weights: the reference by ref, publishing with `ray.put`."""
+
+    def __init__(self, ask: Ask) -> None:
+        self._ask = ask
+        self._references: dict[str, ReferenceRef] = {}
+        self._scratch: dict[str, np.ndarray] = {}
+
+    def begin(self, task_id: str) -> None:
+        """A new invocation: the reference may have moved on since the last one."""
+        self._references.pop(task_id, None)
+
+    def receive_reference(self, task_id: str, layout: FlatLayout, ref: Any) -> None:
+        """The merged reference of the round just released (sent with the release)."""
+        self._references[task_id] = (layout, ref)
+
+    def forget_other_tasks(self, task_id: str) -> None:
+        for other in [t for t in self._references if t != task_id]:
+            del self._references[other]
+        for other in [t for t in self._scratch if t != task_id]:
+            del self._scratch[other]
+
+    def _current(self, task_id: str) -> ReferenceRef:
+        current = self._references.get(task_id)
+        if current is None:
+            current = self._references[task_id] = self._ask("reference", task_id)
+        return current
+
+    def write_reference(self, task_id: str, state: dict[str, torch.Tensor]) -> None:
+        layout = FlatLayout.from_state(state)
+        buffer = _flatten(layout, state, np.zeros(layout.nbytes, np.uint8))
+        self._ask("write_reference", task_id, layout, ray.put(buffer))
+
+    def load_reference_into(self, task_id: str, state: dict[str, torch.Tensor]) -> None:
+        layout, ref = self._current(task_id)
+        layout.unflatten_into(_groups(ray.get(ref), layout), state)
+
+    def publish(self, task_id: str, func_id: int, state: dict[str, torch.Tensor]) -> Any:
+        layout = self._current(task_id)[0]
+        scratch = self._scratch.get(task_id)
+        if scratch is None or scratch.nbytes != layout.nbytes:
+            scratch = self._scratch[task_id] = np.zeros(layout.nbytes, np.uint8)
+        return ray.put(_flatten(layout, state, scratch))  # put copies: scratch is reusable
+
+    def load_final(self, task_id: str) -> dict[str, torch.Tensor]:
+        return cast("dict[str, torch.Tensor]", ray.get(self._ask("final", task_id)))
+
+    def layout(self, task_id: str) -> FlatLayout:
+        return self._current(task_id)[0]
+
+    def published_groups(self, task_id: str, func_id: int, handle: Any) -> Groups:
+        raise _outside_a_function("merging")
+
+    def reference_groups(self, task_id: str) -> Groups:
+        raise _outside_a_function("merging")
+
+    def clear_task(self, task_id: str) -> None:
+        self._references.pop(task_id, None)
+        self._scratch.pop(task_id, None)
+
+    def save_final(self, task_id: str) -> None:
+        raise _outside_a_function("saving a task's model")
+
+    def has_final(self, task_id: str) -> bool:
+        raise _outside_a_function("looking up a task's model")
+
+    def delete_final(self, task_id: str) -> None:
+        raise _outside_a_function("deleting a task's model")

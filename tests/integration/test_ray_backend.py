@@ -1,0 +1,173 @@
+"""The ray backend on a local multi-node Ray cluster (`ray.cluster_utils.Cluster`).
+
+The head node has no CPUs, so functions run only on the two worker nodes; each worker
+node has one CPU and one `kubeml` slot, so the two functions of a task land on different
+nodes. Nothing is shared with the functions but the object store: datasets, weights and
+the function's code reach them by object ref or inside the invocation.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from kubeml.api.schemas import TaskState
+from tests.conftest import ROOT, function_source
+
+ray = pytest.importorskip("ray", reason="the ray extra is not installed")
+
+pytestmark = pytest.mark.ray
+
+NODE_RESOURCES = {"kubeml": 1.0}
+MB = 1024 * 1024
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[Any]:
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(
+        initialize_head=True,
+        head_node_args={"num_cpus": 0, "include_dashboard": False, "object_store_memory": 80 * MB},
+    )
+    try:
+        for _ in range(2):
+            cluster.add_node(num_cpus=1, resources=NODE_RESOURCES, object_store_memory=80 * MB)
+        ray.init(address=cluster.address, namespace="kubeml-tests")
+        cluster.wait_for_nodes()
+        yield cluster
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+
+
+@pytest.fixture
+def ray_engine(cluster: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    from kubeml.backends.ray import RayBackend
+    from kubeml.control.engine import Engine
+    from kubeml.settings import Settings
+
+    monkeypatch.delenv("KUBEML_CAPACITY", raising=False)  # capacity comes from the cluster
+    settings = Settings(home=tmp_path / "ray-home", backend="ray", round_timeout_s=60)
+    backend = RayBackend.from_settings(settings, resources_per_function=NODE_RESOURCES)
+    engine = Engine(settings, backend=backend)
+    try:
+        yield engine
+    finally:
+        engine.close()
+
+
+def _add_digits(engine: Any, digits: dict[str, np.ndarray]) -> None:
+    engine.create_dataset(
+        "digits", digits["train_x"], digits["train_y"], digits["test_x"], digits["test_y"]
+    )
+
+
+def _nodes_of(engine: Any, task_id: str) -> set[str]:
+    workers = engine.backend.describe()["workers"]
+    return {w["node_id"] for w in workers if task_id in (w["task_id"], w["last_task_id"])}
+
+
+def test_capacity_comes_from_the_cluster(ray_engine):
+    assert ray_engine.backend.capacity == 2  # two 1-CPU worker nodes; the head has none
+
+
+def test_lenet_on_two_nodes_matches_the_process_backend(ray_engine, make_engine, mnist_5k):
+    """The seed's LeNet, same data and seed: the same accuracy as on worker processes."""
+    data = {
+        "train_x": mnist_5k["train_x"][:2048],
+        "train_y": mnist_5k["train_y"][:2048],
+        "test_x": mnist_5k["test_x"][:400],
+        "test_y": mnist_5k["test_y"][:400],
+    }
+    request = dict(function="lenet", dataset="mnist", epochs=3, parallelism=2, k=4, lr=0.02)
+    request |= dict(static=True, seed=7)
+    results = {}
+    for name, engine in (("ray", ray_engine), ("process", make_engine("process"))):
+        engine.create_function("lenet", (ROOT / "examples" / "lenet_mnist.py").read_text())
+        engine.create_dataset("mnist", *data.values())
+        task_id = engine.train(**request)
+        info = engine.wait(task_id, timeout_s=180)
+        assert info.state is TaskState.SUCCEEDED, info.traceback
+        history = engine.get_history(task_id).epochs
+        predictions = engine.infer(task_id, data["test_x"][:40].tolist())
+        results[name] = (task_id, info, history, predictions)
+
+    ray_task, ray_info, ray_epochs, ray_predictions = results["ray"]
+    _, process_info, process_epochs, process_predictions = results["process"]
+    assert len(_nodes_of(ray_engine, ray_task)) == 2, "the two functions shared a node"
+    assert [e.rounds for e in ray_epochs] == [e.rounds for e in process_epochs] == [4, 4, 4]
+    assert ray_epochs[-1].train_loss < ray_epochs[0].train_loss
+    assert ray_info.accuracy > 80.0
+    assert abs(ray_info.accuracy - process_info.accuracy) <= 1.0
+    assert abs(ray_epochs[-1].train_loss - process_epochs[-1].train_loss) < 0.02
+    agree = sum(int(a == b) for a, b in zip(ray_predictions, process_predictions, strict=True))
+    assert agree >= 38
+
+
+def test_user_exception_fails_the_task_with_the_users_traceback(ray_engine, digits):
+    """The backend contract (tests/contract/test_backends.py), on the ray backend."""
+    _add_digits(ray_engine, digits)
+    ray_engine.create_function("mlp", function_source(FAIL_AT_BATCH=2))
+    info = ray_engine.wait(ray_engine.train(function="mlp", dataset="digits", epochs=2), 60)
+    assert info.state is TaskState.FAILED
+    assert "raised ValueError: user code exploded on purpose" in info.error
+    assert "in _step" in info.traceback and "user code exploded" in info.traceback
+
+
+def test_user_output_reaches_the_task_log(ray_engine, digits):
+    _add_digits(ray_engine, digits)
+    ray_engine.create_function("mlp", function_source())
+    task_id = ray_engine.train(function="mlp", dataset="digits", epochs=1, lr=0.05)
+    assert ray_engine.wait(task_id, 60).state is TaskState.SUCCEEDED
+    messages = [(line.source, line.message) for line in ray_engine.logs_of(task_id)]
+    assert any(s == "function-1" and "first batch of epoch 0" in m for s, m in messages)
+    assert any("printed by function 0" in m for _, m in messages)
+
+
+def test_losing_a_node_fails_the_task_and_the_engine_keeps_serving(ray_engine, cluster, digits):
+    _add_digits(ray_engine, digits)
+    ray_engine.create_function("slow", function_source(SLEEP_PER_BATCH_S=0.05))
+    ray_engine.create_function("mlp", function_source())
+    task_id = ray_engine.train(function="slow", dataset="digits", epochs=30, k=2, lr=0.05)
+    deadline = time.monotonic() + 60
+    while ray_engine.get_task(task_id).round < 2:  # training, with rounds merged across nodes
+        assert time.monotonic() < deadline and not ray_engine.get_task(task_id).state.finished
+        time.sleep(0.1)
+    busy = {w["node_id"] for w in ray_engine.backend.describe()["workers"] if w["task_id"]}
+    victim = next(n for n in cluster.worker_nodes if n.node_id in busy)
+    try:
+        cluster.remove_node(victim)
+        info = ray_engine.wait(task_id, timeout_s=60)
+        assert info.state is TaskState.FAILED
+        assert "lost" in info.error and "node" in info.error, info.error
+
+        # The engine serves on: a task that fits the surviving node trains to the end.
+        good = ray_engine.train(function="mlp", dataset="digits", parallelism=1, lr=0.05)
+        info = ray_engine.wait(good, timeout_s=60)
+        assert info.state is TaskState.SUCCEEDED, info.error
+        assert info.accuracy > 80.0
+    finally:
+        cluster.add_node(num_cpus=1, resources=NODE_RESOURCES, object_store_memory=80 * MB)
+
+
+def test_without_ray_the_backend_asks_for_the_extra():
+    code = (
+        "import sys; sys.modules['ray'] = None\n"
+        "from kubeml.errors import MissingDependencyError\n"
+        "try:\n"
+        "    import kubeml.backends.ray\n"
+        "except MissingDependencyError as exc:\n"
+        "    print(exc)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "pip install 'kubeml[ray]'" in out.stdout
