@@ -65,3 +65,12 @@ def test_batchnorm_statistics_are_averaged_through_flat_groups():
     assert torch.allclose(
         merged["0.weight"], 0.25 * states[0]["0.weight"] + 0.75 * states[1]["0.weight"]
     )
+
+
+def test_aliasing_any_input_and_many_inputs_give_the_exact_mean():
+    a, b, c = torch.tensor([1.0, 2.0]), torch.tensor([4.0, 8.0]), torch.tensor([7.0, -1.0])
+    expected = (1 * a + 2 * b + 3 * c) / 6
+    for target_index in range(3):
+        states = [{"w": t.clone()} for t in (a, b, c)]
+        weighted_average_into(states[target_index], states, [1, 2, 3])
+        assert torch.allclose(states[target_index]["w"], expected), target_index

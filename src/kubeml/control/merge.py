@@ -40,16 +40,30 @@ def weighted_average_into(
         for key, target in out.items():
             tensors = [(s[key], w) for s, w in pairs]
             if target.is_floating_point() or target.is_complex():
-                acc = tensors[0][0].to(target.dtype) * tensors[0][1]
-                for tensor, weight in tensors[1:]:
-                    acc.add_(tensor.to(target.dtype), alpha=weight)
-                target.copy_(acc)
+                _running_mean_into(target, tensors)
             elif target.dtype == torch.bool:
                 votes = torch.stack([t.double() * w for t, w in tensors]).sum(0)
                 target.copy_(votes >= 0.5)
             else:
                 mean = torch.stack([t.double() * w for t, w in tensors]).sum(0)
                 target.copy_(torch.round(mean).to(target.dtype))
+
+
+def _running_mean_into(target: torch.Tensor, tensors: list[tuple[torch.Tensor, float]]) -> None:
+    """Weighted mean as a running `lerp`: each pass reads two buffers and writes one, with
+    no temporaries, so merging N states costs about N-1 passes over memory (one for N=2)."""
+    # An input that aliases `target` must be read first, before `target` is overwritten.
+    tensors = sorted(tensors, key=lambda tw: tw[0].data_ptr() != target.data_ptr())
+    first, seen = tensors[0]
+    if len(tensors) == 1:
+        if first.data_ptr() != target.data_ptr():
+            target.copy_(first)
+        return
+    base = first if first.dtype == target.dtype else first.to(target.dtype)
+    for i, (tensor, weight) in enumerate(tensors[1:]):
+        seen += weight
+        tensor = tensor if tensor.dtype == target.dtype else tensor.to(target.dtype)
+        torch.lerp(base if i == 0 else target, tensor, weight / seen, out=target)
 
 
 def weighted_average(
