@@ -144,6 +144,11 @@ class TrainJob:
             models.write_reference(self.task_id, models.load_final(self.task_id))
             self._log(f"resuming from epoch {self.start_epoch}")
             return
+        # Start all N workers now, not one for init and the rest at the first epoch, so
+        # every function of the first round starts together (a cold worker costs ~1 s).
+        warm = getattr(self.services.backend, "warm", None)
+        if warm is not None:
+            warm(self.parallelism)
         self._run(Mode.INIT, [()], sync=None)
 
     def _train_epoch(self, epoch: int) -> EpochRecord:
