@@ -1,0 +1,1 @@
+"""The benchmark harness of ARCHITECTURE section 6: `python -m benchmarks --help`."""
