@@ -21,6 +21,7 @@ from benchmarks.rows_kubeml import deploy_reference, fresh_engine, prewarm, run_
 def _plain_epochs(workload: Workload, epochs: int) -> list[float]:
     """samples/s of `epochs` epochs of the plain loop, in this process."""
     import torch
+
     from benchmarks.data import Arrays
 
     saved = torch.get_num_threads()

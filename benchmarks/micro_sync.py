@@ -28,6 +28,7 @@ from types import ModuleType
 from typing import Any
 
 import numpy as np
+
 from benchmarks.rows_kubeml import fresh_engine, run_task
 
 PROBE_FILE = Path(__file__).parent / "functions" / "resnet18_probe.py"

@@ -196,6 +196,7 @@ def _plain_epoch(workload: Workload, out_dir: Path) -> None:
 def _profile_sync_probe(out_dir: Path, echo: Callable[[str], None], batches: int = 40) -> None:
     """The ResNet-18-sized probe with K=1: every batch is a K-AVG round of 46.8 MB."""
     import numpy as np
+
     from benchmarks.micro_sync import PROBE_FILE, PROBE_FUNCTION, probe_request
 
     with fresh_engine() as engine:

@@ -22,9 +22,10 @@ def _train_loop(config: dict[str, Any]) -> None:
     """Runs on each Ray Train worker."""
     import torch
     import torch.distributed as dist
-    from benchmarks.rows_torch import distributed_epochs
     from ray.train import get_context
     from ray.train.torch import prepare_model
+
+    from benchmarks.rows_torch import distributed_epochs
 
     raw = dict(config["workload"])
     workload = Workload(**{**raw, "data_dir": Path(raw["data_dir"])})
