@@ -6,22 +6,14 @@ same bytes kubeml's dataset store holds instead of each re-reading the gzip file
 
 from __future__ import annotations
 
-import gzip
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
+from examples.data import load_fashion_mnist as read_fashion_mnist
+
 FIELDS = ("train_x", "train_y", "test_x", "test_y")
-
-
-def _read_idx(path: Path) -> np.ndarray:
-    with gzip.open(path, "rb") as f:
-        raw = f.read()
-    ndim = raw[3]
-    dims = [int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
-    return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
 
 
 @dataclass(frozen=True)
@@ -43,17 +35,7 @@ class Arrays:
 
 def load_fashion_mnist(train_size: int | None = None, test_size: int | None = None) -> Arrays:
     """The real 60,000/10,000 set, optionally cut to its first `train_size`/`test_size`."""
-    if not (FASHION_DIR / "train-images-idx3-ubyte.gz").exists():
-        raise SystemExit(
-            f"Fashion-MNIST not found in {FASHION_DIR}: apt-get install -y dataset-fashion-mnist"
-        )
-    read = {
-        "train_x": "train-images-idx3-ubyte.gz",
-        "train_y": "train-labels-idx1-ubyte.gz",
-        "test_x": "t10k-images-idx3-ubyte.gz",
-        "test_y": "t10k-labels-idx1-ubyte.gz",
-    }
-    arrays = {name: _read_idx(FASHION_DIR / file) for name, file in read.items()}
+    arrays = read_fashion_mnist()  # the examples' reader: one parser of the idx format
     for split, size in (("train", train_size), ("test", test_size)):
         if size is not None:
             arrays[f"{split}_x"] = arrays[f"{split}_x"][:size]
