@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from concurrent.futures import Future
 from typing import Any, Protocol
 
+from kubeml.errors import FunctionError, KubeMLError
 from kubeml.runtime.invocation import Invocation, InvocationResult, LogSink
 from kubeml.runtime.sync import Release, RoundReport
 from kubeml.stores.datasets import DatasetStore
@@ -55,3 +56,18 @@ class FunctionBackend(ABC):
 
     def describe(self) -> dict[str, Any]:
         return {"backend": self.name, "capacity": self.capacity}
+
+
+def fail_invocation(
+    future: Future[InvocationResult],
+    sync: SyncHandler | None,
+    func_id: int,
+    error: BaseException,
+) -> None:
+    """Fail one invocation: the round barrier hears first, so no round waits for a dead
+    function, then the job's future. Errors that are not kubeml's become `FunctionError`."""
+    if not isinstance(error, KubeMLError):
+        error = FunctionError(repr(error))
+    if sync is not None:
+        sync.fail(func_id, error)
+    future.set_exception(error)

@@ -6,8 +6,7 @@ import threading
 from collections.abc import Sequence
 from concurrent.futures import Future
 
-from kubeml.backends.base import FunctionBackend, SyncHandler
-from kubeml.errors import FunctionError, KubeMLError
+from kubeml.backends.base import FunctionBackend, SyncHandler, fail_invocation
 from kubeml.runtime.execute import execute
 from kubeml.runtime.invocation import Invocation, InvocationResult, LogSink
 from kubeml.stores.datasets import DatasetStore
@@ -54,9 +53,6 @@ class InlineBackend(FunctionBackend):
         try:
             result = execute(inv, datasets=self.datasets, models=self.models, sync=sync, log=log)
         except BaseException as exc:
-            error = exc if isinstance(exc, KubeMLError) else FunctionError(str(exc))
-            if sync is not None:
-                sync.fail(inv.func_id, error)
-            future.set_exception(error)
+            fail_invocation(future, sync, inv.func_id, exc)
         else:
             future.set_result(result)

@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Listener
 from typing import Any
 
-from kubeml.backends.base import FunctionBackend, SyncHandler
-from kubeml.errors import BackendError, FunctionError, KubeMLError
+from kubeml.backends.base import FunctionBackend, SyncHandler, fail_invocation
+from kubeml.errors import BackendError
 from kubeml.runtime.invocation import Invocation, InvocationResult, LogSink
 from kubeml.stores.datasets import DatasetStore
 from kubeml.stores.models import ModelStore
@@ -175,13 +175,8 @@ class ProcessBackend(FunctionBackend):
                     future.set_result(payload[0])
                     return
                 elif kind == "error":
-                    error = payload[0]
-                    if not isinstance(error, KubeMLError):
-                        error = FunctionError(repr(error))
                     self._release(worker, healthy=True)
-                    if sync is not None:
-                        sync.fail(inv.func_id, error)
-                    future.set_exception(error)
+                    fail_invocation(future, sync, inv.func_id, payload[0])
                     return
         except (EOFError, OSError, BrokenPipeError) as exc:
             try:
@@ -194,9 +189,7 @@ class ProcessBackend(FunctionBackend):
             )
             error.__cause__ = exc
             self._release(worker, healthy=False)
-            if sync is not None:
-                sync.fail(inv.func_id, error)
-            future.set_exception(error)
+            fail_invocation(future, sync, inv.func_id, error)
 
     def cancel(self, task_id: str) -> None:
         with self._lock:

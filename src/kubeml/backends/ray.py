@@ -35,7 +35,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from kubeml.backends.base import FunctionBackend, SyncHandler
+from kubeml.backends.base import FunctionBackend, SyncHandler, fail_invocation
 from kubeml.errors import BackendError, FunctionError, KubeMLError, MissingDependencyError
 from kubeml.runtime.invocation import (
     FunctionCode,
@@ -425,13 +425,8 @@ class RayBackend(FunctionBackend):
                     future.set_result(payload[0])
                     return
                 elif kind == "error":
-                    error = payload[0]
-                    if not isinstance(error, KubeMLError):
-                        error = FunctionError(repr(error))
                     self._release(actor, healthy=True)
-                    if sync is not None:
-                        sync.fail(inv.func_id, error)
-                    future.set_exception(error)
+                    fail_invocation(future, sync, inv.func_id, payload[0])
                     return
             raise BackendError("the Ray actor ended the invocation without a result")
         except Exception as exc:  # the actor, its node or the relay failed: never hang the job
@@ -443,9 +438,7 @@ class RayBackend(FunctionBackend):
                 error = BackendError(f"relaying function {inv.func_id} failed: {exc!r}")
                 error.__cause__ = exc
             self._release(actor, healthy=False)
-            if sync is not None:
-                sync.fail(inv.func_id, error)
-            future.set_exception(error)
+            fail_invocation(future, sync, inv.func_id, error)
 
     def _answer(
         self, actor: _Actor, inv: Invocation, sync: SyncHandler | None, kind: str, args: tuple

@@ -77,6 +77,7 @@ class LocalModelStore(ModelStore):
     def __init__(self, scratch_dir: Path, models_dir: Path) -> None:
         self.scratch_dir = Path(scratch_dir)
         self.models_dir = Path(models_dir)
+        self.finals = FinalModelFiles(self.models_dir)
         self._maps: dict[Path, Any] = {}
         self._layouts: dict[str, FlatLayout] = {}
         self._lock = threading.Lock()
@@ -176,15 +177,38 @@ class LocalModelStore(ModelStore):
             del self._layouts[other]
 
     # -- durable models -----------------------------------------------------------------
-    def _final_path(self, task_id: str) -> Path:
-        return self.models_dir / f"{task_id}.pt"
-
     def save_final(self, task_id: str) -> None:
+        self.finals.save(task_id, self.layout(task_id).views(self.reference_groups(task_id)))
+
+    def load_final(self, task_id: str) -> dict[str, torch.Tensor]:
+        return self.finals.load(task_id)
+
+    def has_final(self, task_id: str) -> bool:
+        return self.finals.exists(task_id)
+
+    def delete_final(self, task_id: str) -> None:
+        self.finals.delete(task_id)
+
+
+class FinalModelFiles:
+    """Trained models on disk, one `torch.save` file per task, for every control-plane store.
+
+    Files are written atomically and loaded with `weights_only=True`, so a model file can
+    never run code.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+
+    def _path(self, task_id: str) -> Path:
+        return self.root / f"{task_id}.pt"
+
+    def save(self, task_id: str, state: dict[str, torch.Tensor]) -> None:
         import torch
 
-        layout = self.layout(task_id)
-        state = {k: v.clone() for k, v in layout.views(self.reference_groups(task_id)).items()}
-        path = self._final_path(task_id)
+        # Clone: a view into a flat buffer would otherwise save the whole buffer each time.
+        state = {k: v.clone() for k, v in state.items()}
+        path = self._path(task_id)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_suffix(".pt.tmp")
@@ -193,16 +217,16 @@ class LocalModelStore(ModelStore):
         except OSError as exc:
             raise StorageError(f"cannot save the model of task {task_id!r}: {exc}") from exc
 
-    def load_final(self, task_id: str) -> dict[str, torch.Tensor]:
+    def load(self, task_id: str) -> dict[str, torch.Tensor]:
         import torch
 
-        path = self._final_path(task_id)
+        path = self._path(task_id)
         if not path.exists():
             raise NotFoundError(f"task {task_id!r} has no trained model")
         return torch.load(path, weights_only=True, map_location="cpu")
 
-    def has_final(self, task_id: str) -> bool:
-        return self._final_path(task_id).exists()
+    def exists(self, task_id: str) -> bool:
+        return self._path(task_id).exists()
 
-    def delete_final(self, task_id: str) -> None:
-        self._final_path(task_id).unlink(missing_ok=True)
+    def delete(self, task_id: str) -> None:
+        self._path(task_id).unlink(missing_ok=True)

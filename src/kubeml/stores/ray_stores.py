@@ -33,7 +33,7 @@ from kubeml.api.schemas import DatasetInfo
 from kubeml.errors import NotFoundError, StorageError
 from kubeml.stores.datasets import DatasetStore, LocalDatasetStore, Split
 from kubeml.stores.flat import FlatLayout
-from kubeml.stores.models import Groups, ModelStore
+from kubeml.stores.models import FinalModelFiles, Groups, ModelStore
 
 if TYPE_CHECKING:
     import torch
@@ -128,6 +128,7 @@ class RayModelStore(ModelStore):
 
     def __init__(self, models_dir: Path) -> None:
         self.models_dir = Path(models_dir)
+        self.finals = FinalModelFiles(self.models_dir)
         self._references: dict[str, _Reference] = {}
         self._fetched: dict[tuple[str, int], tuple[str, np.ndarray]] = {}  # see `prefetch`
         self._lock = threading.Lock()
@@ -223,36 +224,18 @@ class RayModelStore(ModelStore):
             self._fetched.clear()
 
     # -- durable models -----------------------------------------------------------------
-    def _final_path(self, task_id: str) -> Path:
-        return self.models_dir / f"{task_id}.pt"
-
     def save_final(self, task_id: str) -> None:
-        import torch
-
         reference = self._reference(task_id)
-        state = {k: v.clone() for k, v in reference.layout.views(reference.groups).items()}
-        path = self._final_path(task_id)
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".pt.tmp")
-            torch.save(state, tmp)
-            tmp.replace(path)
-        except OSError as exc:
-            raise StorageError(f"cannot save the model of task {task_id!r}: {exc}") from exc
+        self.finals.save(task_id, reference.layout.views(reference.groups))
 
     def load_final(self, task_id: str) -> dict[str, torch.Tensor]:
-        import torch
-
-        path = self._final_path(task_id)
-        if not path.exists():
-            raise NotFoundError(f"task {task_id!r} has no trained model")
-        return torch.load(path, weights_only=True, map_location="cpu")
+        return self.finals.load(task_id)
 
     def has_final(self, task_id: str) -> bool:
-        return self._final_path(task_id).exists()
+        return self.finals.exists(task_id)
 
     def delete_final(self, task_id: str) -> None:
-        self._final_path(task_id).unlink(missing_ok=True)
+        self.finals.delete(task_id)
 
 
 # -- function side (inside a Ray actor, on any node) ------------------------------------------
