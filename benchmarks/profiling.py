@@ -41,18 +41,21 @@ def _fn(names: str, path: str = "") -> str:
 
 
 CATEGORIES: list[tuple[str, str]] = [
-    ("sync: waiting for the round's merge", _fn("publish", "kubeml/backends/_worker.py")),
+    ("sync: waiting for the round's merge", _fn("publish", "kubeml/backends/relay.py")),
     ("sync: publish weights", _fn("publish", "kubeml/stores/models.py")),
     ("sync: load the reference model", _fn("load_reference_into")),
     ("merge (server)", _fn("weighted_average_into|_merge", "kubeml/control/")),
     ("log lines to the task log", _fn("emit|append|log", "kubeml/")),
-    ("validation", _fn("_run_validate") + "|" + _fn("evaluate", "reference.py")),
+    (
+        "validation",
+        _fn("_validate", "kubeml/runtime/rounds.py") + "|" + _fn("evaluate", "reference.py"),
+    ),
     ("backward", _fn("backward", "torch/")),
     ("optimizer step", _fn("step", "torch/optim/")),
     ("zero_grad", _fn("zero_grad")),
     (
         "data: batch (gather + normalise)",
-        _fn("_fetch|batch", "kubeml/sdk/batching.py")
+        _fn("_fetch|batch", "kubeml/runtime/batching.py")
         + "|"
         + _fn("batch", "reference.py")
         + "|"
@@ -62,7 +65,10 @@ CATEGORIES: list[tuple[str, str]] = [
     ("data: read the shard", _fn("read", "kubeml/stores/datasets.py")),
     ("forward + loss", _fn("forward|cross_entropy|_call_impl")),
     ("optimizer build", _fn("configure_optimizers")),
-    ("rest of the train loop", _fn("_run_train|train_steps")),
+    (
+        "rest of the train loop",
+        _fn("_train", "kubeml/runtime/rounds.py") + "|" + _fn("train_steps"),
+    ),
     ("invocation setup", _fn("execute", "kubeml/runtime/execute.py")),
 ]
 _COMPILED = [(name, re.compile(pattern)) for name, pattern in CATEGORIES]
@@ -204,7 +210,7 @@ def _profile_sync_probe(out_dir: Path, echo: Callable[[str], None], batches: int
         x, y = np.zeros((2 * batches, 1), dtype=np.float32), np.zeros(2 * batches, dtype=np.int64)
         engine.create_dataset("probe", x, y, x[:2], y[:2])
         run_task(engine, probe_request(1))  # warm workers and shared memory
-        workers = _children("kubeml.backends._worker")
+        workers = _children("kubeml.backends.process_worker")
         targets = {f"sync-probe-k1-worker-{i}": pid for i, pid in enumerate(workers)}
         echo(f"-- profile: 11.7M-parameter probe, N=2 K=1, {batches} rounds")
         with (
@@ -222,7 +228,7 @@ def profile(workload: Workload, out_dir: Path, echo: Callable[[str], None]) -> d
     with fresh_engine() as engine:
         deploy_reference(engine, workload.data_dir)
         prewarm(engine, workload, 2)
-        workers = _children("kubeml.backends._worker")
+        workers = _children("kubeml.backends.process_worker")
         targets = {f"kubeml-n1-worker-{i}": pid for i, pid in enumerate(workers)}
         echo(f"-- profile: kubeml N=1 K=-1, one epoch (workers {workers})")
         with recording(targets, out_dir, idle=True):

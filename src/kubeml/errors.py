@@ -4,13 +4,15 @@
     ├── InvalidInputError          422  a request field or an uploaded file is wrong
     │   ├── InvalidDatasetError    422  arrays with bad shapes, dtypes, lengths, or pickle
     │   ├── InvalidFunctionError   422  function code that does not compile or has no main()
-    │   └── PayloadTooLargeError   413  an upload or request body over the server's limit
+    │   ├── PayloadTooLargeError   413  an upload or request body over the server's limit
+    │   └── InvalidInferenceInputError 422  the function's infer() rejected the input
     ├── NotFoundError              404  unknown function, dataset, task or model
     ├── AlreadyExistsError         409  a name that is taken
     ├── UnauthorizedError          401  missing or wrong API token
     ├── CapacityError              409  parallelism larger than the backend can ever run
     ├── FunctionError              500  the user's code raised, hung or returned NaN
-    │   └── FunctionTimeoutError   500  a function did not reach the next round in time
+    │   ├── FunctionTimeoutError   500  a function did not reach the next round in time
+    │   └── FunctionExitError      500  user code exited (SystemExit, KeyboardInterrupt...)
     ├── DeviceError                500  gpu=True without a usable CUDA device
     ├── BackendError               503  a worker died or a backend is unusable
     ├── StorageError               500  the dataset or model store failed
@@ -68,6 +70,10 @@ class PayloadTooLargeError(InvalidInputError):
     http_status = 413
 
 
+class InvalidInferenceInputError(InvalidInputError):
+    code = "invalid_inference_input"
+
+
 class NotFoundError(KubeMLError):
     code = "not_found"
     http_status = 404
@@ -95,6 +101,12 @@ class FunctionError(KubeMLError):
 
 class FunctionTimeoutError(FunctionError):
     code = "function_timeout"
+
+
+class FunctionExitError(FunctionError):
+    """User code raised a `BaseException` that is not an `Exception`; its worker is replaced."""
+
+    code = "function_exit"
 
 
 class DeviceError(KubeMLError):

@@ -7,11 +7,10 @@ from collections.abc import Sequence
 from concurrent.futures import Future
 from typing import Any, Protocol
 
-from kubeml.errors import FunctionError, KubeMLError
 from kubeml.runtime.invocation import Invocation, InvocationResult, LogSink
 from kubeml.runtime.sync import Release, RoundReport
 from kubeml.stores.datasets import DatasetStore
-from kubeml.stores.models import ModelStore
+from kubeml.stores.interfaces import ControlModels
 
 
 class SyncHandler(Protocol):
@@ -30,11 +29,14 @@ class FunctionBackend(ABC):
     `KubeMLError`: `FunctionError` (carrying the user's traceback) when user code raised,
     `BackendError` when the worker died. Before it fails, the backend tells the sync
     handler, so no round waits for a dead function.
+
+    A backend builds the control plane's stores it serves functions from (`datasets`,
+    `models`); the engine uses those and builds none of its own.
     """
 
     name: str = "backend"
     datasets: DatasetStore
-    models: ModelStore
+    models: ControlModels
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
@@ -48,6 +50,9 @@ class FunctionBackend(ABC):
         log: LogSink,
     ) -> list[Future[InvocationResult]]: ...
 
+    def warm(self, count: int) -> None:  # noqa: B027 - only backends with workers warm up
+        """Start `count` workers ahead of demand, so the next invocations find them warm."""
+
     def cancel(self, task_id: str) -> None:  # noqa: B027 - optional for backends
         """Abandon the running invocations of a task (a hung function)."""
 
@@ -56,18 +61,3 @@ class FunctionBackend(ABC):
 
     def describe(self) -> dict[str, Any]:
         return {"backend": self.name, "capacity": self.capacity}
-
-
-def fail_invocation(
-    future: Future[InvocationResult],
-    sync: SyncHandler | None,
-    func_id: int,
-    error: BaseException,
-) -> None:
-    """Fail one invocation: the round barrier hears first, so no round waits for a dead
-    function, then the job's future. Errors that are not kubeml's become `FunctionError`."""
-    if not isinstance(error, KubeMLError):
-        error = FunctionError(repr(error))
-    if sync is not None:
-        sync.fail(func_id, error)
-    future.set_exception(error)

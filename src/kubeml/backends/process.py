@@ -17,11 +17,13 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Listener
 from typing import Any
 
-from kubeml.backends.base import FunctionBackend, SyncHandler, fail_invocation
+from kubeml.backends.base import FunctionBackend, SyncHandler
+from kubeml.backends.process_worker import Hello, PipeTransport, Setup
+from kubeml.backends.relay import Failed, RelayHooks, Shutdown, drive, settle, start_gang
 from kubeml.errors import BackendError
 from kubeml.runtime.invocation import Invocation, InvocationResult, LogSink
-from kubeml.stores.datasets import DatasetStore
-from kubeml.stores.models import ModelStore
+from kubeml.stores.datasets import LocalDatasetStore
+from kubeml.stores.models import LocalModelStore
 
 
 @dataclass
@@ -29,7 +31,6 @@ class _Worker:
     process: Any
     conn: Any
     task_id: str | None = None
-    ready: bool = False
     started_at: float = field(default_factory=time.monotonic)
 
     def alive(self) -> bool:
@@ -46,7 +47,7 @@ class _Worker:
 class ProcessBackend(FunctionBackend):
     """Runs each invocation in a warm worker process.
 
-    Workers are fresh interpreters (`python -m kubeml.backends._worker`: no forked torch
+    Workers are fresh interpreters (`python -m kubeml.backends.process_worker`: no forked torch
     state, and the parent's `__main__` is never re-run), connected back over an
     authenticated Unix socket. They import torch once, and keep
     every user module they imported, so only the first invocation on a worker pays for
@@ -57,11 +58,13 @@ class ProcessBackend(FunctionBackend):
     """
 
     name = "process"
+    datasets: LocalDatasetStore
+    models: LocalModelStore
 
     def __init__(
         self,
-        datasets: DatasetStore,
-        models: ModelStore,
+        datasets: LocalDatasetStore,
+        models: LocalModelStore,
         capacity: int = 2,
         idle_timeout_s: float = 300.0,
     ) -> None:
@@ -86,18 +89,18 @@ class ProcessBackend(FunctionBackend):
         processes = {}
         for _ in range(count):
             process = subprocess.Popen(
-                [sys.executable, "-m", "kubeml.backends._worker", self._listener.address],
+                [sys.executable, "-m", "kubeml.backends.process_worker", self._listener.address],
                 env=env,
                 stdin=subprocess.DEVNULL,
             )
             processes[process.pid] = process
         workers = []
-        setup = ("setup", self.datasets, self.models, self.idle_timeout_s)
+        setup = Setup(self.datasets, self.models, self.idle_timeout_s)
         for _ in range(count):
             conn = self._listener.accept()
-            _, pid = conn.recv()
+            hello: Hello = conn.recv()
             conn.send(setup)
-            workers.append(_Worker(processes.pop(pid), conn))
+            workers.append(_Worker(processes.pop(hello.pid), conn))
         return workers
 
     def warm(self, count: int) -> None:
@@ -136,18 +139,11 @@ class ProcessBackend(FunctionBackend):
         self, invocations: Sequence[Invocation], *, sync: SyncHandler | None, log: LogSink
     ) -> list[Future[InvocationResult]]:
         workers = self._acquire(len(invocations), invocations[0].task_id if invocations else "")
-        futures = []
-        for worker, inv in zip(workers, invocations, strict=True):
-            future: Future[InvocationResult] = Future()
-            future.set_running_or_notify_cancel()
-            threading.Thread(
-                target=self._drive,
-                args=(worker, inv, sync, log, future),
-                name=f"kubeml-drive-{inv.task_id}-{inv.func_id}",
-                daemon=True,
-            ).start()
-            futures.append(future)
-        return futures
+
+        def run(index: int, inv: Invocation, future: Future[InvocationResult]) -> None:
+            self._drive(workers[index], inv, sync, log, future)
+
+        return start_gang(invocations, run, "drive")
 
     def _drive(
         self,
@@ -157,28 +153,11 @@ class ProcessBackend(FunctionBackend):
         log: LogSink,
         future: Future[InvocationResult],
     ) -> None:
-        """Relay one invocation's messages between its worker and the job."""
+        """Relay one invocation between its worker and the job; a worker whose user code
+        exited is replaced, a dead one is dropped (the next task spawns what it lacks)."""
         try:
-            worker.conn.send(("invoke", inv))
-            while True:
-                kind, *payload = worker.conn.recv()
-                if kind == "ready":
-                    worker.ready = True
-                elif kind == "log":
-                    log(payload[0], payload[1])
-                elif kind == "publish":
-                    if sync is None:
-                        raise BackendError("function published weights outside a train round")
-                    worker.conn.send(("release", sync.publish(payload[0])))
-                elif kind == "result":
-                    self._release(worker, healthy=True)
-                    future.set_result(payload[0])
-                    return
-                elif kind == "error":
-                    self._release(worker, healthy=True)
-                    fail_invocation(future, sync, inv.func_id, payload[0])
-                    return
-        except (EOFError, OSError, BrokenPipeError) as exc:
+            outcome = drive(PipeTransport(worker.conn), inv, sync, log, _HOOKS)
+        except (EOFError, OSError) as exc:
             try:
                 code = worker.process.wait(timeout=1)
             except subprocess.TimeoutExpired:
@@ -189,7 +168,27 @@ class ProcessBackend(FunctionBackend):
             )
             error.__cause__ = exc
             self._release(worker, healthy=False)
-            fail_invocation(future, sync, inv.func_id, error)
+            settle(future, sync, inv.func_id, error)
+            return
+        if isinstance(outcome, Failed) and outcome.replace_worker:
+            self._replace(worker)
+        else:
+            self._release(worker, healthy=True)
+        settle(future, sync, inv.func_id, outcome)
+
+    def _replace(self, worker: _Worker) -> None:
+        """Kill a worker that cannot be trusted and start a warm one in its place."""
+        self._release(worker, healthy=False)
+        if not self._closed:
+            threading.Thread(
+                target=self._warm_one, name="kubeml-replace-worker", daemon=True
+            ).start()
+
+    def _warm_one(self) -> None:
+        # If this fails, the next task spawns the worker it lacks itself.
+        with contextlib.suppress(Exception), self._lock:
+            if not self._closed:
+                self._idle.extend(self._spawn(1))
 
     def cancel(self, task_id: str) -> None:
         with self._lock:
@@ -205,7 +204,7 @@ class ProcessBackend(FunctionBackend):
             workers, self._idle, self._busy = self._idle + self._busy, [], []
         for worker in workers:
             with contextlib.suppress(OSError):
-                worker.conn.send(("exit",))
+                worker.conn.send(Shutdown())
         deadline = time.monotonic() + 3
         for worker in workers:
             with contextlib.suppress(subprocess.TimeoutExpired):
@@ -221,3 +220,6 @@ class ProcessBackend(FunctionBackend):
             idle = sum(1 for w in self._idle if w.alive())
             busy = len(self._busy)
         return {**super().describe(), "warm_workers": idle, "busy_workers": busy}
+
+
+_HOOKS = RelayHooks()  # local stores: weights and data never cross the pipe

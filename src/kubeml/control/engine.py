@@ -37,8 +37,8 @@ from kubeml.errors import InvalidInputError, KubeMLError, NotFoundError
 from kubeml.runtime.invocation import FunctionCode, Invocation, Mode
 from kubeml.runtime.loader import check_source, code_sha256
 from kubeml.settings import Settings
-from kubeml.stores.datasets import ARRAY_FIELDS, DatasetStore, LocalDatasetStore, check_name
-from kubeml.stores.models import LocalModelStore, ModelStore
+from kubeml.stores.datasets import ARRAY_FIELDS, DatasetStore, check_name
+from kubeml.stores.interfaces import ControlModels
 
 if TYPE_CHECKING:
     import numpy as np
@@ -105,12 +105,9 @@ class Engine:
         home.mkdir(parents=True, exist_ok=True)
         self.home = home
         self.metadata = MetadataStore(home / "kubeml.db")
-        local_datasets = LocalDatasetStore(home / "datasets")
-        local_models = LocalModelStore(self.settings.scratch_dir(), home / "models")
-        self.backend = backend or create_backend(self.settings, local_datasets, local_models)
-        # A backend may wrap the local stores (Ray serves them to other nodes).
+        self.backend = backend or create_backend(self.settings)  # it builds its stores
         self.datasets: DatasetStore = self.backend.datasets
-        self.models: ModelStore = self.backend.models
+        self.models: ControlModels = self.backend.models
         self.logs = TaskLogs(home / "logs")
         self.metrics = Metrics()
         self.scheduler = Scheduler(self.backend.capacity, self._start)
@@ -122,11 +119,12 @@ class Engine:
 
     def warm_up(self) -> None:
         """Start the backend's workers in the background, so the first task finds them warm."""
-        warm = getattr(self.backend, "warm", None)
-        if warm is not None:
-            threading.Thread(
-                target=warm, args=(self.backend.capacity,), daemon=True, name="kubeml-warm-up"
-            ).start()
+        threading.Thread(
+            target=self.backend.warm,
+            args=(self.backend.capacity,),
+            daemon=True,
+            name="kubeml-warm-up",
+        ).start()
 
     # -- functions --------------------------------------------------------------------------
     def create_function(self, name: str, code: str) -> FunctionInfo:

@@ -21,7 +21,7 @@ from kubeml.errors import FunctionTimeoutError, KubeMLError
 from kubeml.runtime.invocation import FunctionCode, Invocation, InvocationResult, Mode
 from kubeml.runtime.sync import RoundReport
 from kubeml.stores.datasets import DatasetStore
-from kubeml.stores.models import ModelStore
+from kubeml.stores.interfaces import ControlModels
 
 
 class JobListener(Protocol):
@@ -40,7 +40,7 @@ class JobListener(Protocol):
 class JobServices:
     backend: FunctionBackend
     datasets: DatasetStore
-    models: ModelStore
+    models: ControlModels
     log: Callable[[str, str], None]  # (source, message) into this task's log
     resize: Callable[[int], int]  # ask the scheduler for N slots; returns N granted
     round_timeout_s: float = 600.0
@@ -146,9 +146,7 @@ class TrainJob:
             return
         # Start all N workers now, not one for init and the rest at the first epoch, so
         # every function of the first round starts together (a cold worker costs ~1 s).
-        warm = getattr(self.services.backend, "warm", None)
-        if warm is not None:
-            warm(self.parallelism)
+        self.services.backend.warm(self.parallelism)
         self._run(Mode.INIT, [()], sync=None)
 
     def _train_epoch(self, epoch: int) -> EpochRecord:

@@ -1,4 +1,4 @@
-"""Run one invocation: set the context, call the user's `main()`, return its result."""
+"""Run one invocation: install the round driver, call the user's `main()`, return its result."""
 
 from __future__ import annotations
 
@@ -6,20 +6,14 @@ import contextlib
 import logging
 import traceback
 
-from kubeml.errors import FunctionError, KubeMLError
-from kubeml.runtime.invocation import (
-    Invocation,
-    InvocationContext,
-    InvocationResult,
-    LogSink,
-    Mode,
-    _current,
-)
+from kubeml.errors import FunctionError, FunctionExitError, KubeMLError
+from kubeml.runtime.invocation import Invocation, InvocationResult, LogSink, Mode
 from kubeml.runtime.loader import load_function
+from kubeml.runtime.rounds import FunctionContext, RoundDriver
 from kubeml.runtime.seeds import derive_seed
 from kubeml.runtime.sync import SyncChannel
-from kubeml.stores.datasets import DatasetStore
-from kubeml.stores.models import ModelStore
+from kubeml.sdk.model import driven_by
+from kubeml.stores.interfaces import FunctionModels, ShardSource
 
 
 class SinkHandler(logging.Handler):
@@ -47,13 +41,14 @@ def function_logger(inv: Invocation, sink: LogSink) -> logging.Logger:
 def execute(
     inv: Invocation,
     *,
-    datasets: DatasetStore,
-    models: ModelStore,
+    shards: ShardSource,
+    models: FunctionModels,
     sync: SyncChannel | None,
     log: LogSink,
 ) -> InvocationResult:
-    """Run `inv` in this process and thread. User errors become `FunctionError`s that
-    carry the user's traceback in `details`."""
+    """Run `inv` in this process and thread. User errors become `FunctionError`s naming
+    the function, its id and the hook, with the user's traceback in `details`; user code
+    that exits (SystemExit, KeyboardInterrupt, ...) becomes a `FunctionExitError`."""
     import torch
 
     torch.set_num_threads(max(1, inv.threads))
@@ -64,28 +59,34 @@ def execute(
         torch.manual_seed(derive_seed(inv.seed, inv.epoch, inv.func_id, inv.mode.value))
     module = load_function(inv.function)
     logger = function_logger(inv, log)
-    ctx = InvocationContext(inv, datasets, models, sync, logger)
-    token = _current.set(ctx)
+    driver = RoundDriver(FunctionContext(inv, shards, models, sync, logger))
     try:
-        returned = module.main()
+        with driven_by(driver):
+            module.main()
     except KubeMLError as exc:
         if exc.details is None:
             exc.details = traceback.format_exc()
         raise
-    except Exception as exc:
-        raise FunctionError(
+    except BaseException as exc:
+        where = (
             f"function {inv.function.name!r} (func_id {inv.func_id}, {inv.mode.value}, "
-            f"epoch {inv.epoch}) raised {type(exc).__name__}: {exc}",
+            f"epoch {inv.epoch}): {driver.hook}"
+        )
+        if isinstance(exc, Exception):
+            raise FunctionError(
+                f"{where} raised {type(exc).__name__}: {exc}", details=traceback.format_exc()
+            ) from None
+        raise FunctionExitError(
+            f"{where} raised {type(exc).__name__}({exc}): user code must return, not exit "
+            "its worker; the worker was replaced",
             details=traceback.format_exc(),
         ) from None
     finally:
-        _current.reset(token)
         for handler in logger.handlers:
             handler.flush()
-    result = returned if isinstance(returned, InvocationResult) else ctx.result
-    if result is None:
+    if driver.result is None:
         raise FunctionError(
             f"function {inv.function.name!r}: main() never called KubeModel.start(); "
             "end main() with `return model.start()`"
         )
-    return result
+    return driver.result

@@ -1,20 +1,11 @@
-"""The arguments and result of one function invocation, and the context user code runs in."""
+"""The arguments and the result of one function invocation."""
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
-from contextvars import ContextVar
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import Enum
-from typing import TYPE_CHECKING, Any
-
-from kubeml.errors import KubeMLError
-
-if TYPE_CHECKING:
-    from kubeml.runtime.sync import SyncChannel
-    from kubeml.stores.datasets import DatasetStore
-    from kubeml.stores.models import ModelStore
+from typing import Any
 
 
 class Mode(str, Enum):
@@ -73,32 +64,3 @@ class InvocationResult:
 
 
 LogSink = Callable[[str, str], None]  # (source, message)
-
-
-@dataclass
-class InvocationContext:
-    """What `KubeModel.start()` finds when the runtime calls the user's `main()`."""
-
-    invocation: Invocation
-    datasets: DatasetStore
-    models: ModelStore
-    sync: SyncChannel | None
-    logger: logging.Logger
-    result: InvocationResult | None = field(default=None)
-
-
-_current: ContextVar[InvocationContext | None] = ContextVar("kubeml_invocation", default=None)
-
-
-def current_context() -> InvocationContext:
-    ctx = _current.get()
-    if ctx is None:
-        raise KubeMLError(
-            "KubeModel.start() runs only inside a kubeml invocation: deploy this file with "
-            "`kubeml function create --name NAME --code FILE` and start it with `kubeml train`"
-        )
-    return ctx
-
-
-def peek_context() -> InvocationContext | None:
-    return _current.get()

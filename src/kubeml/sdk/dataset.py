@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 from torch.utils.data import Dataset
-
-from kubeml.runtime.invocation import Mode, peek_context
 
 if TYPE_CHECKING:
     import numpy as np
@@ -17,9 +15,9 @@ class KubeDataset(Dataset):
 
     Subclasses call `super().__init__("name")` with the name the dataset was uploaded
     under and implement `__getitem__` and `__len__` over `self.data` and `self.labels`.
-    The system fills those two numpy arrays with the samples assigned to this invocation:
-    the function's shard of the training set while training, its slice of the test set
-    while validating. Users never load data themselves.
+    kubeml fills those two numpy arrays with the samples assigned to this invocation when
+    the model starts: the function's shard of the training set while training, its slice
+    of the test set while validating. Users never load data themselves.
 
     Set the class attribute `batched_getitem = False` if `__getitem__` must only ever see
     one integer index. By default kubeml tries calling it once with an array of indices
@@ -41,8 +39,7 @@ class KubeDataset(Dataset):
     @property
     def data(self) -> np.ndarray:
         if self._data is None:
-            self._load_from_context()
-        assert self._data is not None
+            raise self._not_loaded()
         return self._data
 
     @data.setter
@@ -52,8 +49,7 @@ class KubeDataset(Dataset):
     @property
     def labels(self) -> np.ndarray:
         if self._labels is None:
-            self._load_from_context()
-        assert self._labels is not None
+            raise self._not_loaded()
         return self._labels
 
     @labels.setter
@@ -64,25 +60,18 @@ class KubeDataset(Dataset):
         """True while training, False while validating."""
         return self._training
 
+    def load_shard(self, data: np.ndarray, labels: np.ndarray, *, training: bool) -> None:
+        """Called by kubeml when the model starts: this invocation's samples."""
+        self._data, self._labels, self._training = data, labels, training
+
     def __len__(self) -> int:
         return len(self.data)
 
     def __getitem__(self, index: Any) -> Any:
         raise NotImplementedError("KubeDataset subclasses implement __getitem__")
 
-    def _load_from_context(self) -> None:
-        ctx = peek_context()
-        if ctx is None:
-            raise RuntimeError(
-                f"dataset {self.dataset!r}: data is loaded by kubeml inside an invocation"
-            )
-        inv = ctx.invocation
-        if inv.mode in (Mode.TRAIN, Mode.VALIDATE):
-            self._training = inv.mode is Mode.TRAIN
-            split: Literal["train", "test"] = "train" if self._training else "test"
-            self._data, self._labels = ctx.datasets.read(self.dataset, split, inv.ranges)
-        else:  # init and infer need no samples
-            import numpy as np
-
-            self._training = False
-            self._data, self._labels = np.empty((0,)), np.empty((0,))
+    def _not_loaded(self) -> RuntimeError:
+        return RuntimeError(
+            f"dataset {self.dataset!r}: kubeml fills data and labels when the model starts "
+            "(inside `model.start()` of a kubeml invocation); do not read them before"
+        )

@@ -11,19 +11,19 @@ import json
 import re
 import shutil
 import threading
-from abc import ABC, abstractmethod
+from abc import abstractmethod
 from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 from kubeml.api.schemas import DatasetInfo
 from kubeml.errors import AlreadyExistsError, InvalidDatasetError, NotFoundError, StorageError
+from kubeml.stores.interfaces import ShardSource, Split
 
 if TYPE_CHECKING:
     import numpy as np
 
-Split = Literal["train", "test"]
 ARRAY_FIELDS = ("train_x", "train_y", "test_x", "test_y")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _NUMERIC_KINDS = "biuf"  # bool, signed, unsigned, float
@@ -114,8 +114,8 @@ def validate_arrays(arrays: dict[str, np.ndarray]) -> None:
         )
 
 
-class DatasetStore(ABC):
-    """Named datasets of train and test features and labels."""
+class DatasetStore(ShardSource):
+    """Named datasets of train and test features and labels (the control plane's side)."""
 
     @abstractmethod
     def create(self, name: str, arrays: dict[str, np.ndarray]) -> DatasetInfo: ...

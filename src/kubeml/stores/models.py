@@ -11,68 +11,22 @@ from __future__ import annotations
 import os
 import shutil
 import threading
-from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kubeml.errors import NotFoundError, StorageError
 from kubeml.stores.flat import FlatLayout
+from kubeml.stores.interfaces import ControlModels, FunctionModels, Groups
 
 if TYPE_CHECKING:
     import torch
 
-Groups = dict[str, "torch.Tensor"]
 
+class LocalModelStore(FunctionModels, ControlModels):
+    """Model store on this machine: shared-memory scratch plus files under the home.
 
-class ModelStore(ABC):
-    """Weights of running and finished tasks, as seen by functions and the job."""
-
-    # -- function side ----------------------------------------------------------------
-    @abstractmethod
-    def write_reference(self, task_id: str, state: dict[str, torch.Tensor]) -> None:
-        """Publish `state` as the task's reference model (fixes the task's layout)."""
-
-    @abstractmethod
-    def load_reference_into(self, task_id: str, state: dict[str, torch.Tensor]) -> None:
-        """Overwrite the live tensors of `state` with the reference model, in place."""
-
-    @abstractmethod
-    def publish(self, task_id: str, func_id: int, state: dict[str, torch.Tensor]) -> Any:
-        """Store a function's weights for the current round; returns a handle for the job."""
-
-    # -- parameter-server side ----------------------------------------------------------
-    @abstractmethod
-    def layout(self, task_id: str) -> FlatLayout: ...
-
-    @abstractmethod
-    def published_groups(self, task_id: str, func_id: int, handle: Any) -> Groups:
-        """Read-only flat groups of a function's published weights."""
-
-    @abstractmethod
-    def reference_groups(self, task_id: str) -> Groups:
-        """Writable flat groups of the reference model (the merge writes here)."""
-
-    @abstractmethod
-    def clear_task(self, task_id: str) -> None:
-        """Drop the transient weights of a task."""
-
-    # -- durable models -----------------------------------------------------------------
-    @abstractmethod
-    def save_final(self, task_id: str) -> None:
-        """Persist the current reference model as the task's trained model."""
-
-    @abstractmethod
-    def load_final(self, task_id: str) -> dict[str, torch.Tensor]: ...
-
-    @abstractmethod
-    def has_final(self, task_id: str) -> bool: ...
-
-    @abstractmethod
-    def delete_final(self, task_id: str) -> None: ...
-
-
-class LocalModelStore(ModelStore):
-    """Model store on this machine: shared-memory scratch plus files under the home."""
+    One object serves every side: functions (in worker processes that unpickle it) and
+    the control plane map the same shared-memory files."""
 
     def __init__(self, scratch_dir: Path, models_dir: Path) -> None:
         self.scratch_dir = Path(scratch_dir)
@@ -144,7 +98,7 @@ class LocalModelStore(ModelStore):
         groups = self._groups(self._task_dir(task_id) / "reference.bin", layout, create=False)
         layout.unflatten_into(groups, state)
 
-    def publish(self, task_id: str, func_id: int, state: dict[str, torch.Tensor]) -> None:
+    def publish(self, task_id: str, func_id: int, state: dict[str, torch.Tensor]) -> Any:
         layout = self.layout(task_id)
         path = self._task_dir(task_id) / f"function-{func_id}.bin"
         layout.flatten_into(state, self._groups(path, layout, create=True))
@@ -167,7 +121,7 @@ class LocalModelStore(ModelStore):
         self._layouts.pop(task_id, None)
         shutil.rmtree(task_dir, ignore_errors=True)
 
-    def forget_other_tasks(self, task_id: str) -> None:
+    def begin(self, task_id: str) -> None:
         """Unmap every task's files but this one's (warm workers call it between tasks)."""
         keep = self._task_dir(task_id)
         with self._lock:

@@ -3,13 +3,13 @@
 Each invocation runs in a `_FunctionActor` (the serverless warm container: torch and the
 user's module stay imported between invocations) reserving the CPUs, GPUs and custom
 resources the backend was configured with. The actor's `run` method is a streaming
-generator that yields the invocation's messages, and a driver-side thread per
-invocation relays them as the process backend's `_drive` does: log lines to the task
-log, requests (a round report for the job's `RoundBarrier`, object refs of dataset
-splits and of the reference model) answered through the actor's `answer` method, then the
-result or the error. Weights and data move through the Ray object store (see
-`kubeml.stores.ray_stores`); nothing assumes a shared filesystem: the function's source
-travels with the invocation.
+generator that yields the invocation's relay messages (`kubeml.backends.relay`), and a
+driver-side thread per invocation runs the relay's `drive` loop over them: log lines to
+the task log, round reports to the job's `RoundBarrier`, requests for object refs of
+dataset splits and of the reference model, each answered through the actor's `deliver`
+method, then the result or the error. Weights and data move through the Ray object store
+(see `kubeml.backends.ray.stores`); nothing assumes a shared filesystem: the function's
+source travels with the invocation.
 
 The merge stays in the control plane, chosen by measured round time (docs/cluster.md has
 the numbers). A prototype merging in a Ray actor beside one of the functions moves fewer
@@ -35,15 +35,22 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from kubeml.backends.base import FunctionBackend, SyncHandler, fail_invocation
-from kubeml.errors import BackendError, FunctionError, KubeMLError, MissingDependencyError
-from kubeml.runtime.invocation import (
-    FunctionCode,
-    Invocation,
-    InvocationResult,
-    LogSink,
-    Mode,
+from kubeml.backends.base import FunctionBackend, SyncHandler
+from kubeml.backends.relay import (
+    Done,
+    Endpoint,
+    Failed,
+    FromFunction,
+    Invoke,
+    RelayHooks,
+    ToFunction,
+    drive,
+    serve,
+    settle,
+    start_gang,
 )
+from kubeml.errors import BackendError, FunctionError, MissingDependencyError
+from kubeml.runtime.invocation import FunctionCode, Invocation, InvocationResult, LogSink, Mode
 from kubeml.runtime.sync import Release, RoundReport
 
 try:
@@ -54,13 +61,17 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
         "the ray backend needs Ray, an optional extra: pip install 'kubeml[ray]'"
     ) from exc
 
-from kubeml.stores.datasets import LocalDatasetStore
-from kubeml.stores.ray_stores import (
+from kubeml.backends.ray.stores import (
+    AdoptReference,
     RayDatasetStore,
     RayModelStore,
     RemoteDatasetStore,
     RemoteModelStore,
+    WantFinal,
+    WantReference,
+    WantSplit,
 )
+from kubeml.stores.datasets import LocalDatasetStore
 
 if TYPE_CHECKING:
     from kubeml.settings import Settings
@@ -68,33 +79,19 @@ if TYPE_CHECKING:
 Shape = tuple[float, float]  # (CPUs, GPUs) an actor reserves
 
 
-class _Relay:
-    """The actor side of one invocation's relay; `_serve` of the process worker talks to it
-    as to its pipe (send, log, publish)."""
+class _QueueTransport:
+    """The actor's end of the relay: messages out through `run`'s stream, in through
+    `deliver`."""
 
-    def __init__(self, models: RemoteModelStore) -> None:
-        self.models = models
-        self.outbox: queue.Queue[tuple[Any, ...]] = queue.Queue()
-        self.answers: queue.Queue[tuple[bool, Any]] = queue.Queue()
+    def __init__(self) -> None:
+        self.outbox: queue.Queue[FromFunction] = queue.Queue()
+        self.inbox: queue.Queue[ToFunction] = queue.Queue()
 
-    def send(self, message: tuple[Any, ...]) -> None:
+    def send(self, message: FromFunction) -> None:
         self.outbox.put(message)
 
-    def log(self, source: str, message: str) -> None:
-        self.send(("log", source, message))
-
-    def ask(self, kind: str, *args: Any) -> Any:
-        self.send(("ask", kind, args))
-        ok, value = self.answers.get()
-        if not ok:
-            raise value
-        return value
-
-    def publish(self, report: RoundReport) -> Release:
-        release, reference = self.ask("publish", report)
-        if reference is not None:
-            self.models.receive_reference(report.task_id, *reference)
-        return release
+    def receive(self) -> ToFunction:
+        return self.inbox.get()
 
 
 class _FunctionActor:
@@ -106,48 +103,85 @@ class _FunctionActor:
         import kubeml.runtime.execute
         import kubeml.sdk  # noqa: F401
 
-        self._relay: _Relay | None = None
-        self._datasets = RemoteDatasetStore(self._ask)
-        self._models = RemoteModelStore(self._ask)
-        self._task_id: str | None = None
+        self._transport = _QueueTransport()
+        self._endpoint = Endpoint(self._transport)
+        self._datasets = RemoteDatasetStore(self._endpoint.ask)
+        self._models = RemoteModelStore(self._endpoint.ask)
+        self._endpoint.on_reference = self._models.receive_reference
 
     def node_id(self) -> str:
         return ray.get_runtime_context().get_node_id()
 
-    def _ask(self, kind: str, *args: Any) -> Any:
-        assert self._relay is not None
-        return self._relay.ask(kind, *args)
-
-    def run(self, inv: Invocation) -> Iterator[tuple[Any, ...]]:
-        """Serve one invocation, yielding ("log", source, line), ("ask", kind, args), ...,
-        then ("result", result) or ("error", error)."""
-        from kubeml.backends._worker import _serve
-
-        if inv.task_id != self._task_id:
-            self._datasets.forget()
-            self._task_id = inv.task_id
-        self._models.begin(inv.task_id)
-        relay = self._relay = _Relay(self._models)
+    def run(self, inv: Invocation) -> Iterator[FromFunction]:
+        """Serve one invocation, yielding its relay messages up to its `Done` or `Failed`."""
+        transport = self._transport = _QueueTransport()
+        self._endpoint.transport = transport
 
         def work() -> None:
             try:
-                _serve(relay, inv, self._datasets, self._models)  # type: ignore[arg-type]
-            except BaseException as exc:  # _serve reports user errors itself; this is ours
-                relay.send(("error", BackendError(f"the Ray worker failed: {exc!r}")))
+                serve(self._endpoint, inv, self._datasets, self._models)
+            except BaseException as exc:  # serve reports user errors itself; this is ours
+                transport.send(Failed(BackendError(f"the Ray worker failed: {exc!r}")))
 
         thread = threading.Thread(target=work, name=f"kubeml-{inv.task_id}-{inv.func_id}")
         thread.start()
         while True:
-            message = relay.outbox.get()
+            message = transport.outbox.get()
             yield message
-            if message[0] in ("result", "error"):
+            if isinstance(message, Done | Failed):
                 break
         thread.join()
 
-    def answer(self, answer: tuple[bool, Any]) -> None:
-        """(ok, value) of the last request; a tuple, so Ray passes object refs in it as refs."""
-        if self._relay is not None:
-            self._relay.answers.put(answer)
+    def deliver(self, message: ToFunction) -> None:
+        """A message for the running invocation (a release or an answer)."""
+        self._transport.inbox.put(message)
+
+
+class _ActorTransport:
+    """The control plane's end of one actor's relay."""
+
+    def __init__(self, actor: Any) -> None:
+        self.actor = actor
+        self.stream: Any = None
+
+    def send(self, message: ToFunction) -> None:
+        if isinstance(message, Invoke):
+            self.stream = iter(self.actor.run.remote(message.invocation))
+        else:
+            self.actor.deliver.remote(message)
+
+    def receive(self) -> FromFunction:
+        try:
+            ref = next(self.stream)
+        except StopIteration:
+            raise BackendError("the Ray actor ended the invocation without a result") from None
+        message: FromFunction = ray.get(ref)
+        return message
+
+
+class _RayHooks(RelayHooks):
+    """Object refs for the functions' stores: the reference travels with each release."""
+
+    def __init__(self, datasets: RayDatasetStore, models: RayModelStore) -> None:
+        self.datasets, self.models = datasets, models
+
+    def before_merge(self, inv: Invocation, report: RoundReport) -> None:
+        self.models.prefetch(inv.task_id, report.func_id, report.handle)
+
+    def with_release(self, inv: Invocation, release: Release) -> Any:
+        return self.models.reference_ref(inv.task_id) if release.proceed else None
+
+    def answer(self, inv: Invocation, what: Any) -> Any:
+        if isinstance(what, WantReference):
+            return self.models.reference_ref(what.task_id)
+        if isinstance(what, AdoptReference):
+            self.models.adopt_reference(what.task_id, what.layout, what.ref)
+            return None
+        if isinstance(what, WantSplit):
+            return self.datasets.split_refs(what.name, what.split)
+        if isinstance(what, WantFinal):
+            return self.models.final_ref(what.task_id)
+        return super().answer(inv, what)
 
 
 @dataclass(eq=False)
@@ -203,6 +237,7 @@ class RayBackend(FunctionBackend):
         self.start_timeout_s = start_timeout_s
         self._owns_ray = owns_ray
         self._remote = ray.remote(_FunctionActor)
+        self._hooks = _RayHooks(datasets, models)
         self._idle: list[_Actor] = []
         self._busy: list[_Actor] = []
         self._sources: dict[str, str] = {}
@@ -263,7 +298,7 @@ class RayBackend(FunctionBackend):
             num_cpus=shape[0],
             num_gpus=shape[1],
             resources=self.resources_per_function,
-            max_concurrency=4,  # run() streams while answer() delivers the relay's answers
+            max_concurrency=4,  # run() streams while deliver() brings releases and answers
             max_restarts=0,
         ).remote()
         return _Actor(handle, shape, task_id=task_id)
@@ -389,20 +424,14 @@ class RayBackend(FunctionBackend):
         light = len(invocations) == 1 and invocations[0].mode in (Mode.INIT, Mode.INFER)
         shape = self._shape(invocations[0])
         actors = self._acquire(shape, len(invocations), invocations[0].task_id, light)
-        futures = []
-        for actor, inv in zip(actors, invocations, strict=True):
+
+        def run(index: int, inv: Invocation, future: Future[InvocationResult]) -> None:
+            actor = actors[index]
             # torch uses exactly the CPUs the actor reserved
             inv = replace(inv, function=code, threads=max(1, int(actor.shape[0])))
-            future: Future[InvocationResult] = Future()
-            future.set_running_or_notify_cancel()
-            threading.Thread(
-                target=self._drive,
-                args=(actor, inv, sync, log, future),
-                name=f"kubeml-ray-{inv.task_id}-{inv.func_id}",
-                daemon=True,
-            ).start()
-            futures.append(future)
-        return futures
+            self._drive(actor, inv, sync, log, future)
+
+        return start_gang(invocations, run, "ray")
 
     def _drive(
         self,
@@ -412,23 +441,9 @@ class RayBackend(FunctionBackend):
         log: LogSink,
         future: Future[InvocationResult],
     ) -> None:
-        """Relay one invocation's messages between its actor and the job."""
+        """Relay one invocation between its actor and the job."""
         try:
-            for ref in actor.handle.run.remote(inv):
-                kind, *payload = ray.get(ref)
-                if kind == "log":
-                    log(payload[0], payload[1])
-                elif kind == "ask":
-                    self._answer(actor, inv, sync, payload[0], payload[1])
-                elif kind == "result":
-                    self._release(actor, healthy=True)
-                    future.set_result(payload[0])
-                    return
-                elif kind == "error":
-                    self._release(actor, healthy=True)
-                    fail_invocation(future, sync, inv.func_id, payload[0])
-                    return
-            raise BackendError("the Ray actor ended the invocation without a result")
+            outcome = drive(_ActorTransport(actor.handle), inv, sync, log, self._hooks)
         except Exception as exc:  # the actor, its node or the relay failed: never hang the job
             if isinstance(exc, BackendError):
                 error = exc
@@ -438,38 +453,11 @@ class RayBackend(FunctionBackend):
                 error = BackendError(f"relaying function {inv.func_id} failed: {exc!r}")
                 error.__cause__ = exc
             self._release(actor, healthy=False)
-            fail_invocation(future, sync, inv.func_id, error)
-
-    def _answer(
-        self, actor: _Actor, inv: Invocation, sync: SyncHandler | None, kind: str, args: tuple
-    ) -> None:
-        """Answer a function's request: the job's barrier, or refs from the stores."""
-        try:
-            if kind == "publish":
-                if sync is None:
-                    raise BackendError("function published weights outside a train round")
-                report: RoundReport = args[0]
-                self.models.prefetch(inv.task_id, report.func_id, report.handle)
-                release = sync.publish(report)
-                reference = self.models.reference_ref(inv.task_id) if release.proceed else None
-                value: Any = (release, reference)
-            elif kind == "reference":
-                value = self.models.reference_ref(inv.task_id)
-            elif kind == "write_reference":
-                self.models.adopt_reference(inv.task_id, args[1], args[2])
-                value = None
-            elif kind == "dataset":
-                value = self.datasets.split_refs(args[0], args[1])
-            elif kind == "final":
-                value = self.models.final_ref(inv.task_id)
-            else:
-                raise BackendError(f"unknown request {kind!r} from a Ray function")
-            ok = True
-        except KubeMLError as exc:
-            ok, value = False, exc
-        except Exception as exc:  # answered, so the function fails instead of hanging
-            ok, value = False, BackendError(f"the control plane failed a {kind} request: {exc!r}")
-        actor.handle.answer.remote((ok, value))
+            settle(future, sync, inv.func_id, error)
+            return
+        healthy = not (isinstance(outcome, Failed) and outcome.replace_worker)
+        self._release(actor, healthy=healthy)  # an unhealthy actor is killed; a new one starts
+        settle(future, sync, inv.func_id, outcome)
 
     def cancel(self, task_id: str) -> None:
         with self._lock:

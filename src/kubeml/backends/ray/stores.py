@@ -13,8 +13,8 @@ models as files) and hands functions *object refs*:
   ref travels back to every function with the round's release.
 
 The function side (`RemoteDatasetStore`, `RemoteModelStore`) asks the control plane for
-refs through the backend's relay: `ask(kind, *args)` sends a request with the
-invocation's messages and blocks for the answer. Imported only by `kubeml.backends.ray`.
+refs through the relay: `ask(request)` sends one of the typed requests below as a
+`relay.Request` and blocks for the answer. Imported only by `kubeml.backends.ray`.
 """
 
 from __future__ import annotations
@@ -31,15 +31,42 @@ import ray
 
 from kubeml.api.schemas import DatasetInfo
 from kubeml.errors import NotFoundError, StorageError
-from kubeml.stores.datasets import DatasetStore, LocalDatasetStore, Split
+from kubeml.stores.datasets import DatasetStore, LocalDatasetStore
 from kubeml.stores.flat import FlatLayout
-from kubeml.stores.models import FinalModelFiles, Groups, ModelStore
+from kubeml.stores.interfaces import ControlModels, FunctionModels, Groups, ShardSource, Split
+from kubeml.stores.models import FinalModelFiles
 
 if TYPE_CHECKING:
     import torch
 
-Ask = Callable[..., Any]  # ask(kind, *args) -> the control plane's answer (or raises its error)
+Ask = Callable[[Any], Any]  # ask(request) -> the control plane's answer (or raises its error)
 ReferenceRef = tuple[FlatLayout, "ray.ObjectRef"]
+
+
+# -- what a function asks the control plane for -------------------------------------------
+@dataclass(frozen=True)
+class WantReference:
+    task_id: str
+
+
+@dataclass(frozen=True)
+class AdoptReference:
+    """Init wrote the first reference; the control plane takes a copy of it."""
+
+    task_id: str
+    layout: FlatLayout
+    ref: Any
+
+
+@dataclass(frozen=True)
+class WantSplit:
+    name: str
+    split: Split
+
+
+@dataclass(frozen=True)
+class WantFinal:
+    task_id: str
 
 
 def _groups(buffer: np.ndarray, layout: FlatLayout) -> Groups:
@@ -60,10 +87,6 @@ def _groups(buffer: np.ndarray, layout: FlatLayout) -> Groups:
 def _flatten(layout: FlatLayout, state: dict[str, torch.Tensor], out: np.ndarray) -> np.ndarray:
     layout.flatten_into(state, _groups(out, layout))
     return out
-
-
-def _outside_a_function(what: str) -> StorageError:
-    return StorageError(f"{what} is the control plane's job, not available inside a function")
 
 
 # -- control plane side ------------------------------------------------------------------------
@@ -122,7 +145,7 @@ class _Reference:
     ref: Any = None  # its object-store copy, None while stale
 
 
-class RayModelStore(ModelStore):
+class RayModelStore(ControlModels):
     """The control plane's weights: references in memory, published weights as object refs,
     final models as files under the home (as in `LocalModelStore`)."""
 
@@ -162,20 +185,11 @@ class RayModelStore(ModelStore):
     def final_ref(self, task_id: str) -> Any:
         return ray.put(self.load_final(task_id))
 
-    # -- function side, when called in the control plane (resume) -------------------------
+    # -- parameter-server side --------------------------------------------------------------
     def write_reference(self, task_id: str, state: dict[str, torch.Tensor]) -> None:
         layout = FlatLayout.from_state(state)
         self._install(task_id, layout, _flatten(layout, state, np.zeros(layout.nbytes, np.uint8)))
 
-    def load_reference_into(self, task_id: str, state: dict[str, torch.Tensor]) -> None:
-        reference = self._reference(task_id)
-        reference.layout.unflatten_into(reference.groups, state)
-
-    def publish(self, task_id: str, func_id: int, state: dict[str, torch.Tensor]) -> Any:
-        layout = self.layout(task_id)
-        return ray.put(_flatten(layout, state, np.zeros(layout.nbytes, np.uint8)))
-
-    # -- parameter-server side --------------------------------------------------------------
     def layout(self, task_id: str) -> FlatLayout:
         return self._reference(task_id).layout
 
@@ -239,7 +253,7 @@ class RayModelStore(ModelStore):
 
 
 # -- function side (inside a Ray actor, on any node) ------------------------------------------
-class RemoteDatasetStore(DatasetStore):
+class RemoteDatasetStore(ShardSource):
     """A function's view of the datasets: `read` only, from the object store.
 
     The split's arrays are fetched once per actor and dataset version (Ray keeps one copy
@@ -248,12 +262,13 @@ class RemoteDatasetStore(DatasetStore):
 
     def __init__(self, ask: Ask) -> None:
         self._ask = ask
+        self._task_id: str | None = None
         self._arrays: dict[tuple[str, str], tuple[tuple[str, ...], tuple[np.ndarray, ...]]] = {}
 
     def read(
         self, name: str, split: Split, ranges: Sequence[tuple[int, int]]
     ) -> tuple[np.ndarray, np.ndarray]:
-        refs = self._ask("dataset", name, split)
+        refs = self._ask(WantSplit(name, split))
         ids = tuple(ref.hex() for ref in refs)
         cached = self._arrays.get((name, split))
         if cached is None or cached[0] != ids:
@@ -265,24 +280,14 @@ class RemoteDatasetStore(DatasetStore):
         y = np.concatenate([y_all[a:b] for a, b in ranges])
         return x, y
 
-    def forget(self) -> None:
-        """Drop the arrays held (a warm actor calls it when a new task arrives)."""
-        self._arrays.clear()
-
-    def create(self, name: str, arrays: dict[str, np.ndarray]) -> DatasetInfo:
-        raise _outside_a_function("creating a dataset")
-
-    def get(self, name: str) -> DatasetInfo:
-        raise _outside_a_function("describing a dataset")
-
-    def list(self) -> list[DatasetInfo]:
-        raise _outside_a_function("listing datasets")
-
-    def delete(self, name: str) -> None:
-        raise _outside_a_function("deleting a dataset")
+    def begin(self, task_id: str) -> None:
+        """A new task on this warm actor: drop the arrays the last one used."""
+        if task_id != self._task_id:
+            self._arrays.clear()
+            self._task_id = task_id
 
 
-class RemoteModelStore(ModelStore):
+class RemoteModelStore(FunctionModels):
     """A function's view of the weights: the reference by ref, publishing with `ray.put`."""
 
     def __init__(self, ask: Ask) -> None:
@@ -291,29 +296,26 @@ class RemoteModelStore(ModelStore):
         self._scratch: dict[str, np.ndarray] = {}
 
     def begin(self, task_id: str) -> None:
-        """A new invocation: the reference may have moved on since the last one."""
-        self._references.pop(task_id, None)
-
-    def receive_reference(self, task_id: str, layout: FlatLayout, ref: Any) -> None:
-        """The merged reference of the round just released (sent with the release)."""
-        self._references[task_id] = (layout, ref)
-
-    def forget_other_tasks(self, task_id: str) -> None:
-        for other in [t for t in self._references if t != task_id]:
-            del self._references[other]
+        """A new invocation: the reference may have moved on since the last one, and other
+        tasks' state is no longer needed here."""
+        self._references.clear()
         for other in [t for t in self._scratch if t != task_id]:
             del self._scratch[other]
+
+    def receive_reference(self, task_id: str, reference: ReferenceRef) -> None:
+        """The merged reference of the round just released (sent with the release)."""
+        self._references[task_id] = reference
 
     def _current(self, task_id: str) -> ReferenceRef:
         current = self._references.get(task_id)
         if current is None:
-            current = self._references[task_id] = self._ask("reference", task_id)
+            current = self._references[task_id] = self._ask(WantReference(task_id))
         return current
 
     def write_reference(self, task_id: str, state: dict[str, torch.Tensor]) -> None:
         layout = FlatLayout.from_state(state)
         buffer = _flatten(layout, state, np.zeros(layout.nbytes, np.uint8))
-        self._ask("write_reference", task_id, layout, ray.put(buffer))
+        self._ask(AdoptReference(task_id, layout, ray.put(buffer)))
 
     def load_reference_into(self, task_id: str, state: dict[str, torch.Tensor]) -> None:
         layout, ref = self._current(task_id)
@@ -327,26 +329,4 @@ class RemoteModelStore(ModelStore):
         return ray.put(_flatten(layout, state, scratch))  # put copies: scratch is reusable
 
     def load_final(self, task_id: str) -> dict[str, torch.Tensor]:
-        return cast("dict[str, torch.Tensor]", ray.get(self._ask("final", task_id)))
-
-    def layout(self, task_id: str) -> FlatLayout:
-        return self._current(task_id)[0]
-
-    def published_groups(self, task_id: str, func_id: int, handle: Any) -> Groups:
-        raise _outside_a_function("merging")
-
-    def reference_groups(self, task_id: str) -> Groups:
-        raise _outside_a_function("merging")
-
-    def clear_task(self, task_id: str) -> None:
-        self._references.pop(task_id, None)
-        self._scratch.pop(task_id, None)
-
-    def save_final(self, task_id: str) -> None:
-        raise _outside_a_function("saving a task's model")
-
-    def has_final(self, task_id: str) -> bool:
-        raise _outside_a_function("looking up a task's model")
-
-    def delete_final(self, task_id: str) -> None:
-        raise _outside_a_function("deleting a task's model")
+        return cast("dict[str, torch.Tensor]", ray.get(self._ask(WantFinal(task_id))))

@@ -1,0 +1,79 @@
+"""The warm worker process of the process backend (the serverless "warm container").
+
+It imports torch once, then serves invocations sent over its pipe, keeping each user
+module imported, until it has been idle for `idle_timeout_s` (scale to zero), its parent
+goes away, or the backend replaces it (after user code exited: see `relay.Failed`).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+from kubeml.backends.relay import Endpoint, Invoke, Shutdown, serve
+from kubeml.stores.datasets import LocalDatasetStore
+from kubeml.stores.models import LocalModelStore
+
+
+@dataclass(frozen=True)
+class Hello:
+    """A new worker's first message: who it is."""
+
+    pid: int
+
+
+@dataclass(frozen=True)
+class Setup:
+    """The parent's answer to `Hello`: the stores to serve from (pickled as their paths)."""
+
+    datasets: LocalDatasetStore
+    models: LocalModelStore
+    idle_timeout_s: float
+
+
+class PipeTransport:
+    """One end of a worker's authenticated Unix socket, for the relay's messages."""
+
+    def __init__(self, conn: Any) -> None:
+        self.conn = conn
+
+    def send(self, message: Any) -> None:
+        self.conn.send(message)
+
+    def receive(self) -> Any:
+        return self.conn.recv()
+
+
+def worker_main(address: str, authkey: bytes) -> None:
+    from multiprocessing.connection import Client
+
+    conn = Client(address, family="AF_UNIX", authkey=authkey)
+    conn.send(Hello(os.getpid()))
+    setup: Setup = conn.recv()
+
+    import torch  # noqa: F401 - import once, while idle, not on the first invocation
+
+    import kubeml.runtime.execute
+    import kubeml.sdk  # noqa: F401
+
+    endpoint = Endpoint(PipeTransport(conn))
+    while True:
+        try:
+            if not conn.poll(setup.idle_timeout_s):
+                return  # idle: scale to zero
+            message = conn.recv()
+        except (EOFError, OSError):
+            return  # the parent is gone
+        if isinstance(message, Shutdown) or not isinstance(message, Invoke):
+            return
+        serve(endpoint, message.invocation, setup.datasets, setup.models)
+
+
+if __name__ == "__main__":
+    # Run the module imported under its own name, so the messages it sends pickle as
+    # `kubeml.backends.process_worker.Hello`, not `__main__.Hello`.
+    from kubeml.backends import process_worker
+
+    process_worker.worker_main(sys.argv[1], bytes.fromhex(os.environ.pop("KUBEML_WORKER_AUTHKEY")))

@@ -1,0 +1,244 @@
+"""The function side of the K-AVG protocol: drives the user's `KubeModel` through one
+invocation (init, an epoch of rounds, validation or inference)."""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from kubeml.errors import DeviceError, FunctionError, InvalidInferenceInputError
+from kubeml.runtime.batching import BatchReader, batch_length, to_device
+from kubeml.runtime.invocation import Invocation, InvocationResult, Mode
+from kubeml.runtime.seeds import derive_seed
+from kubeml.runtime.sync import RoundReport, SyncChannel
+from kubeml.sdk.dataset import KubeDataset
+from kubeml.sdk.model import KubeModel
+from kubeml.stores.interfaces import FunctionModels, ShardSource
+
+
+@dataclass(frozen=True)
+class FunctionContext:
+    """What one invocation runs against: its arguments, stores, sync channel and logger."""
+
+    invocation: Invocation
+    shards: ShardSource
+    models: FunctionModels
+    sync: SyncChannel | None
+    logger: logging.Logger
+
+
+class RoundDriver:
+    """Drives the user's model for one invocation; installed as the SDK's `Driver` while
+    the function's `main()` runs. `hook` names the user code running now, so an error
+    can say where it came from."""
+
+    def __init__(self, ctx: FunctionContext) -> None:
+        self.ctx = ctx
+        self.hook = "main()"
+        self.result: InvocationResult | None = None
+
+    # -- the SDK's Driver ------------------------------------------------------------------
+    def attach(self, model: KubeModel) -> None:
+        inv = self.ctx.invocation
+        model.lr, model.batch_size, model.epoch = inv.lr, inv.batch_size, inv.epoch
+        model.func_id, model.parallelism = inv.func_id, inv.parallelism
+        model.logger = self.ctx.logger
+
+    def run(self, model: KubeModel) -> InvocationResult:
+        inv = self.ctx.invocation
+        model.device = resolve_device(model.gpu, inv.func_id)
+        model.network.to(model.device)
+        self._hand_shard(model.dataset)
+        run = {
+            Mode.INIT: self._init,
+            Mode.TRAIN: self._train,
+            Mode.VALIDATE: self._validate,
+            Mode.INFER: self._infer,
+        }[inv.mode]
+        self.result = run(model)
+        self.hook = "main()"
+        return self.result
+
+    def _hand_shard(self, dataset: KubeDataset) -> None:
+        inv = self.ctx.invocation
+        if inv.mode in (Mode.TRAIN, Mode.VALIDATE):
+            training = inv.mode is Mode.TRAIN
+            data, labels = self.ctx.shards.read(
+                dataset.dataset, "train" if training else "test", inv.ranges
+            )
+            dataset.load_shard(data, labels, training=training)
+        else:  # init and infer need no samples
+            dataset.load_shard(np.empty((0,)), np.empty((0,)), training=False)
+
+    # -- the modes -------------------------------------------------------------------------
+    def _init(self, model: KubeModel) -> InvocationResult:
+        inv = self.ctx.invocation
+        self.hook = "init()"
+        model.init(model.network)
+        self.hook = "main()"
+        self.ctx.models.write_reference(inv.task_id, model.network.state_dict())
+        return InvocationResult(inv.func_id, Mode.INIT)
+
+    def _train(self, model: KubeModel) -> InvocationResult:
+        """K local steps a round: load the reference, build or keep the optimizer, train,
+        publish, wait for the release; until the shard is done or the job says stop."""
+        inv, models, sync = self.ctx.invocation, self.ctx.models, self.ctx.sync
+        if sync is None:
+            raise FunctionError("a train invocation needs a sync channel")
+        train_step = step_fn(model.train, "train")
+        state = model.network.state_dict()
+        rng = np.random.default_rng(derive_seed(inv.seed, inv.epoch, inv.func_id, "order"))
+        batches = BatchReader(model.dataset, model.batch_size, rng.permutation(len(model.dataset)))
+        n_batches = len(batches)
+        k = inv.k if inv.k > 0 else max(1, n_batches)
+        it = iter(batches)
+        model.network.train()
+        batch_index, round_index, total_loss, total_samples = 0, 0, 0.0, 0
+        while True:
+            models.load_reference_into(inv.task_id, state)
+            if model.optimizer is None or inv.optimizer_state == "reset":
+                self.hook = "configure_optimizers()"
+                model.optimizer = model.configure_optimizers()
+            loss_sum, samples, start_index = 0.0, 0, batch_index
+            while batch_index < n_batches and batch_index - start_index < k:
+                self.hook = "__getitem__()"
+                batch = to_device(next(it), model.device)
+                self.hook = "train()"
+                loss = float(train_step(batch, batch_index))
+                if not math.isfinite(loss):
+                    raise FunctionError(
+                        f"train() returned loss {loss} at epoch {inv.epoch}, batch "
+                        f"{batch_index} (func_id {inv.func_id}); lower the learning rate or "
+                        "check the data"
+                    )
+                loss_sum += loss
+                samples += batch_length(batch)
+                batch_index += 1
+            self.hook = "main()"
+            final = batch_index >= n_batches
+            handle = models.publish(inv.task_id, inv.func_id, state)
+            report = RoundReport(
+                inv.task_id,
+                inv.func_id,
+                round_index,
+                samples,
+                loss_sum,
+                batch_index - start_index,
+                final,
+                handle,
+            )
+            release = sync.publish(report)
+            total_loss += loss_sum
+            total_samples += samples
+            round_index += 1
+            if final or not release.proceed:
+                break
+        return InvocationResult(
+            inv.func_id,
+            Mode.TRAIN,
+            samples=total_samples,
+            loss=total_loss / batch_index if batch_index else None,
+            rounds=round_index,
+        )
+
+    def _validate(self, model: KubeModel) -> InvocationResult:
+        inv = self.ctx.invocation
+        validate_step = step_fn(model.validate, "validate")
+        self.ctx.models.load_reference_into(inv.task_id, model.network.state_dict())
+        batches = BatchReader(model.dataset, model.batch_size, np.arange(len(model.dataset)))
+        model.network.eval()
+        acc_sum = loss_sum = 0.0
+        samples = 0
+        with torch.no_grad():
+            it = iter(batches)
+            for batch_index in range(len(batches)):
+                self.hook = "__getitem__()"
+                batch = to_device(next(it), model.device)
+                self.hook = "validate()"
+                accuracy, loss = validate_step(batch, batch_index)
+                n = batch_length(batch)
+                acc_sum += float(accuracy) * n
+                loss_sum += float(loss) * n
+                samples += n
+        self.hook = "main()"
+        return InvocationResult(
+            inv.func_id,
+            Mode.VALIDATE,
+            samples=samples,
+            loss=loss_sum / samples if samples else None,
+            accuracy=acc_sum / samples if samples else None,
+        )
+
+    def _infer(self, model: KubeModel) -> InvocationResult:
+        inv = self.ctx.invocation
+        model.network.load_state_dict(self.ctx.models.load_final(inv.task_id))
+        model.network.eval()
+        self.hook = "infer()"
+        try:
+            with torch.no_grad():
+                output = model.infer(list(inv.infer_data or []))
+        except Exception as exc:
+            import traceback
+
+            # The input is the only thing that changes between inferences of one model.
+            raise InvalidInferenceInputError(
+                f"the function's infer() rejected the input: {type(exc).__name__}: {exc}",
+                details=traceback.format_exc(),
+            ) from None
+        self.hook = "main()"
+        return InvocationResult(inv.func_id, Mode.INFER, output=jsonable(output))
+
+
+def resolve_device(gpu: bool, func_id: int) -> torch.device:
+    """`cuda:(func_id % device_count)` for `gpu=True`; never a silent CPU fallback."""
+    if not gpu:
+        return torch.device("cpu")
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if count == 0:
+        raise DeviceError(
+            f"gpu=True but no CUDA device is visible to function {func_id} "
+            f"(torch {torch.__version__}, CUDA build {torch.version.cuda or 'none'}); "
+            "run on a machine with a GPU or pass gpu=False"
+        )
+    return torch.device(f"cuda:{func_id % count}")
+
+
+def hook_arity(hook: Callable[..., Any], name: str) -> int:
+    """2 for `(batch, batch_index)`, 3 for `(x, y, batch_index)` (the seed's form)."""
+    params = [
+        p
+        for p in inspect.signature(hook).parameters.values()
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+    ]
+    if len(params) not in (2, 3):
+        raise FunctionError(
+            f"{name}() must take (x, y, batch_index) or (batch, batch_index), "
+            f"not {len(params)} arguments"
+        )
+    return len(params)
+
+
+def step_fn(hook: Callable[..., Any], name: str) -> Callable[[Any, int], Any]:
+    """The user's train/validate hook as `step(batch, batch_index)`, whatever its form."""
+    if hook_arity(hook, name) == 3:
+        return lambda batch, index: hook(batch[0], batch[1], index)
+    return hook
+
+
+def jsonable(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu().tolist()
+    if isinstance(value, np.ndarray | np.generic):
+        return value.tolist()
+    if isinstance(value, tuple | list):
+        return [jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    return value

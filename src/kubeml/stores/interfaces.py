@@ -1,0 +1,100 @@
+"""The store interfaces, split by who uses them: a function, the parameter server, the
+trained models. A backend builds the implementations it needs (`create_backend`)."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+
+    from kubeml.stores.flat import FlatLayout
+
+Split = Literal["train", "test"]
+Groups = dict[str, "torch.Tensor"]  # flat per-dtype buffers of one model state
+
+
+# -- what a function uses ---------------------------------------------------------------------
+class ShardSource(ABC):
+    """Where a function reads the samples of its shard."""
+
+    @abstractmethod
+    def read(
+        self, name: str, split: Split, ranges: Sequence[tuple[int, int]]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Copy out the samples in `ranges` (start, stop) of one split, in order."""
+
+    def begin(self, task_id: str) -> None:  # noqa: B027 - only caching readers need it
+        """An invocation of `task_id` starts here: drop what other tasks left cached."""
+
+
+class FunctionModels(ABC):
+    """A function's view of the weights: the reference in, its own weights out."""
+
+    @abstractmethod
+    def write_reference(self, task_id: str, state: dict[str, torch.Tensor]) -> None:
+        """Publish `state` as the task's reference model (init; fixes the task's layout)."""
+
+    @abstractmethod
+    def load_reference_into(self, task_id: str, state: dict[str, torch.Tensor]) -> None:
+        """Overwrite the live tensors of `state` with the reference model, in place."""
+
+    @abstractmethod
+    def publish(self, task_id: str, func_id: int, state: dict[str, torch.Tensor]) -> Any:
+        """Store a function's weights for the current round; returns a handle for the job."""
+
+    @abstractmethod
+    def load_final(self, task_id: str) -> dict[str, torch.Tensor]:
+        """The task's trained model (inference)."""
+
+    def begin(self, task_id: str) -> None:  # noqa: B027 - only caching stores need it
+        """An invocation of `task_id` starts here: drop what other tasks left mapped."""
+
+
+# -- what the parameter server uses -----------------------------------------------------------
+class ServerModels(ABC):
+    """The parameter server's view: the reference it merges into, the published weights."""
+
+    @abstractmethod
+    def layout(self, task_id: str) -> FlatLayout: ...
+
+    @abstractmethod
+    def write_reference(self, task_id: str, state: dict[str, torch.Tensor]) -> None:
+        """Set the reference model (resuming a task from its saved model)."""
+
+    @abstractmethod
+    def reference_groups(self, task_id: str) -> Groups:
+        """Writable flat groups of the reference model (the merge writes here)."""
+
+    @abstractmethod
+    def published_groups(self, task_id: str, func_id: int, handle: Any) -> Groups:
+        """Read-only flat groups of a function's published weights."""
+
+    @abstractmethod
+    def clear_task(self, task_id: str) -> None:
+        """Drop the transient weights of a task."""
+
+
+# -- trained models ---------------------------------------------------------------------------
+class TrainedModels(ABC):
+    """Final models of tasks: saved after every epoch, kept until the history is deleted."""
+
+    @abstractmethod
+    def save_final(self, task_id: str) -> None:
+        """Persist the current reference model as the task's trained model."""
+
+    @abstractmethod
+    def load_final(self, task_id: str) -> dict[str, torch.Tensor]: ...
+
+    @abstractmethod
+    def has_final(self, task_id: str) -> bool: ...
+
+    @abstractmethod
+    def delete_final(self, task_id: str) -> None: ...
+
+
+class ControlModels(ServerModels, TrainedModels):
+    """What the control plane holds: the parameter server's weights and trained models."""
