@@ -3,6 +3,7 @@ module constants that tests rewrite (see tests/conftest.py: function_source)."""
 
 import logging
 import math
+import sys
 import time
 
 import numpy as np
@@ -15,6 +16,7 @@ from kubeml import KubeDataset, KubeModel
 
 FAIL_AT_BATCH = None  # raise in train() at this batch index
 NAN_AT_BATCH = None  # return NaN from train() at this batch index
+EXIT_AT_BATCH = None  # sys.exit(0) in function 0's train() at this batch index
 SLEEP_PER_BATCH_S = 0.0
 USE_GPU = False
 BATCH_STYLE = False  # train(self, batch, batch_index) instead of (x, y, batch_index)
@@ -56,6 +58,8 @@ class Model(KubeModel):
                 nn.init.xavier_uniform_(m.weight)
 
     def _step(self, x, y, batch_index):
+        if EXIT_AT_BATCH is not None and batch_index == EXIT_AT_BATCH and self.func_id == 0:
+            sys.exit(0)
         if FAIL_AT_BATCH is not None and batch_index == FAIL_AT_BATCH and self.func_id == 0:
             raise ValueError("user code exploded on purpose")
         if SLEEP_PER_BATCH_S:

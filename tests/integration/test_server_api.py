@@ -215,6 +215,11 @@ BAD_INPUTS = {
         422,
         ("non-empty",),
     ),
+    "infer wrongly shaped input": Bad(
+        lambda s: s.http.post(f"/tasks/{s.task_id}/infer", json={"data": [[0] * 10]}),
+        422,
+        ("infer() rejected the input", "RuntimeError", "[-1, 64]"),
+    ),
     "infer unknown task": Bad(
         lambda s: s.http.post("/tasks/deadbeef/infer", json={"data": [[0] * 64]}),
         404,
