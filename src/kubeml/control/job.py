@@ -15,7 +15,7 @@ from kubeml.api.schemas import EpochRecord, TaskState, TrainRequest
 from kubeml.backends.base import FunctionBackend
 from kubeml.control.barrier import RoundBarrier
 from kubeml.control.chunks import assign_chunks, validation_slices
-from kubeml.control.merge import weighted_average_into
+from kubeml.control.parameter_server import ParameterServer
 from kubeml.control.policy import ParallelismPolicy
 from kubeml.errors import FunctionTimeoutError, KubeMLError
 from kubeml.runtime.invocation import FunctionCode, Invocation, InvocationResult, Mode
@@ -44,6 +44,16 @@ class JobServices:
     log: Callable[[str, str], None]  # (source, message) into this task's log
     resize: Callable[[int], int]  # ask the scheduler for N slots; returns N granted
     round_timeout_s: float = 600.0
+
+
+@dataclass(frozen=True)
+class RoundState:
+    """Where a task stands at a round boundary: what a round-state checkpoint saves, and
+    where a replayed round or a change of N starts from."""
+
+    epoch: int  # the epoch running, counted from 0
+    round: int  # rounds merged so far in this epoch
+    parallelism: int  # N, the functions of this epoch
 
 
 @dataclass(frozen=True)
@@ -81,15 +91,19 @@ class TrainJob:
         self.task_id = task_id
         self.request = request
         self.function = function
-        self.parallelism = parallelism
         self.services = services
         self.listener = listener
         self.policy = policy
         self.start_epoch = start_epoch
         self.stop_requested = threading.Event()
-        self._epoch = start_epoch
+        self.state = RoundState(start_epoch, 0, parallelism)
+        self.server = ParameterServer(task_id, services.models)
         info = services.datasets.get(request.dataset)
         self._train_size, self._test_size = info.train_size, info.test_size
+
+    @property
+    def parallelism(self) -> int:
+        return self.state.parallelism
 
     def stop(self) -> None:
         """Ask the job to stop at the next round boundary."""
@@ -105,7 +119,7 @@ class TrainJob:
             )
             self._initialise()
             for epoch in range(self.start_epoch, self.request.epochs):
-                self._epoch = epoch
+                self.state = RoundState(epoch, 0, self.parallelism)
                 record = self._train_epoch(epoch)
                 models.save_final(self.task_id)
                 if self.stop_requested.is_set():
@@ -170,17 +184,13 @@ class TrainJob:
         )
 
     def _merge(self, round_index: int, reports: list[RoundReport]) -> bool:
-        """The parameter server's step: merge the round into the reference model."""
-        models = self.services.models
-        trained = [r for r in reports if r.samples > 0]
-        if trained:
-            states = [models.published_groups(self.task_id, r.func_id, r.handle) for r in trained]
-            weighted_average_into(
-                models.reference_groups(self.task_id), states, [r.samples for r in trained]
-            )
+        """A round is complete (the barrier calls this): merge it, record it, and answer
+        whether the functions go on."""
+        self.server.merge(reports)
+        self.state = replace(self.state, round=round_index + 1)
         batches = sum(r.batches for r in reports)
         loss = sum(r.loss_sum for r in reports) / batches if batches else float("nan")
-        self.listener.on_round(self._epoch + 1, round_index + 1, loss, self.parallelism)
+        self.listener.on_round(self.state.epoch + 1, self.state.round, loss, self.parallelism)
         return not self.stop_requested.is_set()
 
     def _validation_due(self, epoch: int) -> bool:
@@ -204,7 +214,7 @@ class TrainJob:
             granted = self.services.resize(wanted)
             if granted != self.parallelism:
                 self._log(f"parallelism {self.parallelism} -> {granted}")
-            self.parallelism = granted
+            self.state = replace(self.state, parallelism=granted)
 
     # -- running invocations ---------------------------------------------------------------
     def _run(
@@ -223,7 +233,7 @@ class TrainJob:
             k=req.k,
             lr=req.lr,
             batch_size=req.batch_size,
-            epoch=self._epoch,
+            epoch=self.state.epoch,
             seed=req.seed,
             optimizer_state=req.optimizer_state.value,
             threads=max(1, (os.cpu_count() or 1) // len(shards)),

@@ -12,7 +12,7 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
-from kubeml.errors import KubeMLError
+from kubeml.errors import InvalidFunctionError
 from kubeml.sdk.dataset import KubeDataset
 
 
@@ -110,7 +110,7 @@ class KubeModel(ABC):
         an epoch of training, validation or inference) and returns its result."""
         driver = _driver.get()
         if driver is None:
-            raise KubeMLError(
+            raise InvalidFunctionError(
                 "KubeModel.start() runs only inside a kubeml invocation: deploy this file "
                 "with `kubeml function create --name NAME --code FILE` and start it with "
                 "`kubeml train`"
