@@ -1,4 +1,5 @@
-"""Every function backend runs the same function file with the same results."""
+"""One suite for `FunctionBackend`: every backend runs the same function file with the same
+results (inline, process, and ray on a local one-node Ray)."""
 
 from __future__ import annotations
 
@@ -6,12 +7,15 @@ import pytest
 
 from kubeml.api.schemas import TaskState
 from tests.conftest import function_source
+from tests.contract.conftest import RAY
 
-BACKENDS = ["inline", "process"]
+BACKENDS = ["inline", "process", RAY]
 
 
 @pytest.fixture(params=BACKENDS)
 def engine(request, make_engine, digits):
+    if request.param == "ray":
+        request.getfixturevalue("local_ray")
     engine = make_engine(request.param)
     engine.create_dataset(
         "digits", digits["train_x"], digits["train_y"], digits["test_x"], digits["test_y"]
@@ -19,9 +23,9 @@ def engine(request, make_engine, digits):
     return engine
 
 
-def _train(engine, source, **request):
-    engine.create_function("mlp", source)
-    task_id = engine.train(function="mlp", dataset="digits", **request)
+def _train(engine, source, name="mlp", **request):
+    engine.create_function(name, source)
+    task_id = engine.train(function=name, dataset="digits", **request)
     return task_id, engine.wait(task_id, timeout_s=120)
 
 
@@ -50,9 +54,18 @@ def test_user_logs_reach_the_task_log(engine):
     assert any(s == "function-0" and "first batch of epoch 0" in m for s, m in messages)
     assert any(s == "function-1" and "first batch of epoch 0" in m for s, m in messages)
     assert any(s == "job" and m.startswith("epoch 1:") for s, m in messages)
-    if engine.backend.name == "process":  # a worker process captures print and logging too
+    if engine.backend.name != "inline":  # a worker captures print and logging too
         assert any("printed by function 0" in m for _, m in messages)
         assert any("root logger line" in m for _, m in messages)
+
+
+def test_user_code_that_exits_fails_the_task_naming_function_and_hook(engine):
+    _, info = _train(engine, function_source(EXIT_AT_BATCH=1), "exits", epochs=1)
+    assert info.state is TaskState.FAILED
+    assert "(func_id 0, train, epoch 0): train() raised SystemExit(0)" in info.error
+    assert "sys.exit(0)" in info.traceback
+    _, info = _train(engine, function_source(), epochs=1)  # the backend still serves
+    assert info.state is TaskState.SUCCEEDED, info.traceback
 
 
 def test_gpu_without_cuda_fails_with_a_clear_message(engine):

@@ -62,14 +62,11 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
     ) from exc
 
 from kubeml.backends.ray.stores import (
-    AdoptReference,
     RayDatasetStore,
     RayModelStore,
     RemoteDatasetStore,
     RemoteModelStore,
-    WantFinal,
-    WantReference,
-    WantSplit,
+    answer,
 )
 from kubeml.stores.datasets import LocalDatasetStore
 
@@ -172,16 +169,7 @@ class _RayHooks(RelayHooks):
         return self.models.reference_ref(inv.task_id) if release.proceed else None
 
     def answer(self, inv: Invocation, what: Any) -> Any:
-        if isinstance(what, WantReference):
-            return self.models.reference_ref(what.task_id)
-        if isinstance(what, AdoptReference):
-            self.models.adopt_reference(what.task_id, what.layout, what.ref)
-            return None
-        if isinstance(what, WantSplit):
-            return self.datasets.split_refs(what.name, what.split)
-        if isinstance(what, WantFinal):
-            return self.models.final_ref(what.task_id)
-        return super().answer(inv, what)
+        return answer(self.datasets, self.models, what)
 
 
 @dataclass(eq=False)

@@ -30,7 +30,7 @@ import numpy as np
 import ray
 
 from kubeml.api.schemas import DatasetInfo
-from kubeml.errors import NotFoundError, StorageError
+from kubeml.errors import BackendError, NotFoundError, StorageError
 from kubeml.stores.datasets import DatasetStore, LocalDatasetStore
 from kubeml.stores.flat import FlatLayout
 from kubeml.stores.interfaces import ControlModels, FunctionModels, Groups, ShardSource, Split
@@ -67,6 +67,20 @@ class WantSplit:
 @dataclass(frozen=True)
 class WantFinal:
     task_id: str
+
+
+def answer(datasets: RayDatasetStore, models: RayModelStore, request: Any) -> Any:
+    """The control plane's answer to a function's request (the relay's `Request.what`)."""
+    if isinstance(request, WantReference):
+        return models.reference_ref(request.task_id)
+    if isinstance(request, AdoptReference):
+        models.adopt_reference(request.task_id, request.layout, request.ref)
+        return None
+    if isinstance(request, WantSplit):
+        return datasets.split_refs(request.name, request.split)
+    if isinstance(request, WantFinal):
+        return models.final_ref(request.task_id)
+    raise BackendError(f"unknown request {type(request).__name__} from a Ray function")
 
 
 def _groups(buffer: np.ndarray, layout: FlatLayout) -> Groups:
