@@ -29,8 +29,10 @@ class LocalModelStore(FunctionModels, ControlModels):
     the control plane map the same shared-memory files."""
 
     def __init__(self, scratch_dir: Path, models_dir: Path) -> None:
-        self.scratch_dir = Path(scratch_dir)
-        self.models_dir = Path(models_dir)
+        self._open(Path(scratch_dir), Path(models_dir))
+
+    def _open(self, scratch_dir: Path, models_dir: Path) -> None:
+        self.scratch_dir, self.models_dir = scratch_dir, models_dir
         self.finals = FinalModelFiles(self.models_dir)
         self._maps: dict[Path, Any] = {}
         self._layouts: dict[str, FlatLayout] = {}
@@ -40,7 +42,7 @@ class LocalModelStore(FunctionModels, ControlModels):
         return {"scratch_dir": self.scratch_dir, "models_dir": self.models_dir}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(state["scratch_dir"], state["models_dir"])  # type: ignore[misc]
+        self._open(state["scratch_dir"], state["models_dir"])  # maps are per process
 
     # -- files --------------------------------------------------------------------------
     def _task_dir(self, task_id: str) -> Path:
