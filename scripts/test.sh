@@ -8,5 +8,7 @@ echo "==> ruff"
 .venv/bin/ruff format --check src tests benchmarks
 echo "==> mypy"
 .venv/bin/mypy src
+echo "==> import layers"
+.venv/bin/lint-imports
 echo "==> pytest"
 .venv/bin/python -m pytest -q "$@"

@@ -77,7 +77,10 @@ def test_a_new_user_trains_lenet_on_mnist_and_infers(kubeml: Shell, tmp_path: Pa
                      str(ROOT / "examples" / "lenet_mnist.py"))  # fmt: skip
     assert "lenet" in created.stdout
     assert "server" in created.stderr and len(created.stderr.strip().splitlines()) == 1
-    assert json.loads(kubeml("server", "status", "--json").stdout) is not None
+    status = json.loads(kubeml("server", "status", "--json").stdout)
+    assert status["status"] == "ok" and status["capacity"] == 2 and status["running_tasks"] == 0
+    assert status["url"] == f"http://127.0.0.1:{kubeml.env['KUBEML_PORT']}"
+    assert status["home"] == str((tmp_path / "home").resolve())
 
     files = [f"--{flag}={data / name}.npy" for flag, name in _FILES.items()]
     assert kubeml("dataset", "create", "-n", "mnist", *files).stderr == ""  # said only once

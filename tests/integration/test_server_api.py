@@ -27,6 +27,7 @@ from kubeml.control.server import create_app
 from kubeml.errors import (
     AlreadyExistsError,
     CapacityError,
+    ConflictError,
     InvalidDatasetError,
     InvalidFunctionError,
     InvalidInputError,
@@ -34,6 +35,8 @@ from kubeml.errors import (
     PayloadTooLargeError,
     ServerUnavailableError,
     UnauthorizedError,
+    error_class,
+    status_of,
 )
 from kubeml.settings import Settings
 from tests.conftest import function_source
@@ -239,10 +242,10 @@ BAD_INPUTS = {
 def test_bad_input_is_refused_and_nothing_is_lost(stock: Stock, case: Bad) -> None:
     response = case.send(stock)
 
-    assert 400 <= response.status_code < 500
     assert response.status_code == case.status, response.text
     error = response.json()["error"]
-    assert error["code"] != "internal_error"
+    known = error_class(error["code"])  # a code the client maps back, of this status
+    assert known is not None and status_of(known) == case.status, error
     for word in case.words:
         assert word in error["message"], (word, error["message"])
     assert stock.take_snapshot() == stock.snapshot
@@ -361,7 +364,7 @@ def code_sha(source: str) -> str:
 def test_stop_and_resume_a_running_task(
     make_engine: Callable[..., Engine], digits: dict[str, np.ndarray]
 ) -> None:
-    _, client = connect(make_engine("inline"))
+    http, client = connect(make_engine("inline"))
     client.create_function("mlp", function_source(SLEEP_PER_BATCH_S=0.02))
     client.create_dataset("digits", *(digits[f] for f in FIELDS))
     task_id = client.train(epochs=100, k=2, **FAST)
@@ -375,10 +378,15 @@ def test_stop_and_resume_a_running_task(
     resumed = client.resume_task(task_id)
     assert resumed.state in (TaskState.QUEUED, TaskState.RUNNING)
     wait_for(lambda: client.get_task(task_id).state is TaskState.RUNNING)
-    with pytest.raises(InvalidInputError, match=f"{task_id}.*still running"):
+    with pytest.raises(ConflictError, match=f"{task_id}.*still running"):
         client.delete_history(task_id)
-    with pytest.raises(InvalidInputError, match="'digits' is in use"):
+    with pytest.raises(ConflictError, match="'digits' is in use"):
         client.delete_dataset("digits")
+    with pytest.raises(ConflictError, match=f"{task_id}.*running; nothing to resume"):
+        client.resume_task(task_id)
+    for response in (http.delete(f"/histories/{task_id}"), http.delete("/datasets/digits")):
+        assert response.status_code == 409, response.text
+        assert response.json()["error"]["code"] == "conflict"
     client.stop_task(task_id)
     assert client.wait(task_id, timeout_s=60, poll_s=0.05).state is TaskState.STOPPED
     assert client.get_dataset("digits").train_size == 1497

@@ -152,7 +152,7 @@ def test_interrupted_task_resumes_from_its_last_completed_epoch(make_engine, dig
 
 def _simulate_crash(engine) -> None:
     """Leave the task RUNNING in the metadata, as a killed control plane would."""
-    for job in list(engine._jobs.values()):
+    for job in engine.tasks.jobs():
         job.stop()
     time.sleep(0.01)
     engine.metadata.put_task = lambda task: None  # the dying process writes nothing more
@@ -163,5 +163,7 @@ def _simulate_crash(engine) -> None:
 def test_examples_are_valid_function_files():
     from kubeml.runtime.loader import check_source
 
-    for path in Path(ROOT / "examples").glob("lenet_*.py"):
+    paths = sorted(Path(ROOT / "examples").glob("lenet_*.py"))
+    assert [p.name for p in paths] == ["lenet_fashion.py", "lenet_mnist.py"]
+    for path in paths:
         check_source(path.stem, path.read_text())

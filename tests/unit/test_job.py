@@ -72,7 +72,7 @@ class ScriptedBackend(FunctionBackend):
 
 class Recorder:
     def __init__(self):
-        self.rounds, self.epochs = [], []
+        self.rounds, self.epochs, self.invocations = [], [], []
 
     def on_round(self, epoch, round_index, train_loss, parallelism):
         self.rounds.append((epoch, round_index))
@@ -81,7 +81,7 @@ class Recorder:
         self.epochs.append(record)
 
     def on_invocations(self, started, failed):
-        pass
+        self.invocations.append((started, failed))
 
 
 @pytest.fixture
@@ -129,6 +129,7 @@ def test_rounds_merge_by_samples_and_the_final_model_persists(stores):
     assert torch.allclose(final["w"], torch.full((2,), 0.75 * 4.0 + 0.25 * 8.0))
     assert final["n"].item() == 2 and final["n"].dtype == torch.int64
     assert recorder.epochs[0].accuracy == 50.0  # validated at the end
+    assert recorder.invocations == [(1, 0), (2, 0), (2, 0)]  # init, train, validate
 
 
 def test_a_failed_function_is_never_averaged_and_fails_the_task(stores):
@@ -141,6 +142,7 @@ def test_a_failed_function_is_never_averaged_and_fails_the_task(stores):
     assert outcome.error == "user code raised"
     assert "ValueError in train" in outcome.traceback
     assert recorder.rounds == [(1, 1)]  # round 2 was never merged
+    assert recorder.invocations == [(1, 0), (2, 1)]  # the failure is counted
     assert not stores[1].has_final("task1")
 
 

@@ -19,9 +19,10 @@ def test_float_tensors_get_the_sample_weighted_mean():
 def test_integer_buffers_stay_integers_and_are_not_fractions():
     a = {"num_batches_tracked": torch.tensor(10, dtype=torch.int64)}
     b = {"num_batches_tracked": torch.tensor(13, dtype=torch.int64)}
-    merged = weighted_average([a, b], [1, 1])
+    merged = weighted_average([a, b], [3, 1])
     assert merged["num_batches_tracked"].dtype == torch.int64
-    assert merged["num_batches_tracked"].item() in (11, 12)  # 11.5 rounded, not 11.5
+    assert merged["num_batches_tracked"].item() == 11  # 10.75 rounded, not 10.75
+    assert weighted_average([a, b], [1, 3])["num_batches_tracked"].item() == 12  # 12.25
     same = weighted_average([a, a], [5, 7])
     assert same["num_batches_tracked"].item() == 10
 

@@ -9,7 +9,7 @@ import typer
 
 from kubeml.api.schemas import TaskInfo, TaskState
 from kubeml.cli._output import console, fmt_float, fmt_percent
-from kubeml.errors import KubeMLError
+from kubeml.errors import TaskFailedError
 
 if TYPE_CHECKING:
     from kubeml.client import Client
@@ -27,7 +27,7 @@ def progress_line(info: TaskInfo, elapsed_s: float) -> str:
 
 
 def watch_task(api: Client, task_id: str, *, poll_s: float = 0.5) -> TaskInfo:
-    """Follow a task until it ends; a failed task raises `KubeMLError` with its traceback.
+    """Follow a task until it ends; a failed task raises `TaskFailedError` with its traceback.
 
     On a terminal the line is redrawn in place; otherwise (a log, a pipe) a line is printed
     whenever the state or the epoch changes.
@@ -68,7 +68,7 @@ def watch_task(api: Client, task_id: str, *, poll_s: float = 0.5) -> TaskInfo:
 
 def _summarise(info: TaskInfo) -> None:
     if info.state is TaskState.FAILED:
-        raise KubeMLError(
+        raise TaskFailedError(
             f"task {info.id} failed: {info.error}; `kubeml logs --id {info.id}` shows its log",
             details=info.traceback,
         )

@@ -6,7 +6,8 @@
         task_id = kubeml.train(function="lenet", dataset="mnist", epochs=3)
         kubeml.wait(task_id)
 
-Server errors come back as the `KubeMLError` subclass the server raised, message intact.
+Server errors come back as the `KubeMLError` subclass the server raised, message intact
+(by its wire code, else by its HTTP status through `kubeml.errors.HTTP_STATUS`).
 Torch-free: numpy is imported only when arrays are uploaded.
 """
 
@@ -25,14 +26,14 @@ import httpx
 
 from kubeml.api.schemas import DatasetInfo, FunctionInfo, History, LogLine, TaskInfo, TrainRequest
 from kubeml.errors import (
+    InternalError,
     InvalidDatasetError,
     InvalidInputError,
     KubeMLError,
-    NotFoundError,
     PayloadTooLargeError,
     ServerUnavailableError,
-    UnauthorizedError,
     error_class,
+    error_for_status,
 )
 
 if TYPE_CHECKING:
@@ -40,10 +41,6 @@ if TYPE_CHECKING:
 
 _FIELDS = {"train_x": "traindata", "train_y": "trainlabels",
            "test_x": "testdata", "test_y": "testlabels"}  # fmt: skip
-_BY_STATUS: dict[int, type[KubeMLError]] = {
-    401: UnauthorizedError, 404: NotFoundError, 413: PayloadTooLargeError,
-    422: InvalidInputError, 503: ServerUnavailableError,
-}  # fmt: skip
 _CHECK_UPLOADS_OVER = 64 * 2**20  # ask the server's limit only for uploads this large
 
 
@@ -269,14 +266,12 @@ def _error_from(response: httpx.Response) -> KubeMLError:
         error = response.json()["error"]
         code, message, details = error["code"], str(error["message"]), error.get("details")
     except (ValueError, KeyError, TypeError):
-        cls = _BY_STATUS.get(response.status_code, KubeMLError)
+        cls = error_for_status(response.status_code) or InternalError
         text = response.text.strip()[:300] or response.reason_phrase
         return cls(f"HTTP {response.status_code} from {response.request.url}: {text}")
     if details is not None and not isinstance(details, str):
         details = str(details)
-    cls = error_class(code)
-    if cls is KubeMLError:
-        cls = _BY_STATUS.get(response.status_code, KubeMLError)
+    cls = error_class(code) or error_for_status(response.status_code) or InternalError
     return cls(message, details=details)
 
 

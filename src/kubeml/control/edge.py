@@ -1,7 +1,7 @@
 """The HTTP edge: the token and body-size checks before any route, and errors as JSON.
 
-Every error leaves as `{"error": {"code", "message", "details"}}` with the HTTP status of
-its `KubeMLError` class; this module is the only place that maps one to the other.
+Every error leaves as `{"error": {"code", "message", "details"}}` with the HTTP status that
+`kubeml.errors.HTTP_STATUS` gives its class; Starlette's own errors get a code the same way.
 """
 
 from __future__ import annotations
@@ -17,14 +17,21 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from kubeml.errors import InvalidInputError, KubeMLError, PayloadTooLargeError, UnauthorizedError
+from kubeml.errors import (
+    InternalError,
+    InvalidInputError,
+    KubeMLError,
+    PayloadTooLargeError,
+    UnauthorizedError,
+    error_for_status,
+    status_of,
+)
 
 log = logging.getLogger("kubeml.server")
 
 OPEN_PATHS = frozenset({"/health"})  # answered without a token: liveness probes, ensure_server
 UPLOAD_PATHS = frozenset({"/datasets"})  # multipart dataset uploads get the large limit
 MAX_JSON_BYTES = 64 * 2**20
-_HTTP_CODES = {401: "unauthorized", 404: "not_found", 405: "method_not_allowed"}
 _LOCATIONS = {"body", "query", "path", "header", "cookie"}
 
 
@@ -157,7 +164,8 @@ async def _kubeml_error(request: Request, exc: KubeMLError) -> JSONResponse:
 
 async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
     problems = [_describe(error) for error in exc.errors()]
-    return _error(422, InvalidInputError.code, "invalid request: " + "; ".join(problems))
+    status = status_of(InvalidInputError)
+    return _error(status, InvalidInputError.code, "invalid request: " + "; ".join(problems))
 
 
 def _describe(error: dict[str, Any]) -> str:
@@ -192,10 +200,12 @@ async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
         message = f"{request.method} is not allowed on {request.url.path} (see /docs)"
     else:
         message = str(exc.detail)
-    code = _HTTP_CODES.get(exc.status_code, "http_error")
+    known = error_for_status(exc.status_code)
+    code = known.code if known is not None else "http_error"
     return _error(exc.status_code, code, message)
 
 
 async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled error in %s %s", request.method, request.url.path)
-    return _error(500, "internal_error", f"internal server error: {type(exc).__name__}: {exc}")
+    message = f"internal server error: {type(exc).__name__}: {exc}"
+    return _error(status_of(InternalError), InternalError.code, message)

@@ -17,7 +17,7 @@ from kubeml.control.barrier import RoundBarrier
 from kubeml.control.chunks import assign_chunks, validation_slices
 from kubeml.control.parameter_server import ParameterServer
 from kubeml.control.policy import ParallelismPolicy
-from kubeml.errors import FunctionTimeoutError, KubeMLError
+from kubeml.errors import FunctionError, FunctionTimeoutError, KubeMLError
 from kubeml.runtime.invocation import FunctionCode, Invocation, InvocationResult, Mode
 from kubeml.runtime.sync import RoundReport
 from kubeml.stores.datasets import DatasetStore
@@ -261,7 +261,7 @@ class TrainJob:
             if not pending:
                 if sync is not None and -1 in sync.failed:
                     cause = sync.failed[-1]
-                    raise KubeMLError(f"merging a round failed: {cause!r}") from cause
+                    raise FunctionError(f"merging a round failed: {cause!r}") from cause
                 return [f.result() for f in futures]
             last = sync.last_progress if sync is not None else started
             if time.monotonic() - max(last, started) > timeout:

@@ -13,7 +13,7 @@ from kubeml.errors import AlreadyExistsError, NotFoundError
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS functions (
-    name TEXT PRIMARY KEY, sha256 TEXT NOT NULL, code TEXT NOT NULL,
+    name TEXT PRIMARY KEY, sha256 TEXT NOT NULL,
     created_at TEXT NOT NULL, updated_at TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS tasks (
     id TEXT PRIMARY KEY, created_at TEXT NOT NULL, body TEXT NOT NULL);
@@ -33,6 +33,8 @@ class MetadataStore:
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.executescript(_SCHEMA)
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(functions)")}
+        self._legacy_code = "code" in columns  # homes from before FunctionStore's files
         self._lock = threading.Lock()
 
     def close(self) -> None:
@@ -40,7 +42,7 @@ class MetadataStore:
             self._db.close()
 
     # -- functions ------------------------------------------------------------------------
-    def put_function(self, name: str, sha256: str, code: str, *, update: bool) -> FunctionInfo:
+    def put_function(self, name: str, sha256: str, *, update: bool) -> FunctionInfo:
         now = _now().isoformat()
         with self._lock:
             exists = self._db.execute("SELECT 1 FROM functions WHERE name=?", (name,)).fetchone()
@@ -52,12 +54,16 @@ class MetadataStore:
                 )
             if update:
                 self._db.execute(
-                    "UPDATE functions SET sha256=?, code=?, updated_at=? WHERE name=?",
-                    (sha256, code, now, name),
+                    "UPDATE functions SET sha256=?, updated_at=? WHERE name=?", (sha256, now, name)
                 )
             else:
                 self._db.execute(
-                    "INSERT INTO functions VALUES (?, ?, ?, ?, ?)", (name, sha256, code, now, now)
+                    "INSERT INTO functions (name, sha256, created_at, updated_at"
+                    + (", code" if self._legacy_code else "")
+                    + ") VALUES (?, ?, ?, ?"
+                    + (", ''" if self._legacy_code else "")
+                    + ")",
+                    (name, sha256, now, now),
                 )
         return self.get_function(name)
 
@@ -69,11 +75,23 @@ class MetadataStore:
             raise NotFoundError(f"function {name!r} not found")
         return FunctionInfo(name=row[0], sha256=row[1], created_at=row[2], updated_at=row[3])
 
-    def function_code(self, name: str) -> str:
-        row = self._one("SELECT code FROM functions WHERE name=?", name)
-        if row is None:
-            raise NotFoundError(f"function {name!r} not found")
-        return str(row[0])
+    def legacy_code(self) -> list[tuple[str, str, str]]:
+        """(name, sha256, code) still held in an old home's `code` column.
+
+        The caller writes them out as files first; later writes leave the column empty.
+        """
+        if not self._legacy_code:
+            return []
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT name, sha256, code FROM functions WHERE code != ''"
+            ).fetchall()
+        return [(str(r[0]), str(r[1]), str(r[2])) for r in rows]
+
+    def clear_legacy_code(self) -> None:
+        if self._legacy_code:
+            with self._lock:
+                self._db.execute("UPDATE functions SET code=''")
 
     def list_functions(self) -> list[FunctionInfo]:
         with self._lock:

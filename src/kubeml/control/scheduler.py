@@ -4,9 +4,25 @@ from __future__ import annotations
 
 import threading
 from collections import deque
-from collections.abc import Callable
+from dataclasses import dataclass, field
 
 from kubeml.errors import CapacityError
+
+
+@dataclass(frozen=True)
+class Admit:
+    """A decision: start `task_id` now with `parallelism` functions (its slots are held)."""
+
+    task_id: str
+    parallelism: int
+
+
+@dataclass(frozen=True)
+class Grant:
+    """The answer to a resize: the parallelism granted, and tasks the freed slots admit."""
+
+    parallelism: int
+    admitted: list[Admit] = field(default_factory=list)
 
 
 class Scheduler:
@@ -14,22 +30,23 @@ class Scheduler:
 
     A task starts only when all N of its functions fit (K-AVG rounds need them running
     at once); otherwise it waits in FIFO order, and a later task never jumps a waiting
-    one. A running task can grow into free slots between epochs (`try_resize`) and gives
-    slots back when it shrinks or ends.
+    one. A running task can grow into free slots between epochs (`resize`) and gives
+    slots back when it shrinks or ends. Every call returns the tasks it admits; the
+    scheduler starts nothing itself, so it is pure bookkeeping behind one lock.
     """
 
-    def __init__(self, capacity: int, start: Callable[[str, int], None]) -> None:
+    def __init__(self, capacity: int) -> None:
         self.capacity = capacity
-        self._start = start
         self._queue: deque[tuple[str, int]] = deque()
         self._held: dict[str, int] = {}
         self._lock = threading.Lock()
 
     @property
     def free(self) -> int:
-        return self.capacity - sum(self._held.values())
+        with self._lock:
+            return self._free()
 
-    def submit(self, task_id: str, parallelism: int) -> None:
+    def submit(self, task_id: str, parallelism: int) -> list[Admit]:
         if parallelism > self.capacity:
             raise CapacityError(
                 f"parallelism {parallelism} exceeds the capacity of {self.capacity} function "
@@ -37,7 +54,7 @@ class Scheduler:
             )
         with self._lock:
             self._queue.append((task_id, parallelism))
-        self._dispatch()
+            return self._admit()
 
     def cancel(self, task_id: str) -> bool:
         """Remove a task that is still queued; False if it is not in the queue."""
@@ -56,30 +73,29 @@ class Scheduler:
         with self._lock:
             return dict(self._held)
 
-    def try_resize(self, task_id: str, wanted: int) -> int:
-        """Grow or shrink a running task's slots; returns the parallelism granted."""
+    def resize(self, task_id: str, wanted: int) -> Grant:
+        """Grow or shrink a running task's slots (at least one, at most what is free)."""
         with self._lock:
             held = self._held[task_id]
             if wanted > held and self._queue:
-                return held  # queued tasks come first
-            granted = min(wanted, held + self.free)
-            self._held[task_id] = max(1, granted)
-            granted = self._held[task_id]
-        if granted < held:
-            self._dispatch()
-        return granted
+                return Grant(held)  # queued tasks come first
+            granted = max(1, min(wanted, held + self._free()))
+            self._held[task_id] = granted
+            return Grant(granted, self._admit() if granted < held else [])
 
-    def finished(self, task_id: str) -> None:
+    def finished(self, task_id: str) -> list[Admit]:
+        """Give a task's slots back (a no-op for a task that holds none)."""
         with self._lock:
             self._held.pop(task_id, None)
-        self._dispatch()
+            return self._admit()
 
-    def _dispatch(self) -> None:
-        to_start = []
-        with self._lock:
-            while self._queue and self._queue[0][1] <= self.free:
-                task_id, parallelism = self._queue.popleft()
-                self._held[task_id] = parallelism
-                to_start.append((task_id, parallelism))
-        for task_id, parallelism in to_start:
-            self._start(task_id, parallelism)
+    def _free(self) -> int:
+        return self.capacity - sum(self._held.values())
+
+    def _admit(self) -> list[Admit]:
+        admitted = []
+        while self._queue and self._queue[0][1] <= self._free():
+            task_id, parallelism = self._queue.popleft()
+            self._held[task_id] = parallelism
+            admitted.append(Admit(task_id, parallelism))
+        return admitted

@@ -28,7 +28,7 @@ import kubeml
 from kubeml.control.edge import RequestGuard, install_error_handlers
 from kubeml.control.engine import Engine
 from kubeml.control.routes import router
-from kubeml.errors import InvalidInputError, KubeMLError
+from kubeml.errors import ConflictError, InvalidInputError, KubeMLError
 from kubeml.settings import BackendKind, Settings
 
 log = logging.getLogger("kubeml.server")
@@ -150,7 +150,7 @@ def _bind(host: str, port: int) -> socket.socket:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(address)
     except OSError as exc:
-        raise KubeMLError(
+        raise ConflictError(
             f"cannot listen on {host}:{port}: {exc.strerror or exc}; another program may use "
             "the port: pick another with KUBEML_PORT or --port"
         ) from exc
@@ -172,7 +172,7 @@ def _refuse_if_running(home: Path) -> None:
     except (OSError, ValueError, KeyError, TypeError, httpx.HTTPError):
         return  # no state, or a stale one: nothing answers there
     if isinstance(answer, dict) and answer.get("pid") == state.get("pid"):
-        raise KubeMLError(
+        raise ConflictError(
             f"a kubeml server already runs on home {home} (pid {state['pid']}, "
             f"{state['url']}); stop it with `kubeml server stop` first"
         )

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import ast
 import hashlib
+import importlib.abc
 import importlib.util
-import os
 import sys
-import tempfile
 import threading
 from pathlib import Path
 from types import ModuleType
@@ -49,19 +48,17 @@ def load_function(code: FunctionCode) -> ModuleType:
         if module is not None:
             return module
         path = Path(code.path)
-        if code.source is not None:
-            # Carried code wins, so a worker on another node never reads the control plane's
-            # files; written atomically, as warm workers on one node may load it at once.
-            path = Path(tempfile.gettempdir()) / "kubeml-functions" / f"{code.sha256}.py"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            staging = path.with_name(f"{path.stem}.{os.getpid()}.{threading.get_ident()}.tmp")
-            staging.write_text(code.source)
-            staging.replace(path)
-        elif not path.exists():
-            raise FunctionError(f"function {code.name!r}: code file {path} is not readable here")
         module_name = f"kubeml_function_{code.name.replace('-', '_').replace('.', '_')}"
         module_name += f"_{code.sha256[:12]}"
-        spec = importlib.util.spec_from_file_location(module_name, path)
+        if code.source is not None:
+            # Carried code is imported from memory, so a worker on another node needs no
+            # file: the control plane's file under its home stays the one copy.
+            carried = _CarriedSource(code.source, code.path)
+            spec = importlib.util.spec_from_file_location(module_name, path, loader=carried)
+        elif not path.exists():
+            raise FunctionError(f"function {code.name!r}: code file {path} is not readable here")
+        else:
+            spec = importlib.util.spec_from_file_location(module_name, path)
         if spec is None or spec.loader is None:
             raise FunctionError(f"function {code.name!r}: cannot import {path}")
         module = importlib.util.module_from_spec(spec)
@@ -80,3 +77,16 @@ def load_function(code: FunctionCode) -> ModuleType:
             raise FunctionError(f"function {code.name!r} has no main()")
         _modules[code.sha256] = module
         return module
+
+
+class _CarriedSource(importlib.abc.SourceLoader):
+    """Imports code that came with the invocation; tracebacks still show its lines."""
+
+    def __init__(self, source: str, path: str) -> None:
+        self.source, self.path = source, path  # the control plane's file, for tracebacks
+
+    def get_filename(self, fullname: str) -> str:
+        return self.path
+
+    def get_data(self, path: str) -> bytes:
+        return self.source.encode()

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from kubeml.api.schemas import TaskState
-from tests.unit.cli.conftest import Cli, quiet_source
+from tests.integration.cli.conftest import Cli, quiet_source
 
 
 def _succeeded_task(cli: Cli, **flags: str) -> str:
@@ -240,7 +240,8 @@ def test_task_list_stop_prune_resume(cli: Cli) -> None:
 
     assert f"pruned 1 tasks: {task_id}" in cli.ok("task", "prune").stdout
     assert cli.ok("task", "list", "--short").stdout.strip() == ""
-    assert cli.ok("history", "get", "--id", task_id, "--json").stdout  # the history stays
+    kept = json.loads(cli.ok("history", "get", "--id", task_id, "--json").stdout)
+    assert kept["task_id"] == task_id and kept["state"] == "succeeded"  # the history stays
 
 
 def test_task_stop_ends_a_running_task(cli: Cli) -> None:
@@ -251,7 +252,7 @@ def test_task_stop_ends_a_running_task(cli: Cli) -> None:
     assert "queued again" in cli.ok("task", "resume", "--id", task_id).stdout
     assert cli.engine.get_task(task_id).state in (TaskState.QUEUED, TaskState.RUNNING)
     cli.ok("task", "stop", "--id", task_id)
-    assert cli.engine.wait(task_id, timeout_s=60).state.finished
+    assert cli.engine.wait(task_id, timeout_s=60).state is TaskState.STOPPED
 
 
 def test_unknown_task_is_an_error(cli: Cli) -> None:
