@@ -106,3 +106,27 @@ def test_finishing_sets_the_history_state_too(registry):
     recorder.persist()
     assert metadata.get_history("t1").state is TaskState.STOPPED
     assert metadata.get_task("t1").error == "stopped by the user"
+
+
+class _Job:
+    def __init__(self) -> None:
+        self.stopped = 0
+
+    def stop(self) -> None:
+        self.stopped += 1
+
+
+def test_a_stop_before_the_job_exists_reaches_the_job_when_it_is_attached(registry):
+    tasks, _ = registry
+    tasks.add(*_task("t1"))
+    tasks.stop("t1")  # admitted, job not built yet
+    job = _Job()
+    tasks.attach("t1", job)
+    assert job.stopped == 1
+    tasks.stop("t1")
+    assert job.stopped == 2
+    tasks.stop("unknown")  # not live: nothing to remember
+    later = _Job()
+    tasks.add(*_task("unknown"))
+    tasks.attach("unknown", later)
+    assert later.stopped == 0

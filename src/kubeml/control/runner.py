@@ -63,10 +63,8 @@ class TaskRunner:
             return
         if self.scheduler.cancel(task_id):
             self._finish(recorder, JobOutcome(TaskState.STOPPED))
-            return
-        job = self.tasks.job(task_id)
-        if job is not None:
-            job.stop()
+        else:
+            self.tasks.stop(task_id)  # admitted: its job stops, even one not built yet
 
     def close(self, timeout_s: float = 30.0) -> None:
         for job in self.tasks.jobs():

@@ -105,6 +105,7 @@ class TaskRegistry:
         self._changed = threading.Condition()
         self._recorders: dict[str, TaskRecorder] = {}
         self._jobs: dict[str, TrainJob] = {}
+        self._stop_pending: set[str] = set()  # stopped after admission, before its job existed
 
     def add(self, info: TaskInfo, history: History) -> TaskRecorder:
         recorder = TaskRecorder(info, history, self._metadata, self._metrics, self._changed)
@@ -113,23 +114,33 @@ class TaskRegistry:
         return recorder
 
     def attach(self, task_id: str, job: TrainJob) -> None:
+        """Register a task's job; one whose task was already asked to stop is stopped."""
         with self._changed:
             self._jobs[task_id] = job
+            if task_id in self._stop_pending:
+                self._stop_pending.discard(task_id)
+                job.stop()
+
+    def stop(self, task_id: str) -> None:
+        """Ask a live task's job to stop at its next round boundary, now or once it exists."""
+        with self._changed:
+            job = self._jobs.get(task_id)
+            if job is None and task_id in self._recorders:
+                self._stop_pending.add(task_id)
+        if job is not None:
+            job.stop()
 
     def remove(self, task_id: str) -> None:
         """The task has ended: forget it and wake everyone waiting for it."""
         with self._changed:
             self._recorders.pop(task_id, None)
             self._jobs.pop(task_id, None)
+            self._stop_pending.discard(task_id)
             self._changed.notify_all()
 
     def get(self, task_id: str) -> TaskRecorder | None:
         with self._changed:
             return self._recorders.get(task_id)
-
-    def job(self, task_id: str) -> TrainJob | None:
-        with self._changed:
-            return self._jobs.get(task_id)
 
     def live(self) -> list[TaskRecorder]:
         with self._changed:
