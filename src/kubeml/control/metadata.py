@@ -57,14 +57,15 @@ class MetadataStore:
                     "UPDATE functions SET sha256=?, updated_at=? WHERE name=?", (sha256, now, name)
                 )
             else:
-                self._db.execute(
-                    "INSERT INTO functions (name, sha256, created_at, updated_at"
-                    + (", code" if self._legacy_code else "")
-                    + ") VALUES (?, ?, ?, ?"
-                    + (", ''" if self._legacy_code else "")
-                    + ")",
-                    (name, sha256, now, now),
+                insert = (
+                    # an old home's NOT NULL code column gets '': the file is the copy
+                    "INSERT INTO functions (name, sha256, created_at, updated_at, code) "
+                    "VALUES (?, ?, ?, ?, '')"
+                    if self._legacy_code
+                    else "INSERT INTO functions (name, sha256, created_at, updated_at) "
+                    "VALUES (?, ?, ?, ?)"
                 )
+                self._db.execute(insert, (name, sha256, now, now))
         return self.get_function(name)
 
     def get_function(self, name: str) -> FunctionInfo:
