@@ -1,12 +1,108 @@
-"""Request and response shapes of the kubeml API, with the 2021 defaults."""
+"""Request and response shapes of the kubeml API, with the 2021 defaults and their bounds."""
 
 from __future__ import annotations
 
+import math
+import re
 from datetime import datetime
 from enum import Enum
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictStr,
+)
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+NAME_RULE = "use 1-64 letters, digits, '_', '.' or '-', starting with a letter or digit"
+_NAME = re.compile(NAME_PATTERN)
+
+# Bounds of the request fields; README's "Limits" table lists the same numbers.
+MAX_EPOCHS = 10_000
+MAX_BATCH = 65_536
+MAX_LR = 10.0
+MAX_PARALLELISM = 1_024
+MAX_K = 1_000_000
+MAX_SEED = 2**63 - 1  # torch.manual_seed takes a signed 64-bit integer
+MAX_CODE_CHARS = 2**20  # a function file of 1 MiB is already far larger than any real one
+MAX_INFER_SAMPLES = 65_536
+
+
+def name_error(kind: str, name: object) -> str | None:
+    """Why `name` is not a valid function or dataset name, or None when it is."""
+    if isinstance(name, str) and _NAME.fullmatch(name):
+        return None
+    return f"invalid {kind} name {name!r}: {NAME_RULE}"
+
+
+def _named(kind: str) -> AfterValidator:
+    def check(name: str) -> str:
+        problem = name_error(kind, name)
+        if problem:
+            raise ValueError(problem)
+        return name
+
+    return AfterValidator(check)
+
+
+def _int_range(low: int, high: int, meaning: str = "") -> tuple[Any, ...]:
+    """An integer in [low, high]: not a bool, not a float; the refusal names the range.
+
+    The check runs before pydantic's own (whose messages name neither the range nor that
+    `true` was refused for being a bool); the bounds go into the JSON schema by hand.
+    """
+    rule = f"must be an integer from {low} to {high}{meaning}"
+
+    def check(value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise ValueError(rule)
+        return value
+
+    return Field(json_schema_extra={"minimum": low, "maximum": high}), BeforeValidator(check)
+
+
+def _float_range(low: float, high: float) -> tuple[Any, ...]:
+    """A finite number in (low, high]; a JSON integer is a number, a bool or a string is not."""
+    rule = f"must be a finite number in ({low:g}, {high:g}]"
+
+    def check(value: Any) -> float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(rule)
+        if not (math.isfinite(value) and low < value <= high):
+            raise ValueError(rule)
+        return float(value)
+
+    bounds: dict[str, Any] = {"exclusiveMinimum": low, "maximum": high}
+    return Field(json_schema_extra=bounds), BeforeValidator(check)
+
+
+FunctionName = Annotated[StrictStr, Field(max_length=64, description=NAME_RULE), _named("function")]
+DatasetName = Annotated[StrictStr, Field(max_length=64, description=NAME_RULE), _named("dataset")]
+Epochs = Annotated[(int, *_int_range(1, MAX_EPOCHS))]
+BatchSize = Annotated[(int, *_int_range(1, MAX_BATCH))]
+LearningRate = Annotated[(float, *_float_range(0.0, MAX_LR))]
+Parallelism = Annotated[(int, *_int_range(1, MAX_PARALLELISM))]
+ValidateEvery = Annotated[(int, *_int_range(0, MAX_EPOCHS, " (0 = only at the end)"))]
+GoalAccuracy = Annotated[(float, *_float_range(0.0, 100.0))]
+
+
+def _check_k(k: Any) -> int:
+    if isinstance(k, bool) or not isinstance(k, int) or k == 0 or not -1 <= k <= MAX_K:
+        raise ValueError(
+            f"K must be -1 (average once per epoch) or a number of local steps from 1 to {MAX_K}"
+        )
+    return k
+
+
+LocalSteps = Annotated[
+    int, Field(json_schema_extra={"minimum": -1, "maximum": MAX_K}), BeforeValidator(_check_k)
+]
+Seed = Annotated[(int, *_int_range(0, MAX_SEED))]
 
 
 class OptimizerState(str, Enum):
@@ -34,30 +130,36 @@ class TaskState(str, Enum):
 
 
 class TrainRequest(BaseModel):
-    """A train task. Defaults are those of the 2021 CLI; the REST API applies the same."""
+    """A train task. Defaults are those of the 2021 CLI; the REST API applies the same.
 
-    function: str = Field(min_length=1)
-    dataset: str = Field(min_length=1)
-    epochs: int = Field(default=1, gt=0)
-    batch_size: int = Field(default=64, gt=0)
-    lr: float = Field(default=0.01, gt=0)
-    parallelism: int = Field(default=2, gt=0)
-    static: bool = False
-    k: int = Field(default=-1, description="local steps per round; -1 = once per epoch")
-    validate_every: int = Field(default=0, ge=0, description="0 = only at the end")
-    goal_accuracy: float = Field(default=100.0, gt=0, le=100)
-    seed: int = Field(default=0, ge=0)
+    Numbers are strict: `true` is not an epoch count, `2.0` is not a batch size (a JSON
+    integer is a fine learning rate), and every float must be finite.
+    """
+
+    function: FunctionName
+    dataset: DatasetName
+    epochs: Epochs = 1
+    batch_size: BatchSize = 64
+    lr: LearningRate = 0.01
+    parallelism: Parallelism = 2
+    static: StrictBool = False
+    k: LocalSteps = Field(
+        default=-1, description=f"local steps per round, 1 to {MAX_K}; -1 = once per epoch"
+    )
+    validate_every: ValidateEvery = Field(default=0, description="0 = only at the end")
+    goal_accuracy: GoalAccuracy = 100.0
+    seed: Seed = 0
     optimizer_state: OptimizerState = OptimizerState.KEEP
 
-    @field_validator("k")
-    @classmethod
-    def _check_k(cls, k: int) -> int:
-        if k == 0 or k < -1:
-            raise ValueError("K must be -1 (average once per epoch) or a positive number of steps")
-        return k
+
+# Stored records keep a NaN or infinite measurement as the string "NaN"/"Infinity", which
+# reads back as the same float: with JSON's null it would no longer parse as a number.
+_RECORD = ConfigDict(ser_json_inf_nan="strings")
 
 
 class EpochRecord(BaseModel):
+    model_config = _RECORD
+
     epoch: int
     train_loss: float
     val_loss: float | None = None
@@ -69,6 +171,8 @@ class EpochRecord(BaseModel):
 
 
 class TaskInfo(BaseModel):
+    model_config = _RECORD
+
     id: str
     request: TrainRequest
     state: TaskState
@@ -87,6 +191,8 @@ class TaskInfo(BaseModel):
 
 
 class History(BaseModel):
+    model_config = _RECORD
+
     task_id: str
     request: TrainRequest
     state: TaskState
@@ -111,7 +217,11 @@ class FunctionInfo(BaseModel):
 
 
 class InferRequest(BaseModel):
-    data: list[Any]
+    data: list[Any] = Field(
+        min_length=1,
+        max_length=MAX_INFER_SAMPLES,
+        description=f"the samples to predict, 1 to {MAX_INFER_SAMPLES}",
+    )
 
 
 class LogLine(BaseModel):

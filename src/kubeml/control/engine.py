@@ -272,7 +272,10 @@ class Engine:
         for info in self.metadata.list_tasks():
             if info.state.finished:
                 continue
-            done = len(self.metadata.get_history(info.id).epochs)
+            try:
+                done = len(self.metadata.get_history(info.id).epochs)
+            except KubeMLError:  # no history, or a damaged one: the start must not fail
+                done = 0
             self.metadata.put_task(
                 info.model_copy(
                     update={

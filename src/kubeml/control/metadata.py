@@ -1,15 +1,26 @@
-"""Metadata in SQLite: functions, tasks and histories, surviving restarts."""
+"""Metadata in SQLite: functions, tasks and histories, surviving restarts.
+
+Every record is checked by its pydantic model before it is written, and a stored record
+that does not parse (damaged, or written by another version) is skipped and reported by
+`damaged()`, never allowed to fail a whole listing or the server's start.
+"""
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import threading
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ValidationError
 
 from kubeml.api.schemas import FunctionInfo, History, TaskInfo
-from kubeml.errors import AlreadyExistsError, NotFoundError
+from kubeml.errors import AlreadyExistsError, NotFoundError, StorageError
+
+log = logging.getLogger("kubeml.metadata")
+Record = TypeVar("Record", bound=BaseModel)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS functions (
@@ -36,6 +47,56 @@ class MetadataStore:
         columns = {row[1] for row in self._db.execute("PRAGMA table_info(functions)")}
         self._legacy_code = "code" in columns  # homes from before FunctionStore's files
         self._lock = threading.Lock()
+        self._damaged: dict[tuple[str, str], str] = {}
+        for read_all in (self.list_functions, self.list_tasks, self.list_histories):
+            read_all()  # log any damaged record now, at the server's start
+
+    def damaged(self) -> list[str]:
+        """The stored records that do not parse, each with the reason; they are skipped."""
+        with self._lock:
+            return [f"{kind} {key!r}: {why}" for (kind, key), why in sorted(self._damaged.items())]
+
+    def _parse(self, model: type[Record], kind: str, key: str, body: Any) -> Record | None:
+        """`body` as a `model`, or None (logged once, listed by `damaged`) if it does not parse."""
+        try:
+            record = (
+                model.model_validate_json(body)
+                if isinstance(body, (str, bytes))
+                else (model.model_validate(body))
+            )
+        except (ValidationError, ValueError, TypeError) as exc:
+            why = _reason(exc)
+            with self._lock:
+                first = (kind, key) not in self._damaged
+                self._damaged[(kind, key)] = why
+            if first:
+                log.warning("skipping the stored %s %r, which does not parse: %s", kind, key, why)
+            return None
+        with self._lock:
+            self._damaged.pop((kind, key), None)
+        return record
+
+    def _checked(self, kind: str, key: str, record: BaseModel) -> str:
+        """The JSON to store for `record`, once it is known to parse back as the same model."""
+        body = record.model_dump_json()
+        try:
+            type(record).model_validate_json(body)
+        except ValidationError as exc:
+            raise StorageError(f"refusing to store {kind} {key!r}: {_reason(exc)}") from exc
+        return body
+
+    def _one_record(self, model: type[Record], kind: str, key: str, row: Any) -> Record:
+        record = self._parse(model, kind, key, row[0])
+        if record is None:
+            raise StorageError(
+                f"the stored {kind} {key!r} is damaged and skipped ({self._damaged[(kind, key)]})"
+                "; `kubeml server status` lists damaged records"
+            )
+        return record
+
+    def _forget_damage(self, kind: str, key: str) -> None:
+        with self._lock:
+            self._damaged.pop((kind, key), None)
 
     def close(self) -> None:
         with self._lock:
@@ -74,7 +135,7 @@ class MetadataStore:
         )
         if row is None:
             raise NotFoundError(f"function {name!r} not found")
-        return FunctionInfo(name=row[0], sha256=row[1], created_at=row[2], updated_at=row[3])
+        return self._one_record(FunctionInfo, "function", name, [_function_fields(row)])
 
     def legacy_code(self) -> list[tuple[str, str, str]]:
         """(name, sha256, code) still held in an old home's `code` column.
@@ -99,62 +160,84 @@ class MetadataStore:
             rows = self._db.execute(
                 "SELECT name, sha256, created_at, updated_at FROM functions ORDER BY name"
             ).fetchall()
-        return [
-            FunctionInfo(name=r[0], sha256=r[1], created_at=r[2], updated_at=r[3]) for r in rows
-        ]
+        parsed = (
+            self._parse(FunctionInfo, "function", str(r[0]), _function_fields(r)) for r in rows
+        )
+        return [info for info in parsed if info is not None]
 
     def delete_function(self, name: str) -> None:
         with self._lock:
             if self._db.execute("DELETE FROM functions WHERE name=?", (name,)).rowcount == 0:
                 raise NotFoundError(f"function {name!r} not found")
+        self._forget_damage("function", name)
 
     # -- tasks ------------------------------------------------------------------------------
     def put_task(self, task: TaskInfo) -> None:
+        body = self._checked("task", task.id, task)
         with self._lock:
             self._db.execute(
                 "INSERT OR REPLACE INTO tasks VALUES (?, ?, ?)",
-                (task.id, task.created_at.isoformat(), task.model_dump_json()),
+                (task.id, task.created_at.isoformat(), body),
             )
+        self._forget_damage("task", task.id)
 
     def get_task(self, task_id: str) -> TaskInfo:
         row = self._one("SELECT body FROM tasks WHERE id=?", task_id)
         if row is None:
             raise NotFoundError(f"task {task_id!r} not found")
-        return TaskInfo.model_validate_json(row[0])
+        return self._one_record(TaskInfo, "task", task_id, row)
 
     def list_tasks(self) -> list[TaskInfo]:
         with self._lock:
-            rows = self._db.execute("SELECT body FROM tasks ORDER BY created_at").fetchall()
-        return [TaskInfo.model_validate_json(r[0]) for r in rows]
+            rows = self._db.execute("SELECT id, body FROM tasks ORDER BY created_at").fetchall()
+        parsed = (self._parse(TaskInfo, "task", str(r[0]), r[1]) for r in rows)
+        return [info for info in parsed if info is not None]
 
     def delete_task(self, task_id: str) -> None:
         with self._lock:
             self._db.execute("DELETE FROM tasks WHERE id=?", (task_id,))
+        self._forget_damage("task", task_id)
 
     # -- histories --------------------------------------------------------------------------
     def put_history(self, history: History) -> None:
+        body = self._checked("history", history.task_id, history)
         with self._lock:
             self._db.execute(
-                "INSERT OR REPLACE INTO histories VALUES (?, ?)",
-                (history.task_id, history.model_dump_json()),
+                "INSERT OR REPLACE INTO histories VALUES (?, ?)", (history.task_id, body)
             )
+        self._forget_damage("history", history.task_id)
 
     def get_history(self, task_id: str) -> History:
         row = self._one("SELECT body FROM histories WHERE task_id=?", task_id)
         if row is None:
             raise NotFoundError(f"no history for task {task_id!r}")
-        return History.model_validate_json(row[0])
+        return self._one_record(History, "history", task_id, row)
 
     def list_histories(self) -> list[History]:
         with self._lock:
-            rows = self._db.execute("SELECT body FROM histories ORDER BY rowid").fetchall()
-        return [History.model_validate_json(r[0]) for r in rows]
+            rows = self._db.execute("SELECT task_id, body FROM histories ORDER BY rowid").fetchall()
+        parsed = (self._parse(History, "history", str(r[0]), r[1]) for r in rows)
+        return [history for history in parsed if history is not None]
 
     def delete_history(self, task_id: str) -> None:
         with self._lock:
             if self._db.execute("DELETE FROM histories WHERE task_id=?", (task_id,)).rowcount == 0:
                 raise NotFoundError(f"no history for task {task_id!r}")
+        self._forget_damage("history", task_id)
 
     def _one(self, sql: str, *args: object) -> Any:
         with self._lock:
             return self._db.execute(sql, args).fetchone()
+
+
+def _function_fields(row: Any) -> dict[str, Any]:
+    return {"name": row[0], "sha256": row[1], "created_at": row[2], "updated_at": row[3]}
+
+
+def _reason(exc: Exception) -> str:
+    """The first problem of a validation error, in one line."""
+    if isinstance(exc, ValidationError) and exc.errors():
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first.get("loc", ())) or "record"
+        return f"{where}: {first.get('msg', 'invalid')} ({exc.error_count()} problem(s))"
+    return f"{type(exc).__name__}: {exc}".splitlines()[0]

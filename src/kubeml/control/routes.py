@@ -1,32 +1,33 @@
 """The REST routes: one thin handler per `Engine` operation.
 
 Handlers are plain `def`s, so FastAPI runs them in its threadpool and a slow engine call
-(an upload, an inference) never blocks the event loop.
+(an inference) never blocks the event loop; the one `async def`, the dataset upload, streams
+its body to disk and does its work in the threadpool too (`kubeml.control.uploads`).
 """
 
 from __future__ import annotations
 
 import os
-from pathlib import PurePath
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, File, Form, Query, Request, Response, UploadFile
+from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import PlainTextResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictStr
 
 import kubeml
 from kubeml.api.schemas import (
+    MAX_CODE_CHARS,
     DatasetInfo,
     FunctionInfo,
+    FunctionName,
     History,
     InferRequest,
     LogLine,
     TaskInfo,
     TrainRequest,
 )
+from kubeml.control import uploads
 from kubeml.control.engine import Engine
-from kubeml.errors import AlreadyExistsError, InvalidDatasetError, NotFoundError
-from kubeml.stores.datasets import ARRAY_FIELDS, check_name, read_array_file
 
 
 def _engine(request: Request) -> Engine:
@@ -37,13 +38,27 @@ def _engine(request: Request) -> Engine:
 EngineDep = Annotated[Engine, Depends(_engine)]
 
 
+Code = Annotated[
+    StrictStr,
+    Field(
+        min_length=1,
+        max_length=MAX_CODE_CHARS,
+        description=f"the Python source of the function file, at most {MAX_CODE_CHARS} chars",
+    ),
+]
+
+
 class FunctionCreate(BaseModel):
-    name: str = Field(description="1-64 letters, digits, '_', '.' or '-'")
-    code: str = Field(description="the Python source of the function file")
+    model_config = ConfigDict(extra="forbid")
+
+    name: FunctionName
+    code: Code
 
 
 class FunctionUpdate(BaseModel):
-    code: str
+    model_config = ConfigDict(extra="forbid")
+
+    code: Code
 
 
 class TrainBody(TrainRequest):
@@ -68,6 +83,9 @@ class Health(BaseModel):
     capacity: int
     running_tasks: int
     max_upload_bytes: int
+    damaged_records: list[str] = Field(
+        default_factory=list, description="stored records that do not parse and are skipped"
+    )
 
 
 router = APIRouter()
@@ -102,35 +120,10 @@ def delete_function(name: str, engine: EngineDep) -> Response:
 
 
 # -- datasets -------------------------------------------------------------------------------
-@router.post("/datasets", status_code=201, tags=["datasets"])
-def create_dataset(
-    engine: EngineDep,
-    name: Annotated[str, Form()],
-    train_x: Annotated[UploadFile, File(description=".npy or .npz training features")],
-    train_y: Annotated[UploadFile, File(description="training labels")],
-    test_x: Annotated[UploadFile, File(description="test features")],
-    test_y: Annotated[UploadFile, File(description="test labels")],
-    allow_pickle: Annotated[bool, Form(description="accept .pkl files (runs code)")] = False,
-) -> DatasetInfo:
-    """Upload a dataset as four array files (multipart form)."""
-    check_name("dataset", name)
-    try:  # fail before decoding megabytes of arrays
-        engine.get_dataset(name)
-    except NotFoundError:
-        pass
-    else:
-        raise AlreadyExistsError(f"dataset {name!r} already exists; delete it first")
-    uploads = dict(zip(ARRAY_FIELDS, (train_x, train_y, test_x, test_y), strict=True))
-    arrays = {field: _read_upload(field, upload, allow_pickle) for field, upload in uploads.items()}
-    return engine.create_dataset(name, **arrays)
-
-
-def _read_upload(field: str, upload: UploadFile, allow_pickle: bool) -> Any:
-    filename = PurePath(upload.filename or f"{field}.npy").name
-    try:
-        return read_array_file(upload.file.read(), filename, allow_pickle=allow_pickle)
-    except InvalidDatasetError as exc:
-        raise InvalidDatasetError(f"{field}: {exc.message}") from exc
+@router.post("/datasets", status_code=201, tags=["datasets"], openapi_extra=uploads.OPENAPI)
+async def create_dataset(request: Request, engine: EngineDep) -> DatasetInfo:
+    """Upload a dataset as four array files (multipart form), streamed to the store."""
+    return await uploads.receive_dataset(request, engine.datasets)
 
 
 @router.get("/datasets", tags=["datasets"])
@@ -244,4 +237,5 @@ def health(request: Request, engine: EngineDep) -> Health:
         capacity=engine.backend.capacity,
         running_tasks=len(engine.scheduler.running()),
         max_upload_bytes=request.app.state.max_upload_bytes,
+        damaged_records=[*engine.metadata.damaged(), *engine.datasets.damaged()],
     )

@@ -2,116 +2,66 @@
 
 Each dataset is a folder of four `.npy` files under the kubeml home. Readers memory-map
 them and copy out just their sample ranges, so N functions never each load the whole set.
+A new dataset is written into a staging folder, checked there (`kubeml.stores.arrays`),
+and renamed into place: a reader sees a whole, checked dataset or none.
 """
 
 from __future__ import annotations
 
-import io
 import json
-import re
+import logging
+import secrets
 import shutil
 import threading
+import zipfile
 from abc import abstractmethod
 from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any
 
-from kubeml.api.schemas import DatasetInfo
-from kubeml.errors import AlreadyExistsError, InvalidDatasetError, NotFoundError, StorageError
+from kubeml.api.schemas import DatasetInfo, name_error
+from kubeml.errors import (
+    AlreadyExistsError,
+    InvalidDatasetError,
+    InvalidInputError,
+    NotFoundError,
+    StorageError,
+)
+from kubeml.stores.arrays import (
+    ARRAY_FIELDS,
+    MAX_HEADER_BYTES,
+    NPY_MAGIC,
+    ZIP_MAGIC,
+    Header,
+    check_contents,
+    check_file_size,
+    check_header,
+    check_together,
+    header_of_array,
+    not_numpy,
+    parse_header,
+    read_header,
+)
 from kubeml.stores.interfaces import ShardSource, Split
 
 if TYPE_CHECKING:
     import numpy as np
 
-ARRAY_FIELDS = ("train_x", "train_y", "test_x", "test_y")
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-_NUMERIC_KINDS = "biuf"  # bool, signed, unsigned, float
+__all__ = ["ARRAY_FIELDS", "DatasetStore", "LocalDatasetStore", "StagedDataset", "check_name"]
+
+log = logging.getLogger("kubeml.datasets")
+
+_PREFIX_BYTES = 8 + 4 + MAX_HEADER_BYTES
+_COPY_BYTES = 2**20
 
 
 def check_name(kind: str, name: str) -> str:
     """Names are 1-64 characters of letters, digits, `_`, `.`, `-`, starting alphanumeric."""
-    if not isinstance(name, str) or not _NAME.match(name):
-        from kubeml.errors import InvalidInputError
-
-        raise InvalidInputError(
-            f"invalid {kind} name {name!r}: use 1-64 letters, digits, '_', '.' or '-', "
-            "starting with a letter or digit"
-        )
+    problem = name_error(kind, name)
+    if problem:
+        raise InvalidInputError(problem)
     return name
-
-
-def read_array_file(data: bytes, filename: str, *, allow_pickle: bool = False) -> np.ndarray:
-    """Decode an uploaded `.npy`, `.npz` (one array) or, if allowed, `.pkl` file."""
-    import numpy as np
-
-    lower = filename.lower()
-    try:
-        if lower.endswith(".pkl") or lower.endswith(".pickle"):
-            if not allow_pickle:
-                raise InvalidDatasetError(
-                    f"{filename}: pickle files can run code when loaded; convert it to .npy, "
-                    "or pass --allow-pickle if you trust it"
-                )
-            import pickle
-
-            array = np.asarray(pickle.loads(data))
-        elif lower.endswith(".npz"):
-            with np.load(io.BytesIO(data), allow_pickle=False) as archive:
-                if len(archive.files) != 1:
-                    raise InvalidDatasetError(
-                        f"{filename}: an .npz upload must hold exactly one array, "
-                        f"found {len(archive.files)}"
-                    )
-                array = archive[archive.files[0]]
-        elif lower.endswith(".npy"):
-            array = np.load(io.BytesIO(data), allow_pickle=False)
-        else:
-            raise InvalidDatasetError(f"{filename}: unsupported file type; use .npy or .npz")
-    except InvalidDatasetError:
-        raise
-    except ValueError as exc:
-        if "pickle" in str(exc).lower():
-            raise InvalidDatasetError(
-                f"{filename}: holds Python objects, which need pickle to load; "
-                "upload a numeric array (pass --allow-pickle only for .pkl files you trust)"
-            ) from exc
-        raise InvalidDatasetError(f"{filename}: not a valid numpy file ({exc})") from exc
-    except Exception as exc:  # truncated or garbage bytes raise many different types
-        raise InvalidDatasetError(f"{filename}: not a valid numpy file ({exc})") from exc
-    return array
-
-
-def validate_arrays(arrays: dict[str, np.ndarray]) -> None:
-    """Check the four arrays of a dataset: numeric, non-empty, matching lengths and shapes."""
-    import numpy as np
-
-    for field in ARRAY_FIELDS:
-        if field not in arrays or arrays[field] is None:
-            raise InvalidDatasetError(f"{field}: missing")
-        array = arrays[field]
-        if not isinstance(array, np.ndarray):
-            raise InvalidDatasetError(
-                f"{field}: expected a numpy array, got {type(array).__name__}"
-            )
-        if array.dtype.kind not in _NUMERIC_KINDS:
-            raise InvalidDatasetError(
-                f"{field}: unsupported dtype {array.dtype}; use a numeric (int, uint, float, bool)"
-                " array"
-            )
-        if array.ndim == 0 or len(array) == 0:
-            raise InvalidDatasetError(f"{field}: empty; a dataset needs at least one sample")
-    for split in ("train", "test"):
-        x, y = arrays[f"{split}_x"], arrays[f"{split}_y"]
-        if len(x) != len(y):
-            raise InvalidDatasetError(
-                f"{split}_y: has {len(y)} labels but {split}_x has {len(x)} samples"
-            )
-    if arrays["train_x"].shape[1:] != arrays["test_x"].shape[1:]:
-        raise InvalidDatasetError(
-            f"test_x: sample shape {arrays['test_x'].shape[1:]} differs from train_x's "
-            f"{arrays['train_x'].shape[1:]}"
-        )
 
 
 class DatasetStore(ShardSource):
@@ -135,6 +85,184 @@ class DatasetStore(ShardSource):
     ) -> tuple[np.ndarray, np.ndarray]:
         """Copy out the samples in `ranges` (start, stop) of one split, in order."""
 
+    def stage(self) -> StagedDataset:
+        """A staging folder to stream an upload into (stores that keep files locally)."""
+        raise StorageError(f"{type(self).__name__} takes no streamed uploads")
+
+    def damaged(self) -> Sequence[str]:
+        """Stored datasets that cannot be read back, each with the reason."""
+        return []
+
+
+class StagedDataset:
+    """A dataset being written: its files land in a staging folder, are checked, then published.
+
+    Files arrive one at a time (`begin_file`, `write`..., `end_file`) or as arrays
+    (`add_array`). Each `.npy` header is checked as soon as its bytes are in, against the
+    headers already seen; `publish` then scans the contents and renames the folder.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.dir = root / f".staging-{secrets.token_hex(8)}"
+        self.dir.mkdir(parents=True)
+        self.headers: dict[str, tuple[str, Header]] = {}
+        self._pickles: dict[str, tuple[str, Path]] = {}
+        self._file: IO[bytes] | None = None
+        self._field = self._source = ""
+        self._format: str | None = None
+        self._prefix = bytearray()
+
+    def begin_file(self, field: str, filename: str) -> None:
+        if field in self.headers or field in self._pickles:
+            raise InvalidDatasetError(f"{field}: sent twice; send each of {ARRAY_FIELDS} once")
+        named = filename and filename != f"{field}.npy"  # the client names arrays so
+        self._field, self._source = field, f"{field} ({filename})" if named else field
+        lower = filename.lower()
+        self._format = "pkl" if lower.endswith((".pkl", ".pickle")) else None
+        self._prefix = bytearray()
+        self._file = open(self.dir / f"{field}.part", "wb")  # noqa: SIM115 - closed in end_file
+
+    def write(self, data: bytes) -> None:
+        """Append to the current file; refuses as soon as its header shows it cannot fit."""
+        assert self._file is not None, "write() outside begin_file()/end_file()"
+        self._file.write(data)
+        if self._format == "pkl" or (self._format == "npy" and self._field in self.headers):
+            return
+        if len(self._prefix) < _PREFIX_BYTES:
+            self._prefix += data[: _PREFIX_BYTES - len(self._prefix)]
+        prefix = bytes(self._prefix)
+        if self._format is None and len(prefix) >= len(ZIP_MAGIC):
+            if prefix.startswith(ZIP_MAGIC):
+                self._format = "npz"
+            elif prefix.startswith(NPY_MAGIC[: len(ZIP_MAGIC)]):
+                self._format = "npy"
+            else:
+                raise not_numpy(self._source)
+        if self._format == "npy":
+            header = parse_header(prefix, self._source)
+            if header is not None:
+                self._accept(self._field, self._source, header)
+
+    def end_file(self) -> None:
+        assert self._file is not None, "end_file() without begin_file()"
+        self._file.close()
+        self._file = None
+        field, source = self._field, self._source
+        part, path = self.dir / f"{field}.part", self.dir / f"{field}.npy"
+        if self._format == "pkl":
+            self._pickles[field] = (source, part)  # loaded in publish, once allow_pickle is known
+            return
+        if self._format == "npz":
+            self._extract(part, path, field, source)
+        elif self._format == "npy" and field in self.headers:
+            part.rename(path)
+        elif self._format == "npy":
+            raise InvalidDatasetError(f"{source}: truncated .npy file (it ends inside its header)")
+        else:
+            raise not_numpy(source)
+        check_file_size(path, source, self.headers[field][1])
+
+    def add_array(self, field: str, array: Any, source: str = "") -> None:
+        import numpy as np
+
+        source = source or field
+        try:
+            header = header_of_array(array)
+        except TypeError as exc:
+            raise InvalidDatasetError(f"{source}: {exc}") from exc
+        self._accept(field, source, header)  # before a byte is written
+        np.save(self.dir / f"{field}.npy", np.ascontiguousarray(array), allow_pickle=False)
+
+    def publish(self, name: str, *, allow_pickle: bool = False) -> DatasetInfo:
+        """Check the contents, then move the dataset into place under `name`."""
+        target = self.root / check_name("dataset", name)
+        for field, (source, part) in self._pickles.items():
+            self._unpickle(field, source, part, allow_pickle)
+        missing = [field for field in ARRAY_FIELDS if field not in self.headers]
+        if missing:
+            raise InvalidDatasetError(
+                f"{', '.join(missing)}: missing; a dataset needs all of {', '.join(ARRAY_FIELDS)}"
+            )
+        check_together(self.headers)
+        for field in ARRAY_FIELDS:
+            source, _ = self.headers[field]
+            path = self.dir / f"{field}.npy"
+            header = read_header(path, source)  # with the offset of the file as written
+            check_file_size(path, source, header)
+            check_contents(field, source, path, header)
+        tx, ty, sx = (self.headers[field][1] for field in ("train_x", "train_y", "test_x"))
+        info = DatasetInfo(
+            name=name,
+            train_size=tx.shape[0],
+            test_size=sx.shape[0],
+            feature_shape=list(tx.shape[1:]),
+            feature_dtype=str(tx.dtype),
+            label_dtype=str(ty.dtype),
+            created_at=datetime.now(timezone.utc),
+        )
+        try:
+            (self.dir / "info.json").write_text(info.model_dump_json())
+            self.dir.rename(target)  # atomic: a reader sees the whole dataset or none of it
+        except OSError as exc:
+            if target.exists():
+                raise AlreadyExistsError(
+                    f"dataset {name!r} already exists; delete it first"
+                ) from exc
+            raise StorageError(f"cannot store dataset {name!r}: {exc}") from exc
+        return info
+
+    def discard(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def _accept(self, field: str, source: str, header: Header) -> None:
+        check_header(field, source, header)
+        self.headers[field] = (source, header)
+        check_together(self.headers)
+
+    def _extract(self, part: Path, path: Path, field: str, source: str) -> None:
+        """The one array of an `.npz`, streamed out to `path` once its header passed."""
+        try:
+            with zipfile.ZipFile(part) as archive:
+                members = archive.namelist()
+                if len(members) != 1:
+                    raise InvalidDatasetError(
+                        f"{source}: an .npz upload must hold exactly one array, found "
+                        f"{len(members)}"
+                    )
+                with archive.open(members[0]) as member, open(path, "wb") as out:
+                    prefix = member.read(_PREFIX_BYTES)
+                    header = parse_header(prefix, source)
+                    if header is None:
+                        raise InvalidDatasetError(f"{source}: truncated array inside the .npz")
+                    self._accept(field, source, header)
+                    out.write(prefix)
+                    shutil.copyfileobj(member, out, _COPY_BYTES)
+        except (zipfile.BadZipFile, EOFError, OSError) as exc:
+            raise InvalidDatasetError(f"{source}: damaged .npz file ({exc})") from exc
+        part.unlink()
+
+    def _unpickle(self, field: str, source: str, part: Path, allow_pickle: bool) -> None:
+        import pickle
+
+        import numpy as np
+
+        if not allow_pickle:
+            raise InvalidDatasetError(
+                f"{source}: pickle files can run code when loaded; convert it to .npy, or "
+                "pass --allow-pickle if you trust it"
+            )
+        try:
+            with open(part, "rb") as file:
+                array = np.asarray(pickle.load(file))
+        except Exception as exc:  # a bad pickle raises anything at all
+            raise InvalidDatasetError(f"{source}: cannot unpickle ({exc})") from exc
+        self.add_array(field, array, source)
+        part.unlink()
+
 
 class LocalDatasetStore(DatasetStore):
     """Datasets as `.npy` files under one folder, memory-mapped by readers."""
@@ -143,6 +271,7 @@ class LocalDatasetStore(DatasetStore):
         self.root = Path(root)
         self._maps: dict[tuple[str, str, int], Any] = {}
         self._lock = threading.Lock()
+        self._reported: set[str] = set()
 
     def __getstate__(self) -> dict[str, Any]:
         return {"root": self.root}
@@ -153,55 +282,67 @@ class LocalDatasetStore(DatasetStore):
     def _dir(self, name: str) -> Path:
         return self.root / check_name("dataset", name)
 
-    def create(self, name: str, arrays: dict[str, np.ndarray]) -> DatasetInfo:
-        import numpy as np
+    def stage(self) -> StagedDataset:
+        return StagedDataset(self.root)
 
-        target = self._dir(name)
-        validate_arrays(arrays)
-        if target.exists():
+    def create(self, name: str, arrays: dict[str, np.ndarray]) -> DatasetInfo:
+        if self._dir(name).exists():
             raise AlreadyExistsError(f"dataset {name!r} already exists; delete it first")
-        info = DatasetInfo(
-            name=name,
-            train_size=len(arrays["train_x"]),
-            test_size=len(arrays["test_x"]),
-            feature_shape=list(arrays["train_x"].shape[1:]),
-            feature_dtype=str(arrays["train_x"].dtype),
-            label_dtype=str(arrays["train_y"].dtype),
-            created_at=datetime.now(timezone.utc),
-        )
-        staging = self.root / f".staging-{name}-{threading.get_ident()}"
+        for field in ARRAY_FIELDS:
+            if arrays.get(field) is None:
+                raise InvalidDatasetError(f"{field}: missing")
+        staged = self.stage()
         try:
-            staging.mkdir(parents=True, exist_ok=False)
             for field in ARRAY_FIELDS:
-                np.save(staging / f"{field}.npy", np.ascontiguousarray(arrays[field]))
-            (staging / "info.json").write_text(info.model_dump_json())
-            staging.rename(target)  # atomic: a reader sees the whole dataset or none of it
-        except FileExistsError as exc:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise AlreadyExistsError(f"dataset {name!r} already exists; delete it first") from exc
-        except OSError as exc:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise StorageError(f"cannot store dataset {name!r}: {exc}") from exc
-        return info
+                staged.add_array(field, arrays[field])
+            return staged.publish(name)
+        finally:
+            staged.discard()
 
     def get(self, name: str) -> DatasetInfo:
-        path = self._dir(name) / "info.json"
-        try:
-            return DatasetInfo.model_validate(json.loads(path.read_text()))
-        except FileNotFoundError as exc:
-            raise NotFoundError(f"dataset {name!r} not found") from exc
+        folder = self._dir(name)
+        if not folder.is_dir():
+            raise NotFoundError(f"dataset {name!r} not found")
+        info, problem = self._load_info(folder)
+        if info is None:
+            raise StorageError(
+                f"dataset {name!r} is damaged ({problem}); delete it with `kubeml dataset "
+                f"delete -n {name}` and upload it again"
+            )
+        return info
 
     def list(self) -> list[DatasetInfo]:
+        return [info for info, _ in self._scan() if info is not None]
+
+    def damaged(self) -> Sequence[str]:
+        return [problem for info, problem in self._scan() if info is None]
+
+    def _scan(self) -> Sequence[tuple[DatasetInfo | None, str]]:
         if not self.root.exists():
             return []
-        infos = []
-        for path in sorted(self.root.glob("*/info.json")):
-            infos.append(DatasetInfo.model_validate(json.loads(path.read_text())))
-        return infos
+        found = []
+        for folder in sorted(self.root.iterdir()):
+            if folder.name.startswith(".") or not folder.is_dir():
+                continue  # staging and deleting folders
+            info, problem = self._load_info(folder)
+            found.append((info, f"dataset {folder.name!r}: {problem}"))
+        return found
+
+    def _load_info(self, folder: Path) -> tuple[DatasetInfo | None, str]:
+        """A dataset's info.json, or None and why it does not parse (logged once)."""
+        try:
+            return DatasetInfo.model_validate(json.loads((folder / "info.json").read_text())), ""
+        except Exception as exc:  # missing, not JSON, or a shape this version does not know
+            problem = f"{folder / 'info.json'} does not parse: {type(exc).__name__}: {exc}"
+            problem = problem.splitlines()[0] if len(problem) > 300 else problem
+            if folder.name not in self._reported:
+                self._reported.add(folder.name)
+                log.warning("skipping damaged dataset %r: %s", folder.name, problem)
+            return None, problem
 
     def delete(self, name: str) -> None:
         target = self._dir(name)
-        if not (target / "info.json").exists():
+        if not target.is_dir():
             raise NotFoundError(f"dataset {name!r} not found")
         with self._lock:
             for key in [k for k in self._maps if k[0] == name]:
@@ -210,6 +351,7 @@ class LocalDatasetStore(DatasetStore):
         trash = self.root / f".deleting-{name}-{threading.get_ident()}"
         target.rename(trash)
         shutil.rmtree(trash, ignore_errors=True)
+        self._reported.discard(name)
 
     def _array(self, name: str, field: str) -> np.ndarray:
         import numpy as np

@@ -31,7 +31,7 @@ import ray
 
 from kubeml.api.schemas import DatasetInfo
 from kubeml.errors import BackendError, NotFoundError, StorageError
-from kubeml.stores.datasets import DatasetStore, LocalDatasetStore
+from kubeml.stores.datasets import DatasetStore, LocalDatasetStore, StagedDataset
 from kubeml.stores.flat import FlatLayout
 from kubeml.stores.interfaces import ControlModels, FunctionModels, Groups, ShardSource, Split
 from kubeml.stores.models import FinalModelFiles
@@ -120,6 +120,12 @@ class RayDatasetStore(DatasetStore):
 
     def list(self) -> list[DatasetInfo]:
         return self.local.list()
+
+    def stage(self) -> StagedDataset:
+        return self.local.stage()
+
+    def damaged(self) -> Sequence[str]:
+        return self.local.damaged()
 
     def delete(self, name: str) -> None:
         with self._lock:
