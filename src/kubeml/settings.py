@@ -19,6 +19,12 @@ class BackendKind(str, Enum):
     RAY = "ray"
 
 
+def http_url(host: str, port: int) -> str:
+    """`http://host:port`, an IPv6 address in brackets; every URL kubeml builds comes here."""
+    bare = host.strip().strip("[]")
+    return f"http://[{bare}]:{port}" if ":" in bare else f"http://{bare}:{port}"
+
+
 def _default_home() -> Path:
     return Path.home() / ".kubeml"
 
@@ -55,7 +61,7 @@ class Settings(BaseSettings):
 
     @property
     def server_url(self) -> str:
-        return self.url or f"http://{self.host}:{self.port}"
+        return self.url or http_url(self.host, self.port)
 
     def scratch_dir(self) -> Path:
         """Directory for transient weights: shared memory when the OS has it."""

@@ -81,8 +81,12 @@ def _float_range(low: float, high: float) -> tuple[Any, ...]:
     return Field(json_schema_extra=bounds), BeforeValidator(check)
 
 
-FunctionName = Annotated[StrictStr, Field(max_length=64, description=NAME_RULE), _named("function")]
-DatasetName = Annotated[StrictStr, Field(max_length=64, description=NAME_RULE), _named("dataset")]
+# The pattern is for the OpenAPI document; `_named` checks it, with a message naming the rule.
+_NAME_FIELD = Field(
+    max_length=64, description=NAME_RULE, json_schema_extra={"pattern": NAME_PATTERN}
+)
+FunctionName = Annotated[StrictStr, _NAME_FIELD, _named("function")]
+DatasetName = Annotated[StrictStr, _NAME_FIELD, _named("dataset")]
 Epochs = Annotated[(int, *_int_range(1, MAX_EPOCHS))]
 BatchSize = Annotated[(int, *_int_range(1, MAX_BATCH))]
 LearningRate = Annotated[(float, *_float_range(0.0, MAX_LR))]

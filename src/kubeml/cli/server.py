@@ -85,6 +85,8 @@ def status(ctx: typer.Context, json: Json = False) -> None:
     else:
         typer.echo(f"kubeml server running at {settings.server_url}")
         for key, value in info.items():
+            if isinstance(value, list):  # damaged_records: one per line, or "none"
+                value = "".join(f"\n    {item}" for item in value) or "none"
             typer.echo(f"  {key}: {value}")
     if info is None:
         raise typer.Exit(1)

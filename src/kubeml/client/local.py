@@ -114,8 +114,9 @@ def _home(settings: Settings, *, create: bool = True) -> Path:
 
 
 def _local_url(settings: Settings) -> str:
-    host = settings.host.strip("[]")
-    return f"http://[{host}]:{settings.port}" if ":" in host else f"http://{host}:{settings.port}"
+    from kubeml.settings import http_url
+
+    return http_url(settings.host, settings.port)
 
 
 def _health(url: str) -> dict[str, Any] | None:

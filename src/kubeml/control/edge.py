@@ -194,6 +194,14 @@ async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
     if isinstance(cause, BodyTooLarge):
         error = cause.error
         return _error(error.http_status, error.code, error.message)
+    if exc.status_code == 400 and exc.detail == "There was an error parsing the body":
+        reason = f" ({type(exc.__cause__).__name__})" if exc.__cause__ is not None else ""
+        return _error(
+            422,
+            InvalidInputError.code,
+            f"invalid request: body: cannot be read as JSON{reason}; send UTF-8 JSON with "
+            "content-type application/json (see /docs)",
+        )
     if exc.status_code == 404 and exc.detail == "Not Found":
         message = f"no such route: {request.method} {request.url.path} (see /docs)"
     elif exc.status_code == 405:

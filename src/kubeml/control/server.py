@@ -29,7 +29,7 @@ from kubeml.control.edge import RequestGuard, install_error_handlers
 from kubeml.control.engine import Engine
 from kubeml.control.routes import router
 from kubeml.errors import ConflictError, InvalidInputError, KubeMLError
-from kubeml.settings import BackendKind, Settings
+from kubeml.settings import BackendKind, Settings, http_url
 
 log = logging.getLogger("kubeml.server")
 
@@ -92,7 +92,7 @@ def serve(settings: Settings) -> None:
         try:
             engine = Engine(settings)
             try:
-                url = _url(settings.host, sock.getsockname()[1])
+                url = http_url(settings.host, sock.getsockname()[1])
                 _write_state(state, url)
                 log.info("kubeml %s serving %s (home %s)", kubeml.__version__, url, home)
                 config = uvicorn.Config(
@@ -155,11 +155,6 @@ def _bind(host: str, port: int) -> socket.socket:
             "the port: pick another with KUBEML_PORT or --port"
         ) from exc
     return sock
-
-
-def _url(host: str, port: int) -> str:
-    bare = host.strip("[]")
-    return f"http://[{bare}]:{port}" if ":" in bare else f"http://{bare}:{port}"
 
 
 def _refuse_if_running(home: Path) -> None:
