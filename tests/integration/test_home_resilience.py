@@ -1,0 +1,138 @@
+"""A damaged home still serves, through a real server process; IPv6; the CLI's bad numbers."""
+
+from __future__ import annotations
+
+import os
+import socket
+import sqlite3
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from kubeml.api.schemas import TaskState
+from kubeml.client import Client, ensure_server, server_status, stop_server
+from kubeml.errors import StorageError
+from kubeml.settings import Settings
+from tests.conftest import function_source
+
+FIELDS = ("train_x", "train_y", "test_x", "test_y")
+
+
+def _clean_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith("KUBEML_")}
+
+
+def free_port(family: socket.AddressFamily = socket.AF_INET, host: str = "127.0.0.1") -> int:
+    with socket.socket(family) as probe:
+        probe.bind((host, 0))
+        return int(probe.getsockname()[1])
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Iterator[Settings]:
+    local = Settings(
+        home=tmp_path / "home", host="127.0.0.1", port=free_port(), backend="inline",
+        capacity=2, shm_dir=tmp_path / "shm", api_token=None, url=None,
+    )  # fmt: skip
+    try:
+        yield local
+    finally:
+        stop_server(local, timeout_s=30)
+
+
+def test_a_damaged_record_is_skipped_and_reported_and_the_rest_serves(
+    settings: Settings, digits: dict[str, np.ndarray]
+) -> None:
+    client = Client(ensure_server(settings, quiet=True), token="")
+    client.create_function("mlp", function_source())
+    for name in ("digits", "other"):
+        client.create_dataset(name, *(digits[f] for f in FIELDS))
+    tasks = [
+        client.train(function="mlp", dataset="digits", epochs=1, batch_size=32, lr=0.05)
+        for _ in range(2)
+    ]
+    for task_id in tasks:
+        assert client.wait(task_id, timeout_s=120, poll_s=0.1).state is TaskState.SUCCEEDED
+    broken, kept = tasks
+    assert stop_server(settings) is True
+
+    # What the issue saw: a task stored with `lr: null`; and a dataset meta file cut short.
+    home = Path(settings.home)
+    with sqlite3.connect(home / "kubeml.db") as db:
+        body = db.execute("SELECT body FROM tasks WHERE id=?", (broken,)).fetchone()[0]
+        db.execute(
+            "UPDATE tasks SET body=? WHERE id=?", (body.replace('"lr":0.05', '"lr":null'), broken)
+        )
+        db.execute("UPDATE histories SET body=? WHERE task_id=?", ("{not json", broken))
+    info = home / "datasets" / "other" / "info.json"
+    info.write_text(info.read_text()[:20])
+
+    client = Client(ensure_server(settings, quiet=True), token="")  # the server starts
+    assert [t.id for t in client.list_tasks()] == [kept]
+    assert [h.task_id for h in client.list_histories()] == [kept]
+    assert [d.name for d in client.list_datasets()] == ["digits"]
+    assert [f.name for f in client.list_functions()] == ["mlp"]
+    assert client.get_task(kept).state is TaskState.SUCCEEDED
+    assert len(client.infer(kept, digits["test_x"][:3].tolist())) == 3
+    with pytest.raises(StorageError, match=rf"task '{broken}' is damaged.*lr"):
+        client.get_task(broken)
+
+    status = server_status(settings)
+    assert status is not None
+    damaged = status["damaged_records"]
+    assert any(broken in line and "request.lr" in line for line in damaged), damaged
+    assert any(f"history '{broken}'" in line for line in damaged), damaged
+    assert any("dataset 'other'" in line and "info.json" in line for line in damaged), damaged
+    log = (home / "server.log").read_text()
+    assert f"skipping the stored task '{broken}'" in log and "skipping damaged dataset" in log
+
+    # The damaged ones can be dropped; the home is then clean again.
+    client.delete_history(broken)
+    client.delete_dataset("other")
+    client.create_dataset("other", *(digits[f] for f in FIELDS))
+    assert client.prune_tasks() == [kept]
+    damaged = client.health()["damaged_records"]
+    assert damaged == [next(line for line in damaged if broken in line)]  # only the task
+
+
+def test_kubeml_server_start_on_ipv6_loopback(tmp_path: Path) -> None:
+    try:
+        port = free_port(socket.AF_INET6, "::1")
+    except OSError:
+        pytest.skip("this machine has no IPv6 loopback")
+    env = {**_clean_env(), "KUBEML_HOME": str(tmp_path / "home"), "KUBEML_BACKEND": "inline",
+           "KUBEML_SHM_DIR": str(tmp_path / "shm")}  # fmt: skip
+    kubeml = [sys.executable, "-m", "kubeml.cli.app"]
+    started = subprocess.run([*kubeml, "server", "start", "--host", "::1", "--port", str(port)],
+                             capture_output=True, text=True, env=env, timeout=60)  # fmt: skip
+    settings = Settings(home=tmp_path / "home", host="::1", port=port, url=None, api_token=None)
+    try:
+        assert started.returncode == 0, started.stdout + started.stderr
+        assert f"http://[::1]:{port}" in started.stdout
+        assert Client(f"http://[::1]:{port}", token="").list_functions() == []
+        status = server_status(settings)
+        assert status is not None and status["url"] == f"http://[::1]:{port}"
+    finally:
+        assert stop_server(settings, timeout_s=30) is True
+
+
+def test_cli_refuses_infinite_lr_and_huge_seeds_naming_the_flag(tmp_path: Path) -> None:
+    env = {**_clean_env(), "KUBEML_HOME": str(tmp_path), "KUBEML_URL": "http://127.0.0.1:9"}
+    for flag, value, words in (
+        ("--lr", "inf", ("'--lr'", "finite number in (0, 10]", "inf")),
+        ("--lr", "nan", ("'--lr'", "finite number")),
+        ("--seed", str(2**63), ("'--seed'", "0 to 9223372036854775807")),
+        ("--epochs", "0", ("'--epochs'", "1 to 10000")),
+    ):
+        result = subprocess.run(
+            [sys.executable, "-m", "kubeml.cli.app", "train", "-f", "f", "-d", "d", flag, value],
+            capture_output=True, text=True, env=env, timeout=60,
+        )  # fmt: skip
+        assert result.returncode == 2, (flag, value, result.stderr)
+        for word in words:
+            assert word in result.stderr, (word, result.stderr)
+        assert "unexpected" not in result.stderr
