@@ -8,7 +8,7 @@ from typing import Any
 
 from benchmarks.records import Workload
 
-MICRO = ("sync", "cold-start", "cli", "overhead")
+MICRO = ("sync", "cold-start", "cli", "overhead", "upload")
 
 
 def run_micro(
@@ -17,12 +17,14 @@ def run_micro(
     from benchmarks.micro_overhead import framework_overhead
     from benchmarks.micro_start import cli_start, cold_start
     from benchmarks.micro_sync import sync_round
+    from benchmarks.micro_upload import upload_memory
 
     steps: dict[str, Callable[[], dict[str, Any]]] = {
         "sync": lambda: sync_round(quick),
         "cold-start": lambda: cold_start(workload, quick),
         "cli": lambda: cli_start(quick),
         "overhead": lambda: framework_overhead(workload, quick),
+        "upload": lambda: upload_memory(quick),
     }
     out: dict[str, Any] = {}
     for name in only:
@@ -78,6 +80,10 @@ def micro_lines(micro: dict[str, Any]) -> str:
             f"framework overhead (interleaved pairs): {over['ratio']:.3f} (pooled medians "
             f"{over['pooled_ratio']:.3f}) (target {over['target']})"
         )
+    if "ratio" in micro.get("upload", {}):
+        from benchmarks.micro_upload import upload_line
+
+        lines.append(upload_line(micro["upload"]))
     for name, value in micro.items():
         if isinstance(value, dict) and value.get("skipped") and name != "cli":
             lines.append(f"{name}: skipped: {value['skipped']}")

@@ -153,6 +153,29 @@ def _empty(s: Stock) -> httpx.Response:
                   test_y=("ty.npy", npy(empty_y)))  # fmt: skip
 
 
+def _raw_train(field: bytes) -> Callable[[Stock], httpx.Response]:
+    body = b'{"function": "mlp", "dataset": "digits", ' + field + b"}"
+    return lambda s: s.http.post("/train", content=body, headers=JSON_HEADERS)
+
+
+def _poked(field: str, value: float, index: int) -> Callable[[Stock], httpx.Response]:
+    def send(s: Stock) -> httpx.Response:
+        array = s.digits[field].astype(np.float32)
+        array[index] = value
+        if field == "train_y":  # float labels are regression targets: both splits float
+            test_y = ("ty.npy", npy(s.digits["test_y"].astype(np.float32)))
+            return upload(s.http, s.digits, "fresh", train_y=("y.npy", npy(array)), test_y=test_y)
+        return upload(s.http, s.digits, "fresh", **{field: (f"{field}.npy", npy(array))})
+
+    return send
+
+
+def _npz_two() -> bytes:
+    buffer = io.BytesIO()
+    np.savez(buffer, a=np.zeros(3), b=np.zeros(3))
+    return buffer.getvalue()
+
+
 OBJECTS = np.array([{"a": 1}, None, "x"], dtype=object)
 PICKLED = pickle.dumps(np.zeros((3, 8, 8)))
 
@@ -235,6 +258,64 @@ BAD_INPUTS = {
         lambda s: s.http.post(f"/tasks/{s.task_id}/resume"), 422, ("succeeded", "nothing to resume")
     ),
     "unknown route": Bad(lambda s: s.http.get("/nothing-here"), 404, ("/nothing-here",)),
+    # -- issue 8: strict, bounded numbers; data that cannot train ------------------------------
+    "lr inf as a string": Bad(_train(lr="inf"), 422, ("lr", "finite number in (0, 10]", "'inf'")),
+    "lr overflowing to inf": Bad(_raw_train(b'"lr": 1e400'), 422, ("lr", "finite", "inf")),
+    "lr above 10": Bad(_train(lr=11), 422, ("lr", "(0, 10]", "11")),
+    "epochs true": Bad(_train(epochs=True), 422, ("epochs", "integer from 1 to 10000", "True")),
+    "epochs 2.0": Bad(_train(epochs=2.0), 422, ("epochs", "integer", "2.0")),
+    "seed 2**63": Bad(_train(seed=2**63), 422, ("seed", "0 to 9223372036854775807")),
+    "seed negative": Bad(_train(seed=-1), 422, ("seed", "0 to")),
+    "K a bool": Bad(_train(k=True), 422, ("k:", "K must be -1")),
+    "static 1": Bad(_train(static=1), 422, ("static", "boolean")),
+    "goal accuracy 101": Bad(_train(goal_accuracy=101), 422, ("goal_accuracy", "(0, 100]")),
+    "function name a number": Bad(_train(function=7), 422, ("function", "string")),
+    "function name with newline": Bad(_train(function="mlp\n"), 422, ("function", "invalid")),
+    "function code too large": Bad(
+        _code("def main():\n    pass\n" + "#" * 2**20), 422, ("code", "at most 1048576")
+    ),
+    "infer too many samples": Bad(
+        lambda s: s.http.post(f"/tasks/{s.task_id}/infer", json={"data": [0] * 65537}),
+        422,
+        ("data", "at most 65536"),
+    ),
+    "NaN features": Bad(
+        _upload(train_x=("x.npy", npy(np.full((1497, 8, 8), np.nan, np.float32)))),
+        422,
+        ("train_x", "x.npy", "NaN", "sample 0"),
+    ),
+    "inf in test features": Bad(_poked("test_x", np.inf, 17), 422, ("test_x", "inf", "sample 17")),
+    "NaN regression target": Bad(_poked("train_y", np.nan, 5), 422, ("train_y", "NaN", "sample 5")),
+    "2-D labels": Bad(
+        _upload(train_y=("y.npy", npy(np.zeros((1497, 10), np.int64)))),
+        422,
+        ("train_y", "1-D", "(1497, 10)", "argmax"),
+    ),
+    "negative class id": Bad(
+        _upload(test_y=("ty.npy", npy(np.full(300, -1, np.int64)))),
+        422,
+        ("test_y", "0 or more", "-1"),
+    ),
+    "0-d array": Bad(_upload(test_y=("ty.npy", npy(np.array(3)))), 422, ("test_y", "0-d")),
+    "labels of two kinds": Bad(
+        _upload(test_y=("ty.npy", npy(np.zeros(300, np.float32)))),
+        422,
+        ("test_y", "regression targets", "class ids"),
+    ),
+    "npz with two arrays": Bad(
+        _upload(train_x=("x.npz", _npz_two())), 422, ("train_x", "x.npz", "exactly one array")
+    ),
+    "body not UTF-8": Bad(
+        lambda s: s.http.post("/train", content=b'{"function": "\xff"}', headers=JSON_HEADERS),
+        422,
+        ("body", "JSON"),
+    ),
+    "upload not multipart": Bad(
+        lambda s: s.http.post("/datasets", json={"name": "x"}), 422, ("multipart/form-data",)
+    ),
+    "upload with an unknown part": Bad(
+        _upload(extra=("e.npy", npy(np.zeros(3)))), 422, ("extra", "unknown file field")
+    ),
 }
 
 
