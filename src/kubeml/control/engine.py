@@ -205,6 +205,7 @@ class Engine:
     def prune_tasks(self) -> list[str]:
         """Forget the records of finished tasks (their histories and models stay)."""
         pruned = [t.id for t in self.metadata.list_tasks() if t.state.finished]
+        pruned += self.metadata.damaged_ids("task")  # unreadable, so not running either
         for task_id in pruned:
             self.metadata.delete_task(task_id)
         return pruned

@@ -56,6 +56,11 @@ class MetadataStore:
         with self._lock:
             return [f"{kind} {key!r}: {why}" for (kind, key), why in sorted(self._damaged.items())]
 
+    def damaged_ids(self, kind: str) -> list[str]:
+        """The keys of the damaged records of one kind ("task", "history", "function")."""
+        with self._lock:
+            return sorted(key for k, key in self._damaged if k == kind)
+
     def _parse(self, model: type[Record], kind: str, key: str, body: Any) -> Record | None:
         """`body` as a `model`, or None (logged once, listed by `damaged`) if it does not parse."""
         try:

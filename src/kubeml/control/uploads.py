@@ -8,6 +8,7 @@ sending, gets the answer) but nothing more of it is kept.
 
 from __future__ import annotations
 
+import shutil
 from pathlib import PurePath
 from typing import Any
 
@@ -17,11 +18,18 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 
 from kubeml.api.schemas import NAME_RULE, DatasetInfo
-from kubeml.errors import AlreadyExistsError, InvalidInputError, KubeMLError, NotFoundError
+from kubeml.errors import (
+    AlreadyExistsError,
+    InvalidInputError,
+    KubeMLError,
+    NotFoundError,
+    PayloadTooLargeError,
+)
 from kubeml.stores.datasets import ARRAY_FIELDS, DatasetStore, check_name
 
 TEXT_FIELDS = ("name", "allow_pickle")
 MAX_TEXT_BYTES = 1024
+DISK_RESERVE_BYTES = 256 * 2**20
 _BATCH_BYTES = 2**20  # hand the parser 1 MiB at a time: few thread hops, little memory
 _FILE_DOC = {
     "train_x": "training features, .npy or .npz (one array)",
@@ -59,8 +67,9 @@ OPENAPI = {
 async def receive_dataset(request: Request, datasets: DatasetStore) -> DatasetInfo:
     """Stream a multipart dataset upload into `datasets`; the checked dataset's info."""
     receiver = DatasetReceiver(datasets, request.headers.get("content-type", ""))
+    declared = request.headers.get("content-length", "")
     try:
-        await run_in_threadpool(receiver.open)
+        await run_in_threadpool(receiver.open, int(declared) if declared.isdigit() else 0)
         batch = bytearray()
         async for chunk in request.stream():
             batch += chunk
@@ -96,8 +105,15 @@ class DatasetReceiver:
         self._buffer = bytearray()
         self._ended = False
 
-    def open(self) -> None:
+    def open(self, declared_bytes: int = 0) -> None:
         self._staged = self.datasets.stage()
+        free = shutil.disk_usage(self._staged.dir).free - DISK_RESERVE_BYTES
+        if declared_bytes > free:  # a full disk would break the home's SQLite file too
+            raise PayloadTooLargeError(
+                f"the upload is {declared_bytes / 2**20:.0f} MiB but the server's disk has "
+                f"{max(0, free) / 2**20:.0f} MiB to spare (it keeps "
+                f"{DISK_RESERVE_BYTES // 2**20} MiB free); free space on the kubeml home"
+            )
         self._parser = MultipartParser(
             self._boundary,
             {
