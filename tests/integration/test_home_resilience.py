@@ -169,3 +169,29 @@ def _npy(array: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     np.save(buffer, array)
     return buffer.getvalue()
+
+
+def test_an_upload_streamed_in_tiny_chunks_is_stored_whole(
+    make_engine: Any, digits: dict[str, np.ndarray]
+) -> None:
+    from fastapi.testclient import TestClient
+
+    from kubeml.control.server import create_app
+
+    engine = make_engine("inline")
+    http = TestClient(create_app(engine, engine.settings))
+    boundary = "h8-boundary"
+    parts = [f'--{boundary}\r\nContent-Disposition: form-data; name="name"\r\n\r\nd\r\n'.encode()]
+    for f in FIELDS:
+        head = f'--{boundary}\r\nContent-Disposition: form-data; name="{f}"; filename="{f}.npz"'
+        buffer = io.BytesIO()
+        np.savez_compressed(buffer, digits[f])
+        parts.append(head.encode() + b"\r\n\r\n" + buffer.getvalue() + b"\r\n")
+    body = b"".join(parts) + f"--{boundary}--\r\n".encode()
+    chunks = (body[i : i + 997] for i in range(0, len(body), 997))
+    kind = {"content-type": f"multipart/form-data; boundary={boundary}"}
+    answer = http.post("/datasets", content=chunks, headers=kind)
+    assert answer.status_code == 201, answer.text
+    x, y = engine.datasets.read("d", "test", [(0, 300)])
+    np.testing.assert_array_equal(x, digits["test_x"])
+    np.testing.assert_array_equal(y, digits["test_y"])

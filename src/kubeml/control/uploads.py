@@ -15,7 +15,7 @@ from typing import Any
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.concurrency import run_in_threadpool
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 
 from kubeml.api.schemas import NAME_RULE, DatasetInfo
 from kubeml.errors import (
@@ -71,11 +71,14 @@ async def receive_dataset(request: Request, datasets: DatasetStore) -> DatasetIn
     try:
         await run_in_threadpool(receiver.open, int(declared) if declared.isdigit() else 0)
         batch = bytearray()
-        async for chunk in request.stream():
-            batch += chunk
-            if len(batch) >= _BATCH_BYTES:
-                await run_in_threadpool(receiver.feed, bytes(batch))
-                batch.clear()
+        try:
+            async for chunk in request.stream():
+                batch += chunk
+                if len(batch) >= _BATCH_BYTES:
+                    await run_in_threadpool(receiver.feed, bytes(batch))
+                    batch.clear()
+        except ClientDisconnect as exc:  # nobody to answer; keep it out of the error log
+            raise InvalidInputError("body: the client went away during the upload") from exc
         await run_in_threadpool(receiver.feed, bytes(batch))
         return await run_in_threadpool(receiver.finish)
     finally:

@@ -13,6 +13,7 @@ import logging
 import secrets
 import shutil
 import threading
+import time
 import zipfile
 from abc import abstractmethod
 from collections.abc import Sequence
@@ -54,6 +55,7 @@ log = logging.getLogger("kubeml.datasets")
 
 _PREFIX_BYTES = 8 + 4 + MAX_HEADER_BYTES
 _COPY_BYTES = 2**20
+STALE_AFTER_S = 24 * 3600.0  # no upload runs this long; a staging folder this old is litter
 
 
 def check_name(kind: str, name: str) -> str:
@@ -239,8 +241,15 @@ class StagedDataset:
                     if header is None:
                         raise InvalidDatasetError(f"{source}: truncated array inside the .npz")
                     self._accept(field, source, header)
-                    out.write(prefix)
-                    shutil.copyfileobj(member, out, _COPY_BYTES)
+                    size = header.offset + header.data_bytes
+                    free = shutil.disk_usage(self.dir).free
+                    if size > free:  # a small compressed archive can unpack to any size
+                        raise InvalidDatasetError(
+                            f"{source}: its array unpacks to {size / 2**20:.0f} MiB, more than "
+                            f"the {free / 2**20:.0f} MiB free on the server's disk"
+                        )
+                    out.write(prefix[:size])
+                    _copy_at_most(member, out, size - min(size, len(prefix)))
         except (zipfile.BadZipFile, EOFError, OSError) as exc:
             raise InvalidDatasetError(f"{source}: damaged .npz file ({exc})") from exc
         part.unlink()
@@ -264,6 +273,15 @@ class StagedDataset:
         part.unlink()
 
 
+def _copy_at_most(source: IO[bytes], target: IO[bytes], limit: int) -> None:
+    while limit > 0:
+        chunk = source.read(min(_COPY_BYTES, limit))
+        if not chunk:
+            return
+        target.write(chunk)
+        limit -= len(chunk)
+
+
 class LocalDatasetStore(DatasetStore):
     """Datasets as `.npy` files under one folder, memory-mapped by readers."""
 
@@ -283,7 +301,22 @@ class LocalDatasetStore(DatasetStore):
         return self.root / check_name("dataset", name)
 
     def stage(self) -> StagedDataset:
+        self._sweep()
         return StagedDataset(self.root)
+
+    def _sweep(self) -> None:
+        """Remove what a server killed mid-upload or mid-delete left behind a day ago."""
+        if not self.root.exists():
+            return
+        cutoff = time.time() - STALE_AFTER_S
+        for folder in self.root.glob(".*-*"):
+            try:
+                if folder.name.startswith((".staging-", ".deleting-")) and (
+                    folder.stat().st_mtime < cutoff
+                ):
+                    shutil.rmtree(folder, ignore_errors=True)
+            except OSError:
+                continue
 
     def create(self, name: str, arrays: dict[str, np.ndarray]) -> DatasetInfo:
         if self._dir(name).exists():
