@@ -44,20 +44,26 @@ class Settings(BaseSettings):
 
     home: Path = Field(default_factory=_default_home, description="where kubeml keeps its state")
     host: str = "127.0.0.1"
-    port: int = 10100
+    port: int = Field(default=10100, ge=0, le=65535)
     api_token: str | None = None
     url: str | None = Field(default=None, description="control plane URL for the client")
     backend: BackendKind = BackendKind.PROCESS
     ray_address: str | None = None
     ray_cpus_per_function: float | None = Field(
-        default=None, gt=0, description="CPUs a Ray function reserves (default: its threads)"
+        default=None, gt=0, allow_inf_nan=False,
+        description="CPUs a Ray function reserves (default: its threads)",
+    )  # fmt: skip
+    ray_gpus_per_function: float = Field(
+        default=0, ge=0, allow_inf_nan=False, description="GPUs a Ray function takes"
     )
-    ray_gpus_per_function: float = Field(default=0, ge=0, description="GPUs a Ray function takes")
     capacity: int = Field(default_factory=_default_capacity, ge=1, description="function slots")
-    worker_idle_timeout_s: float = Field(default=300.0, gt=0)
-    round_timeout_s: float = Field(default=600.0, gt=0)
+    # Finite and at most a week: an infinite timeout overflows the waits that use it.
+    worker_idle_timeout_s: float = Field(default=300.0, gt=0, le=604_800, allow_inf_nan=False)
+    round_timeout_s: float = Field(default=600.0, gt=0, le=604_800, allow_inf_nan=False)
     shm_dir: Path | None = Field(default=None, description="fast scratch for weights")
-    max_upload_mb: int = Field(default=2048, ge=1, description="largest dataset upload accepted")
+    max_upload_mb: int = Field(
+        default=2048, ge=1, le=2**20, description="largest dataset upload accepted"
+    )
 
     @property
     def server_url(self) -> str:
