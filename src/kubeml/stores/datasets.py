@@ -15,6 +15,7 @@ import shutil
 import threading
 import time
 import zipfile
+import zlib
 from abc import abstractmethod
 from collections.abc import Sequence
 from datetime import datetime, timezone
@@ -117,7 +118,9 @@ class StagedDataset:
 
     def begin_file(self, field: str, filename: str) -> None:
         if field in self.headers or field in self._pickles:
-            raise InvalidDatasetError(f"{field}: sent twice; send each of {ARRAY_FIELDS} once")
+            raise InvalidDatasetError(
+                f"{field}: sent twice; send each of {', '.join(ARRAY_FIELDS)} once"
+            )
         named = filename and filename != f"{field}.npy"  # the client names arrays so
         self._field, self._source = field, f"{field} ({filename})" if named else field
         lower = filename.lower()
@@ -250,7 +253,9 @@ class StagedDataset:
                         )
                     out.write(prefix[:size])
                     _copy_at_most(member, out, size - min(size, len(prefix)))
-        except (zipfile.BadZipFile, EOFError, OSError) as exc:
+        # A damaged, encrypted or exotically compressed archive fails in any of these ways.
+        except (zipfile.BadZipFile, zlib.error, EOFError, OSError, RuntimeError,
+                NotImplementedError) as exc:  # fmt: skip
             raise InvalidDatasetError(f"{source}: damaged .npz file ({exc})") from exc
         part.unlink()
 
