@@ -1,4 +1,4 @@
-"""The dataset store's file checks: header first, early refusal, .npz limits, litter sweep."""
+"""Home files that must not break it: dataset checks (header first, .npz limits, litter), logs."""
 
 from __future__ import annotations
 
@@ -94,3 +94,18 @@ def test_litter_of_a_killed_upload_is_swept_a_day_later(tmp_path: Path) -> None:
     staged.discard()
     assert sorted(p.name for p in tmp_path.iterdir()) == [".staging-fresh"]
     assert store.list() == [] and store.damaged() == []
+
+
+def test_a_log_line_cut_short_by_a_kill_is_skipped_not_fatal(tmp_path: Path) -> None:
+    from kubeml.control.tasklog import TaskLogs
+
+    logs = TaskLogs(tmp_path)
+    logs.append("t", "job", "first")
+    with open(tmp_path / "t.jsonl", "a") as file:
+        file.write('{"t": "2026-01-01T00:00:00+00:00", "s": "jo')  # the server died here
+    logs = TaskLogs(tmp_path)  # the next server
+    logs.append("t", "job", "after the restart")
+    lines = logs.read("t")
+    assert [line.index for line in lines] == [0, 1, 2]
+    assert lines[0].message == "first" and lines[2].message.endswith("after the restart")
+    assert "damaged" in lines[1].message
