@@ -130,7 +130,10 @@ class Client:
         file, or an array, sent as .npy bytes."""
         sources = dict(zip(_FIELDS, (traindata, trainlabels, testdata, testlabels), strict=True))
         with ExitStack() as stack:
-            files = {field: _file_part(field, src, stack) for field, src in sources.items()}
+            # Labels first: the server checks each header as it arrives, so features whose
+            # length does not match are refused before their bulk is written anywhere.
+            order = ("train_y", "test_y", "train_x", "test_x")
+            files = {field: _file_part(field, sources[field], stack) for field in order}
             self._check_upload_size(files)
             form = {"name": name, "allow_pickle": "true" if allow_pickle else "false"}
             info = self._json("POST", "/datasets", data=form, files=files)
