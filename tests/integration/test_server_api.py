@@ -271,6 +271,9 @@ BAD_INPUTS = {
     "goal accuracy 101": Bad(_train(goal_accuracy=101), 422, ("goal_accuracy", "(0, 100]")),
     "function name a number": Bad(_train(function=7), 422, ("function", "string")),
     "function name with newline": Bad(_train(function="mlp\n"), 422, ("function", "invalid")),
+    "function code nested too deep": Bad(
+        _code("x = " + "-" * 500_000 + "1\ndef main():\n    pass\n"), 422, ("'fresh'", "nested")
+    ),
     "function code too large": Bad(
         _code("def main():\n    pass\n" + "#" * 2**20), 422, ("code", "at most 1048576")
     ),

@@ -30,6 +30,10 @@ def check_source(name: str, source: str) -> None:
         raise InvalidFunctionError(
             f"function {name!r}: syntax error at line {exc.lineno}: {exc.msg}"
         ) from exc
+    except (MemoryError, RecursionError) as exc:  # the parser's limits, e.g. "- - - ... 1"
+        raise InvalidFunctionError(
+            f"function {name!r}: too deeply nested for Python to parse ({type(exc).__name__})"
+        ) from exc
     has_main = any(
         isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name == "main"
         for node in tree.body
