@@ -39,7 +39,7 @@ from kubeml.control.runner import TaskRunner
 from kubeml.control.scheduler import Scheduler
 from kubeml.control.tasklog import TaskLogs
 from kubeml.control.tasks import TaskRecorder, TaskRegistry
-from kubeml.errors import ConflictError, InvalidInputError, NotFoundError
+from kubeml.errors import ConflictError, InvalidInputError, KubeMLError, NotFoundError
 from kubeml.runtime.invocation import Invocation, Mode
 from kubeml.settings import Settings
 from kubeml.stores.datasets import ARRAY_FIELDS, DatasetStore
