@@ -52,7 +52,7 @@ def test_damaged_rows_are_skipped_reported_and_forgotten_once_deleted(tmp_path: 
     store.close()
     with sqlite3.connect(tmp_path / "kubeml.db") as db:
         db.execute("UPDATE tasks SET body='{\"id\": \"bad\"}' WHERE id='bad'")
-        db.execute("INSERT INTO functions VALUES ('f', 'abc', 'x', 'not a date', 'nor this')")
+        db.execute("INSERT INTO functions VALUES ('f', 'abc', 'not a date', 'nor this')")
     store = MetadataStore(tmp_path / "kubeml.db")  # starts, and says what it skipped
     assert [t.id for t in store.list_tasks()] == ["good"]
     assert store.list_functions() == []
