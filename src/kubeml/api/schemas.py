@@ -120,6 +120,9 @@ class OptimizerState(str, Enum):
     RESET = "reset"
     KEEP = "keep"
 
+    def __str__(self) -> str:
+        return self.value
+
 
 class TaskState(str, Enum):
     QUEUED = "queued"
@@ -127,6 +130,9 @@ class TaskState(str, Enum):
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     STOPPED = "stopped"
+
+    def __str__(self) -> str:  # `print(info.state)` says `running`, not `TaskState.RUNNING`
+        return self.value
 
     @property
     def finished(self) -> bool:
@@ -200,6 +206,7 @@ class History(BaseModel):
     task_id: str
     request: TrainRequest
     state: TaskState
+    function_sha256: str | None = None  # the code that trained the model: infer after a prune
     epochs: list[EpochRecord] = Field(default_factory=list)
 
 
@@ -233,3 +240,27 @@ class LogLine(BaseModel):
     time: datetime
     source: str  # "job" or "function-<func_id>"
     message: str
+
+
+class RoundPoint(BaseModel):
+    """One merged K-AVG round, as the progress views draw it."""
+
+    index: int  # position in the task's list of points; poll with `since` = last index + 1
+    epoch: int
+    round: int
+    train_loss: float
+    parallelism: int
+    samples: int  # trained in this round, by all functions
+    samples_per_s: float | None = None  # since the previous round of the epoch
+    elapsed_s: float  # since the task (or its resume) started running
+    time: datetime
+
+
+class TaskProgress(BaseModel):
+    """A task with its round points and epochs: what `task watch` and /dashboard draw."""
+
+    task: TaskInfo
+    rounds_per_epoch: int | None = None  # of the current epoch, at its N, K and batch size
+    samples_per_epoch: int | None = None
+    rounds: list[RoundPoint] = Field(default_factory=list)
+    epochs: list[EpochRecord] = Field(default_factory=list)

@@ -97,6 +97,7 @@ def root(
 
 
 app.add_typer(function.app, name="function")
+app.add_typer(function.app, name="fn", help="Alias of `function`.")  # as in 2021
 app.add_typer(dataset.app, name="dataset")
 app.command("train")(train.train)
 app.command("infer")(infer.infer)

@@ -7,11 +7,14 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from kubeml.cli._confirm import confirm
 from kubeml.cli._context import client
-from kubeml.cli._output import fmt_float, fmt_percent, print_json, print_table
+from kubeml.cli._output import fmt_duration, fmt_float, fmt_percent, print_json, print_table
 from kubeml.errors import InvalidInputError
 
 if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
     from kubeml.api.schemas import History
 
 app = typer.Typer(help="Inspect the per-epoch history of train tasks.", no_args_is_help=True)
@@ -58,6 +61,10 @@ def get(ctx: typer.Context, task_id: TaskId, json: Json = False) -> None:
         typer.echo("(no epoch has finished yet)")
 
 
+_LIST_COLUMNS = ["TASK", "FUNCTION", "DATASET", "STATE", "EPOCHS", "ACCURACY", "TRAIN LOSS",
+                 "MEAN N", "K", "STATIC", "TIME"]  # fmt: skip
+
+
 @app.command("list")
 def list_(ctx: typer.Context, json: Json = False) -> None:
     """List the histories of all tasks."""
@@ -69,7 +76,7 @@ def list_(ctx: typer.Context, json: Json = False) -> None:
         typer.echo("no histories; start a task with `kubeml train -f FUNCTION -d DATASET`")
         return
     print_table(
-        ["TASK", "FUNCTION", "DATASET", "STATE", "EPOCHS", "ACCURACY", "TRAIN LOSS"],
+        _LIST_COLUMNS,
         [
             (
                 h.task_id,
@@ -79,10 +86,24 @@ def list_(ctx: typer.Context, json: Json = False) -> None:
                 f"{len(h.epochs)}/{h.request.epochs}",
                 fmt_percent(_last_accuracy(h)),
                 fmt_float(h.epochs[-1].train_loss if h.epochs else None),
+                _mean_parallelism(h),
+                h.request.k,
+                "yes" if h.request.static else "no",
+                fmt_duration(sum(e.epoch_duration_s for e in h.epochs)) if h.epochs else None,
             )
             for h in histories
         ],
     )
+
+
+def _mean_parallelism(history: History) -> str | None:
+    """Mean N over the epochs, weighted by their duration (as the 2021 CLI reported it)."""
+    total = sum(e.epoch_duration_s for e in history.epochs)
+    if not history.epochs:
+        return None
+    if total <= 0:
+        return f"{sum(e.parallelism for e in history.epochs) / len(history.epochs):.1f}"
+    return f"{sum(e.parallelism * e.epoch_duration_s for e in history.epochs) / total:.1f}"
 
 
 @app.command()
@@ -93,9 +114,22 @@ def delete(ctx: typer.Context, task_id: TaskId) -> None:
 
 
 @app.command()
-def prune(ctx: typer.Context) -> None:
-    """Delete the histories of all finished tasks."""
-    pruned = client(ctx).prune_histories()
+def prune(
+    ctx: typer.Context,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="do not ask for confirmation")] = False,
+) -> None:
+    """Delete the histories, trained models and logs of all finished tasks."""
+    api = client(ctx)
+    finished = [h.task_id for h in api.list_histories() if h.state.finished]
+    if not finished:
+        typer.echo("no finished histories to prune")
+        return
+    confirm(
+        f"delete the histories, trained models and logs of {len(finished)} finished "
+        f"task(s) ({' '.join(finished)})?",
+        yes=yes,
+    )
+    pruned = api.prune_histories()
     typer.echo(f"pruned {len(pruned)} histories" + (f": {' '.join(pruned)}" if pruned else ""))
 
 
@@ -115,15 +149,38 @@ def plot(
     typer.echo(f"wrote {output}")
 
 
+def parallelism_path(history: History) -> str:
+    """N as it ran: `2` for a steady task, `2→4→3` when the scheduler changed it."""
+    path: list[int] = []
+    for record in history.epochs:
+        if not path or path[-1] != record.parallelism:
+            path.append(record.parallelism)
+    return "→".join(map(str, path)) or str(history.request.parallelism)
+
+
 def _plot(history: History, output: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    fig = history_figure(history)
+    try:
+        fig.savefig(output)
+    except (OSError, ValueError) as exc:
+        raise InvalidInputError(f"--output {output}: cannot write the plot ({exc})") from exc
+    finally:
+        plt.close(fig)
+
+
+def history_figure(history: History) -> Figure:
+    """Loss, test accuracy and N per epoch, side by side; the caller closes it."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only; never needs a display
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     epochs = [e.epoch for e in history.epochs]
     scored = [e for e in history.epochs if e.accuracy is not None]
-    fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(10, 4))
+    fig, (loss_ax, acc_ax, n_ax) = plt.subplots(1, 3, figsize=(14, 4))
     loss_ax.plot(epochs, [e.train_loss for e in history.epochs], "o-", label="train loss")
     if scored:
         loss_ax.plot(
@@ -133,18 +190,18 @@ def _plot(history: History, output: Path) -> None:
     loss_ax.set(xlabel="epoch", ylabel="loss", title="loss")
     loss_ax.legend()
     acc_ax.set(xlabel="epoch", ylabel="accuracy (%)", title="test accuracy")
-    for ax in (loss_ax, acc_ax):
+    n_ax.step(epochs, [e.parallelism for e in history.epochs], "o-", where="mid", color="C3")
+    n_ax.set(xlabel="epoch", ylabel="functions (N)", title=f"N: {parallelism_path(history)}")
+    n_ax.set_ylim(bottom=0)
+    n_ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    for ax in (loss_ax, acc_ax, n_ax):
         ax.grid(alpha=0.3)
-        ax.xaxis.get_major_locator().set_params(integer=True)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlim(min(epochs) - 0.5, max(epochs) + 0.5)
     request = history.request
     fig.suptitle(
         f"task {history.task_id}: {request.function} on {request.dataset}, "
-        f"N={request.parallelism}, K={request.k}"
+        f"N={parallelism_path(history)}, K={request.k}, batch {request.batch_size}"
     )
     fig.tight_layout()
-    try:
-        fig.savefig(output)
-    except (OSError, ValueError) as exc:
-        raise InvalidInputError(f"--output {output}: cannot write the plot ({exc})") from exc
-    finally:
-        plt.close(fig)
+    return fig

@@ -1,4 +1,4 @@
-"""`kubeml task list|stop|prune|resume`: the train tasks, queued, running and finished."""
+"""`kubeml task list|watch|stop|prune|resume`: the train tasks, queued, running and finished."""
 
 from __future__ import annotations
 
@@ -6,10 +6,11 @@ from typing import Annotated
 
 import typer
 
+from kubeml.cli._confirm import confirm
 from kubeml.cli._context import client
 from kubeml.cli._output import fmt_percent, fmt_time, print_json, print_table
 
-app = typer.Typer(help="List, stop, prune and resume train tasks.", no_args_is_help=True)
+app = typer.Typer(help="List, watch, stop, prune and resume train tasks.", no_args_is_help=True)
 
 TaskId = Annotated[str, typer.Option("--id", help="task id")]
 
@@ -61,11 +62,35 @@ def stop(ctx: typer.Context, task_id: TaskId) -> None:
         typer.echo(f"task {task_id} stopping at its next round boundary")
 
 
+Yes = Annotated[bool, typer.Option("--yes", "-y", help="do not ask for confirmation")]
+
+
 @app.command()
-def prune(ctx: typer.Context) -> None:
-    """Forget finished tasks (their histories and trained models stay)."""
-    pruned = client(ctx).prune_tasks()
+def prune(ctx: typer.Context, yes: Yes = False) -> None:
+    """Forget finished tasks (their histories and trained models stay; infer still works)."""
+    api = client(ctx)
+    finished = [t.id for t in api.list_tasks() if t.state.finished]
+    if not finished:
+        typer.echo("no finished tasks to prune")
+        return
+    confirm(f"forget {len(finished)} finished task(s) ({' '.join(finished)})?", yes=yes)
+    pruned = api.prune_tasks()
     typer.echo(f"pruned {len(pruned)} tasks" + (f": {' '.join(pruned)}" if pruned else ""))
+
+
+@app.command()
+def watch(
+    ctx: typer.Context,
+    task_id: TaskId,
+    poll_s: Annotated[
+        float, typer.Option("--poll", help="seconds between polls", hidden=True)
+    ] = 0.5,
+) -> None:
+    """Attach to a task: live progress until it ends (Ctrl-C detaches); a finished task
+    replays its epochs and summary."""
+    from kubeml.cli._watch import watch_task
+
+    watch_task(client(ctx), task_id, poll_s=poll_s)
 
 
 @app.command()

@@ -78,6 +78,13 @@ def train(
     if seed is not None:
         fields["seed"] = seed
     request = _request(fields)
+    if goal_accuracy < 100 and validate_every == 0 and epochs > 1:
+        typer.echo(
+            f"Warning: --goal-accuracy {goal_accuracy:g} is checked only when the task "
+            "validates; with --validate-every 0 that is after the last epoch, so the task "
+            "will not stop early (add --validate-every 1 to check after every epoch)",
+            err=True,
+        )
     api = client(ctx)
     task_id = api.train(request)
     typer.echo(task_id)

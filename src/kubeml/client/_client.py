@@ -24,7 +24,15 @@ from urllib.parse import quote, urlsplit
 
 import httpx
 
-from kubeml.api.schemas import DatasetInfo, FunctionInfo, History, LogLine, TaskInfo, TrainRequest
+from kubeml.api.schemas import (
+    DatasetInfo,
+    FunctionInfo,
+    History,
+    LogLine,
+    TaskInfo,
+    TaskProgress,
+    TrainRequest,
+)
 from kubeml.errors import (
     InternalError,
     InvalidDatasetError,
@@ -189,6 +197,11 @@ class Client:
     def resume_task(self, task_id: str) -> TaskInfo:
         """Continue a failed or stopped task from its last completed epoch."""
         return TaskInfo.model_validate(self._json("POST", f"/tasks/{_q(task_id)}/resume"))
+
+    def progress(self, task_id: str, since: int = 0) -> TaskProgress:
+        """The task with its round points from index `since` on and its epochs."""
+        path = f"/tasks/{_q(task_id)}/progress"
+        return TaskProgress.model_validate(self._json("GET", path, params={"since": since}))
 
     def wait(self, task_id: str, timeout_s: float | None = None, poll_s: float = 0.5) -> TaskInfo:
         """Poll until the task has finished or `timeout_s` passed; returns its last state."""

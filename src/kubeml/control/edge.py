@@ -30,6 +30,9 @@ from kubeml.errors import (
 log = logging.getLogger("kubeml.server")
 
 OPEN_PATHS = frozenset({"/health"})  # answered without a token: liveness probes, ensure_server
+# Static pages and their assets: they hold no data; what they fetch needs the token.
+OPEN_PAGES = frozenset({"/dashboard", "/docs"})
+OPEN_PREFIXES = ("/static/",)
 UPLOAD_PATHS = frozenset({"/datasets"})  # multipart dataset uploads get the large limit
 MAX_JSON_BYTES = 64 * 2**20
 _LOCATIONS = {"body", "query", "path", "header", "cookie"}
@@ -82,7 +85,7 @@ class RequestGuard:
             await self.app(scope, receive, send)
             return
         path: str = scope["path"]
-        if self.token is not None and path not in OPEN_PATHS and not self._authorized(scope):
+        if self.token is not None and not _is_open(path) and not self._authorized(scope):
             error = UnauthorizedError(
                 "missing or wrong API token: send `Authorization: Bearer <token>` "
                 "(the client reads it from KUBEML_API_TOKEN)"
@@ -120,6 +123,10 @@ class RequestGuard:
         if path in UPLOAD_PATHS:
             return self.max_upload_bytes
         return min(MAX_JSON_BYTES, self.max_upload_bytes)
+
+
+def _is_open(path: str) -> bool:
+    return path in OPEN_PATHS or path in OPEN_PAGES or path.startswith(OPEN_PREFIXES)
 
 
 def _content_length(scope: Scope) -> int | None:

@@ -35,6 +35,7 @@ from kubeml.control.job import JobServices, TrainJob
 from kubeml.control.metadata import MetadataStore
 from kubeml.control.metrics import Metrics
 from kubeml.control.policy import StaticPolicy, ThroughputPolicy
+from kubeml.control.progress import ProgressBook, RecordingRounds
 from kubeml.control.runner import TaskRunner
 from kubeml.control.scheduler import Scheduler
 from kubeml.control.tasklog import TaskLogs
@@ -71,6 +72,7 @@ class Engine:
         self.functions = FunctionStore(self.home / "functions", self.metadata)
         self.logs = TaskLogs(self.home / "logs")
         self.metrics = Metrics()
+        self.progress = ProgressBook(lambda name: self.datasets.get(name).train_size)
         self.tasks = TaskRegistry(self.metadata, self.metrics)
         self.scheduler = Scheduler(self.backend.capacity)
         self.runner = TaskRunner(
@@ -143,7 +145,11 @@ class Engine:
             function_sha256=function.sha256,
             created_at=_now(),
         )
-        self.runner.enqueue(info, History(task_id=task_id, request=request, state=TaskState.QUEUED))
+        history = History(
+            task_id=task_id, request=request, state=TaskState.QUEUED,
+            function_sha256=function.sha256,  # infer needs it after `task prune`
+        )  # fmt: skip
+        self.runner.enqueue(info, history)
         return task_id
 
     def resume_task(self, task_id: str) -> None:
@@ -183,7 +189,7 @@ class Engine:
             self.functions.code(request.function, recorder.info.function_sha256 or ""),
             parallelism,
             services,
-            recorder,
+            RecordingRounds(recorder, self.progress, task_id, request),
             StaticPolicy() if request.static else ThroughputPolicy(),
             start_epoch=recorder.epochs_done,
         )
@@ -245,7 +251,8 @@ class Engine:
         history = self.metadata.get_history(task_id)
         if not self.models.has_final(task_id):
             raise NotFoundError(f"task {task_id!r} has no trained model yet")
-        sha = self.get_task(task_id).function_sha256 or ""
+        # The history, not the task record: a pruned task's model still infers.
+        sha = history.function_sha256 or self.get_task(task_id).function_sha256 or ""
         invocation = Invocation(
             mode=Mode.INFER,
             task_id=task_id,
@@ -258,8 +265,9 @@ class Engine:
         def log(source: str, message: str) -> None:
             self.logs.append(task_id, f"infer/{source}", message)
 
-        future = self.backend.invoke([invocation], sync=None, log=log)[0]
-        return future.result(timeout=self.settings.round_timeout_s).output
+        with self.metrics.inferring():
+            future = self.backend.invoke([invocation], sync=None, log=log)[0]
+            return future.result(timeout=self.settings.round_timeout_s).output
 
     def logs_of(self, task_id: str, since: int = 0) -> list[LogLine]:
         self.get_task(task_id)

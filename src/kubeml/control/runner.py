@@ -82,7 +82,7 @@ class TaskRunner:
             job = self._make_job(recorder, admit.parallelism, partial(self._resize, task_id))
             self.tasks.attach(task_id, job)
             recorder.update(state=TaskState.RUNNING, started_at=_now())
-            self._metadata.put_task(recorder.info)
+            recorder.persist()  # the history's state follows the task's: running
             threading.Thread(
                 target=self._run, args=(job, recorder), daemon=True, name=f"kubeml-job-{task_id}"
             ).start()
@@ -107,6 +107,6 @@ class TaskRunner:
             finished_at=_now(),
         )
         recorder.persist()
-        self._metrics.forget_gauges(recorder.id)
+        self._metrics.task_finished(recorder.id, outcome.state.value)
         self.tasks.remove(recorder.id)
         self._start(self.scheduler.finished(recorder.id))

@@ -25,6 +25,7 @@ from typing import Any
 from fastapi import FastAPI
 
 import kubeml
+from kubeml.control import dashboard
 from kubeml.control.edge import RequestGuard, install_error_handlers
 from kubeml.control.engine import Engine
 from kubeml.control.routes import router
@@ -43,11 +44,14 @@ def create_app(engine: Engine, settings: Settings) -> FastAPI:
         version=kubeml.__version__,
         description="Serverless, data-parallel training of PyTorch networks with K-step "
         "model averaging. With an API token configured, send `Authorization: Bearer "
-        "<token>` on every route but /health.",
+        "<token>` on every route but /health, /docs and /dashboard.",
+        docs_url=None,  # FastAPI's pages load from a CDN; dashboard.mount serves local ones
+        redoc_url=None,
     )
     app.state.engine = engine
     app.state.max_upload_bytes = settings.max_upload_mb * 2**20
     app.include_router(router)
+    dashboard.mount(app, token_required=bool(settings.api_token))
     install_error_handlers(app)
     app.add_middleware(
         RequestGuard,

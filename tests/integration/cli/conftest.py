@@ -26,9 +26,9 @@ class Cli:
         self.engine, self.client = engine, client
         self.runner = CliRunner()
 
-    def run(self, *args: str) -> Result:
+    def run(self, *args: str, input: str | None = None) -> Result:
         state = CliState(settings=self.engine.settings, client=self.client)
-        return self.runner.invoke(app, list(args), obj=state, prog_name="kubeml")
+        return self.runner.invoke(app, list(args), obj=state, prog_name="kubeml", input=input)
 
     def ok(self, *args: str) -> Result:
         result = self.run(*args)

@@ -216,7 +216,7 @@ def test_history_get_list_plot_delete_prune(cli: Cli, tmp_path: Path) -> None:
     assert f"no history for task {task_id!r}" in cli.fails("history", "get", "--id", task_id).stderr
 
     other = _succeeded_task(cli)
-    assert f"pruned 1 histories: {other}" in cli.ok("history", "prune").stdout
+    assert f"pruned 1 histories: {other}" in cli.ok("history", "prune", "--yes").stdout
     assert json.loads(cli.ok("history", "list", "--json").stdout) == []
 
 
@@ -238,7 +238,7 @@ def test_task_list_stop_prune_resume(cli: Cli) -> None:
     nothing = cli.fails("task", "resume", "--id", task_id)
     assert nothing.exit_code == 1 and "nothing to resume" in nothing.stderr
 
-    assert f"pruned 1 tasks: {task_id}" in cli.ok("task", "prune").stdout
+    assert f"pruned 1 tasks: {task_id}" in cli.ok("task", "prune", "--yes").stdout
     assert cli.ok("task", "list", "--short").stdout.strip() == ""
     kept = json.loads(cli.ok("history", "get", "--id", task_id, "--json").stdout)
     assert kept["task_id"] == task_id and kept["state"] == "succeeded"  # the history stays

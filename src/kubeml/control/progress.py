@@ -1,0 +1,148 @@
+"""Per-round progress of train tasks, kept in memory for `task watch` and the dashboard.
+
+The history persists one record per epoch; the rounds between are only interesting while
+a task trains, so they live here, bounded, and are lost with the control plane.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING
+
+from kubeml.api.schemas import EpochRecord, RoundPoint, TrainRequest
+from kubeml.control.chunks import assign_chunks
+
+if TYPE_CHECKING:
+    from kubeml.control.job import JobListener
+
+MAX_POINTS = 5000  # per task: an hour of 1 s rounds; older points are dropped first
+MAX_TASKS = 64  # tasks whose points are kept; the least recently updated go first
+
+
+def round_plan(train_size: int, parallelism: int, request: TrainRequest, epoch: int) -> list[int]:
+    """Samples trained in each round of an epoch, by all N functions together.
+
+    Function i trains its shard in batches and merges every K batches (once per epoch for
+    K=-1); the epoch has as many rounds as its longest shard needs.
+    """
+    batch = request.batch_size
+    per_function = []
+    for shard in assign_chunks(train_size, parallelism, request.seed, epoch - 1):
+        samples = sum(stop - start for start, stop in shard)
+        batches = -(-samples // batch)
+        k = request.k if request.k > 0 else max(1, batches)
+        per_round = k * batch
+        per_function.append([min(per_round, samples - r * per_round)
+                             for r in range(-(-batches // k))])  # fmt: skip
+    rounds = max((len(p) for p in per_function), default=0)
+    return [sum(p[r] for p in per_function if r < len(p)) for r in range(rounds)]
+
+
+class _TaskPoints:
+    def __init__(self) -> None:
+        self.points: list[RoundPoint] = []
+        self.dropped = 0  # points before `points[0]`, so indexes stay stable
+        self.started = time.monotonic()
+        self.last: tuple[int, float] | None = None  # (epoch, monotonic time) of the last round
+        self.plan: tuple[tuple[int, int], list[int]] | None = None  # ((epoch, N), plan)
+
+
+class ProgressBook:
+    """Round points of recent tasks.
+
+    Args:
+        train_size: the number of training samples of a dataset, by name.
+    """
+
+    def __init__(self, train_size: Callable[[str], int]) -> None:
+        self._train_size = train_size
+        self._tasks: OrderedDict[str, _TaskPoints] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def task_started(self, task_id: str) -> None:
+        """The task (or its resume) starts running: elapsed times count from now."""
+        with self._lock:
+            self._entry(task_id).started = time.monotonic()
+
+    def on_round(
+        self, task_id: str, request: TrainRequest, epoch: int, round_index: int,
+        train_loss: float, parallelism: int,
+    ) -> None:  # fmt: skip
+        now = time.monotonic()
+        plan = self.plan(task_id, request, epoch, parallelism)
+        samples = plan[round_index - 1] if 0 < round_index <= len(plan) else 0
+        with self._lock:
+            entry = self._entry(task_id)
+            rate = None
+            if entry.last is not None and entry.last[0] == epoch and now > entry.last[1]:
+                rate = samples / (now - entry.last[1])
+            entry.last = (epoch, now)
+            point = RoundPoint(
+                index=entry.dropped + len(entry.points), epoch=epoch, round=round_index,
+                train_loss=train_loss, parallelism=parallelism, samples=samples,
+                samples_per_s=rate, elapsed_s=now - entry.started, time=datetime.now(timezone.utc),
+            )  # fmt: skip
+            entry.points.append(point)
+            if len(entry.points) > MAX_POINTS:
+                excess = len(entry.points) - MAX_POINTS
+                del entry.points[:excess]
+                entry.dropped += excess
+
+    def plan(self, task_id: str, request: TrainRequest, epoch: int, parallelism: int) -> list[int]:
+        """`round_plan` of this epoch, cached per task (a shuffle of the chunk order)."""
+        with self._lock:
+            cached = self._entry(task_id).plan
+        if cached is not None and cached[0] == (epoch, parallelism):
+            return cached[1]
+        plan = round_plan(self._train_size(request.dataset), parallelism, request, epoch)
+        with self._lock:
+            self._entry(task_id).plan = ((epoch, parallelism), plan)
+        return plan
+
+    def rounds(self, task_id: str, since: int = 0) -> list[RoundPoint]:
+        with self._lock:
+            entry = self._tasks.get(task_id)
+            if entry is None:
+                return []
+            return entry.points[max(0, since - entry.dropped) :]
+
+    def forget(self, task_id: str) -> None:
+        with self._lock:
+            self._tasks.pop(task_id, None)
+
+    def _entry(self, task_id: str) -> _TaskPoints:
+        entry = self._tasks.get(task_id)
+        if entry is None:
+            entry = self._tasks[task_id] = _TaskPoints()
+            while len(self._tasks) > MAX_TASKS:
+                self._tasks.popitem(last=False)
+        self._tasks.move_to_end(task_id)
+        return entry
+
+
+class RecordingRounds:
+    """A job listener that records each round in a `ProgressBook`, then passes every
+    event on to the task's own listener (its recorder)."""
+
+    def __init__(
+        self, inner: JobListener, book: ProgressBook, task_id: str, request: TrainRequest
+    ) -> None:
+        self._inner, self._book = inner, book
+        self._task_id, self._request = task_id, request
+        book.task_started(task_id)
+
+    def on_round(self, epoch: int, round_index: int, train_loss: float, parallelism: int) -> None:
+        self._inner.on_round(epoch, round_index, train_loss, parallelism)
+        self._book.on_round(
+            self._task_id, self._request, epoch, round_index, train_loss, parallelism
+        )
+
+    def on_epoch(self, record: EpochRecord) -> None:
+        self._inner.on_epoch(record)
+
+    def on_invocations(self, started: int, failed: int) -> None:
+        self._inner.on_invocations(started, failed)
