@@ -63,7 +63,7 @@ def test_dashboard_charts_fill_while_a_task_trains(
 ) -> None:
     from selenium.webdriver.common.by import By
 
-    task_id = served.train("slow", epochs=3, k=2)
+    task_id = served.train("slow", epochs=8, k=2)  # long enough to catch it running
     browser.get(f"{served.url}/dashboard#task={task_id}")
     _wait(lambda: served.client.get_task(task_id).state is TaskState.RUNNING, what="running")
 
@@ -74,11 +74,13 @@ def test_dashboard_charts_fill_while_a_task_trains(
     later = _wait(lambda: (p := _points(browser))["loss"] > first["loss"] + 2 and p,
                   what="more points while it trains")  # fmt: skip
     assert served.client.get_task(task_id).state is TaskState.RUNNING  # grew without a reload
+    _wait(lambda: served.client.get_task(task_id).epoch >= 2, what="a second epoch")
     assert later["parallelism"] > 0
     assert "round" in browser.find_element(By.ID, "detail-summary").text
     browser.save_screenshot(str(tmp_path / "running.png"))
 
-    assert served.client.wait(task_id, timeout_s=120, poll_s=0.2).state is TaskState.SUCCEEDED
+    served.client.stop_task(task_id)  # the rest would only take time
+    assert served.client.wait(task_id, timeout_s=120, poll_s=0.2).state is TaskState.STOPPED
     progress = served.client.progress(task_id)
     rounds, epochs = len(progress.rounds), len(progress.epochs)
     scored = sum(e.accuracy is not None for e in progress.epochs)
@@ -92,7 +94,7 @@ def test_dashboard_charts_fill_while_a_task_trains(
     assert int(chart.get_attribute("data-points")) == want["loss"]
     assert chart.find_elements(By.CSS_SELECTOR, "canvas")  # uPlot drew it
     log = browser.find_element(By.ID, "log").text
-    assert "task finished" in log and "epoch 3" in log
+    assert "task stopped on request" in log and "epoch 1: train loss" in log
     assert browser.find_element(By.ID, "stop").get_attribute("disabled") is not None
     browser.save_screenshot(str(tmp_path / "finished.png"))
     severe = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
