@@ -118,11 +118,12 @@ def test_throughput_policy_changes_parallelism_between_epochs(make_engine, digit
         "digits", digits["train_x"], digits["train_y"], digits["test_x"], digits["test_y"]
     )
     engine.create_function("mlp", function_source())
-    task_id = engine.train(function="mlp", dataset="digits", epochs=3, parallelism=1)
+    task_id = engine.train(function="mlp", dataset="digits", epochs=4, parallelism=1)
     assert engine.wait(task_id, 60).state is TaskState.SUCCEEDED
     parallelism = [e.parallelism for e in engine.get_history(task_id).epochs]
-    assert parallelism[0] == 1 and parallelism[1] == 2  # the first epoch always tries N+1
-    assert all(1 <= n <= 3 for n in parallelism)
+    # the warm-up epoch is no measurement; the second measures N=1, the third tries N+1
+    assert parallelism[:3] == [1, 1, 2]
+    assert all(1 <= n <= 2 for n in parallelism)  # capped at the 2 cores
 
 
 def test_interrupted_task_resumes_from_its_last_completed_epoch(make_engine, digits, tmp_path):

@@ -16,6 +16,7 @@ from pydantic import (
     Field,
     StrictBool,
     StrictStr,
+    model_validator,
 )
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
@@ -124,6 +125,45 @@ class OptimizerState(str, Enum):
         return self.value
 
 
+class OuterOptimizerName(str, Enum):
+    """How the parameter server applies a round's average (see `kubeml.control.outer`)."""
+
+    AVERAGE = "average"  # the average becomes the reference (KubeML 2021)
+    NESTEROV = "nesterov"  # the averaged change is a pseudo-gradient for Nesterov SGD
+
+
+class LrScaling(str, Enum):
+    """How the learning rate follows N, relative to the N a task started with."""
+
+    NONE = "none"
+    LINEAR = "linear"
+    SQRT = "sqrt"
+
+
+class PolicyName(str, Enum):
+    """How N changes between epochs (see `kubeml.control.policy`)."""
+
+    STATIC = "static"
+    THROUGHPUT = "throughput"
+    GOODPUT = "goodput"
+
+
+def _check_momentum(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError("must be a finite number in [0, 1)")
+    if not (math.isfinite(value) and 0 <= value < 1):
+        raise ValueError("must be a finite number in [0, 1)")
+    return float(value)
+
+
+OuterLr = Annotated[(float, *_float_range(0.0, 2.0))]
+OuterMomentum = Annotated[
+    float,
+    Field(json_schema_extra={"minimum": 0, "exclusiveMaximum": 1}),
+    BeforeValidator(_check_momentum),
+]
+
+
 class TaskState(str, Enum):
     QUEUED = "queued"
     RUNNING = "running"
@@ -160,6 +200,27 @@ class TrainRequest(BaseModel):
     goal_accuracy: GoalAccuracy = 100.0
     seed: Seed = 0
     optimizer_state: OptimizerState = OptimizerState.KEEP
+    outer_optimizer: OuterOptimizerName = OuterOptimizerName.AVERAGE
+    outer_lr: OuterLr = Field(default=0.7, description="nesterov only; (0, 2]")
+    outer_momentum: OuterMomentum = Field(default=0.9, description="nesterov only; [0, 1)")
+    lr_scaling: LrScaling = LrScaling.NONE
+    policy: PolicyName | None = Field(
+        default=None, description="null = static if `static`, else throughput"
+    )
+
+    @model_validator(mode="after")
+    def _check_policy(self) -> TrainRequest:
+        if self.static and self.policy not in (None, PolicyName.STATIC):
+            raise ValueError(
+                f"static=true keeps N fixed; it contradicts policy {self.policy.value!r}"
+            )
+        return self
+
+    @property
+    def effective_policy(self) -> PolicyName:
+        if self.policy is not None:
+            return self.policy
+        return PolicyName.STATIC if self.static else PolicyName.THROUGHPUT
 
 
 # Stored records keep a NaN or infinite measurement as the string "NaN"/"Infinity", which
@@ -178,6 +239,7 @@ class EpochRecord(BaseModel):
     epoch_duration_s: float
     samples_per_s: float
     rounds: int
+    lr: float | None = None  # the learning rate the functions trained with
 
 
 class TaskInfo(BaseModel):

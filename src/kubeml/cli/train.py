@@ -24,6 +24,11 @@ _FLAGS = {
     "goal_accuracy": "--goal-accuracy",
     "seed": "--seed",
     "optimizer_state": "--optimizer-state",
+    "outer_optimizer": "--outer-optimizer",
+    "outer_lr": "--outer-lr",
+    "outer_momentum": "--outer-momentum",
+    "lr_scaling": "--lr-scaling",
+    "policy": "--policy",
 }
 
 
@@ -62,6 +67,30 @@ def train(
             help="optimizer state (momentum) between rounds: keep it, or reset it as in 2021",
         ),
     ] = "keep",
+    outer_optimizer: Annotated[
+        Literal["average", "nesterov"] | None,
+        typer.Option(
+            "--outer-optimizer",
+            help="how a round's average moves the model: plain average (2021) or a Nesterov "
+            "outer step on the averaged change [default: the server's]",
+        ),
+    ] = None,
+    outer_lr: Annotated[
+        float | None, typer.Option("--outer-lr", help="outer step size, (0, 2] (nesterov)")
+    ] = None,
+    outer_momentum: Annotated[
+        float | None, typer.Option("--outer-momentum", help="outer momentum, [0, 1) (nesterov)")
+    ] = None,
+    lr_scaling: Annotated[
+        Literal["none", "linear", "sqrt"] | None,
+        typer.Option("--lr-scaling", help="how the lr follows N when it changes [default: none]"),
+    ] = None,
+    policy: Annotated[
+        Literal["static", "throughput", "goodput"] | None,
+        typer.Option(
+            "--policy", help="how N changes between epochs [default: throughput; --static: static]"
+        ),
+    ] = None,
     watch: Annotated[
         bool, typer.Option("--watch", "-w", help="show live progress until the task ends")
     ] = False,
@@ -75,8 +104,11 @@ def train(
         "validate_every": validate_every, "goal_accuracy": goal_accuracy,
         "optimizer_state": optimizer_state,
     }  # fmt: skip
-    if seed is not None:
-        fields["seed"] = seed
+    optional = {
+        "seed": seed, "outer_optimizer": outer_optimizer, "outer_lr": outer_lr,
+        "outer_momentum": outer_momentum, "lr_scaling": lr_scaling, "policy": policy,
+    }  # fmt: skip
+    fields.update({name: value for name, value in optional.items() if value is not None})
     request = _request(fields)
     if goal_accuracy < 100 and validate_every == 0 and epochs > 1:
         typer.echo(

@@ -34,7 +34,7 @@ from kubeml.control.functions import FunctionStore
 from kubeml.control.job import JobServices, TrainJob
 from kubeml.control.metadata import MetadataStore
 from kubeml.control.metrics import Metrics
-from kubeml.control.policy import StaticPolicy, ThroughputPolicy
+from kubeml.control.policy import policy_for
 from kubeml.control.progress import ProgressBook, RecordingRounds
 from kubeml.control.runner import TaskRunner
 from kubeml.control.scheduler import Scheduler
@@ -190,7 +190,7 @@ class Engine:
             parallelism,
             services,
             RecordingRounds(recorder, self.progress, task_id, request),
-            StaticPolicy() if request.static else ThroughputPolicy(),
+            policy_for(request.effective_policy.value),
             start_epoch=recorder.epochs_done,
         )
 

@@ -15,8 +15,9 @@ from kubeml.api.schemas import EpochRecord, TaskState, TrainRequest
 from kubeml.backends.base import FunctionBackend
 from kubeml.control.barrier import RoundBarrier
 from kubeml.control.chunks import assign_chunks, validation_slices
+from kubeml.control.outer import OuterConfig
 from kubeml.control.parameter_server import ParameterServer
-from kubeml.control.policy import ParallelismPolicy
+from kubeml.control.policy import ParallelismPolicy, scaled_lr, warmup_steps
 from kubeml.errors import FunctionError, FunctionTimeoutError, KubeMLError
 from kubeml.runtime.invocation import FunctionCode, Invocation, InvocationResult, Mode
 from kubeml.runtime.sync import RoundReport
@@ -97,7 +98,10 @@ class TrainJob:
         self.start_epoch = start_epoch
         self.stop_requested = threading.Event()
         self.state = RoundState(start_epoch, 0, parallelism)
-        self.server = ParameterServer(task_id, services.models)
+        self.server = ParameterServer(task_id, services.models, _outer_config(request))
+        self._start_parallelism = parallelism  # lr_scaling is relative to this N
+        self._lr = request.lr
+        self._lr_from: float | None = None  # set by a resize: the next epoch warms up from it
         info = services.datasets.get(request.dataset)
         self._train_size, self._test_size = info.train_size, info.test_size
 
@@ -169,6 +173,7 @@ class TrainJob:
         barrier = RoundBarrier(range(n), self._merge)
         started = time.monotonic()
         results = self._run(Mode.TRAIN, shards, sync=barrier)
+        self._lr_from = None  # the warm-up after a resize is over
         duration = time.monotonic() - started
         samples = sum(r.samples for r in results)
         losses = [(r.loss, r.samples) for r in results if r.loss is not None and r.samples]
@@ -181,6 +186,7 @@ class TrainJob:
             epoch_duration_s=duration,
             samples_per_s=samples / duration if duration > 0 else 0.0,
             rounds=barrier.rounds_merged,
+            lr=self._lr,
         )
 
     def _merge(self, round_index: int, reports: list[RoundReport]) -> bool:
@@ -207,13 +213,16 @@ class TrainJob:
         return record.model_copy(update={"accuracy": accuracy, "val_loss": loss})
 
     def _rescale(self, record: EpochRecord) -> None:
-        wanted = self.policy.next_parallelism(
-            self.parallelism, record.epoch_duration_s, self.services.backend.capacity
-        )
+        capacity = min(self.services.backend.capacity, os.cpu_count() or 1)
+        wanted = self.policy.next_parallelism(record, capacity)
         if wanted != self.parallelism:
             granted = self.services.resize(wanted)
             if granted != self.parallelism:
-                self._log(f"parallelism {self.parallelism} -> {granted}")
+                req = self.request
+                lr = scaled_lr(req.lr, req.lr_scaling.value, self._start_parallelism, granted)
+                self._log(f"parallelism {self.parallelism} -> {granted}, lr {self._lr:g} -> {lr:g}")
+                if lr != self._lr:
+                    self._lr_from, self._lr = self._lr, lr
             self.state = replace(self.state, parallelism=granted)
 
     # -- running invocations ---------------------------------------------------------------
@@ -231,13 +240,17 @@ class TrainJob:
             dataset=req.dataset,
             parallelism=len(shards),
             k=req.k,
-            lr=req.lr,
+            lr=self._lr,
             batch_size=req.batch_size,
             epoch=self.state.epoch,
             seed=req.seed,
             optimizer_state=req.optimizer_state.value,
             threads=max(1, (os.cpu_count() or 1) // len(shards)),
         )
+        if mode is Mode.TRAIN and self._lr_from is not None:
+            shard = max(sum(b - a for a, b in r) for r in shards)
+            steps = warmup_steps(req.k, -(-shard // req.batch_size))
+            base = replace(base, lr_warmup_from=self._lr_from, lr_warmup_steps=steps)
         invocations = [replace(base, func_id=i, ranges=r) for i, r in enumerate(shards)]
         futures = self.services.backend.invoke(invocations, sync=sync, log=self._function_log)
         try:
@@ -289,3 +302,7 @@ def _describe(record: EpochRecord) -> str:
     if record.accuracy is not None:
         text += f", val loss {record.val_loss:.4f}, accuracy {record.accuracy:.2f}%"
     return text
+
+
+def _outer_config(request: TrainRequest) -> OuterConfig:
+    return OuterConfig(request.outer_optimizer.value, request.outer_lr, request.outer_momentum)

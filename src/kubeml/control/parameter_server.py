@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
-from kubeml.control.merge import weighted_average_into
+import torch
+
+from kubeml.control.outer import OuterConfig, OuterOptimizer
 from kubeml.runtime.sync import RoundReport
 from kubeml.stores.interfaces import ServerModels
 
@@ -12,15 +14,21 @@ from kubeml.stores.interfaces import ServerModels
 class ParameterServer:
     """Owns the task's reference model between rounds; `merge` is the round's one update.
 
-    Today the update is plain K-AVG: the reference becomes the sample-weighted average of
-    the weights the functions published. A server-side outer optimizer (ARCHITECTURE 3b:
-    Nesterov momentum on the averaged change) replaces the body of `merge` and keeps its
-    state here, beside the reference it updates.
+    The update is the task's outer optimizer (`kubeml.control.outer`): the reference
+    becomes the sample-weighted average of the weights the functions published (`average`,
+    plain K-AVG) or takes a Nesterov step along the averaged change (`nesterov`). The
+    optimizer's state (momentum) lives here, beside the reference it updates;
+    `state_dict` / `load_state_dict` are what a checkpoint saves and restores.
     """
 
-    def __init__(self, task_id: str, models: ServerModels) -> None:
+    def __init__(
+        self, task_id: str, models: ServerModels, outer: OuterConfig | None = None
+    ) -> None:
         self.task_id = task_id
         self.models = models
+        self.outer_config = outer or OuterConfig()
+        self._outer: OuterOptimizer | None = None  # built at the first merge (needs the layout)
+        self._pending_state: Mapping[str, torch.Tensor] | None = None
 
     def merge(self, reports: Sequence[RoundReport]) -> None:
         """Merge one round: `reports` are the round's functions, sorted by func_id."""
@@ -28,6 +36,27 @@ class ParameterServer:
         if not trained:
             return  # nobody trained (every shard was empty): the reference stays
         states = [self.models.published_groups(self.task_id, r.func_id, r.handle) for r in trained]
-        weighted_average_into(
+        self._optimizer().step(
             self.models.reference_groups(self.task_id), states, [r.samples for r in trained]
         )
+
+    def _optimizer(self) -> OuterOptimizer:
+        if self._outer is None:
+            self._outer = OuterOptimizer(self.outer_config, self.models.layout(self.task_id))
+            if self._pending_state is not None:
+                self._outer.load_state_dict(self._pending_state)
+                self._pending_state = None
+        return self._outer
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """The outer optimizer's state (momentum buffers), plain tensors."""
+        if self._outer is None:
+            return {k: v.clone() for k, v in (self._pending_state or {}).items()}
+        return self._outer.state_dict()
+
+    def load_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:
+        """Restore the outer optimizer's state (applied at the next merge if not built)."""
+        if self._outer is None:
+            self._pending_state = dict(state)
+        else:
+            self._outer.load_state_dict(state)

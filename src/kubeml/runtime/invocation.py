@@ -39,6 +39,9 @@ class Invocation:
     parallelism: int = 1
     k: int = -1
     lr: float = 0.01
+    # After a resize the lr ramps linearly from `lr_warmup_from` to `lr` over this many steps.
+    lr_warmup_from: float | None = None
+    lr_warmup_steps: int = 0
     batch_size: int = 64
     epoch: int = 0
     seed: int = 0

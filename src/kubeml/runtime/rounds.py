@@ -106,8 +106,13 @@ class RoundDriver:
             if model.optimizer is None or inv.optimizer_state == "reset":
                 self.hook = "configure_optimizers()"
                 model.optimizer = model.configure_optimizers()
+                base_lrs = [group["lr"] for group in model.optimizer.param_groups]
             loss_sum, samples, start_index = 0.0, 0, batch_index
             while batch_index < n_batches and batch_index - start_index < k:
+                if batch_index <= inv.lr_warmup_steps:  # after a resize: ramp to the new lr
+                    factor = warmup_factor(inv, batch_index)
+                    for group, base_lr in zip(model.optimizer.param_groups, base_lrs, strict=True):
+                        group["lr"] = base_lr * factor
                 self.hook = "__getitem__()"
                 batch = to_device(next(it), model.device)
                 self.hook = "train()"
@@ -194,6 +199,15 @@ class RoundDriver:
             ) from None
         self.hook = "main()"
         return InvocationResult(inv.func_id, Mode.INFER, output=jsonable(output))
+
+
+def warmup_factor(inv: Invocation, step: int) -> float:
+    """The fraction of the invocation's lr that step `step` uses: a linear ramp from
+    `lr_warmup_from` to `lr` over `lr_warmup_steps` steps after a resize, else 1."""
+    if inv.lr_warmup_from is None or inv.lr_warmup_steps <= 0 or step >= inv.lr_warmup_steps:
+        return 1.0
+    start = inv.lr_warmup_from / inv.lr
+    return start + (1.0 - start) * (step + 1) / inv.lr_warmup_steps
 
 
 def resolve_device(gpu: bool, func_id: int) -> torch.device:

@@ -140,6 +140,12 @@ def test_dataset_create_rejects_bad_files(
         (["--sparse-avg", "--K", "8"], "--sparse-avg"),
         (["--optimizer-state", "average"], "'--optimizer-state'"),
         (["--epochs", "many"], "'--epochs'"),
+        (["--outer-optimizer", "adam"], "'--outer-optimizer'"),
+        (["--outer-lr", "3"], "'--outer-lr'"),
+        (["--outer-momentum", "1"], "'--outer-momentum'"),
+        (["--lr-scaling", "cubic"], "'--lr-scaling'"),
+        (["--policy", "pollux"], "'--policy'"),
+        (["--static", "--policy", "goodput"], "contradicts policy 'goodput'"),
     ],
 )
 def test_train_rejects_bad_numbers_naming_the_flag(cli: Cli, flags: list[str], named: str) -> None:
@@ -164,6 +170,17 @@ def test_train_sends_every_option(cli: Cli) -> None:
     assert (request.epochs, request.batch_size, request.lr, request.parallelism) == (2, 32, 0.05, 1)
     assert (request.static, request.k, request.validate_every) == (True, -1, 1)
     assert (request.goal_accuracy, request.seed, request.optimizer_state.value) == (99, 7, "reset")
+    cli.engine.stop_task(task_id)
+
+
+def test_train_sends_the_outer_optimizer_lr_scaling_and_policy(cli: Cli) -> None:
+    options = "--outer-optimizer nesterov --outer-lr 0.5 --outer-momentum 0.8 "
+    options += "--lr-scaling sqrt --policy goodput"
+    task_id = cli.ok("train", "-f", "mlp", "-d", "digits", *options.split()).stdout.strip()
+    request = cli.engine.get_task(task_id).request
+    assert (request.outer_optimizer.value, request.outer_lr, request.outer_momentum) == (
+        "nesterov", 0.5, 0.8)  # fmt: skip
+    assert (request.lr_scaling.value, request.effective_policy.value) == ("sqrt", "goodput")
     cli.engine.stop_task(task_id)
 
 

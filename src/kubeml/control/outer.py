@@ -1,0 +1,163 @@
+"""The parameter server's outer optimizer: how a round's average moves the reference. No I/O.
+
+A K-AVG round ends with the sample-weighted average of the functions' models. With
+`average` (KubeML 2021) that average becomes the new reference. With `nesterov`
+(SlowMo, DiLoCo) the averaged change `d = average - reference` is a pseudo-gradient
+(its negative) for an outer SGD with Nesterov momentum on the reference:
+
+    v <- momentum * v + d
+    reference <- reference + lr * (d + momentum * v)
+
+`nesterov` with lr 1 and momentum 0 is `average`. Only floating-point *parameters* take
+the outer step. Integer and boolean tensors (BatchNorm's `num_batches_tracked`) and
+BatchNorm's running statistics (`running_mean`, `running_var`) take the plain average:
+they are estimates of the data, not descent directions, and extrapolating a variance
+with momentum can drive it negative.
+
+The state (one momentum buffer per dtype group) is a plain dict of tensors, so a
+checkpoint can save it (`state_dict` / `load_state_dict`). The step runs in blocks of
+`BLOCK` elements: each block is averaged into a small scratch buffer and stepped while it
+is in cache, so a round reads every published state, the reference and the momentum
+once and writes the reference and the momentum once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from kubeml.control.merge import _running_mean_into, normalized_weights, weighted_average_into
+from kubeml.stores.flat import FlatLayout
+
+BLOCK = 1 << 16  # elements; a block of every operand (~1.3 MB for N=2) stays in cache
+BUFFER_SUFFIXES = ("running_mean", "running_var", "num_batches_tracked")
+OUTER_OPTIMIZERS = ("average", "nesterov")
+
+Groups = Mapping[str, torch.Tensor]
+
+
+def stepped_spans(layout: FlatLayout) -> dict[str, list[tuple[int, int]]]:
+    """Per floating dtype group, the (start, stop) element ranges that take the outer step:
+    every entry except BatchNorm buffers, adjacent entries joined into one range."""
+    spans: dict[str, list[tuple[int, int]]] = {}
+    for entry in sorted(layout.entries, key=lambda e: (e.dtype, e.offset)):
+        if not getattr(torch, entry.dtype).is_floating_point:
+            continue
+        if entry.name.rsplit(".", 1)[-1] in BUFFER_SUFFIXES:
+            continue
+        runs = spans.setdefault(entry.dtype, [])
+        stop = entry.offset + entry.numel
+        if runs and runs[-1][1] == entry.offset:
+            runs[-1] = (runs[-1][0], stop)
+        else:
+            runs.append((entry.offset, stop))
+    return spans
+
+
+@dataclass(frozen=True)
+class OuterConfig:
+    name: str = "average"  # one of OUTER_OPTIMIZERS
+    lr: float = 1.0
+    momentum: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.name not in OUTER_OPTIMIZERS:
+            raise ValueError(
+                f"outer optimizer must be one of {OUTER_OPTIMIZERS}, not {self.name!r}"
+            )
+        if not 0 < self.lr <= 2:
+            raise ValueError(f"outer lr must be in (0, 2], not {self.lr}")
+        if not 0 <= self.momentum < 1:
+            raise ValueError(f"outer momentum must be in [0, 1), not {self.momentum}")
+
+
+class OuterOptimizer:
+    """Merges a round's published states into the reference groups, in place."""
+
+    def __init__(self, config: OuterConfig, layout: FlatLayout) -> None:
+        self.config = config
+        self._spans = stepped_spans(layout)
+        self._momentum: dict[str, torch.Tensor] = {}
+        self._scratch = torch.empty(0)
+
+    @property
+    def plain(self) -> bool:
+        c = self.config
+        return c.name == "average" or (c.lr == 1.0 and c.momentum == 0.0)
+
+    def step(self, reference: Groups, states: Sequence[Groups], samples: Sequence[int]) -> None:
+        """Merge `states` (weighted by `samples`) into `reference` and take the outer step."""
+        if self.plain:
+            weighted_average_into(reference, states, samples)
+            return
+        if len(states) != len(samples):
+            raise ValueError("one sample count per state is needed")
+        pairs = [(s, w) for s, w in zip(states, normalized_weights(samples), strict=True) if w > 0]
+        with torch.no_grad():
+            for dtype, target in reference.items():
+                spans = self._spans.get(dtype, [])
+                if not spans:  # integer groups, or a group of buffers only
+                    weighted_average_into({dtype: target}, states, samples)
+                    continue
+                self._average_gaps(dtype, target, pairs, spans)
+                for start, stop in spans:
+                    for a in range(start, stop, BLOCK):
+                        b = min(a + BLOCK, stop)
+                        self._step_block(dtype, target, pairs, a, b)
+
+    def _average_gaps(
+        self,
+        dtype: str,
+        target: torch.Tensor,
+        pairs: list[tuple[Groups, float]],
+        spans: list[tuple[int, int]],
+    ) -> None:
+        """Plain average of the elements of a group between its stepped spans."""
+        gaps, pos = [], 0
+        for start, stop in spans:
+            if start > pos:
+                gaps.append((pos, start))
+            pos = stop
+        if pos < target.numel():
+            gaps.append((pos, target.numel()))
+        for a, b in gaps:
+            _running_mean_into(target[a:b], [(s[dtype][a:b], w) for s, w in pairs])
+
+    def _step_block(
+        self, dtype: str, target: torch.Tensor, pairs: list[tuple[Groups, float]], a: int, b: int
+    ) -> None:
+        lr, mu = self.config.lr, self.config.momentum
+        if self._scratch.numel() < BLOCK or self._scratch.dtype != target.dtype:
+            self._scratch = torch.empty(BLOCK, dtype=target.dtype)
+        ref = target[a:b]
+        d = self._scratch[: b - a]
+        _running_mean_into(d, [(s[dtype][a:b], w) for s, w in pairs])
+        d.sub_(ref)  # the averaged change of the round
+        if mu == 0:
+            ref.add_(d, alpha=lr)
+            return
+        v = self._buffer(dtype, target)[a:b]
+        v.mul_(mu).add_(d)
+        ref.add_(d, alpha=lr).add_(v, alpha=lr * mu)
+
+    def _buffer(self, dtype: str, target: torch.Tensor) -> torch.Tensor:
+        buffer = self._momentum.get(dtype)
+        if buffer is None:
+            buffer = self._momentum[dtype] = torch.zeros_like(target)
+        return buffer
+
+    # -- checkpoints --------------------------------------------------------------------
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """The momentum buffers, keyed `momentum.<dtype>` (empty before the first step)."""
+        return {f"momentum.{dtype}": t.clone() for dtype, t in self._momentum.items()}
+
+    def load_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:
+        momentum = {}
+        for key, tensor in state.items():
+            kind, _, dtype = key.partition(".")
+            if kind != "momentum" or not dtype:
+                raise ValueError(f"unknown outer optimizer state {key!r}")
+            momentum[dtype] = tensor.detach().clone().reshape(-1)
+        self._momentum = momentum

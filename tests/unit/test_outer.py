@@ -1,0 +1,130 @@
+"""The outer optimizer: plain averaging, and Nesterov on the averaged change of a round."""
+
+import pytest
+import torch
+from torch import nn
+
+import kubeml.control.outer as outer
+from kubeml.control.merge import weighted_average
+from kubeml.control.outer import OuterConfig, OuterOptimizer, stepped_spans
+from kubeml.stores.flat import FlatLayout
+
+
+def _net() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(5, 7), nn.BatchNorm1d(7), nn.Linear(7, 3))
+
+
+def _groups(layout: FlatLayout, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    groups = {dtype: torch.zeros(n, dtype=getattr(torch, dtype)) for dtype, n in layout.group_numel}
+    layout.flatten_into(state, groups)
+    return groups
+
+
+def _perturbed(state: dict[str, torch.Tensor], seed: int) -> dict[str, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    out = {}
+    for name, t in state.items():
+        if t.is_floating_point():
+            noise = torch.randn(t.shape, generator=gen) * 0.1
+            out[name] = (t + noise).abs() if "running_var" in name else t + noise
+        else:
+            out[name] = t + seed
+    return out
+
+
+def test_bn_buffers_and_integers_are_left_out_of_the_stepped_spans():
+    layout = FlatLayout.from_state(_net().state_dict())
+    spans = stepped_spans(layout)
+    assert set(spans) == {"float32"}
+    covered = {i for a, b in spans["float32"] for i in range(a, b)}
+    for e in (e for e in layout.entries if e.dtype == "float32"):
+        inside = set(range(e.offset, e.offset + e.numel)) <= covered
+        is_param = e.name.rsplit(".", 1)[-1] in ("weight", "bias")
+        assert inside == is_param, e.name
+
+
+def test_average_is_the_plain_sample_weighted_mean():
+    net = _net()
+    layout = FlatLayout.from_state(net.state_dict())
+    ref = _groups(layout, net.state_dict())
+    states = [_groups(layout, _perturbed(net.state_dict(), s)) for s in (1, 2)]
+    expected = weighted_average(states, [3, 1])
+    OuterOptimizer(OuterConfig(), layout).step(ref, states, [3, 1])
+    for dtype in ref:
+        assert torch.equal(ref[dtype], expected[dtype])
+
+
+@pytest.mark.parametrize("block", [4, 1 << 16])
+def test_nesterov_matches_torch_sgd_on_the_pseudo_gradient(monkeypatch, block):
+    monkeypatch.setattr(outer, "BLOCK", block)  # small blocks: the blocking must not matter
+    net = _net()
+    layout = FlatLayout.from_state(net.state_dict())
+    ref = _groups(layout, net.state_dict())
+    opt = OuterOptimizer(OuterConfig("nesterov", lr=0.7, momentum=0.9), layout)
+    # The same outer step done by torch: SGD(nesterov) on params, gradient = ref - average.
+    shadow = ref["float32"].clone().requires_grad_(True)
+    sgd = torch.optim.SGD([shadow], lr=0.7, momentum=0.9, nesterov=True)
+    mask = torch.zeros_like(shadow, dtype=torch.bool)
+    for a, b in stepped_spans(layout)["float32"]:
+        mask[a:b] = True
+    for round_index in range(3):
+        base = layout.views({k: v.clone() for k, v in ref.items()})
+        states = [_groups(layout, _perturbed(base, 10 * round_index + s)) for s in (1, 2)]
+        average = weighted_average(states, [2, 1])["float32"]
+        with torch.no_grad():
+            shadow.grad = torch.where(mask, shadow - average, torch.zeros_like(shadow))
+        sgd.step()
+        with torch.no_grad():
+            shadow[~mask] = average[~mask]  # buffers: the plain average
+        opt.step(ref, states, [2, 1])
+        assert torch.allclose(ref["float32"], shadow.detach(), atol=1e-6)
+        assert torch.equal(ref["int64"], weighted_average(states, [2, 1])["int64"])
+    # the step really extrapolates beyond the average (momentum builds up)
+    assert not torch.allclose(ref["float32"][mask], average[mask])
+
+
+def test_nesterov_keeps_running_variances_positive():
+    net = _net()
+    layout = FlatLayout.from_state(net.state_dict())
+    ref = _groups(layout, net.state_dict())
+    opt = OuterOptimizer(OuterConfig("nesterov", lr=2.0, momentum=0.99), layout)
+    for r in range(20):
+        base = layout.views({k: v.clone() for k, v in ref.items()})
+        shrunk = {k: v * 0.5 if "running_var" in k else v for k, v in base.items()}
+        opt.step(ref, [_groups(layout, _perturbed(shrunk, r))], [1])
+    var = layout.views(ref)["1.running_var"]
+    assert (var > 0).all()
+
+
+def test_state_dict_round_trip_continues_identically():
+    net = _net()
+    layout = FlatLayout.from_state(net.state_dict())
+    config = OuterConfig("nesterov", lr=0.7, momentum=0.9)
+    a_ref, b_ref = _groups(layout, net.state_dict()), _groups(layout, net.state_dict())
+    a = OuterOptimizer(config, layout)
+    assert a.state_dict() == {}
+    rounds = [[_groups(layout, _perturbed(net.state_dict(), s))] for s in range(4)]
+    for states in rounds[:2]:
+        a.step(a_ref, states, [1])
+        b_ref = {k: v.clone() for k, v in a_ref.items()}
+    saved = a.state_dict()
+    assert set(saved) == {"momentum.float32"} and saved["momentum.float32"].abs().sum() > 0
+    b = OuterOptimizer(config, layout)
+    b.load_state_dict(saved)
+    for states in rounds[2:]:
+        a.step(a_ref, states, [1])
+        b.step(b_ref, states, [1])
+    assert torch.equal(a_ref["float32"], b_ref["float32"])
+
+
+def test_bad_state_and_bad_config_are_named():
+    layout = FlatLayout.from_state(_net().state_dict())
+    with pytest.raises(ValueError, match="unknown outer optimizer state 'velocity'"):
+        OuterOptimizer(OuterConfig(), layout).load_state_dict({"velocity": torch.zeros(1)})
+    with pytest.raises(ValueError, match="must be one of"):
+        OuterConfig("adam")
+    with pytest.raises(ValueError, match="outer lr"):
+        OuterConfig("nesterov", lr=0)
+    with pytest.raises(ValueError, match="outer momentum"):
+        OuterConfig("nesterov", momentum=1.0)
