@@ -1,19 +1,21 @@
 """`python -m benchmarks`: the benchmark harness of ARCHITECTURE section 6.
 
-    python -m benchmarks                 # the reference workload, every row (~10 min)
-    python -m benchmarks --quick         # a cut of it (20k/5k samples, 3 epochs, goal 82%)
+    python -m benchmarks                 # both workloads, every row, seeds 0 1 2
+    python -m benchmarks --workloads mnist5k --seeds 0 --rows pytorch kubeml-defaults
+    python -m benchmarks --rows kubeml:k=16:outer=nesterov kubeml:k=-1   # study rows
     python -m benchmarks micro           # K-AVG round vs memcpy, cold start, CLI, overhead
-    python -m benchmarks all --quick     # both, in one run (< 5 min on an idle 2-core box)
+    python -m benchmarks all --quick     # a smoke test of both (a cut, one seed)
     python -m benchmarks profile         # py-spy profiles of kubeml's workers and server
 
-Options: --out FILE.json (default benchmarks/results/<command>-<time>.json), --rows KEY...,
---micro NAME..., --repeat N, --epochs, --goal, --seed. Run from the repository root.
+Options: --out FILE.json (default benchmarks/results/<command>-<time>.json), --workloads,
+--seeds, --rows KEY..., --micro NAME..., --epochs, --goal. Run from the repository root.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 import tempfile
 from datetime import datetime
@@ -29,6 +31,7 @@ def _echo(message: str) -> None:
 
 def _parse(argv: list[str]) -> argparse.Namespace:
     from benchmarks.micro import MICRO
+    from benchmarks.specs import SPECS
     from benchmarks.workload import ROWS
 
     parser = argparse.ArgumentParser(
@@ -41,7 +44,11 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     )
     parser.add_argument("--quick", action="store_true", help="a cut that runs in minutes")
     parser.add_argument("--out", type=Path, help="where to write the JSON results")
-    parser.add_argument("--rows", nargs="+", choices=list(ROWS), help="workload rows to run")
+    parser.add_argument(
+        "--rows", nargs="+", help=f"rows to run: {', '.join(ROWS)} or kubeml:k=..:outer=.."
+    )
+    parser.add_argument("--workloads", nargs="+", choices=list(SPECS), default=list(SPECS))
+    parser.add_argument("--seeds", nargs="+", type=int, help="default 0 1 2 (quick: 0)")
     parser.add_argument(
         "--micro",
         nargs="+",
@@ -49,76 +56,70 @@ def _parse(argv: list[str]) -> argparse.Namespace:
         default=list(MICRO),
         help="micro-benchmarks to run",
     )
-    parser.add_argument("--epochs", type=int, help="epoch cap (default 8; quick 3)")
-    parser.add_argument("--goal", type=float, help="goal accuracy %% (default 87; quick 82)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument(
-        "--repeat",
-        type=int,
-        default=1,
-        help="passes over the rows; the table shows each row's median pass",
-    )
+    parser.add_argument("--epochs", type=int, help="epoch cap (default: the workload's)")
+    parser.add_argument("--goal", type=float, help="goal accuracy %% (default: the workload's)")
     return parser.parse_args(argv)
 
 
-def _workload(args: argparse.Namespace, data_dir: Path) -> Workload:
-    from benchmarks.data import load_fashion_mnist
+def _workload(args: argparse.Namespace, name: str, data_dir: Path) -> Workload:
+    from dataclasses import replace
 
-    train, test = (20_000, 5_000) if args.quick else (None, None)
-    arrays = load_fashion_mnist(train, test)
-    arrays.save(data_dir)
-    return Workload(
-        data_dir=data_dir,
-        train_size=len(arrays.train_x),
-        test_size=len(arrays.test_x),
-        epochs=args.epochs or (3 if args.quick else 8),
-        goal_accuracy=args.goal or (82.0 if args.quick else 87.0),
-        seed=args.seed,
-        threads=min(2, os.cpu_count() or 1),
-    )
+    from benchmarks.specs import prepare
+
+    workload = prepare(name, data_dir, args.quick)
+    if args.epochs:
+        workload = replace(workload, epochs=args.epochs)
+    if args.goal:
+        workload = replace(workload, goal_accuracy=args.goal)
+    return workload
 
 
 def main(argv: list[str]) -> int:
     args = _parse(argv)
+    # `timeout` and kill send SIGTERM: exit through the finally blocks that stop servers.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     os.chdir(ROOT)  # worker processes import `benchmarks` from the working directory
-    from benchmarks.reference import check_function_matches
     from benchmarks.report import ratio_lines, workload_table, write_json
 
-    check_function_matches()
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     out = args.out or ROOT / "benchmarks" / "results" / f"{args.command}-{stamp}.json"
+    seeds = args.seeds or ([0] if args.quick else [0, 1, 2])
+    names = ["fashion"] if args.command in ("micro", "profile") else args.workloads
+    results: dict[str, dict[str, object]] = {}
     with tempfile.TemporaryDirectory(prefix="kubeml-bench-data-") as tmp:
-        workload = _workload(args, Path(tmp))
-        _echo(
-            f"workload: {workload.train_size}/{workload.test_size} samples, up to "
-            f"{workload.epochs} epochs, goal {workload.goal_accuracy}%, "
-            f"{workload.threads} threads in total; load average {os.getloadavg()}"
-        )
-        if args.command == "profile":
-            from benchmarks.profiling import profile
+        for name in names:
+            workload = _workload(args, name, Path(tmp) / name)
+            _echo(
+                f"workload {name}: {workload.train_size}/{workload.test_size} samples, up to "
+                f"{workload.epochs} epochs, goal {workload.goal_accuracy}%, seeds {seeds}, "
+                f"{workload.threads} threads in total; load average {os.getloadavg()}"
+            )
+            if args.command == "profile":
+                from benchmarks.profiling import profile
 
-            profile(workload, out.with_suffix(""), _echo)
-            return 0
-        rows, runs, ratios, micro = [], [], {}, None
-        if args.command in ("workload", "all"):
-            from benchmarks.workload import ROWS, ratios_of, representatives, run_rows
+                profile(workload, out.with_suffix(""), _echo)
+                return 0
+            entry: dict[str, object] = {"workload": workload}
+            if args.command in ("workload", "all"):
+                from benchmarks.rows_kubeml import close_servers
+                from benchmarks.workload import ROWS, ratios_of, run_rows, summarise
 
-            keys = args.rows or list(ROWS)
-            runs = run_rows(workload, keys, _echo, args.repeat)
-            rows = representatives(runs, keys)
-            ratios = ratios_of(rows, runs)
-        if args.command in ("micro", "all"):
-            from benchmarks.micro import run_micro
+                keys = args.rows or list(ROWS)
+                try:
+                    runs = run_rows(workload, keys, seeds, _echo)
+                finally:
+                    close_servers()
+                rows = summarise(runs, keys)
+                entry.update(runs=runs, rows=rows, ratios=ratios_of(rows))
+                _echo("\n" + workload_table(rows, workload))
+                _echo(ratio_lines(entry["ratios"]) + "\n")  # type: ignore[arg-type]
+            if args.command in ("micro", "all") and name == "fashion":
+                from benchmarks.micro import micro_lines, run_micro
 
-            micro = run_micro(workload, args.quick, args.micro, _echo)
-        write_json(out, workload, rows, runs, ratios, micro, args.quick)
-    if rows:
-        _echo("\n" + workload_table(rows, workload.goal_accuracy))
-        _echo("\n" + ratio_lines(ratios))
-    if micro is not None:
-        from benchmarks.micro import micro_lines
-
-        _echo("\n" + micro_lines(micro))
+                entry["micro"] = run_micro(workload, args.quick, args.micro, _echo)
+                _echo("\n" + micro_lines(entry["micro"]))  # type: ignore[arg-type]
+            results[name] = entry
+            write_json(out, results, args.quick)
     _echo(f"\nload average at the end {os.getloadavg()}; results written to {out}")
     return 0
 

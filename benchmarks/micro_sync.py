@@ -107,6 +107,7 @@ def breakdown_s(reps: int) -> dict[str, float]:
     import torch
 
     from kubeml.control.merge import weighted_average_into
+    from kubeml.control.outer import OuterConfig, OuterOptimizer
     from kubeml.stores.models import LocalModelStore
 
     probe = _probe_module()
@@ -118,10 +119,12 @@ def breakdown_s(reps: int) -> dict[str, float]:
     phases: dict[str, list[float]] = {
         "publish (one function)": [],
         "merge": [],
+        "merge + Nesterov outer step": [],
         "load reference (one function)": [],
     }
     try:
         store.write_reference(task, states[0])
+        outer = OuterOptimizer(OuterConfig("nesterov", 0.7, 0.9), store.layout(task))
         for _ in range(reps + 1):  # the first round touches fresh shared memory; dropped
             torch.set_num_threads(1)  # a function at N=2 on 2 cores has one thread
             t0 = time.perf_counter()
@@ -133,6 +136,9 @@ def breakdown_s(reps: int) -> dict[str, float]:
             groups = [store.published_groups(task, i, None) for i in (0, 1)]
             weighted_average_into(store.reference_groups(task), groups, [64, 64])
             t3 = time.perf_counter()
+            outer.step(store.reference_groups(task), groups, [64, 64])
+            t3b = time.perf_counter()
+            phases["merge + Nesterov outer step"].append(t3b - t3)
             torch.set_num_threads(1)
             t4 = time.perf_counter()
             store.load_reference_into(task, states[0])

@@ -1,18 +1,23 @@
-"""The reference workload shared by every row: LeNet-5, its init, data normalisation, loop.
+"""What every row of a workload trains: the network, data maths and optimizer of its function file.
 
-The kubeml rows deploy `examples/lenet_fashion.py`; `check_function_matches` proves at the
-start of a run that it builds the same network, initialises it the same way and normalises
-the data the same way as the baselines below, so every row trains the same thing.
+The kubeml rows deploy a function file (`benchmarks/functions/`); the baselines load the
+same file and take from it the network class (its `nn.Module`), the per-batch data maths
+(its `KubeDataset.__getitem__`) and the optimizer (its `KubeModel.configure_optimizers`),
+so every row trains the same thing by construction. The network is built right after
+`torch.manual_seed(seed)`, as kubeml's init invocation does, so the same seed gives the
+same initial weights everywhere (PyTorch's default init: the files do not re-initialise).
 """
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import numpy as np
 import torch
@@ -20,67 +25,81 @@ import torch.nn.functional as F
 from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]
-FUNCTION_FILE = ROOT / "examples" / "lenet_fashion.py"
-MEAN, STD = 0.2860, 0.3530  # of the Fashion-MNIST training images
-MOMENTUM, WEIGHT_DECAY = 0.9, 1e-4
+FUNCTIONS = ROOT / "benchmarks" / "functions"
+FUNCTION_FILE = FUNCTIONS / "lenet_fashion_default.py"  # the reference workload's function
 
 
-class LeNet(nn.Module):
-    """LeNet-5 for 28x28 grey images (padding 2 on the first convolution)."""
+@dataclass(frozen=True)
+class FunctionParts:
+    """The classes of one function file."""
 
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(1, 6, 5, padding=2)
-        self.conv2 = nn.Conv2d(6, 16, 5)
-        self.fc1 = nn.Linear(16 * 5 * 5, 120)
-        self.fc2 = nn.Linear(120, 84)
-        self.fc3 = nn.Linear(84, 10)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.max_pool2d(F.relu(self.conv1(x)), 2)
-        x = F.max_pool2d(F.relu(self.conv2(x)), 2)
-        x = torch.flatten(x, 1)
-        x = F.relu(self.fc1(x))
-        x = F.relu(self.fc2(x))
-        return self.fc3(x)
+    network: type[nn.Module]
+    dataset: type[Any]  # a KubeDataset subclass
+    model: type[Any]  # a KubeModel subclass
 
 
-def init_weights(module: nn.Module) -> None:
-    """Xavier-uniform weights, biases 0.01 (what the kubeml function's `init` does)."""
-    if isinstance(module, nn.Conv2d | nn.Linear):
-        nn.init.xavier_uniform_(module.weight)
-        if module.bias is not None:
-            nn.init.constant_(module.bias, 0.01)
+@functools.cache
+def load_function(path: str | Path | None = None) -> FunctionParts:
+    """The network, dataset and model classes a function file defines (one of each)."""
+    from kubeml import KubeDataset, KubeModel
+
+    path = Path(path or FUNCTION_FILE)
+    path = path if path.is_absolute() else ROOT / path
+    spec = importlib.util.spec_from_file_location(f"_bench_{path.stem}", path)
+    assert spec is not None and spec.loader is not None
+    module: ModuleType = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    found: dict[type, list[type]] = {nn.Module: [], KubeDataset: [], KubeModel: []}
+    for value in vars(module).values():
+        if isinstance(value, type) and value.__module__ == module.__name__:
+            for base in found:
+                if issubclass(value, base):
+                    found[base].append(value)
+    for base, classes in found.items():
+        if len(classes) != 1:
+            raise SystemExit(f"{path}: expected one {base.__name__} subclass, found {classes}")
+    return FunctionParts(found[nn.Module][0], found[KubeDataset][0], found[KubeModel][0])
 
 
-def build_model(seed: int) -> LeNet:
+def build_model(seed: int, function_file: str | Path | None = None) -> nn.Module:
     torch.manual_seed(seed)
-    model = LeNet()
-    model.apply(init_weights)
-    return model
+    return load_function(function_file).network()
 
 
-def make_optimizer(model: nn.Module, lr: float) -> torch.optim.SGD:
-    return torch.optim.SGD(model.parameters(), lr=lr, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
+def make_optimizer(
+    model: nn.Module, lr: float, function_file: str | Path | None = None
+) -> torch.optim.Optimizer:
+    """The function's own `configure_optimizers`, run outside kubeml."""
+    return load_function(function_file).model.configure_optimizers(_Params(model, lr))
 
 
-def normalise(images: np.ndarray) -> np.ndarray:
-    """uint8 images (B, 28, 28) -> float32 (B, 1, 28, 28), the function's `__getitem__` maths."""
-    x = (images.astype(np.float32) / 255.0 - MEAN) / STD
-    return x[..., None, :, :]
+class _Params:
+    """Just enough of a KubeModel for `configure_optimizers` to run outside kubeml."""
+
+    def __init__(self, model: nn.Module, lr: float) -> None:
+        self._model, self.lr = model, lr
+
+    def parameters(self) -> Any:
+        return self._model.parameters()
 
 
 @dataclass
 class Split:
-    """One split as uint8 images and int64 labels (normalised per batch, like the function)."""
+    """One split as stored (uint8 images, int labels), turned into batches by the
+    function's own `__getitem__`, as kubeml's functions do."""
 
     x: np.ndarray
     y: np.ndarray
+    function_file: str | Path | None = None
+
+    def __post_init__(self) -> None:
+        dataset_cls = load_function(self.function_file).dataset
+        self._dataset = dataset_cls.__new__(dataset_cls)  # no kubeml context: set the arrays
+        self._dataset.data, self._dataset.labels = self.x, self.y
 
     def batch(self, index: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        return torch.from_numpy(normalise(self.x[index])), torch.from_numpy(
-            self.y[index].astype(np.int64)
-        )
+        x, y = self._dataset[index]
+        return torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(np.asarray(y))
 
     def __len__(self) -> int:
         return len(self.x)
@@ -138,50 +157,3 @@ def even_slice(n: int, parts: int, index: int) -> tuple[int, int]:
 def now() -> float:
     """Wall-clock seconds, comparable across processes and with kubeml's log timestamps."""
     return time.time()
-
-
-def _load_function_module() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("_bench_lenet_function", FUNCTION_FILE)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def check_function_matches() -> None:
-    """Fail unless the deployed function file trains exactly the baselines' workload."""
-    fn = _load_function_module()
-    if (fn.MEAN, fn.STD) != (MEAN, STD):
-        raise SystemExit(f"{FUNCTION_FILE}: normalisation differs from benchmarks/reference.py")
-    ours = build_model(seed=0)
-    torch.manual_seed(0)
-    theirs = fn.LeNet()
-    fn.KubeLeNet.init(None, theirs)  # the hook uses no instance state
-    a, b = ours.state_dict(), theirs.state_dict()
-    if a.keys() != b.keys() or any(not torch.equal(a[k], b[k]) for k in a):
-        raise SystemExit(f"{FUNCTION_FILE}: network or init differs from benchmarks/reference.py")
-    x = torch.randn(3, 1, 28, 28)
-    if not torch.equal(ours(x), theirs(x)):
-        raise SystemExit(f"{FUNCTION_FILE}: forward pass differs from benchmarks/reference.py")
-    images = np.arange(2 * 28 * 28, dtype=np.uint8).reshape(2, 28, 28)
-    probe = fn.FashionDataset.__new__(fn.FashionDataset)
-    probe.data, probe.labels = images, np.array([1, 2])
-    if not np.array_equal(probe[np.arange(2)][0], normalise(images)):
-        raise SystemExit(f"{FUNCTION_FILE}: data normalisation differs")
-    params = ours.parameters()
-    optimizer = fn.KubeLeNet.configure_optimizers(_Params(params))
-    group = optimizer.param_groups[0]
-    if (group["momentum"], group["weight_decay"]) != (MOMENTUM, WEIGHT_DECAY):
-        raise SystemExit(f"{FUNCTION_FILE}: optimizer differs (momentum, weight decay)")
-
-
-class _Params:
-    """Just enough of a KubeModel for `configure_optimizers` to run outside kubeml."""
-
-    lr = 0.01
-
-    def __init__(self, params: object) -> None:
-        self._params = params
-
-    def parameters(self) -> object:
-        return self._params

@@ -10,70 +10,66 @@ from collections.abc import Sequence
 from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from benchmarks.records import RowResult, Workload
+from benchmarks.records import Workload
+
+if TYPE_CHECKING:
+    from benchmarks.workload import RowSummary
 
 
 def _fmt(value: float | None, spec: str = ".1f") -> str:
     return "-" if value is None else format(value, spec)
 
 
-def workload_table(rows: Sequence[RowResult], goal: float) -> str:
+def workload_table(rows: Sequence[RowSummary], workload: Workload) -> str:
+    goal = workload.goal_accuracy
     head = (
-        f"{'row':<26} {'N':>2} {'K':>4} {'start-up s':>10} {f'to {goal:g}% s':>9} "
-        f"{'wall to goal s':>14} {'epochs':>6} {'med samples/s':>13} {'final acc %':>11} "
-        f"{'load':>9}"
+        f"{'row':<58} {'N':>2} {'K':>4} {f'to {goal:g}% s':>9} {'train s':>7} {'epochs':>6} "
+        f"{'samples/s':>9}  per seed (s)"
     )
-    lines = [head, "-" * len(head)]
+    lines = [f"{workload.name} (medians over seeds)", head, "-" * len(head)]
     for r in rows:
         if r.skipped:
-            lines.append(f"{r.name:<26} skipped: {r.skipped}")
+            lines.append(f"{r.name:<58} skipped: {r.skipped}")
             continue
-        k = "-" if r.k is None else str(r.k)
-        lines.append(
-            f"{r.name:<26} {r.parallelism:>2} {k:>4} {r.startup_s:>10.1f} "
-            f"{_fmt(r.time_to_goal_s):>9} {_fmt(r.wall_to_goal_s):>14} {len(r.epochs):>6} "
-            f"{_fmt(r.median_samples_per_s, '.0f'):>13} {_fmt(r.final_accuracy, '.2f'):>11} "
-            f"{r.load_average[0]:>4.1f}>{r.load_average[1]:<4.1f}"
+        first = next(run for run in r.runs if not run.skipped)
+        k = "-" if first.k is None else str(first.k)
+        seeds = " ".join(
+            "x" if run.skipped else _fmt(run.user_time_to_goal_s) if run.goal_epoch else "miss"
+            for run in r.runs
         )
-    lines.append("(load: the machine's 1-minute load average at the row's start > end; 2 cores)")
+        lines.append(
+            f"{r.key[:58]:<58} {first.parallelism:>2} {k:>4} {_fmt(r.user_time_s):>9} "
+            f"{_fmt(r.time_to_goal_s):>7} {_fmt(r.goal_epochs, '.1f'):>6} "
+            f"{_fmt(r.samples_per_s, '.0f'):>9}  {seeds}"
+        )
+    lines.append(
+        "(to goal: kubeml from the submit to a running server, peers from process start; "
+        "train: from the start of training)"
+    )
     return "\n".join(lines)
 
 
 def ratio_lines(ratios: dict[str, Any]) -> str:
     lines = []
-    overhead = ratios.get("framework_overhead")
-    if overhead:
-        lines.append(
-            f"framework overhead: {overhead['value']:.3f} (target {overhead['target']}; "
-            f"{overhead['how']})"
-        )
-    for label in ("time_to_goal", "wall_to_goal"):
-        cmp = ratios.get(f"{label}_best_kubeml_vs_best_other")
+    for label in ("user_time_to_goal", "training_time"):
+        cmp = ratios.get(f"{label}_best_kubeml_vs_best_peer")
         if cmp:
-            verdict = "kubeml is fastest" if cmp["kubeml_fastest"] else "kubeml is NOT fastest"
             lines.append(
                 f"{label.replace('_', ' ')}: best kubeml {cmp['kubeml']} {cmp['kubeml_s']:.1f} s "
-                f"vs "
-                f"best other {cmp['other']} {cmp['other_s']:.1f} s -> ratio {cmp['ratio']:.2f} "
-                f"({verdict})"
+                f"/ best peer {cmp['peer']} {cmp['peer_s']:.1f} s = {cmp['ratio']:.2f} "
+                f"(target {cmp['target']})"
             )
     ranking = ratios.get("time_to_goal_ranking")
     if ranking:
         order = ", ".join(
-            f"{i + 1}. {r['key']} {r['time_to_goal_s']:.1f}s" for i, r in enumerate(ranking)
+            f"{i + 1}. {r['key']} {r['median_user_time_to_goal_s']:.1f}s"
+            for i, r in enumerate(ranking)
         )
-        lines.append(f"ranking by time to goal: {order}")
+        lines.append(f"ranking by median time to goal: {order}")
     if ratios.get("not_reaching_goal"):
-        lines.append(f"did not reach the goal: {', '.join(ratios['not_reaching_goal'])}")
-    opt = ratios.get("optimizer_state_n2_k8")
-    if opt:
-        parts = [
-            f"{state}: {_fmt(v['time_to_goal_s'])} s (goal at epoch {v['goal_epoch']})"
-            for state, v in opt.items()
-        ]
-        lines.append(f"optimizer_state at N=2 K=8, time to goal: {'; '.join(parts)}")
+        lines.append(f"median missed the goal: {', '.join(ratios['not_reaching_goal'])}")
     return "\n".join(lines)
 
 
@@ -114,24 +110,22 @@ def _read(path: str) -> str:
         return ""
 
 
-def write_json(
-    path: Path,
-    workload: Workload | None,
-    rows: Sequence[RowResult],
-    runs: Sequence[RowResult],
-    ratios: dict[str, Any],
-    micro: dict[str, Any] | None,
-    quick: bool,
-) -> None:
+def write_json(path: Path, results: dict[str, dict[str, Any]], quick: bool) -> None:
+    """Every workload's rows (medians), every run, the ratios and the micro-benchmarks."""
     doc: dict[str, Any] = {
         "written_at": datetime.now(timezone.utc).isoformat(),
         "quick": quick,
         "machine": machine(),
-        "workload": {**asdict(workload), "data_dir": str(workload.data_dir)} if workload else None,
-        "rows": [r.summary() for r in rows],
-        "all_passes": [r.summary() for r in runs],
-        "ratios": ratios,
-        "micro": micro,
+        "workloads": {},
     }
+    for name, entry in results.items():
+        workload = entry["workload"]
+        doc["workloads"][name] = {
+            "workload": {**asdict(workload), "data_dir": str(workload.data_dir)},
+            "rows": [r.to_json() for r in entry.get("rows", [])],
+            "all_runs": [r.summary() for r in entry.get("runs", [])],
+            "ratios": entry.get("ratios", {}),
+            "micro": entry.get("micro"),
+        }
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(doc, indent=2, default=str))

@@ -32,8 +32,8 @@ def _train_loop(config: dict[str, Any]) -> None:
     torch.set_num_threads(max(1, workload.threads // dist.get_world_size()))
     context = get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
-    model = prepare_model(build_model(workload.seed))
-    optimizer = make_optimizer(model, workload.lr)
+    model = prepare_model(build_model(workload.seed, workload.function_file))
+    optimizer = make_optimizer(model, workload.lr, workload.function_file)
     started, logs = distributed_epochs(model, optimizer, workload, rank, world)
     if rank == 0:
         Path(config["out"]).write_text(

@@ -1,9 +1,10 @@
 """Baseline rows without kubeml: a plain loop, torch DDP, and DDP with PyTorch's local SGD.
 
 Every row runs in freshly spawned processes (nothing inherited from the harness), loads
-the same `.npy` files, and trains `reference.LeNet` with the same optimizer, batch size,
-normalisation and per-epoch shuffling as the kubeml function. Distributed rows split each
-epoch's permutation into contiguous halves (one per rank) and each rank scores a slice of
+the same `.npy` files, and trains the network of the workload's function file with that
+file's optimizer and normalisation, the same batch size and the same per-epoch shuffling
+as the kubeml function (see `benchmarks.reference`). Distributed rows split each epoch's
+permutation into contiguous halves (one per rank) and each rank scores a slice of
 the test set, as kubeml's N functions do.
 """
 
@@ -52,7 +53,8 @@ def distributed_epochs(
     from benchmarks.data import Arrays
 
     arrays = Arrays.load(workload.data_dir)
-    train, test = Split(arrays.train_x, arrays.train_y), Split(arrays.test_x, arrays.test_y)
+    fn = workload.function_file
+    train, test = Split(arrays.train_x, arrays.train_y, fn), Split(arrays.test_x, arrays.test_y, fn)
     network = getattr(model, "module", model)
     dist.barrier()
     started = now()
@@ -89,16 +91,17 @@ def distributed_epochs(
     return started, logs
 
 
-def _plain_main(workload: Workload, queue: Any) -> None:
+def _plain_main(workload: Workload, threads: int, queue: Any) -> None:
     import torch
 
     from benchmarks.data import Arrays
 
-    torch.set_num_threads(workload.threads)
+    torch.set_num_threads(threads)
     arrays = Arrays.load(workload.data_dir)
-    train, test = Split(arrays.train_x, arrays.train_y), Split(arrays.test_x, arrays.test_y)
-    model = build_model(workload.seed)
-    optimizer = make_optimizer(model, workload.lr)
+    fn = workload.function_file
+    train, test = Split(arrays.train_x, arrays.train_y, fn), Split(arrays.test_x, arrays.test_y, fn)
+    model = build_model(workload.seed, workload.function_file)
+    optimizer = make_optimizer(model, workload.lr, workload.function_file)
     started = now()
     logs = []
     for epoch in range(workload.epochs):
@@ -127,8 +130,8 @@ def _ddp_main(
         "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world
     )
     try:
-        model = DistributedDataParallel(build_model(workload.seed))
-        optimizer = make_optimizer(model, workload.lr)
+        model = DistributedDataParallel(build_model(workload.seed, workload.function_file))
+        optimizer = make_optimizer(model, workload.lr, workload.function_file)
         after_step = before_eval = None
         if k is not None:
             after_step, before_eval = _local_sgd(model, k)
@@ -210,16 +213,18 @@ def _collect(processes: list[Any], queue: Any) -> tuple[float, list[EpochLog], s
     return started, logs, note
 
 
-def run_plain(workload: Workload) -> RowResult:
-    """A plain PyTorch loop in one process with all the threads."""
+def run_plain(workload: Workload, threads: int | None = None) -> RowResult:
+    """A plain PyTorch loop in one process, with all the threads (torch's default here)
+    or `threads` (1 is far faster on a busy machine: no OpenMP barrier per operator)."""
+    threads = threads or workload.threads
     ctx = mp.get_context("spawn")
     row_start = now()
     queue = ctx.Queue()
-    process = ctx.Process(target=_plain_main, args=(workload, queue))
+    process = ctx.Process(target=_plain_main, args=(workload, threads, queue))
     process.start()
     started, logs, note = _collect([process], queue)
     return RowResult(
-        name=f"pytorch loop ({workload.threads} threads)",
+        name=f"pytorch loop ({threads} thread{'s' if threads > 1 else ''})",
         framework="pytorch",
         parallelism=1,
         startup_s=started - row_start,
