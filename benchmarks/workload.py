@@ -25,7 +25,7 @@ RowRunner = Callable[[Workload], RowResult]
 # (docs/performance.md, "Defaults chosen by measurement").
 TUNED: dict[str, str] = {
     "fashion": "kubeml:k=16:outer=nesterov:olr=0.7:om=0.9:n=2:policy=static",
-    "mnist5k": "kubeml:k=16:outer=nesterov:olr=0.7:om=0.9:n=2:policy=static",
+    "mnist5k": "kubeml:k=8:outer=nesterov:olr=1.0:om=0.8:n=2:policy=static",
 }
 _FIELDS = {
     "k": ("k", int),

@@ -46,8 +46,11 @@ def train(
         bool, typer.Option("--static", help="keep N fixed instead of tuning it by throughput")
     ] = False,
     k: Annotated[
-        int, typer.Option("--K", help="local steps between model averages; -1 = once per epoch")
-    ] = -1,
+        int | None,
+        typer.Option(
+            "--K", help="local steps between model averages; -1 = once per epoch [default: 8]"
+        ),
+    ] = None,
     sparse_avg: Annotated[
         bool, typer.Option("--sparse-avg", help="average once per epoch (same as --K -1)")
     ] = False,
@@ -72,14 +75,16 @@ def train(
         typer.Option(
             "--outer-optimizer",
             help="how a round's average moves the model: plain average (2021) or a Nesterov "
-            "outer step on the averaged change [default: the server's]",
+            "outer step on the averaged change [default: nesterov]",
         ),
     ] = None,
     outer_lr: Annotated[
-        float | None, typer.Option("--outer-lr", help="outer step size, (0, 2] (nesterov)")
+        float | None,
+        typer.Option("--outer-lr", help="outer step size, (0, 2] (nesterov) [default: 0.7]"),
     ] = None,
     outer_momentum: Annotated[
-        float | None, typer.Option("--outer-momentum", help="outer momentum, [0, 1) (nesterov)")
+        float | None,
+        typer.Option("--outer-momentum", help="outer momentum, [0, 1) (nesterov) [default: 0.9]"),
     ] = None,
     lr_scaling: Annotated[
         Literal["none", "linear", "sqrt"] | None,
@@ -96,16 +101,18 @@ def train(
     ] = False,
 ) -> None:
     """Start a train task and print its id."""
-    if sparse_avg and k != -1:
+    if sparse_avg and k not in (None, -1):
         raise typer.BadParameter(f"--sparse-avg means --K -1; drop one of them (got --K {k})")
+    if sparse_avg:
+        k = -1
     fields: dict[str, Any] = {
         "function": function, "dataset": dataset, "epochs": epochs, "batch_size": batch,
-        "lr": lr, "parallelism": parallelism, "static": static, "k": k,
+        "lr": lr, "parallelism": parallelism, "static": static,
         "validate_every": validate_every, "goal_accuracy": goal_accuracy,
         "optimizer_state": optimizer_state,
     }  # fmt: skip
     optional = {
-        "seed": seed, "outer_optimizer": outer_optimizer, "outer_lr": outer_lr,
+        "seed": seed, "k": k, "outer_optimizer": outer_optimizer, "outer_lr": outer_lr,
         "outer_momentum": outer_momentum, "lr_scaling": lr_scaling, "policy": policy,
     }  # fmt: skip
     fields.update({name: value for name, value in optional.items() if value is not None})
