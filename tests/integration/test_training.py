@@ -24,6 +24,9 @@ def test_seed_lenet_learns_mnist_with_two_functions_and_k_8(make_engine, mnist_5
         lr=0.02,
         validate_every=1,
         static=True,
+        # The seed's 2021 protocol. The Nesterov default overshoots on this example
+        # (lr 0.02, 4 rounds an epoch): 89.0% after 3 epochs vs 93.8% (docs/performance.md).
+        outer_optimizer="average",
     )
     info = engine.wait(task_id, timeout_s=240)
     assert info.state is TaskState.SUCCEEDED, info.traceback

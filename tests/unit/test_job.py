@@ -120,7 +120,10 @@ def _job(stores, script, *, parallelism=2, timeout_s=30.0, accuracy=50.0, **requ
 
 def test_rounds_merge_by_samples_and_the_final_model_persists(stores):
     job, recorder, _ = _job(
-        stores, lambda epoch, f: [(1.0, 10), (4.0, 30)] if f == 0 else [(3.0, 10), (8.0, 10)], k=1
+        stores,
+        lambda epoch, f: [(1.0, 10), (4.0, 30)] if f == 0 else [(3.0, 10), (8.0, 10)],
+        k=1,
+        outer_optimizer="average",  # the plain sample-weighted mean (the outer step: test_outer)
     )
     outcome = job.run()
     assert outcome.state is TaskState.SUCCEEDED, outcome.error
