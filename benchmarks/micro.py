@@ -8,13 +8,14 @@ from typing import Any
 
 from benchmarks.records import Workload
 
-MICRO = ("sync", "cold-start", "cli", "overhead", "upload")
+MICRO = ("sync", "cold-start", "cli", "overhead", "upload", "serve")
 
 
 def run_micro(
     workload: Workload, quick: bool, only: Sequence[str], echo: Callable[[str], None]
 ) -> dict[str, Any]:
     from benchmarks.micro_overhead import framework_overhead
+    from benchmarks.micro_serve import serve_latency
     from benchmarks.micro_start import cli_start, cold_start
     from benchmarks.micro_sync import sync_round
     from benchmarks.micro_upload import upload_memory
@@ -25,6 +26,7 @@ def run_micro(
         "cli": lambda: cli_start(quick),
         "overhead": lambda: framework_overhead(workload, quick),
         "upload": lambda: upload_memory(quick),
+        "serve": lambda: serve_latency(quick),
     }
     out: dict[str, Any] = {}
     for name in only:
@@ -84,6 +86,10 @@ def micro_lines(micro: dict[str, Any]) -> str:
         from benchmarks.micro_upload import upload_line
 
         lines.append(upload_line(micro["upload"]))
+    if "p50_s" in micro.get("serve", {}):
+        from benchmarks.micro_serve import serve_line
+
+        lines.append(serve_line(micro["serve"]))
     for name, value in micro.items():
         if isinstance(value, dict) and value.get("skipped") and name != "cli":
             lines.append(f"{name}: skipped: {value['skipped']}")
