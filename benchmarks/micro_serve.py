@@ -8,17 +8,23 @@ Fashion-MNIST; then `calls` sequential `POST /tasks/{id}/infer` requests with `s
 test images each go through one keep-alive httpx client. The first calls (the cold start
 of the serving path) are timed apart; the figures are the p50 and p99 of the rest, and
 their ratios to the targets (p50 <= 5 ms, p99 <= 15 ms; a ratio <= 1 meets it).
+`--baseline DIR` serves another checkout (e.g. `git worktree add DIR main`) from a second
+server and alternates the calls between the two, so a before/after ratio is measured
+under one load.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import socket
 import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -62,35 +68,33 @@ def _trained_task(client: Any) -> tuple[str, list[Any]]:
     return task_id, arrays.test_x.tolist()
 
 
-def serve_latency(quick: bool = False, calls: int = 300, samples: int = 10) -> dict[str, Any]:
-    """p50/p99 of warm REST inference calls on a freshly trained task."""
-    import httpx
-
-    from kubeml.client import Client, ensure_server, stop_server
+@contextmanager
+def _server(workdir: Path, source: Path | None) -> Iterator[str]:
+    """A server on a free port and a fresh home; `source`: run that checkout's src/ instead."""
+    from kubeml.client import ensure_server, stop_server
     from kubeml.settings import Settings
 
-    calls = min(calls, 100) if quick else calls
-    home = Path(tempfile.mkdtemp(prefix="kubeml-bench-serve-"))
     settings = Settings(
-        home=home / "home", host="127.0.0.1", port=_free_port(), backend="process",
-        capacity=2, shm_dir=home / "shm", api_token=None, url=None,
+        home=workdir / "home", host="127.0.0.1", port=_free_port(), backend="process",
+        capacity=2, shm_dir=workdir / "shm", api_token=None, url=None,
     )  # fmt: skip
+    saved = os.environ.get("PYTHONPATH")
     try:
-        url = ensure_server(settings, quiet=True)
-        with Client(url, token="") as client:
-            task_id, images = _trained_task(client)
-        body = {"data": images[:samples]}
-        latencies: list[float] = []
-        with httpx.Client(base_url=url, trust_env=False, timeout=30.0) as http:
-            for _ in range(_WARM_CALLS + calls):
-                started = time.perf_counter()
-                response = http.post(f"/tasks/{task_id}/infer", json=body)
-                latencies.append(time.perf_counter() - started)
-                if response.status_code != 200 or len(response.json()["predictions"]) != samples:
-                    raise RuntimeError(f"infer answered {response.status_code}: {response.text}")
+        if source is not None:  # the server and its workers import the other checkout
+            os.environ["PYTHONPATH"] = str(source / "src")
+        try:
+            url = ensure_server(settings, quiet=True)
+        finally:
+            if source is not None:
+                os.environ.pop("PYTHONPATH", None)
+                if saved is not None:
+                    os.environ["PYTHONPATH"] = saved
+        yield url
     finally:
         stop_server(settings, timeout_s=30)
-        shutil.rmtree(home, ignore_errors=True)
+
+
+def _figures(latencies: list[float], calls: int, samples: int) -> dict[str, Any]:
     cold, warm = latencies[:_WARM_CALLS], sorted(latencies[_WARM_CALLS:])
     p50, p99 = _percentile(warm, 50), _percentile(warm, 99)
     return {
@@ -104,28 +108,99 @@ def serve_latency(quick: bool = False, calls: int = 300, samples: int = 10) -> d
         "mean_s": statistics.fmean(warm),
         "p50_ratio": p50 / TARGET_P50_S,
         "p99_ratio": p99 / TARGET_P99_S,
-        "target": f"p50 <= {TARGET_P50_S * 1e3:g} ms, p99 <= {TARGET_P99_S * 1e3:g} ms",
-        "how": f"{calls} sequential REST calls after {_WARM_CALLS} untimed ones, one "
-        "keep-alive httpx client, server in a subprocess (process backend)",
     }
 
 
-def serve_line(result: dict[str, Any]) -> str:
+def serve_latency(
+    quick: bool = False, calls: int = 300, samples: int = 10, baseline: Path | None = None
+) -> dict[str, Any]:
+    """p50/p99 of warm REST inference calls on a freshly trained task.
+
+    With `baseline` (another checkout of kubeml), a second server runs that code and the
+    calls alternate between the two, so both see the same load on a shared machine.
+    """
+    import httpx
+
+    from kubeml.client import Client
+
+    calls = min(calls, 100) if quick else calls
+    variants = {"this tree": None} | ({"baseline": baseline} if baseline else {})
+    workdir = Path(tempfile.mkdtemp(prefix="kubeml-bench-serve-"))
+    latencies: dict[str, list[float]] = {name: [] for name in variants}
+    try:
+        with ExitStack() as stack:
+            targets = {}
+            for index, (name, source) in enumerate(variants.items()):
+                url = stack.enter_context(_server(workdir / str(index), source))
+                with Client(url, token="") as client:
+                    task_id, images = _trained_task(client)
+                http = stack.enter_context(
+                    httpx.Client(base_url=url, trust_env=False, timeout=30.0)
+                )
+                targets[name] = (http, f"/tasks/{task_id}/infer")
+            body = {"data": images[:samples]}
+            for _ in range(_WARM_CALLS + calls):
+                for name, (http, path) in targets.items():
+                    started = time.perf_counter()
+                    response = http.post(path, json=body)
+                    latencies[name].append(time.perf_counter() - started)
+                    if (
+                        response.status_code != 200
+                        or len(response.json()["predictions"]) != samples
+                    ):
+                        raise RuntimeError(
+                            f"infer answered {response.status_code}: {response.text}"
+                        )
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    result = _figures(latencies["this tree"], calls, samples)
+    result |= {
+        "target": f"p50 <= {TARGET_P50_S * 1e3:g} ms, p99 <= {TARGET_P99_S * 1e3:g} ms",
+        "how": f"{calls} sequential REST calls after {_WARM_CALLS} untimed ones, one "
+        "keep-alive httpx client per server, each server in a subprocess (process backend)",
+    }
+    if baseline:
+        base = _figures(latencies["baseline"], calls, samples)
+        result |= {
+            "baseline": {**base, "source": str(baseline)},
+            "p50_vs_baseline": result["p50_s"] / base["p50_s"],
+            "p99_vs_baseline": result["p99_s"] / base["p99_s"],
+        }
+    return result
+
+
+def _figures_line(figures: dict[str, Any]) -> str:
     return (
-        f"serving ({result['samples_per_call']} samples, {result['calls']} warm REST calls): "
-        f"p50 {result['p50_s'] * 1e3:.2f} ms (ratio {result['p50_ratio']:.2f}), "
-        f"p99 {result['p99_s'] * 1e3:.2f} ms (ratio {result['p99_ratio']:.2f}), "
-        f"max {result['max_s'] * 1e3:.1f} ms, first call {result['first_call_s'] * 1e3:.0f} ms "
-        f"(target {result['target']})"
+        f"p50 {figures['p50_s'] * 1e3:.2f} ms (ratio {figures['p50_ratio']:.2f}), "
+        f"p99 {figures['p99_s'] * 1e3:.2f} ms (ratio {figures['p99_ratio']:.2f}), "
+        f"max {figures['max_s'] * 1e3:.1f} ms, first call {figures['first_call_s'] * 1e3:.0f} ms"
     )
+
+
+def serve_line(result: dict[str, Any]) -> str:
+    line = (
+        f"serving ({result['samples_per_call']} samples, {result['calls']} warm REST calls): "
+        f"{_figures_line(result)} (target {result['target']})"
+    )
+    if "baseline" in result:
+        line += (
+            f"; interleaved with {result['baseline']['source']}: "
+            f"{_figures_line(result['baseline'])}; this/baseline p50 "
+            f"{result['p50_vs_baseline']:.2f}, p99 {result['p99_vs_baseline']:.2f}"
+        )
+    return line
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--calls", type=int, default=300)
     parser.add_argument("--samples", type=int, default=10)
+    parser.add_argument(
+        "--baseline", type=Path, help="another kubeml checkout to serve alongside, interleaved"
+    )
     args = parser.parse_args()
-    print(serve_line(serve_latency(calls=args.calls, samples=args.samples)))
+    baseline = args.baseline.resolve() if args.baseline else None
+    print(serve_line(serve_latency(calls=args.calls, samples=args.samples, baseline=baseline)))
 
 
 if __name__ == "__main__":

@@ -10,6 +10,8 @@ validation). The ray backend runs on a local Ray started for the run (`--nodes 0
 node, like `kubeml server start --backend ray` without an address) or on a local
 `ray.cluster_utils.Cluster` of `--nodes` 1-CPU worker nodes, where the functions run on
 different nodes and every weight and shard crosses the object store between nodes.
+With `--repeats` > 1 the backends alternate (ABBA) and the median of the per-pair ratios
+is printed too: on a shared machine, load drifts between runs.
 
 `--merge` also times where the merge should run (docs/cluster.md): one round's
 parameter-server step for N=2 published LeNet-5 and ResNet-18-sized weight buffers, in
@@ -225,6 +227,13 @@ def _print_backends(runs: dict[str, list[dict[str, Any]]], epochs: int) -> None:
             f"({results[0]['rounds']} rounds/epoch)"
         )
     print(f"epoch throughput ratio ray/process: {throughput['ray'] / throughput['process']:.3f}")
+    if len(runs["ray"]) > 1:  # each pair ran back to back: robust to load that drifts between
+        pairs = [
+            statistics.mean(r["samples_per_s"]) / statistics.mean(p["samples_per_s"])
+            for p, r in zip(runs["process"], runs["ray"], strict=True)
+        ]
+        figures = ", ".join(f"{r:.3f}" for r in pairs)
+        print(f"per-pair ratios ray/process: {figures}; median {statistics.median(pairs):.3f}")
 
 
 def main() -> None:
