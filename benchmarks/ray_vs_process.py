@@ -1,6 +1,7 @@
 """The reference workload on the ray backend vs the process backend, in one run.
 
     python -m benchmarks.ray_vs_process [--epochs 2] [--nodes 0] [--repeats 1] [--merge]
+        [--bare-rounds]
 
 LeNet-5 (`examples/lenet_fashion.py`) on Fashion-MNIST, N=2, K=8, batch 64, through the
 real engine. Each backend gets a fresh engine, its two workers warmed by a throw-away task
@@ -12,6 +13,9 @@ node, like `kubeml server start --backend ray` without an address) or on a local
 different nodes and every weight and shard crosses the object store between nodes.
 With `--repeats` > 1 the backends alternate (ABBA) and the median of the per-pair ratios
 is printed too: on a shared machine, load drifts between runs.
+
+`--bare-rounds` times a round with next to no compute (the tests' digits MLP, K=1) on
+both backends, alive side by side, tasks alternating: what the sync itself costs.
 
 `--merge` also times where the merge should run (docs/cluster.md): one round's
 parameter-server step for N=2 published LeNet-5 and ResNet-18-sized weight buffers, in
@@ -35,6 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # `python benchmarks/ray_vs_process.py` from anywhere
     sys.path.insert(0, str(ROOT))
 FUNCTION_FILE = ROOT / "examples" / "lenet_fashion.py"
+DIGITS_FUNCTION = ROOT / "tests" / "functions" / "digits_mlp.py"
 EXAMPLES_DATA = ROOT / "examples" / "data.py"
 MB = 1024 * 1024
 
@@ -130,6 +135,56 @@ def _stop_ray(cluster: Any) -> None:
     ray.shutdown()
     if cluster is not None:
         cluster.shutdown()
+
+
+# -- the cost of one round's sync -------------------------------------------------------------
+def _bare_rounds(repeats: int, nodes: int) -> dict[str, float]:
+    """Median milliseconds per round with next to no compute (the tests' digits MLP, K=1,
+    batch 32, N=2), on a process and a ray engine alive side by side, tasks alternating."""
+    import numpy as np
+    from sklearn.datasets import load_digits
+
+    from kubeml.backends.ray import RayBackend
+    from kubeml.control.engine import Engine
+    from kubeml.settings import Settings
+
+    digits = load_digits()
+    x = np.tile(digits.images.astype(np.uint8), (4, 1, 1))
+    y = np.tile(digits.target.astype(np.int64), 4)
+    engines, homes = {}, []
+    try:
+        for backend in ("process", "ray"):
+            home = Path(tempfile.mkdtemp(prefix=f"kubeml-bench-rounds-{backend}-"))
+            homes.append(home)
+            settings = Settings(home=home, backend=backend, capacity=2, shm_dir=home / "shm")
+            options = {"resources_per_function": {"kubeml": 1.0}} if nodes else {}
+            engine_backend = (
+                RayBackend.from_settings(settings, **options) if backend == "ray" else None
+            )
+            engine = engines[backend] = Engine(settings, backend=engine_backend)
+            engine.create_function("mlp", DIGITS_FUNCTION.read_text())
+            engine.create_dataset("digits", x[300:], y[300:], x[:300], y[:300])
+        request = dict(
+            function="mlp", dataset="digits", epochs=2, parallelism=2, k=1, batch_size=32,
+            lr=0.05, static=True, validate_every=0,
+        )  # fmt: skip
+        per_round: dict[str, list[float]] = {b: [] for b in engines}
+        for repeat in range(repeats + 1):  # the first pass warms both up
+            order = list(engines) if repeat % 2 == 0 else list(engines)[::-1]
+            for backend in order:
+                task_id = engines[backend].train(**request)
+                engines[backend].wait(task_id, timeout_s=600)
+                if repeat:
+                    per_round[backend] += [
+                        e.epoch_duration_s / e.rounds
+                        for e in engines[backend].get_history(task_id).epochs
+                    ]
+        return {b: statistics.median(v) for b, v in per_round.items()}
+    finally:
+        for engine in engines.values():
+            engine.close()
+        for home in homes:
+            shutil.rmtree(home, ignore_errors=True)
 
 
 # -- where the merge runs ---------------------------------------------------------------------
@@ -243,6 +298,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=1, help="runs per backend, alternating")
     parser.add_argument("--train-size", type=int, default=None, help="cut the 60,000 samples")
     parser.add_argument("--merge", action="store_true", help="time the merge placement too")
+    parser.add_argument(
+        "--bare-rounds", action="store_true", help="time a round with next to no compute too"
+    )
     args = parser.parse_args()
     if args.merge and args.nodes < 2:
         parser.error("--merge needs --nodes 2 or more")
@@ -260,6 +318,7 @@ def main() -> None:
             for backend in order:
                 runs[backend].append(_run_backend(backend, arrays, args.epochs, args.nodes))
         merge_rows = _merge_placement(reps=15) if args.merge else []
+        bare = _bare_rounds(args.repeats, args.nodes) if args.bare_rounds else {}
     finally:
         _stop_ray(cluster)
 
@@ -270,6 +329,12 @@ def main() -> None:
             f"{args.epochs} epoch(s), {args.repeats} run(s) each; ray on {where}"
         )
         _print_backends(runs, args.epochs)
+    if bare:
+        print(
+            f"a bare round (digits MLP, K=1, batch 32, N=2; ray on {where}): process "
+            f"{bare['process'] * 1e3:.1f} ms, ray {bare['ray'] * 1e3:.1f} ms; "
+            f"ratio ray/process {bare['ray'] / bare['process']:.2f}"
+        )
     if merge_rows:
         print(f"sync of one round on {where} (N=2 publish, merge, both fetch the reference):")
         for name, size_mb, cp, actor in merge_rows:
