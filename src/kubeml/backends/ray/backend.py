@@ -166,7 +166,7 @@ class _RayHooks(RelayHooks):
         self.models.prefetch(inv.task_id, report.func_id, report.handle)
 
     def with_release(self, inv: Invocation, release: Release) -> Any:
-        return self.models.reference_ref(inv.task_id) if release.proceed else None
+        return self.models.reference_for_function(inv.task_id) if release.proceed else None
 
     def answer(self, inv: Invocation, what: Any) -> Any:
         return answer(self.datasets, self.models, what)
