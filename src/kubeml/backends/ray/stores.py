@@ -364,7 +364,7 @@ class RemoteModelStore(FunctionModels):
 
     def load_reference_into(self, task_id: str, state: dict[str, torch.Tensor]) -> None:
         layout, ref = self._current(task_id)
-        buffer = ref if isinstance(ref, np.ndarray) else ray.get(ref)
+        buffer = ref if isinstance(ref, np.ndarray) else cast("np.ndarray", ray.get(ref))
         layout.unflatten_into(_groups(buffer, layout), state)
 
     def publish(self, task_id: str, func_id: int, state: dict[str, torch.Tensor]) -> Any:
