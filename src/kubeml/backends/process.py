@@ -12,7 +12,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Sequence
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from multiprocessing.connection import Listener
 from typing import Any
@@ -21,7 +21,8 @@ from kubeml.backends.base import FunctionBackend, SyncHandler
 from kubeml.backends.process_worker import Hello, PipeTransport, Setup
 from kubeml.backends.relay import Failed, RelayHooks, Shutdown, drive, settle, start_gang
 from kubeml.errors import BackendError
-from kubeml.runtime.invocation import Invocation, InvocationResult, LogSink
+from kubeml.runtime.invocation import Invocation, InvocationResult, LogSink, Mode
+from kubeml.runtime.serving import MAX_SERVED_MODELS
 from kubeml.stores.datasets import LocalDatasetStore
 from kubeml.stores.models import LocalModelStore
 
@@ -32,6 +33,7 @@ class _Worker:
     conn: Any
     task_id: str | None = None
     started_at: float = field(default_factory=time.monotonic)
+    served: list[str] = field(default_factory=list)  # tasks whose model it keeps, latest last
 
     def alive(self) -> bool:
         return self.process.poll() is None
@@ -55,6 +57,10 @@ class ProcessBackend(FunctionBackend):
     torch's thread count to the `threads` the job chose (cores // N), so N workers do not
     oversubscribe the machine. Weights move through the shared-memory model store; only
     small messages (round reports, releases, log lines) cross the pipe.
+
+    An inference goes to a worker that served the task before, if one is idle: it keeps
+    the model loaded (`kubeml.runtime.serving`). Its relay runs on a reused thread, not a
+    new one per call.
     """
 
     name = "process"
@@ -80,6 +86,7 @@ class ProcessBackend(FunctionBackend):
         self._busy: list[_Worker] = []
         self._lock = threading.Lock()
         self._closed = False
+        self._serving = ThreadPoolExecutor(max_workers=64, thread_name_prefix="kubeml-serve")
         atexit.register(self.close)
 
     # -- pool -------------------------------------------------------------------------------
@@ -110,13 +117,15 @@ class ProcessBackend(FunctionBackend):
             missing = max(0, count - len(self._idle))
             self._idle.extend(self._spawn(missing))
 
-    def _acquire(self, count: int, task_id: str) -> list[_Worker]:
+    def _acquire(self, count: int, task_id: str, serving: bool = False) -> list[_Worker]:
         with self._lock:
             if self._closed:
                 raise BackendError("the process backend is closed")
             alive = [w for w in self._idle if w.alive()]
             for dead in (w for w in self._idle if not w.alive()):
                 dead.conn.close()
+            if serving:  # first the workers that hold this task's model loaded
+                alive.sort(key=lambda w: task_id not in w.served)
             taken, self._idle = alive[:count], alive[count:]
             taken += self._spawn(count - len(taken))
             for worker in taken:
@@ -138,7 +147,19 @@ class ProcessBackend(FunctionBackend):
     def invoke(
         self, invocations: Sequence[Invocation], *, sync: SyncHandler | None, log: LogSink
     ) -> list[Future[InvocationResult]]:
-        workers = self._acquire(len(invocations), invocations[0].task_id if invocations else "")
+        if not invocations:
+            return []
+        task_id = invocations[0].task_id
+        serving = len(invocations) == 1 and invocations[0].mode is Mode.INFER
+        workers = self._acquire(len(invocations), task_id, serving)
+        if serving:
+            worker = workers[0]
+            kept = [t for t in worker.served if t != task_id] + [task_id]
+            worker.served = kept[-MAX_SERVED_MODELS:]  # as the worker's own cache keeps them
+            future: Future[InvocationResult] = Future()
+            future.set_running_or_notify_cancel()
+            self._serving.submit(self._drive, worker, invocations[0], sync, log, future)
+            return [future]
 
         def run(index: int, inv: Invocation, future: Future[InvocationResult]) -> None:
             self._drive(workers[index], inv, sync, log, future)
@@ -211,6 +232,7 @@ class ProcessBackend(FunctionBackend):
                 worker.process.wait(timeout=max(0.01, deadline - time.monotonic()))
             worker.kill()
         self._listener.close()
+        self._serving.shutdown(wait=False)
         import shutil
 
         shutil.rmtree(self._socket_dir, ignore_errors=True)

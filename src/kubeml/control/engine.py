@@ -249,7 +249,8 @@ class Engine:
         if not isinstance(data, list) or not data:
             raise InvalidInputError("infer data must be a non-empty JSON list of samples")
         history = self.metadata.get_history(task_id)
-        if not self.models.has_final(task_id):
+        version = self.models.final_version(task_id)
+        if version is None:
             raise NotFoundError(f"task {task_id!r} has no trained model yet")
         # The history, not the task record: a pruned task's model still infers.
         sha = history.function_sha256 or self.get_task(task_id).function_sha256 or ""
@@ -260,6 +261,7 @@ class Engine:
             dataset=history.request.dataset,
             infer_data=data,
             threads=1,
+            model_version=version,
         )
 
         def log(source: str, message: str) -> None:

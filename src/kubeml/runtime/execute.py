@@ -11,6 +11,7 @@ from kubeml.runtime.invocation import Invocation, InvocationResult, LogSink, Mod
 from kubeml.runtime.loader import load_function
 from kubeml.runtime.rounds import FunctionContext, RoundDriver
 from kubeml.runtime.seeds import derive_seed
+from kubeml.runtime.serving import served_models
 from kubeml.runtime.sync import SyncChannel
 from kubeml.sdk.model import driven_by
 from kubeml.stores.interfaces import FunctionModels, ShardSource
@@ -52,17 +53,24 @@ def execute(
     import torch
 
     torch.set_num_threads(max(1, inv.threads))
-    # The network is built inside main(), so seeding here makes default init reproducible.
-    if inv.mode is Mode.INIT:
-        torch.manual_seed(inv.seed)
-    else:
-        torch.manual_seed(derive_seed(inv.seed, inv.epoch, inv.func_id, inv.mode.value))
-    module = load_function(inv.function)
+    # A warm worker that served this model before skips main(): the network is built and
+    # holds the trained weights (see kubeml.runtime.serving).
+    served = served_models.get(inv) if inv.mode is Mode.INFER else None
+    if served is None:
+        # The network is built inside main(), so seeding here makes default init reproducible.
+        if inv.mode is Mode.INIT:
+            torch.manual_seed(inv.seed)
+        else:
+            torch.manual_seed(derive_seed(inv.seed, inv.epoch, inv.func_id, inv.mode.value))
+        main = load_function(inv.function).main
     logger = function_logger(inv, log)
     driver = RoundDriver(FunctionContext(inv, shards, models, sync, logger))
     try:
         with driven_by(driver):
-            module.main()
+            if served is None:
+                main()
+            else:
+                driver.result = driver.serve(served)
     except KubeMLError as exc:
         if exc.details is None:
             exc.details = traceback.format_exc()

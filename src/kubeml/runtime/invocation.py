@@ -49,6 +49,7 @@ class Invocation:
     optimizer_state: str = "keep"
     threads: int = 1
     infer_data: list[Any] | None = None
+    model_version: str = ""  # of the final model an infer invocation serves; "" never caches
 
     @property
     def job_id(self) -> str:

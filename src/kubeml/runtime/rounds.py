@@ -17,6 +17,7 @@ from kubeml.errors import DeviceError, FunctionError, InvalidInferenceInputError
 from kubeml.runtime.batching import BatchReader, batch_length, to_device
 from kubeml.runtime.invocation import Invocation, InvocationResult, Mode
 from kubeml.runtime.seeds import derive_seed
+from kubeml.runtime.serving import served_models
 from kubeml.runtime.sync import RoundReport, SyncChannel
 from kubeml.sdk.dataset import KubeDataset
 from kubeml.sdk.model import KubeModel
@@ -184,6 +185,13 @@ class RoundDriver:
     def _infer(self, model: KubeModel) -> InvocationResult:
         inv = self.ctx.invocation
         model.network.load_state_dict(self.ctx.models.load_final(inv.task_id))
+        served_models.keep(inv, model)  # this worker's next call for the model starts here
+        return self.serve(model)
+
+    def serve(self, model: KubeModel) -> InvocationResult:
+        """Predictions of `model`, built and holding the trained weights already."""
+        inv = self.ctx.invocation
+        self.attach(model)
         model.network.eval()
         self.hook = "infer()"
         try:

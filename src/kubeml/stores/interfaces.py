@@ -92,6 +92,13 @@ class TrainedModels(ABC):
     @abstractmethod
     def has_final(self, task_id: str) -> bool: ...
 
+    def final_version(self, task_id: str) -> str | None:
+        """A token that changes whenever the task's trained model does; None: no model.
+
+        Warm workers keep a served model loaded until its version changes; "" (a store
+        that cannot tell versions apart) has the model loaded on every call."""
+        return "" if self.has_final(task_id) else None
+
     @abstractmethod
     def delete_final(self, task_id: str) -> None: ...
 

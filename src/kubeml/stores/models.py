@@ -142,6 +142,9 @@ class LocalModelStore(FunctionModels, ControlModels):
     def has_final(self, task_id: str) -> bool:
         return self.finals.exists(task_id)
 
+    def final_version(self, task_id: str) -> str | None:
+        return self.finals.version(task_id)
+
     def delete_final(self, task_id: str) -> None:
         self.finals.delete(task_id)
 
@@ -183,6 +186,15 @@ class FinalModelFiles:
 
     def exists(self, task_id: str) -> bool:
         return self._path(task_id).exists()
+
+    def version(self, task_id: str) -> str | None:
+        """Inode, size and modification time: every save replaces the file, so a new
+        model never shows the old one's version."""
+        try:
+            st = self._path(task_id).stat()
+        except FileNotFoundError:
+            return None
+        return f"{st.st_ino}-{st.st_size}-{st.st_mtime_ns}"
 
     def delete(self, task_id: str) -> None:
         self._path(task_id).unlink(missing_ok=True)

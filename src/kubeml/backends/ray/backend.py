@@ -302,8 +302,9 @@ class RayBackend(FunctionBackend):
             if self._closed.is_set():
                 raise BackendError("the ray backend is closed")
             taken = [a for a in self._idle if a.shape == shape][:count]
-            if light and not taken:
-                taken = self._idle[:count]
+            if light:  # an actor that ran this task last may keep its model loaded
+                warm = [a for a in self._idle if a.last_task_id == task_id]
+                taken = (warm or taken or self._idle)[:count]
             rest = [a for a in self._idle if a not in taken]
             # Idle actors of another shape hold resources the new ones may need.
             doomed = rest if len(taken) < count else []

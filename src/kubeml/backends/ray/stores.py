@@ -292,6 +292,9 @@ class RayModelStore(ControlModels):
     def has_final(self, task_id: str) -> bool:
         return self.finals.exists(task_id)
 
+    def final_version(self, task_id: str) -> str | None:
+        return self.finals.version(task_id)
+
     def delete_final(self, task_id: str) -> None:
         self.finals.delete(task_id)
 

@@ -1,0 +1,66 @@
+"""Trained models a warm worker keeps loaded, so repeated inference skips main() and the file."""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from typing import TYPE_CHECKING
+
+from kubeml.runtime.invocation import Invocation
+
+if TYPE_CHECKING:
+    from kubeml.sdk.model import KubeModel
+
+# A worker serves a handful of tasks at most; each entry holds a whole network.
+MAX_SERVED_MODELS = 4
+
+ServedKey = tuple[str, str, str]  # (task id, function sha256, final-model version)
+
+
+class ServedModels:
+    """The `KubeModel`s of recent inference invocations, with their trained weights loaded.
+
+    An entry is found only by the same task, function code and final-model version: a
+    retrained, resumed or re-created model has another version, so it is loaded afresh and
+    its stale entry dropped. Least recently used entries go first; the whole cache goes
+    with the worker when it idles out.
+    """
+
+    def __init__(self, capacity: int = MAX_SERVED_MODELS) -> None:
+        self.capacity = capacity
+        self._models: OrderedDict[ServedKey, KubeModel] = OrderedDict()
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def key(inv: Invocation) -> ServedKey | None:
+        """None when the control plane sent no model version: nothing may be cached."""
+        if not inv.model_version:
+            return None
+        return inv.task_id, inv.function.sha256, inv.model_version
+
+    def get(self, inv: Invocation) -> KubeModel | None:
+        key = self.key(inv)
+        if key is None:
+            return None
+        with self._lock:
+            model = self._models.get(key)
+            if model is not None:
+                self._models.move_to_end(key)
+            return model
+
+    def keep(self, inv: Invocation, model: KubeModel) -> None:
+        key = self.key(inv)
+        if key is None:
+            return
+        with self._lock:
+            for stale in [k for k in self._models if k[0] == inv.task_id]:
+                del self._models[stale]
+            self._models[key] = model
+            while len(self._models) > self.capacity:
+                self._models.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._models)
+
+
+served_models = ServedModels()  # one per worker process (or Ray actor)
