@@ -9,8 +9,8 @@ test images each go through one keep-alive httpx client. The first calls (the co
 of the serving path) are timed apart; the figures are the p50 and p99 of the rest, and
 their ratios to the targets (p50 <= 5 ms, p99 <= 15 ms; a ratio <= 1 meets it).
 `--baseline DIR` serves another checkout (e.g. `git worktree add DIR main`) from a second
-server and alternates the calls between the two, so a before/after ratio is measured
-under one load.
+server and alternates the calls between the two (ABBA), so a before/after ratio is
+measured under one load.
 """
 
 from __future__ import annotations
@@ -139,8 +139,10 @@ def serve_latency(
                 )
                 targets[name] = (http, f"/tasks/{task_id}/infer")
             body = {"data": images[:samples]}
-            for _ in range(_WARM_CALLS + calls):
-                for name, (http, path) in targets.items():
+            for index in range(_WARM_CALLS + calls):
+                order = list(targets) if index % 2 == 0 else list(targets)[::-1]  # ABBA
+                for name in order:
+                    http, path = targets[name]
                     started = time.perf_counter()
                     response = http.post(path, json=body)
                     latencies[name].append(time.perf_counter() - started)
