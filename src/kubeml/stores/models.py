@@ -35,6 +35,7 @@ class LocalModelStore(FunctionModels, ControlModels):
         self.scratch_dir, self.models_dir = scratch_dir, models_dir
         self.finals = FinalModelFiles(self.models_dir)
         self._maps: dict[Path, Any] = {}
+        self._inodes: dict[Path, int] = {}  # of each mapped file, to see it replaced
         self._layouts: dict[str, FlatLayout] = {}
         self._lock = threading.Lock()
 
@@ -63,6 +64,7 @@ class LocalModelStore(FunctionModels, ControlModels):
                     raise NotFoundError(f"no weights at {path}: the task's transient state is gone")
                 mm = np.memmap(path, dtype=np.uint8, mode="r+", shape=(layout.nbytes,))
                 self._maps[path] = mm
+                self._inodes[path] = os.stat(path).st_ino
         groups = {}
         for dtype, offset, numel in layout.byte_spans():
             tdtype = getattr(torch, dtype)
@@ -120,16 +122,24 @@ class LocalModelStore(FunctionModels, ControlModels):
         with self._lock:
             for path in [p for p in self._maps if p.parent == task_dir]:
                 del self._maps[path]
+                self._inodes.pop(path, None)
         self._layouts.pop(task_id, None)
         shutil.rmtree(task_dir, ignore_errors=True)
 
     def begin(self, task_id: str) -> None:
-        """Unmap every task's files but this one's (warm workers call it between tasks)."""
+        """Unmap every task's files but this one's (warm workers call it between tasks),
+        and this task's files that were removed or replaced since (a task resumed on a
+        warm worker that ran it before: the control plane cleared and re-created them)."""
         keep = self._task_dir(task_id)
+        replaced = False
         with self._lock:
-            for path in [p for p in self._maps if p.parent != keep]:
-                del self._maps[path]
-        for other in [t for t in self._layouts if t != task_id]:
+            for path in list(self._maps):
+                mine = path.parent == keep
+                if not mine or not _same_file(path, self._inodes.get(path)):
+                    replaced |= mine
+                    del self._maps[path]
+                    self._inodes.pop(path, None)
+        for other in [t for t in self._layouts if t != task_id or replaced]:
             del self._layouts[other]
 
     # -- durable models -----------------------------------------------------------------
@@ -147,6 +157,13 @@ class LocalModelStore(FunctionModels, ControlModels):
 
     def delete_final(self, task_id: str) -> None:
         self.finals.delete(task_id)
+
+
+def _same_file(path: Path, inode: int | None) -> bool:
+    try:
+        return os.stat(path).st_ino == inode
+    except FileNotFoundError:
+        return False
 
 
 class FinalModelFiles:
