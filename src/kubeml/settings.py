@@ -60,6 +60,12 @@ class Settings(BaseSettings):
     # Finite and at most a week: an infinite timeout overflows the waits that use it.
     worker_idle_timeout_s: float = Field(default=300.0, gt=0, le=604_800, allow_inf_nan=False)
     round_timeout_s: float = Field(default=600.0, gt=0, le=604_800, allow_inf_nan=False)
+    log_max_lines: int = Field(
+        default=100_000, ge=4, description="a task log keeps its first half and last quarter+"
+    )
+    auto_resume: bool = Field(
+        default=True, description="resume tasks a crash interrupted when the server restarts"
+    )
     shm_dir: Path | None = Field(default=None, description="fast scratch for weights")
     max_upload_mb: int = Field(
         default=2048, ge=1, le=2**20, description="largest dataset upload accepted"

@@ -5,6 +5,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import pytest
+
 from kubeml.api.schemas import TaskState
 from tests.conftest import ROOT, function_source
 
@@ -55,14 +57,14 @@ def test_nan_loss_fails_the_task_naming_the_batch(digits_engine):
 
 
 def test_hung_function_fails_its_task_after_the_round_timeout(make_engine, digits):
-    engine = make_engine("process", round_timeout_s=3)
+    engine = make_engine("process", round_timeout_s=5)
     engine.create_dataset(
         "digits", digits["train_x"], digits["train_y"], digits["test_x"], digits["test_y"]
     )
     engine.create_function("slow", function_source(SLEEP_PER_BATCH_S=60.0))
     info = engine.wait(engine.train(function="slow", dataset="digits"), 60)
     assert info.state is TaskState.FAILED
-    assert "made no progress for 3 s" in info.error
+    assert "made no progress for 5 s" in info.error
     engine.create_function("mlp", function_source())
     assert (
         engine.wait(engine.train(function="mlp", dataset="digits"), 60).state is TaskState.SUCCEEDED
@@ -129,7 +131,10 @@ def test_throughput_policy_changes_parallelism_between_epochs(make_engine, digit
     assert all(1 <= n <= 2 for n in parallelism)  # capped at the 2 cores
 
 
-def test_interrupted_task_resumes_from_its_last_completed_epoch(make_engine, digits, tmp_path):
+@pytest.mark.parametrize("auto_resume", [True, False])
+def test_interrupted_task_resumes_from_its_last_checkpoint(
+    make_engine, digits, tmp_path, auto_resume
+):
     home = tmp_path / "resume-home"
     engine = make_engine("inline", home=home)
     engine.create_dataset(
@@ -142,16 +147,39 @@ def test_interrupted_task_resumes_from_its_last_completed_epoch(make_engine, dig
         time.sleep(0.05)
     _simulate_crash(engine)
 
-    restarted = make_engine("inline", home=home)
-    info = restarted.get_task(task_id)
-    assert info.state is TaskState.FAILED and "interrupted" in info.error
-    done = len(restarted.get_history(task_id).epochs)
-    assert done >= 1
-    restarted.resume_task(task_id)
+    restarted = make_engine("inline", home=home, auto_resume=auto_resume)
+    if not auto_resume:
+        info = restarted.get_task(task_id)
+        assert info.state is TaskState.FAILED and "interrupted" in info.error
+        assert len(restarted.get_history(task_id).epochs) >= 1
+        restarted.resume_task(task_id)
+    else:  # back by itself: `task list` shows it queued or running again
+        assert restarted.get_task(task_id).state in (TaskState.QUEUED, TaskState.RUNNING)
     info = restarted.wait(task_id, 60)
     assert info.state is TaskState.SUCCEEDED, info.traceback
     epochs = restarted.get_history(task_id).epochs
     assert [e.epoch for e in epochs] == [1, 2, 3]
+
+
+def test_a_graceful_shutdown_resumes_the_task_at_the_next_start(make_engine, digits, tmp_path):
+    home = tmp_path / "shutdown-home"
+    engine = make_engine("inline", home=home)
+    engine.create_dataset(
+        "digits", digits["train_x"], digits["train_y"], digits["test_x"], digits["test_y"]
+    )
+    engine.create_function("slowish", function_source(SLEEP_PER_BATCH_S=0.03))
+    task_id = engine.train(function="slowish", dataset="digits", epochs=2, k=2)
+    deadline = time.monotonic() + 60
+    while engine.get_task(task_id).round < 2 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    engine.close()  # stops at a round boundary and checkpoints there
+
+    restarted = make_engine("inline", home=home)
+    info = restarted.wait(task_id, 60)
+    assert info.state is TaskState.SUCCEEDED, info.traceback
+    assert [e.epoch for e in restarted.get_history(task_id).epochs] == [1, 2]
+    log = [line.message for line in restarted.logs_of(task_id)]
+    assert any("resuming from the checkpoint at epoch 1, round" in m for m in log), log
 
 
 def _simulate_crash(engine) -> None:

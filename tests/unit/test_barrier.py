@@ -59,3 +59,36 @@ def test_failure_releases_waiters_and_is_never_merged():
     assert out and not out[0][1].proceed
     assert merged == []
     assert not barrier.publish(_report(0, 1)).proceed
+
+
+def test_a_lost_worker_holds_the_round_until_its_replacement_publishes():
+    from kubeml.errors import BackendError
+
+    merged = []
+    barrier = RoundBarrier([0, 1], lambda r, reports: merged.append((r, len(reports))) or True)
+    out = []
+    t = _publish_in_thread(barrier, _report(0, 0), out)
+    barrier.fail(1, BackendError("worker died"))
+    t.join(0.2)
+    assert t.is_alive() and merged == [] and barrier.lost.keys() == {1}
+    barrier.join(1)
+    assert barrier.publish(_report(1, 0)).proceed  # the replacement, in the same round
+    t.join(2)
+    assert merged == [(0, 2)] and out[0][1].proceed
+
+
+def test_a_dropped_function_lets_the_round_complete_without_it():
+    from kubeml.errors import BackendError
+
+    merged = []
+    barrier = RoundBarrier(
+        [0, 1], lambda r, reports: merged.append([x.func_id for x in reports]) or True
+    )
+    out = []
+    t = _publish_in_thread(barrier, _report(0, 0), out)
+    t.join(0.1)
+    barrier.fail(1, BackendError("worker died"))
+    barrier.drop(1)
+    t.join(2)
+    assert merged == [[0]] and out[0][1].proceed
+    assert barrier.live() == {0}

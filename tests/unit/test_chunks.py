@@ -1,5 +1,6 @@
 """Chunk-level shuffling and assignment of training samples to functions."""
 
+import numpy as np
 import pytest
 
 from kubeml.control.chunks import assign_chunks, even_splits, validation_slices
@@ -42,3 +43,32 @@ def test_validation_slices_cover_the_test_set_contiguously():
     assert [s[0] for s in slices] == [(0, 3), (3, 6), (6, 10)]
     assert validation_slices(1, 2) == [(), ((0, 1),)]
     assert even_splits(0, 2) == [(0, 0), (0, 0)]
+
+
+def test_epoch_orders_cover_every_sample_once_and_follow_the_seed():
+    from kubeml.control.chunks import epoch_orders
+
+    orders = epoch_orders(1000, 3, seed=5, epoch=2)
+    assert sorted(np.concatenate(orders).tolist()) == list(range(1000))
+    again = epoch_orders(1000, 3, seed=5, epoch=2)
+    assert all(np.array_equal(a, b) for a, b in zip(orders, again, strict=True))
+    assert not np.array_equal(orders[0], epoch_orders(1000, 3, seed=6, epoch=2)[0])
+
+
+def test_resplit_keeps_the_order_and_balances_the_remaining_samples():
+    from kubeml.control.chunks import resplit
+
+    lanes = resplit([np.arange(0, 5), np.arange(10, 13), np.empty(0, dtype=np.int64)], 3)
+    assert [len(x) for x in lanes] == [2, 3, 3]
+    assert np.concatenate(lanes).tolist() == [0, 1, 2, 3, 4, 10, 11, 12]
+
+
+def test_shard_of_reads_sorted_ranges_and_trains_in_the_given_order():
+    from kubeml.control.chunks import shard_of
+
+    order = np.array([70, 3, 4, 71, 2, 200])
+    ranges, local = shard_of(order)
+    assert ranges == ((2, 5), (70, 72), (200, 201))
+    shard = np.concatenate([np.arange(a, b) for a, b in ranges])
+    assert shard[list(local)].tolist() == order.tolist()
+    assert shard_of(np.empty(0, dtype=np.int64)) == ((), ())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from collections import Counter
 from concurrent.futures import Future
 
 import numpy as np
@@ -11,18 +12,21 @@ import torch
 
 from kubeml.api.schemas import TaskState, TrainRequest
 from kubeml.backends.base import FunctionBackend
+from kubeml.control.checkpoint import CheckpointStore
+from kubeml.control.chunks import epoch_orders
 from kubeml.control.job import JobServices, TrainJob
 from kubeml.control.policy import StaticPolicy
-from kubeml.errors import FunctionError
+from kubeml.errors import BackendError, FunctionError
 from kubeml.runtime.invocation import FunctionCode, InvocationResult, Mode
 from kubeml.runtime.sync import RoundReport
-from kubeml.stores.datasets import LocalDatasetStore
-from kubeml.stores.models import LocalModelStore
+
+TRAIN_SIZE = 250  # four chunks, the last one short
 
 
 class ScriptedBackend(FunctionBackend):
-    """Functions publish the weights their script gives: a list of (value, samples) per
-    round, or an exception to raise instead, or "hang"."""
+    """Functions train the samples the job gives them, in rounds of K batches, and publish
+    the weight `script(epoch, func_id, round)` returns; or raise what it returns, or
+    "hang", or "die" (a lost worker, once per (epoch, func_id, round))."""
 
     def __init__(self, datasets, models, script, accuracy=50.0):
         super().__init__(capacity=4)
@@ -30,10 +34,14 @@ class ScriptedBackend(FunctionBackend):
         self.script = script
         self.accuracy = accuracy
         self.cancelled = []
+        self.trained = Counter()  # (epoch, sample) -> times merged
+        self.invocations = []
+        self.died = set()
 
     def invoke(self, invocations, *, sync, log):
         futures = []
         for inv in invocations:
+            self.invocations.append(inv)
             future: Future = Future()
             futures.append(future)
             threading.Thread(target=self._run, args=(inv, sync, future), daemon=True).start()
@@ -49,22 +57,39 @@ class ScriptedBackend(FunctionBackend):
                 InvocationResult(inv.func_id, inv.mode, samples=5, loss=0.5, accuracy=self.accuracy)
             )
             return
-        steps = self.script(inv.epoch, inv.func_id)
-        for round_index, step in enumerate(steps):
+        shard = np.concatenate([np.arange(a, b) for a, b in inv.ranges])
+        samples = shard[list(inv.order)]
+        per_round = inv.batch_size * (inv.k if inv.k > 0 else len(samples))
+        done, round_index = 0, inv.round
+        while True:
+            step = self.script(inv.epoch, inv.func_id, round_index)
+            key = (inv.epoch, inv.func_id, round_index)
             if step == "hang":
                 return  # never publishes, never returns
+            if step == "die" and key in self.died:
+                step = 1.0  # the replacement trains the round
+            elif step == "die":
+                self.died.add(key)
+                step = BackendError(f"the worker running function {inv.func_id} died")
             if isinstance(step, Exception):
                 sync.fail(inv.func_id, step)
                 future.set_exception(step)
                 return
-            value, samples = step
-            state = {"w": torch.full((2,), float(value)), "n": torch.tensor(round_index + 1)}
+            take = samples[done : done + per_round]
+            done += len(take)
+            state = {"w": torch.full((2,), float(step)), "n": torch.tensor(round_index + 1)}
             self.models.publish(inv.task_id, inv.func_id, state)
-            final = round_index == len(steps) - 1
-            report = RoundReport(inv.task_id, inv.func_id, round_index, samples, 1.0, 1, final)
-            if not sync.publish(report).proceed:
+            batches = -(-len(take) // inv.batch_size)
+            final = done >= len(samples)
+            report = RoundReport(
+                inv.task_id, inv.func_id, round_index, len(take), 1.0 * batches, batches, final
+            )
+            release = sync.publish(report)
+            self.trained.update((inv.epoch, int(s)) for s in take)
+            round_index += 1
+            if final or not release.proceed:
                 break
-        future.set_result(InvocationResult(inv.func_id, inv.mode, samples=10, loss=1.0, rounds=1))
+        future.set_result(InvocationResult(inv.func_id, inv.mode, samples=done, rounds=1))
 
     def cancel(self, task_id):
         self.cancelled.append(task_id)
@@ -72,7 +97,7 @@ class ScriptedBackend(FunctionBackend):
 
 class Recorder:
     def __init__(self):
-        self.rounds, self.epochs, self.invocations = [], [], []
+        self.rounds, self.epochs, self.lost, self.invocations = [], [], [], [0, 0]
 
     def on_round(self, epoch, round_index, train_loss, parallelism):
         self.rounds.append((epoch, round_index))
@@ -81,21 +106,32 @@ class Recorder:
         self.epochs.append(record)
 
     def on_invocations(self, started, failed):
-        self.invocations.append((started, failed))
+        self.invocations[0] += started
+        self.invocations[1] += failed
+
+    def on_function_lost(self, replaced):
+        self.lost.append(replaced)
+
+    def on_restore(self, records):
+        self.epochs = list(records)
 
 
 @pytest.fixture
 def stores(tmp_path):
+    from kubeml.stores.datasets import LocalDatasetStore
+    from kubeml.stores.models import LocalModelStore
+
     datasets = LocalDatasetStore(tmp_path / "datasets")
-    x = np.zeros((256, 2), dtype=np.float32)
-    y = np.zeros(256, dtype=np.int64)
+    x = np.zeros((TRAIN_SIZE, 2), dtype=np.float32)
+    y = np.zeros(TRAIN_SIZE, dtype=np.int64)
     datasets.create("d", {"train_x": x, "train_y": y, "test_x": x[:10], "test_y": y[:10]})
-    return datasets, LocalModelStore(tmp_path / "shm", tmp_path / "models")
+    models = LocalModelStore(tmp_path / "shm", tmp_path / "models")
+    return datasets, models, CheckpointStore(tmp_path / "checkpoints")
 
 
-def _job(stores, script, *, parallelism=2, timeout_s=30.0, accuracy=50.0, **request):
-    datasets, models = stores
-    backend = ScriptedBackend(datasets, models, script, accuracy)
+def _job(stores, script, *, parallelism=2, timeout_s=30.0, accuracy=50.0, backend=None, **request):
+    datasets, models, checkpoints = stores
+    backend = backend or ScriptedBackend(datasets, models, script, accuracy)
     services = JobServices(
         backend,
         datasets,
@@ -103,71 +139,150 @@ def _job(stores, script, *, parallelism=2, timeout_s=30.0, accuracy=50.0, **requ
         log=lambda s, m: None,
         resize=lambda n: n,
         round_timeout_s=timeout_s,
+        checkpoints=checkpoints,
+        start_timeout_s=timeout_s,
     )
+    request.setdefault("batch_size", 16)
+    request.setdefault("outer_optimizer", "average")  # the plain mean (the outer step: test_outer)
     req = TrainRequest(function="f", dataset="d", parallelism=parallelism, **request)
     recorder = Recorder()
     job = TrainJob(
-        "task1",
-        req,
-        FunctionCode("f", "sha", "/nowhere"),
-        parallelism,
-        services,
-        recorder,
+        "task1", req, FunctionCode("f", "sha", "/nowhere"), parallelism, services, recorder,
         StaticPolicy(),
-    )
+    )  # fmt: skip
     return job, recorder, backend
 
 
+def _exactly_once(backend, epochs):
+    expected = Counter({(e, s): 1 for e in range(epochs) for s in range(TRAIN_SIZE)})
+    assert backend.trained == expected
+
+
 def test_rounds_merge_by_samples_and_the_final_model_persists(stores):
-    job, recorder, _ = _job(
-        stores,
-        lambda epoch, f: [(1.0, 10), (4.0, 30)] if f == 0 else [(3.0, 10), (8.0, 10)],
-        k=1,
-        outer_optimizer="average",  # the plain sample-weighted mean (the outer step: test_outer)
-    )
+    job, recorder, backend = _job(stores, lambda e, f, r: [1.0, 4.0][f], k=1, batch_size=128)
     outcome = job.run()
     assert outcome.state is TaskState.SUCCEEDED, outcome.error
-    assert recorder.rounds == [(1, 1), (1, 2)]
+    assert recorder.rounds == [(1, 1)]
+    sizes = [len(o) for o in epoch_orders(TRAIN_SIZE, 2, seed=0, epoch=0)]
+    assert sorted(sizes) == [122, 128]  # the short chunk weighs less
     final = stores[1].load_final("task1")
-    assert torch.allclose(final["w"], torch.full((2,), 0.75 * 4.0 + 0.25 * 8.0))
-    assert final["n"].item() == 2 and final["n"].dtype == torch.int64
+    expected = (sizes[0] * 1.0 + sizes[1] * 4.0) / TRAIN_SIZE
+    assert torch.allclose(final["w"], torch.full((2,), expected))
+    assert final["n"].item() == 1 and final["n"].dtype == torch.int64
     assert recorder.epochs[0].accuracy == 50.0  # validated at the end
-    assert recorder.invocations == [(1, 0), (2, 0), (2, 0)]  # init, train, validate
+    assert recorder.invocations == [5, 0]  # init 1, train 2, validate 2
+    _exactly_once(backend, 1)
+
+
+def test_every_sample_is_trained_once_per_epoch_in_k_rounds(stores):
+    job, recorder, backend = _job(stores, lambda e, f, r: 1.0, k=2, epochs=2)
+    assert job.run().state is TaskState.SUCCEEDED
+    assert [e.rounds for e in recorder.epochs] == [4, 4]  # 125 samples = 8 batches = 4 rounds
+    _exactly_once(backend, 2)
+    assert not stores[2].load("task1")  # a finished task keeps no checkpoint
 
 
 def test_a_failed_function_is_never_averaged_and_fails_the_task(stores):
     error = FunctionError("user code raised", details="Traceback: ValueError in train")
-    job, recorder, _ = _job(
-        stores, lambda e, f: [(1.0, 10), (2.0, 10)] if f == 0 else [(5.0, 10), error]
-    )
+    job, recorder, _ = _job(stores, lambda e, f, r: error if (f, r) == (1, 1) else 1.0, k=2)
     outcome = job.run()
     assert outcome.state is TaskState.FAILED
     assert outcome.error == "user code raised"
     assert "ValueError in train" in outcome.traceback
     assert recorder.rounds == [(1, 1)]  # round 2 was never merged
-    assert recorder.invocations == [(1, 0), (2, 1)]  # the failure is counted
+    assert recorder.lost == []  # user errors are never retried
+    assert recorder.invocations == [3, 1]  # the failure is counted
     assert not stores[1].has_final("task1")
 
 
-def test_stop_is_honoured_at_the_next_round_boundary(stores):
-    job, recorder, _ = _job(stores, lambda e, f: [(1.0, 10)] * 5, epochs=3, k=1)
+def test_a_lost_worker_replays_its_round_and_nothing_is_trained_twice(stores):
+    job, recorder, backend = _job(
+        stores, lambda e, f, r: "die" if (e, f, r) == (0, 1, 2) else 1.0, k=1, epochs=2
+    )
+    outcome = job.run()
+    assert outcome.state is TaskState.SUCCEEDED, outcome.error
+    assert recorder.lost == [True]
+    assert [(e.failures, e.retries, e.parallelism) for e in recorder.epochs] == [
+        (1, 1, 2),
+        (0, 0, 2),
+    ]
+    replay = [i for i in backend.invocations if i.mode is Mode.TRAIN and i.round == 2]
+    assert [(i.func_id, i.epoch) for i in replay] == [(1, 0)]
+    lane = epoch_orders(TRAIN_SIZE, 2, seed=0, epoch=0)[1]
+    assert len(replay[0].order) == len(lane) - 2 * 16  # from the sample where the round began
+    assert recorder.invocations[1] == 1  # counted as a failed invocation
+    _exactly_once(backend, 2)
+
+
+def test_past_the_retry_budget_the_survivors_take_the_lost_samples(stores):
+    job, recorder, backend = _job(
+        stores, lambda e, f, r: "die" if (f, r) == (0, 1) else 1.0, k=1, max_retries=0
+    )
+    outcome = job.run()
+    assert outcome.state is TaskState.SUCCEEDED, outcome.error
+    assert recorder.lost == [False]
+    assert recorder.epochs[0].parallelism == 1 and recorder.epochs[0].failures == 1
+    _exactly_once(backend, 1)
+
+
+def test_the_last_function_lost_past_the_budget_fails_the_task(stores):
+    job, _, _ = _job(stores, lambda e, f, r: "die" if r == 0 else 1.0, parallelism=1, max_retries=0)
+    outcome = job.run()
+    assert outcome.state is TaskState.FAILED and "every function" in outcome.error
+
+
+def test_n_changes_up_and_down_mid_epoch_and_every_sample_is_trained_once(stores):
+    job, _, backend = _job(stores, lambda e, f, r: 1.0, k=1, epochs=2)
+    changes = {2: 3, 4: 1, 6: 2}  # after merged round -> new N
+    original = job._merge
+
+    def merge_then_resize(round_index, reports):
+        proceed = original(round_index, reports)
+        wanted = changes.pop(job._position.round, None) if job._epoch == 0 else None
+        if wanted is not None:
+            job.request_parallelism(wanted)
+            return False
+        return proceed
+
+    job._merge = merge_then_resize
+    assert job.run().state is TaskState.SUCCEEDED
+    sizes = Counter(
+        i.parallelism for i in backend.invocations if i.mode is Mode.TRAIN and i.epoch == 0
+    )
+    assert set(sizes) == {1, 2, 3}
+    _exactly_once(backend, 2)
+
+
+def test_stop_checkpoints_the_exact_position_and_resume_continues_from_it(stores):
+    job, recorder, backend = _job(stores, lambda e, f, r: 1.0, epochs=2, k=1)
     original = job._merge
 
     def merge_then_stop(round_index, reports):
-        job.stop()  # a `task stop` arriving during round 1
+        if job._epoch == 1 and round_index == 2:
+            job.stop()  # a `task stop` arriving during round 3 of epoch 2
         return original(round_index, reports)
 
     job._merge = merge_then_stop
-    outcome = job.run()
-    assert outcome.state is TaskState.STOPPED
-    assert recorder.rounds == [(1, 1)]
-    assert stores[1].has_final("task1")  # the merged model of the stop is kept
+    assert job.run().state is TaskState.STOPPED
+    assert len(recorder.epochs) == 1 and recorder.rounds[-1] == (2, 3)
+    checkpoint = stores[2].load("task1")
+    assert checkpoint.label == "epoch 2, round 3 (96 samples merged)"
+    assert len(checkpoint.records) == 1
+    assert stores[1].has_final("task1")  # the model as it stopped, for inference
+
+    resumed, recorder2, _ = _job(stores, None, epochs=2, k=1, backend=backend)
+    backend.script = lambda e, f, r: 1.0
+    assert resumed.run().state is TaskState.SUCCEEDED
+    assert len(recorder2.epochs) == 2 and recorder2.epochs[1].rounds == 8
+    train = [i for i in backend.invocations if i.mode is Mode.TRAIN]
+    assert [i.round for i in train[-2:]] == [3, 3]  # both lanes continue at round 4
+    _exactly_once(backend, 2)
 
 
 def test_goal_accuracy_ends_the_task_early(stores):
     job, recorder, _ = _job(
         stores,
-        lambda e, f: [(1.0, 10)],
+        lambda e, f, r: 1.0,
         epochs=5,
         validate_every=1,
         goal_accuracy=85,
@@ -179,7 +294,7 @@ def test_goal_accuracy_ends_the_task_early(stores):
 
 
 def test_a_hung_function_fails_the_task_after_the_round_timeout(stores):
-    job, _, backend = _job(stores, lambda e, f: [(1.0, 10)] if f == 0 else ["hang"], timeout_s=0.5)
+    job, _, backend = _job(stores, lambda e, f, r: 1.0 if f == 0 else "hang", timeout_s=0.5, k=-1)
     outcome = job.run()
     assert outcome.state is TaskState.FAILED
     assert "function(s) [1] made no progress" in outcome.error

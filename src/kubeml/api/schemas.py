@@ -209,6 +209,12 @@ class TrainRequest(BaseModel):
     policy: PolicyName | None = Field(
         default=None, description="null = static if `static`, else throughput"
     )
+    max_retries: int = Field(
+        default=3, ge=0, description="lost functions replaced per task before N shrinks"
+    )
+    checkpoint_every_s: float = Field(
+        default=60.0, ge=0, description="seconds between mid-epoch checkpoints; 0 = epoch ends only"
+    )
 
     @model_validator(mode="after")
     def _check_policy(self) -> TrainRequest:
@@ -242,6 +248,8 @@ class EpochRecord(BaseModel):
     samples_per_s: float
     rounds: int
     lr: float | None = None  # the learning rate the functions trained with
+    failures: int = 0  # functions lost during the epoch (their worker died)
+    retries: int = 0  # of those, replaced on a fresh worker (the others' samples were re-split)
 
 
 class TaskInfo(BaseModel):
@@ -257,6 +265,8 @@ class TaskInfo(BaseModel):
     train_loss: float | None = None
     accuracy: float | None = None
     val_loss: float | None = None
+    failures: int = 0  # functions lost so far (their worker died)
+    retries: int = 0  # lost functions replaced on a fresh worker
     error: str | None = None
     traceback: str | None = None
     created_at: datetime

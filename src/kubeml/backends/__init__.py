@@ -29,6 +29,7 @@ def create_backend(settings: Settings) -> FunctionBackend:
     home = Path(settings.home).expanduser()
     datasets = LocalDatasetStore(home / "datasets")
     models = LocalModelStore(settings.scratch_dir(), home / "models")
+    models.claim_scratch()
     if settings.backend is BackendKind.INLINE:
         from kubeml.backends.inline import InlineBackend
 

@@ -20,6 +20,8 @@ class SyncHandler(Protocol):
 
     def fail(self, func_id: int, error: BaseException) -> None: ...
 
+    def progress(self, func_id: int) -> None: ...
+
 
 class FunctionBackend(ABC):
     """Runs function invocations, N at once, and relays their sync calls.

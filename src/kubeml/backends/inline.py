@@ -43,3 +43,6 @@ class InlineBackend(FunctionBackend):
                 settle(future, sync, inv.func_id, Done(result))
 
         return start_gang(invocations, run, "inline")
+
+    def close(self) -> None:
+        self.models.release_scratch()

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from multiprocessing.connection import Listener
+from pathlib import Path
 from typing import Any
 
 from kubeml.backends.base import FunctionBackend, SyncHandler
@@ -73,12 +74,15 @@ class ProcessBackend(FunctionBackend):
         models: LocalModelStore,
         capacity: int = 2,
         idle_timeout_s: float = 300.0,
+        spare_workers: int = 1,
     ) -> None:
         super().__init__(capacity)
         self.datasets, self.models = datasets, models
         self.idle_timeout_s = idle_timeout_s
+        self.spare_workers = spare_workers  # idle beside the busy ones: costs memory, no CPU
         self._authkey = secrets.token_bytes(32)
-        self._socket_dir = tempfile.mkdtemp(prefix="kubeml-workers-")
+        _sweep_socket_dirs()
+        self._socket_dir = tempfile.mkdtemp(prefix=f"{_SOCKET_PREFIX}{os.getpid()}-")
         self._listener = Listener(
             os.path.join(self._socket_dir, "sock"), family="AF_UNIX", authkey=self._authkey
         )
@@ -113,6 +117,8 @@ class ProcessBackend(FunctionBackend):
     def warm(self, count: int) -> None:
         """Start workers ahead of demand, so the next task finds them warm."""
         with self._lock:
+            if self._closed:
+                return
             self._idle = [w for w in self._idle if w.alive()]
             missing = max(0, count - len(self._idle))
             self._idle.extend(self._spawn(missing))
@@ -131,7 +137,12 @@ class ProcessBackend(FunctionBackend):
             for worker in taken:
                 worker.task_id = task_id
             self._busy.extend(taken)
-            return taken
+            refill = self.spare_workers > len(self._idle)
+        if refill:  # a lost worker's replacement then starts warm, not from `import torch`
+            threading.Thread(
+                target=self.warm, args=(self.spare_workers,), daemon=True, name="kubeml-spare"
+            ).start()
+        return taken
 
     def _release(self, worker: _Worker, healthy: bool) -> None:
         with self._lock:
@@ -236,12 +247,45 @@ class ProcessBackend(FunctionBackend):
         import shutil
 
         shutil.rmtree(self._socket_dir, ignore_errors=True)
+        self.models.release_scratch()
 
     def describe(self) -> dict[str, Any]:
         with self._lock:
             idle = sum(1 for w in self._idle if w.alive())
             busy = len(self._busy)
-        return {**super().describe(), "warm_workers": idle, "busy_workers": busy}
+            pids: dict[str, list[int]] = {}
+            for w in self._busy:
+                pids.setdefault(w.task_id or "", []).append(w.process.pid)
+        return {
+            **super().describe(),
+            "warm_workers": idle,
+            "busy_workers": busy,
+            "worker_pids": pids,  # by task: what an operator (or a chaos test) may kill
+        }
+
+
+_SOCKET_PREFIX = "kubeml-workers-"
+
+
+def _sweep_socket_dirs() -> None:
+    """Remove the socket folders of process backends whose server died (their pid is in
+    the name) and so never cleaned up."""
+    import shutil
+
+    for path in Path(tempfile.gettempdir()).glob(f"{_SOCKET_PREFIX}*-*"):
+        pid = path.name.removeprefix(_SOCKET_PREFIX).split("-")[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 _HOOKS = RelayHooks()  # local stores: weights and data never cross the pipe

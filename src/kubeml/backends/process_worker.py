@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,8 +48,23 @@ class PipeTransport:
         return self.conn.recv()
 
 
+def _exit_with_parent(parent: int, poll_s: float = 0.5) -> None:
+    """Exit the moment the server is gone, even while user code runs (a worker stuck in a
+    hook would otherwise live on as an orphan). Polling the parent pid, not
+    PR_SET_PDEATHSIG: that signal fires when the *thread* that spawned us exits, and the
+    server spawns workers from short-lived job threads."""
+    while True:
+        time.sleep(poll_s)
+        if os.getppid() != parent:
+            os._exit(70)
+
+
 def worker_main(address: str, authkey: bytes) -> None:
     from multiprocessing.connection import Client
+
+    threading.Thread(
+        target=_exit_with_parent, args=(os.getppid(),), daemon=True, name="kubeml-watchdog"
+    ).start()
 
     conn = Client(address, family="AF_UNIX", authkey=authkey)
     conn.send(Hello(os.getpid()))

@@ -34,7 +34,7 @@ def list_(
         typer.echo("no tasks; start one with `kubeml train -f FUNCTION -d DATASET`")
         return
     print_table(
-        ["ID", "STATE", "FUNCTION", "DATASET", "EPOCH", "N", "K", "ACCURACY", "CREATED"],
+        ["ID", "STATE", "FUNCTION", "DATASET", "EPOCH", "N", "K", "ACCURACY", "LOST", "CREATED"],
         [
             (
                 t.id,
@@ -45,6 +45,7 @@ def list_(
                 t.parallelism,
                 t.request.k,
                 fmt_percent(t.accuracy),
+                f"{t.failures} ({t.retries} replaced)" if t.failures else "-",
                 fmt_time(t.created_at),
             )
             for t in tasks

@@ -29,6 +29,8 @@ _FLAGS = {
     "outer_momentum": "--outer-momentum",
     "lr_scaling": "--lr-scaling",
     "policy": "--policy",
+    "max_retries": "--max-retries",
+    "checkpoint_every_s": "--checkpoint-every",
 }
 
 
@@ -96,6 +98,18 @@ def train(
             "--policy", help="how N changes between epochs [default: throughput; --static: static]"
         ),
     ] = None,
+    max_retries: Annotated[
+        int,
+        typer.Option(
+            "--max-retries", help="lost functions replaced on a fresh worker before N shrinks"
+        ),
+    ] = 3,
+    checkpoint_every: Annotated[
+        float,
+        typer.Option(
+            "--checkpoint-every", help="seconds between mid-epoch checkpoints; 0 = epoch ends"
+        ),
+    ] = 60.0,
     watch: Annotated[
         bool, typer.Option("--watch", "-w", help="show live progress until the task ends")
     ] = False,
@@ -109,7 +123,8 @@ def train(
         "function": function, "dataset": dataset, "epochs": epochs, "batch_size": batch,
         "lr": lr, "parallelism": parallelism, "static": static,
         "validate_every": validate_every, "goal_accuracy": goal_accuracy,
-        "optimizer_state": optimizer_state,
+        "optimizer_state": optimizer_state, "max_retries": max_retries,
+        "checkpoint_every_s": checkpoint_every,
     }  # fmt: skip
     optional = {
         "seed": seed, "k": k, "outer_optimizer": outer_optimizer, "outer_lr": outer_lr,

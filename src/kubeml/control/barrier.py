@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
+from kubeml.errors import BackendError
 from kubeml.runtime.sync import Release, RoundReport
 
 MergeFn = Callable[[int, list[RoundReport]], bool]  # (round, reports) -> proceed?
@@ -17,8 +18,13 @@ class RoundBarrier:
     Functions call `publish` (from any thread) after storing their weights; it blocks until
     every function still live in that round has published, then the last arrival runs
     `merge(round, reports)` and everyone is released with its answer. A function that
-    reported `final` leaves the live set after its round. `fail` removes a function that
-    died: it contributes nothing, and every waiter is released with `proceed=False`.
+    reported `final` leaves the live set after its round.
+
+    `fail` hears of a function that ended badly. A fault in user code releases every
+    waiter with `proceed=False`. A lost worker (`BackendError`) releases nobody: its
+    unmerged report is forgotten and the round waits, so the job can `join` a replacement
+    that trains the round again from the same reference (which is merged only once every
+    live function has published), or `drop` the function so the round completes without it.
     """
 
     def __init__(self, func_ids: Sequence[int], merge: MergeFn) -> None:
@@ -28,39 +34,99 @@ class RoundBarrier:
         self._released: dict[int, Release] = {}
         self._cond = threading.Condition()
         self.failed: dict[int, BaseException] = {}
+        self.lost: dict[int, BaseException] = {}
         self.rounds_merged = 0
         self.last_progress = time.monotonic()
+        self._seen = dict.fromkeys(func_ids, self.last_progress)
+        self._alive: set[int] = set()  # functions that gave a sign of life (started)
         self.last_report: RoundReport | None = None
 
     def publish(self, report: RoundReport) -> Release:
         with self._cond:
             if self.failed:
                 return Release(proceed=False)
-            self.last_progress = time.monotonic()
+            self.last_progress = self._seen[report.func_id] = time.monotonic()
+            self._alive.add(report.func_id)
             self.last_report = report
-            arrived = self._pending.setdefault(report.round, [])
-            arrived.append(report)
-            if {r.func_id for r in arrived} >= self._live:
-                self._complete(report.round)
+            self._pending.setdefault(report.round, []).append(report)
+            self._complete_ready()
             while report.round not in self._released:
                 self._cond.wait()
             return self._released[report.round]
 
+    def heartbeat(self, func_ids: Iterable[int]) -> None:
+        """Functions that are working (a batch done, a replacement starting): not hung."""
+        now = time.monotonic()
+        with self._cond:
+            for func_id in func_ids:
+                self._seen[func_id] = now
+                self._alive.add(func_id)
+
+    def progress(self, func_id: int) -> None:
+        self.heartbeat([func_id])
+
     def fail(self, func_id: int, error: BaseException) -> None:
         with self._cond:
+            if isinstance(error, BackendError):
+                self.lost[func_id] = error
+                for round_index, reports in self._pending.items():
+                    if round_index not in self._released:
+                        reports[:] = [r for r in reports if r.func_id != func_id]
+                return
             self.failed[func_id] = error
             self._live.discard(func_id)
             for round_index in list(self._pending):
                 self._released.setdefault(round_index, Release(proceed=False))
             self._cond.notify_all()
 
+    def join(self, func_id: int) -> None:
+        """A replacement takes over a lost function's place, in the round still open."""
+        with self._cond:
+            self.lost.pop(func_id, None)
+            self._seen[func_id] = time.monotonic()
+            self._alive.discard(func_id)  # a fresh worker: it may take time to start
+
+    def drop(self, func_id: int) -> None:
+        """A lost function is not replaced: the open round completes without it."""
+        with self._cond:
+            self.lost.pop(func_id, None)
+            self._live.discard(func_id)
+            self._complete_ready()
+
+    def live(self) -> set[int]:
+        with self._cond:
+            return set(self._live)
+
     def waiting_for(self) -> set[int]:
         """Live functions that have not published the newest open round."""
         with self._cond:
-            if not self._pending:
-                return set(self._live)
-            open_round = max(self._pending)
-            return self._live - {r.func_id for r in self._pending[open_round]}
+            return self._waiting_for()
+
+    def stalled(self, timeout_s: float, start_timeout_s: float = 0.0) -> set[int]:
+        """Functions the open round waits for that gave no sign of life for `timeout_s`
+        (or, before their first one, for `start_timeout_s`: a cold worker imports torch)."""
+        now = time.monotonic()
+        with self._cond:
+            return {
+                f
+                for f in self._waiting_for()
+                if now - self._seen[f]
+                > (timeout_s if f in self._alive else max(timeout_s, start_timeout_s))
+            }
+
+    def _waiting_for(self) -> set[int]:
+        open_rounds = [r for r in self._pending if r not in self._released]
+        if not open_rounds:
+            return set(self._live)
+        return self._live - {r.func_id for r in self._pending[max(open_rounds)]}
+
+    def _complete_ready(self) -> None:
+        for round_index in sorted(self._pending):
+            arrived = self._pending[round_index]
+            if round_index in self._released or not arrived:
+                continue
+            if {r.func_id for r in arrived} >= self._live:
+                self._complete(round_index)
 
     def _complete(self, round_index: int) -> None:
         # Sorted, so the float sums of the merge do not depend on arrival order.
@@ -74,4 +140,47 @@ class RoundBarrier:
         self._live -= {r.func_id for r in reports if r.final}
         self._released[round_index] = Release(proceed=proceed)
         self.last_progress = time.monotonic()
+        self._seen = dict.fromkeys(self._seen, self.last_progress)
         self._cond.notify_all()
+
+
+class AttemptSync:
+    """The barrier as one attempt of some functions sees it: once a function has been
+    replaced, late calls of its earlier attempt are ignored."""
+
+    def __init__(self, barrier: RoundBarrier, current: dict[int, int], func_ids: Sequence[int]):
+        self.barrier, self._current = barrier, current
+        self._mine = {f: current[f] for f in func_ids}
+
+    def _valid(self, func_id: int) -> bool:
+        return self._current.get(func_id) == self._mine.get(func_id)
+
+    def publish(self, report: RoundReport) -> Release:
+        if not self._valid(report.func_id):
+            return Release(proceed=False)
+        return self.barrier.publish(report)
+
+    def fail(self, func_id: int, error: BaseException) -> None:
+        if self._valid(func_id):
+            self.barrier.fail(func_id, error)
+
+    def progress(self, func_id: int) -> None:
+        if self._valid(func_id):
+            self.barrier.heartbeat([func_id])
+
+
+class PlainSync:
+    """The sync channel of init and validation: no rounds, only the heartbeat."""
+
+    def __init__(self) -> None:
+        self.last_progress = time.monotonic()
+        self.started = False
+
+    def publish(self, report: RoundReport) -> Release:
+        raise BackendError("function published weights outside a train round")
+
+    def fail(self, func_id: int, error: BaseException) -> None:
+        pass  # the job hears of it through the invocation's future
+
+    def progress(self, func_id: int) -> None:
+        self.last_progress, self.started = time.monotonic(), True

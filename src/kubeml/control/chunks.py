@@ -51,3 +51,46 @@ def assign_chunks(
 def validation_slices(n_samples: int, parallelism: int) -> list[Ranges]:
     """The test-set slice each of N validating functions scores."""
     return [((a, b),) if b > a else () for a, b in even_splits(n_samples, parallelism)]
+
+
+def epoch_orders(
+    n_samples: int, parallelism: int, seed: int, epoch: int, chunk_size: int = CHUNK_SIZE
+) -> list[np.ndarray]:
+    """Every function's training order for one epoch, as global sample indices.
+
+    Function i trains the samples of its shard (`assign_chunks`) in a permutation seeded
+    by (seed, epoch, i): the order is fixed by the task's seed alone, so a replacement
+    function, a resumed task or a re-split continues exactly where the last one stopped.
+    """
+    orders = []
+    for func_id, ranges in enumerate(
+        assign_chunks(n_samples, parallelism, seed, epoch, chunk_size)
+    ):
+        samples = np.concatenate([np.arange(a, b) for a, b in ranges]) if ranges else np.empty(0)
+        rng = np.random.default_rng(derive_seed(seed, epoch, func_id, "order"))
+        orders.append(samples.astype(np.int64)[rng.permutation(len(samples))])
+    return orders
+
+
+def resplit(remaining: list[np.ndarray], parallelism: int) -> list[np.ndarray]:
+    """The samples still to train this epoch, in their order, cut in `parallelism` runs."""
+    joined = np.concatenate(remaining) if remaining else np.empty(0, dtype=np.int64)
+    return [joined[a:b] for a, b in even_splits(len(joined), parallelism)]
+
+
+def shard_of(order: np.ndarray) -> tuple[Ranges, tuple[int, ...]]:
+    """What a function reads and in which order it trains it.
+
+    Returns the sorted sample ranges covering `order` (the store reads them as one
+    concatenation) and the position of each sample of `order` in that concatenation.
+    """
+    if len(order) == 0:
+        return (), ()
+    ordered = np.sort(order)
+    breaks = np.flatnonzero(np.diff(ordered) != 1) + 1
+    starts = np.concatenate([[0], breaks])
+    stops = np.concatenate([breaks, [len(ordered)]])
+    ranges = tuple(
+        (int(ordered[a]), int(ordered[b - 1]) + 1) for a, b in zip(starts, stops, strict=True)
+    )
+    return ranges, tuple(np.searchsorted(ordered, order).tolist())

@@ -30,6 +30,7 @@ from kubeml.api.schemas import (
     TaskState,
     TrainRequest,
 )
+from kubeml.control.checkpoint import CheckpointStore
 from kubeml.control.functions import FunctionStore
 from kubeml.control.job import JobServices, TrainJob
 from kubeml.control.metadata import MetadataStore
@@ -70,7 +71,8 @@ class Engine:
         self.datasets: DatasetStore = self.backend.datasets
         self.models: ControlModels = self.backend.models
         self.functions = FunctionStore(self.home / "functions", self.metadata)
-        self.logs = TaskLogs(self.home / "logs")
+        self.logs = TaskLogs(self.home / "logs", self.settings.log_max_lines)
+        self.checkpoints = CheckpointStore(self.home / "checkpoints")
         self.metrics = Metrics()
         self.progress = ProgressBook(lambda name: self.datasets.get(name).train_size)
         self.tasks = TaskRegistry(self.metadata, self.metrics)
@@ -182,6 +184,7 @@ class Engine:
             log=lambda source, message: self.logs.append(task_id, source, message),
             resize=resize,
             round_timeout_s=self.settings.round_timeout_s,
+            checkpoints=self.checkpoints,
         )
         return TrainJob(
             task_id,
@@ -192,6 +195,7 @@ class Engine:
             RecordingRounds(recorder, self.progress, task_id, request),
             policy_for(request.effective_policy.value),
             start_epoch=recorder.epochs_done,
+            records=recorder.history().epochs,
         )
 
     def get_task(self, task_id: str) -> TaskInfo:
@@ -235,6 +239,7 @@ class Engine:
             raise ConflictError(f"task {task_id!r} is still running; stop it first")
         self.metadata.delete_history(task_id)
         self.models.delete_final(task_id)
+        self.checkpoints.delete(task_id)
         self.logs.delete(task_id)
 
     def prune_histories(self) -> list[str]:
@@ -279,9 +284,19 @@ class Engine:
         return self.metrics.render(running=len(self.scheduler.running()))
 
     def _mark_interrupted(self) -> None:
-        """Tasks that were running when the control plane went down become resumable."""
+        """Tasks that were running when the control plane went down: resumed from their
+        last checkpoint (`auto_resume`), or marked resumable by hand."""
         for info in self.metadata.list_tasks():
             if info.state.finished:
+                continue
+            if self.settings.auto_resume:
+                self.logs.append(
+                    info.id, "job", "the control plane restarted: resuming from the last checkpoint"
+                )
+                history = self.metadata.get_history(info.id)
+                n = min(info.parallelism, self.scheduler.capacity)  # the job re-splits to it
+                info = info.model_copy(update={"state": TaskState.QUEUED, "parallelism": n})
+                self.runner.enqueue(info, history.model_copy(update={"state": TaskState.QUEUED}))
                 continue
             try:
                 done = len(self.metadata.get_history(info.id).epochs)

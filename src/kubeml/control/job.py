@@ -13,12 +13,14 @@ from typing import Protocol
 
 from kubeml.api.schemas import EpochRecord, TaskState, TrainRequest
 from kubeml.backends.base import FunctionBackend
-from kubeml.control.barrier import RoundBarrier
-from kubeml.control.chunks import assign_chunks, validation_slices
+from kubeml.control.barrier import AttemptSync, PlainSync, RoundBarrier
+from kubeml.control.checkpoint import Checkpoint, CheckpointStore, CheckpointWriter
+from kubeml.control.chunks import shard_of, validation_slices
 from kubeml.control.outer import OuterConfig
 from kubeml.control.parameter_server import ParameterServer
 from kubeml.control.policy import ParallelismPolicy, scaled_lr, warmup_steps
-from kubeml.errors import FunctionError, FunctionTimeoutError, KubeMLError
+from kubeml.control.position import Position
+from kubeml.errors import BackendError, FunctionError, FunctionTimeoutError, KubeMLError
 from kubeml.runtime.invocation import FunctionCode, Invocation, InvocationResult, Mode
 from kubeml.runtime.sync import RoundReport
 from kubeml.stores.datasets import DatasetStore
@@ -36,6 +38,10 @@ class JobListener(Protocol):
 
     def on_invocations(self, started: int, failed: int) -> None: ...
 
+    def on_function_lost(self, replaced: bool) -> None: ...
+
+    def on_restore(self, records: list[EpochRecord]) -> None: ...
+
 
 @dataclass(frozen=True)
 class JobServices:
@@ -45,16 +51,8 @@ class JobServices:
     log: Callable[[str, str], None]  # (source, message) into this task's log
     resize: Callable[[int], int]  # ask the scheduler for N slots; returns N granted
     round_timeout_s: float = 600.0
-
-
-@dataclass(frozen=True)
-class RoundState:
-    """Where a task stands at a round boundary: what a round-state checkpoint saves, and
-    where a replayed round or a change of N starts from."""
-
-    epoch: int  # the epoch running, counted from 0
-    round: int  # rounds merged so far in this epoch
-    parallelism: int  # N, the functions of this epoch
+    checkpoints: CheckpointStore | None = None
+    start_timeout_s: float = 120.0  # from invoke to a function's first sign of life
 
 
 @dataclass(frozen=True)
@@ -71,11 +69,13 @@ class _Stopped(Exception):
 class TrainJob:
     """Runs one train task to its end and never raises: failures become its outcome.
 
-    The protocol (ARCHITECTURE section 3): one init invocation publishes the reference
-    model; each epoch splits the shuffled chunks over N functions that train in K-AVG
-    rounds through a `RoundBarrier`; validation runs on N test slices every
-    `validate_every` epochs and after the last; the reference model is saved as the
-    task's model after every epoch, so a task can resume from its last completed epoch.
+    The protocol (ARCHITECTURE sections 3, 3a): one init invocation publishes the
+    reference model; each epoch gives every function a lane of the epoch's sample order
+    (`Position`), and the functions train it in K-AVG rounds through a `RoundBarrier`.
+    After every merged round the position is exact, so the job can replay a lost
+    function's round on a fresh worker, re-split the remaining samples over a new N at
+    any round boundary, and checkpoint (epoch ends, every `checkpoint_every_s`, stop).
+    Validation runs on N test slices every `validate_every` epochs and after the last.
     """
 
     def __init__(
@@ -88,30 +88,41 @@ class TrainJob:
         listener: JobListener,
         policy: ParallelismPolicy,
         start_epoch: int = 0,
+        records: Sequence[EpochRecord] = (),
     ) -> None:
         self.task_id = task_id
         self.request = request
         self.function = function
+        self.parallelism = parallelism
         self.services = services
         self.listener = listener
         self.policy = policy
         self.start_epoch = start_epoch
         self.stop_requested = threading.Event()
-        self.state = RoundState(start_epoch, 0, parallelism)
+        self._records = list(records)
+        self._epoch = start_epoch
+        self._position: Position | None = None
         self.server = ParameterServer(task_id, services.models, _outer_config(request))
         self._start_parallelism = parallelism  # lr_scaling is relative to this N
         self._lr = request.lr
         self._lr_from: float | None = None  # set by a resize: the next epoch warms up from it
+        self._wanted: int | None = None  # a resize asked for, applied at the next round
+        self._resplit = False  # a lane was dropped: re-split at the next round boundary
+        self._retries = 0
+        self._attempt: dict[int, int] = {}
+        self._checkpoints = CheckpointWriter(
+            services.checkpoints, task_id, request.checkpoint_every_s, self._log
+        )
         info = services.datasets.get(request.dataset)
         self._train_size, self._test_size = info.train_size, info.test_size
-
-    @property
-    def parallelism(self) -> int:
-        return self.state.parallelism
 
     def stop(self) -> None:
         """Ask the job to stop at the next round boundary."""
         self.stop_requested.set()
+
+    def request_parallelism(self, parallelism: int) -> None:
+        """Change N at the next round boundary (the epoch's remaining samples are re-split)."""
+        self._wanted = parallelism
 
     # -- the whole task, as a table of contents -------------------------------------------
     def run(self) -> JobOutcome:
@@ -121,23 +132,28 @@ class TrainJob:
                 f"task started: N={self.parallelism}, K={self.request.k}, "
                 f"{self.request.epochs} epoch(s) on {self._train_size} samples"
             )
-            self._initialise()
-            for epoch in range(self.start_epoch, self.request.epochs):
-                self.state = RoundState(epoch, 0, self.parallelism)
-                record = self._train_epoch(epoch)
+            position = self._initialise()
+            for epoch in range(position.epoch, self.request.epochs):
+                if position.epoch != epoch:
+                    position = self._fresh_position(epoch)
+                self._epoch = epoch
+                record = self._train_epoch(position)
                 models.save_final(self.task_id)
-                if self.stop_requested.is_set():
-                    raise _Stopped
                 if self._validation_due(epoch):
                     record = self._validate(record)
+                self._records.append(record)
+                self._checkpoint(self._fresh_position(epoch + 1))
                 self.listener.on_epoch(record)
                 self._log(_describe(record))
+                if self.stop_requested.is_set():
+                    raise _Stopped
                 if record.accuracy is not None and record.accuracy >= self.request.goal_accuracy:
                     self._log(f"goal accuracy {self.request.goal_accuracy}% reached")
                     break
                 if epoch + 1 < self.request.epochs:
                     self._rescale(record)
             self._log("task finished")
+            self._checkpoints.delete()
             return JobOutcome(TaskState.SUCCEEDED)
         except _Stopped:
             self._log("task stopped on request")
@@ -152,52 +168,120 @@ class TrainJob:
             self._log(f"task failed: internal error {exc!r}\n{details}")
             return JobOutcome(TaskState.FAILED, f"internal error: {exc!r}", details)
         finally:
+            self._checkpoints.join()
             models.clear_task(self.task_id)
 
     # -- phases ----------------------------------------------------------------------------
-    def _initialise(self) -> None:
-        models = self.services.models
+    def _initialise(self) -> Position:
+        models, store = self.services.models, self.services.checkpoints
+        checkpoint = store.load(self.task_id) if store is not None else None
+        if checkpoint is not None:
+            models.write_reference(self.task_id, checkpoint.model)
+            self._records = list(checkpoint.records)
+            self.server.load_state_dict(checkpoint.outer_state)
+            self._checkpoints.sequence = checkpoint.sequence + 1
+            self.listener.on_restore(list(self._records))
+            self._log(f"resuming from the checkpoint at {checkpoint.label}")
+            position = checkpoint.position
+            if position.round == 0 and position.samples == 0:
+                return self._fresh_position(position.epoch)  # with today's N
+            return position
         if self.start_epoch > 0 and models.has_final(self.task_id):
-            # Resuming: the model saved after the last completed epoch is the reference.
+            # A task from before checkpoints: the model of its last completed epoch.
             models.write_reference(self.task_id, models.load_final(self.task_id))
             self._log(f"resuming from epoch {self.start_epoch}")
-            return
+            return self._fresh_position(self.start_epoch)
         # Start all N workers now, not one for init and the rest at the first epoch, so
         # every function of the first round starts together (a cold worker costs ~1 s).
         self.services.backend.warm(self.parallelism)
-        self._run(Mode.INIT, [()], sync=None)
+        self._run_plain(Mode.INIT, [()])
+        return self._fresh_position(0)
 
-    def _train_epoch(self, epoch: int) -> EpochRecord:
-        n = self.parallelism
-        shards = assign_chunks(self._train_size, n, self.request.seed, epoch)
-        barrier = RoundBarrier(range(n), self._merge)
+    def _fresh_position(self, epoch: int) -> Position:
+        return Position.start(self._train_size, self.parallelism, self.request.seed, epoch)
+
+    def _train_epoch(self, position: Position) -> EpochRecord:
+        self._position = position
         started = time.monotonic()
-        results = self._run(Mode.TRAIN, shards, sync=barrier)
+        merged_before = position.samples
+        while not position.finished:
+            if self.stop_requested.is_set():
+                position.elapsed_s += time.monotonic() - started
+                self._checkpoint(position)
+                # The model as it stands, for inference; resume reads the checkpoint.
+                self.services.models.save_final(self.task_id)
+                self._log(f"stopped at epoch {position.epoch + 1}, round {position.round}")
+                raise _Stopped
+            self._apply_resize(position)
+            self._run_segment(position)
         self._lr_from = None  # the warm-up after a resize is over
-        duration = time.monotonic() - started
-        samples = sum(r.samples for r in results)
-        losses = [(r.loss, r.samples) for r in results if r.loss is not None and r.samples]
-        weight = sum(n for _, n in losses)
-        train_loss = sum(loss * n for loss, n in losses) / weight if weight else float("nan")
+        run_s = time.monotonic() - started
+        duration = position.elapsed_s + run_s
         return EpochRecord(
-            epoch=epoch + 1,
-            train_loss=train_loss,
-            parallelism=n,
+            epoch=position.epoch + 1,
+            train_loss=position.loss_sum / position.batches if position.batches else float("nan"),
+            parallelism=self.parallelism,
             epoch_duration_s=duration,
-            samples_per_s=samples / duration if duration > 0 else 0.0,
-            rounds=barrier.rounds_merged,
+            samples_per_s=(position.samples - merged_before) / run_s if run_s > 0 else 0.0,
+            rounds=position.round,
+            failures=position.failures,
+            retries=position.retries,
             lr=self._lr,
         )
 
+    def _apply_resize(self, position: Position) -> None:
+        """Between two rounds: take a wanted N, or shrink to the survivors of a drop."""
+        if self._wanted is not None:
+            wanted, self._wanted = self._wanted, None
+            granted = self.services.resize(wanted) if wanted != self.parallelism else wanted
+            if granted != self.parallelism:
+                self._log(f"parallelism {self.parallelism} -> {granted} at round {position.round}")
+            self.parallelism = granted
+        self._resplit = False
+        if position.parallelism != self.parallelism:
+            position.resplit(self.parallelism)
+
+    def _run_segment(self, position: Position) -> None:
+        """Rounds of the live lanes, until the epoch ends or a round asks for a re-split."""
+        func_ids = position.live()
+        barrier = RoundBarrier(func_ids, self._merge)
+        threads = max(1, (os.cpu_count() or 1) // len(func_ids))
+        for func_id in func_ids:
+            self._attempt[func_id] = self._attempt.get(func_id, -1) + 1
+        invocations = [self._train_invocation(position, f, threads) for f in func_ids]
+        sync = AttemptSync(barrier, self._attempt, func_ids)
+        futures = self.services.backend.invoke(invocations, sync=sync, log=self._function_log)
+        watched = dict(zip(futures, func_ids, strict=True))
+        tally = {"started": len(invocations), "failed": 0}
+        try:
+            self._watch(watched, barrier, position, threads, tally)
+        finally:
+            self.listener.on_invocations(tally["started"], tally["failed"])
+
+    def _train_invocation(self, position: Position, func_id: int, threads: int) -> Invocation:
+        ranges, order = shard_of(position.lanes[func_id].remaining)
+        base = self._invocation(Mode.TRAIN, position.parallelism, threads)
+        if self._lr_from is not None:  # the first epoch after a resize warms the lr up
+            longest = max(len(lane.order) for lane in position.lanes)
+            steps = warmup_steps(self.request.k, -(-longest // self.request.batch_size))
+            base = replace(base, lr_warmup_from=self._lr_from, lr_warmup_steps=steps)
+        return replace(base, func_id=func_id, ranges=ranges, order=order, round=position.round)
+
     def _merge(self, round_index: int, reports: list[RoundReport]) -> bool:
-        """A round is complete (the barrier calls this): merge it, record it, and answer
-        whether the functions go on."""
+        """The parameter server's step: merge the round into the reference model."""
+        position = self._position
+        assert position is not None
         self.server.merge(reports)
-        self.state = replace(self.state, round=round_index + 1)
+        for r in reports:
+            position.advance(r.func_id, r.samples, r.loss_sum, r.batches)
+        position.round += 1
         batches = sum(r.batches for r in reports)
         loss = sum(r.loss_sum for r in reports) / batches if batches else float("nan")
-        self.listener.on_round(self.state.epoch + 1, self.state.round, loss, self.parallelism)
-        return not self.stop_requested.is_set()
+        self.listener.on_round(self._epoch + 1, position.round, loss, self.parallelism)
+        if self._checkpoints.due():
+            self._checkpoint(position, background=True)
+        resize = self._wanted is not None and self._wanted != self.parallelism
+        return not (self.stop_requested.is_set() or self._resplit or resize)
 
     def _validation_due(self, epoch: int) -> bool:
         every = self.request.validate_every
@@ -206,7 +290,7 @@ class TrainJob:
 
     def _validate(self, record: EpochRecord) -> EpochRecord:
         slices = validation_slices(self._test_size, self.parallelism)
-        results = [r for r in self._run(Mode.VALIDATE, slices, sync=None) if r.samples > 0]
+        results = [r for r in self._run_plain(Mode.VALIDATE, slices) if r.samples > 0]
         total = sum(r.samples for r in results)
         accuracy = sum((r.accuracy or 0.0) * r.samples for r in results) / total
         loss = sum((r.loss or 0.0) * r.samples for r in results) / total
@@ -223,68 +307,183 @@ class TrainJob:
                 self._log(f"parallelism {self.parallelism} -> {granted}, lr {self._lr:g} -> {lr:g}")
                 if lr != self._lr:
                     self._lr_from, self._lr = self._lr, lr
-            self.state = replace(self.state, parallelism=granted)
+            self.parallelism = granted
+
+    # -- checkpoints -----------------------------------------------------------------------
+    def _checkpoint(self, position: Position, *, background: bool = False) -> None:
+        """Save the reference model at `position`; mid-epoch ones in the background."""
+        if not self._checkpoints.accepts(background):
+            return
+        models = self.services.models
+        views = models.layout(self.task_id).views(models.reference_groups(self.task_id))
+        snapshot = Checkpoint(
+            position=Position.from_state(position.to_state()),  # a copy, frozen now
+            model={k: v.clone() for k, v in views.items()},
+            records=list(self._records),
+            outer_state=self.server.state_dict(),
+        )
+        self._checkpoints.write(snapshot, background=background)
 
     # -- running invocations ---------------------------------------------------------------
-    def _run(
-        self,
-        mode: Mode,
-        shards: Sequence[tuple[tuple[int, int], ...]],
-        sync: RoundBarrier | None,
-    ) -> list[InvocationResult]:
+    def _invocation(self, mode: Mode, parallelism: int, threads: int) -> Invocation:
         req = self.request
-        base = Invocation(
+        return Invocation(
             mode=mode,
             task_id=self.task_id,
             function=self.function,
             dataset=req.dataset,
-            parallelism=len(shards),
+            parallelism=parallelism,
             k=req.k,
             lr=self._lr,
             batch_size=req.batch_size,
-            epoch=self.state.epoch,
+            epoch=self._epoch,
             seed=req.seed,
             optimizer_state=req.optimizer_state.value,
-            threads=max(1, (os.cpu_count() or 1) // len(shards)),
+            threads=threads,
         )
-        if mode is Mode.TRAIN and self._lr_from is not None:
-            shard = max(sum(b - a for a, b in r) for r in shards)
-            steps = warmup_steps(req.k, -(-shard // req.batch_size))
-            base = replace(base, lr_warmup_from=self._lr_from, lr_warmup_steps=steps)
-        invocations = [replace(base, func_id=i, ranges=r) for i, r in enumerate(shards)]
-        futures = self.services.backend.invoke(invocations, sync=sync, log=self._function_log)
-        try:
-            return self._collect(futures, sync)
-        finally:
-            failed = sum(1 for f in futures if f.done() and f.exception() is not None)
-            self.listener.on_invocations(len(futures), failed)
+
+    def _run_plain(
+        self, mode: Mode, shards: Sequence[tuple[tuple[int, int], ...]]
+    ) -> list[InvocationResult]:
+        """Init or validation: independent invocations; a lost worker's one runs again."""
+        threads = max(1, (os.cpu_count() or 1) // len(shards))
+        base = self._invocation(mode, len(shards), threads)
+        pending = {i: replace(base, func_id=i, ranges=r) for i, r in enumerate(shards)}
+        results: dict[int, InvocationResult] = {}
+        while pending:
+            invocations, sync = list(pending.values()), PlainSync()
+            futures = self.services.backend.invoke(invocations, sync=sync, log=self._function_log)
+            try:
+                collected = self._collect(futures, sync)
+                for inv, result in zip(invocations, collected, strict=True):
+                    if isinstance(result, BackendError):
+                        self._lost(inv.func_id, result, replaceable=True)
+                        continue
+                    results[inv.func_id] = result
+                    del pending[inv.func_id]
+            finally:
+                failed = sum(1 for f in futures if f.done() and f.exception() is not None)
+                self.listener.on_invocations(len(futures), failed)
+        return [results[i] for i in sorted(results)]
 
     def _collect(
-        self, futures: list[Future[InvocationResult]], sync: RoundBarrier | None
-    ) -> list[InvocationResult]:
-        """Wait for every invocation; fail on the first error, or when no round progresses."""
+        self, futures: list[Future[InvocationResult]], sync: PlainSync
+    ) -> list[InvocationResult | BackendError]:
+        """Wait for independent invocations: a lost worker is returned, other errors raise;
+        a timeout with no heartbeat from any of them is taken for a hang."""
         timeout = self.services.round_timeout_s
-        started = time.monotonic()
         while True:
-            done, pending = wait(futures, timeout=0.5, return_when=FIRST_EXCEPTION)
-            errors = [f.exception() for f in done if f.exception() is not None]
-            if errors:
-                wait(pending, timeout=min(timeout, 30))  # the others are released with "stop"
-                raise errors[0]  # type: ignore[misc]
+            done, pending = wait(futures, timeout=0.5)
+            for f in done:
+                exc = f.exception()
+                if exc is not None and not isinstance(exc, BackendError):
+                    wait(pending, timeout=min(timeout, 30))
+                    raise exc
             if not pending:
-                if sync is not None and -1 in sync.failed:
-                    cause = sync.failed[-1]
-                    raise FunctionError(f"merging a round failed: {cause!r}") from cause
-                return [f.result() for f in futures]
-            last = sync.last_progress if sync is not None else started
-            if time.monotonic() - max(last, started) > timeout:
-                waiting = sorted(sync.waiting_for()) if sync is not None else []
+                return [f.exception() or f.result() for f in futures]  # type: ignore[misc]
+            limit = timeout if sync.started else max(timeout, self.services.start_timeout_s)
+            if time.monotonic() - sync.last_progress > limit:
                 self.services.backend.cancel(self.task_id)
-                who = f"function(s) {waiting}" if waiting else "the functions"
                 raise FunctionTimeoutError(
-                    f"{who} made no progress for {timeout:.0f} s (a hung train/validate hook?); "
-                    "the task was stopped"
+                    f"the functions made no progress for {timeout:.0f} s "
+                    "(a hung validate hook?); the task was stopped"
                 )
+
+    def _watch(
+        self,
+        watched: dict[Future[InvocationResult], int],
+        barrier: RoundBarrier,
+        position: Position,
+        threads: int,
+        tally: dict[str, int],
+    ) -> None:
+        """Wait for a segment's functions; replace or drop lost ones; fail on the first
+        error of user code, or when a function gives no sign of life for the timeout.
+        `tally` counts the invocations started and failed."""
+        timeout = self.services.round_timeout_s
+        while True:
+            wait(list(watched), timeout=0.5, return_when=FIRST_EXCEPTION)
+            for future in [f for f in watched if f.done() and f.exception() is not None]:
+                func_id, exc = watched.pop(future), future.exception()
+                tally["failed"] += 1
+                if not isinstance(exc, BackendError) or barrier.failed:
+                    wait(list(watched), timeout=min(timeout, 30))  # released with "stop"
+                    raise exc  # type: ignore[misc]
+                replacement = self._replace(func_id, exc, barrier, position, threads)
+                if replacement is not None:
+                    watched[replacement] = func_id
+                    tally["started"] += 1
+            if all(f.done() for f in watched):
+                if -1 in barrier.failed:
+                    cause = barrier.failed[-1]
+                    raise FunctionError(f"merging a round failed: {cause!r}") from cause
+                return
+            stalled = barrier.stalled(timeout, self.services.start_timeout_s)
+            if stalled:
+                self.services.backend.cancel(self.task_id)
+                raise FunctionTimeoutError(
+                    f"function(s) {sorted(stalled)} made no progress for {timeout:.0f} s "
+                    "(a hung train/validate hook?); the task was stopped"
+                )
+
+    def _replace(
+        self,
+        func_id: int,
+        error: BackendError,
+        barrier: RoundBarrier,
+        position: Position,
+        threads: int,
+    ) -> Future[InvocationResult] | None:
+        """A lost function: replay its round on a fresh worker, or let the survivors take
+        its samples from the next round on. Returns the replacement's future, if any."""
+        lane = position.lanes[func_id]
+        position.failures += 1
+        if lane.finished and func_id not in barrier.live():
+            self._lost(func_id, error, replaceable=False, note="its lane was already done")
+            return None
+        if self.stop_requested.is_set():
+            self._lost(func_id, error, replaceable=False, note="the task is stopping")
+            barrier.drop(func_id)
+            return None
+        if self._lost(func_id, error, replaceable=True):
+            position.retries += 1
+            self._attempt[func_id] += 1
+            barrier.join(func_id)
+            inv = self._train_invocation(position, func_id, threads)
+            sync = AttemptSync(barrier, self._attempt, [func_id])
+            try:
+                [future] = self.services.backend.invoke([inv], sync=sync, log=self._function_log)
+                self._log(
+                    f"function {func_id}: replaying round {position.round + 1} from sample "
+                    f"{lane.done} of {len(lane.order)} on a fresh worker"
+                )
+                return future
+            except KubeMLError as exc:
+                self._log(f"function {func_id}: no worker for its replacement ({exc})")
+        survivors = self.parallelism - 1
+        if survivors < 1:
+            raise BackendError(f"every function of task {self.task_id} was lost: {error}")
+        self.parallelism = survivors
+        self._resplit = True
+        self._log(
+            f"function {func_id} dropped: its {len(lane.remaining)} samples are re-split over "
+            f"the {survivors} other function(s) from the next round"
+        )
+        barrier.drop(func_id)
+        self.services.resize(survivors)
+        return None
+
+    def _lost(
+        self, func_id: int, error: BackendError, *, replaceable: bool, note: str = ""
+    ) -> bool:
+        """Record a lost worker; True if it may be replaced (the retry budget allows it)."""
+        retry = replaceable and self._retries < self.request.max_retries
+        if retry:
+            self._retries += 1
+        budget = f"retry {self._retries}/{self.request.max_retries}"
+        self._log(f"function {func_id} lost ({error}); {note or budget}")
+        self.listener.on_function_lost(retry)
+        return retry
 
     def _log(self, message: str) -> None:
         self.services.log("job", message)
@@ -299,6 +498,8 @@ def _describe(record: EpochRecord) -> str:
         f"{record.rounds} round(s), {record.epoch_duration_s:.2f} s, "
         f"{record.samples_per_s:.0f} samples/s"
     )
+    if record.failures:
+        text += f", {record.failures} function(s) lost, {record.retries} replaced"
     if record.accuracy is not None:
         text += f", val loss {record.val_loss:.4f}, accuracy {record.accuracy:.2f}%"
     return text

@@ -146,3 +146,9 @@ class RecordingRounds:
 
     def on_invocations(self, started: int, failed: int) -> None:
         self._inner.on_invocations(started, failed)
+
+    def on_function_lost(self, replaced: bool) -> None:
+        self._inner.on_function_lost(replaced)
+
+    def on_restore(self, records: list[EpochRecord]) -> None:
+        self._inner.on_restore(records)

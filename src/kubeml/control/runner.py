@@ -39,6 +39,8 @@ class TaskRunner:
         self.tasks, self.scheduler = tasks, scheduler
         self._metadata, self._logs, self._metrics = metadata, logs, metrics
         self._make_job = make_job
+        self._interrupted: set[str] = set()  # tasks a shutdown stopped at a round boundary
+        self._stopped: set[str] = set()  # tasks their user stopped
 
     def enqueue(self, info: TaskInfo, history: History) -> None:
         """Persist a queued task and submit it; a refused one leaves no trace."""
@@ -61,12 +63,15 @@ class TaskRunner:
         recorder = self.tasks.get(task_id)
         if recorder is None:
             return
+        self._stopped.add(task_id)
         if self.scheduler.cancel(task_id):
             self._finish(recorder, JobOutcome(TaskState.STOPPED))
         else:
             self.tasks.stop(task_id)  # admitted: its job stops, even one not built yet
 
     def close(self, timeout_s: float = 30.0) -> None:
+        # Tasks running now that their user did not stop are resumed at the next start.
+        self._interrupted = {r.id for r in self.tasks.live()} - self._stopped
         for job in self.tasks.jobs():
             job.stop()
         for recorder in self.tasks.live():
@@ -100,6 +105,10 @@ class TaskRunner:
             self._finish(recorder, outcome)
 
     def _finish(self, recorder: TaskRecorder, outcome: JobOutcome) -> None:
+        if recorder.id in self._interrupted and outcome.state is TaskState.STOPPED:
+            # Shutdown, not the user, stopped it: left queued, the next start resumes it.
+            outcome = JobOutcome(TaskState.QUEUED, "interrupted by a server shutdown")
+        self._stopped.discard(recorder.id)
         recorder.update(
             state=outcome.state,
             error=outcome.error,

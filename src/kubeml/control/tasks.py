@@ -96,6 +96,20 @@ class TaskRecorder:
         if failed:
             self._metrics.inc("kubeml_job_function_failures_total", self.id, failed)
 
+    def on_function_lost(self, replaced: bool) -> None:
+        with self._lock:
+            info = self._info
+            self._info = info.model_copy(
+                update={"failures": info.failures + 1, "retries": info.retries + int(replaced)}
+            )
+
+    def on_restore(self, records: list[EpochRecord]) -> None:
+        """Resuming from a checkpoint: its completed epochs are the history."""
+        with self._lock:
+            self._history.epochs = list(records)
+            self._info = self._info.model_copy(update={"epoch": len(records), "round": 0})
+        self.persist()
+
 
 class TaskRegistry:
     """The queued and running tasks: their recorders and jobs, and waiting for their end."""

@@ -46,6 +46,8 @@ class Invocation:
     epoch: int = 0
     seed: int = 0
     ranges: tuple[tuple[int, int], ...] = ()  # sample ranges of this function's shard
+    order: tuple[int, ...] = ()  # training order, as positions in the shard; () = shuffled
+    round: int = 0  # the epoch's round this invocation starts in (a replay, a re-split)
     optimizer_state: str = "keep"
     threads: int = 1
     infer_data: list[Any] | None = None

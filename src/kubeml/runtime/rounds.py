@@ -95,13 +95,17 @@ class RoundDriver:
             raise FunctionError("a train invocation needs a sync channel")
         train_step = step_fn(model.train, "train")
         state = model.network.state_dict()
-        rng = np.random.default_rng(derive_seed(inv.seed, inv.epoch, inv.func_id, "order"))
-        batches = BatchReader(model.dataset, model.batch_size, rng.permutation(len(model.dataset)))
+        if inv.order:  # the job's exact order: a replay or a re-split continues it
+            order = np.asarray(inv.order, dtype=np.int64)
+        else:
+            rng = np.random.default_rng(derive_seed(inv.seed, inv.epoch, inv.func_id, "order"))
+            order = rng.permutation(len(model.dataset))
+        batches = BatchReader(model.dataset, model.batch_size, order)
         n_batches = len(batches)
         k = inv.k if inv.k > 0 else max(1, n_batches)
         it = iter(batches)
         model.network.train()
-        batch_index, round_index, total_loss, total_samples = 0, 0, 0.0, 0
+        batch_index, round_index, total_loss, total_samples = 0, inv.round, 0.0, 0
         while True:
             models.load_reference_into(inv.task_id, state)
             if model.optimizer is None or inv.optimizer_state == "reset":
@@ -116,6 +120,7 @@ class RoundDriver:
                         group["lr"] = base_lr * factor
                 self.hook = "__getitem__()"
                 batch = to_device(next(it), model.device)
+                sync.progress(inv.func_id)  # the heartbeat: a hook that never returns is hung
                 self.hook = "train()"
                 loss = float(train_step(batch, batch_index))
                 if not math.isfinite(loss):
@@ -151,7 +156,7 @@ class RoundDriver:
             Mode.TRAIN,
             samples=total_samples,
             loss=total_loss / batch_index if batch_index else None,
-            rounds=round_index,
+            rounds=round_index - inv.round,
         )
 
     def _validate(self, model: KubeModel) -> InvocationResult:
@@ -167,6 +172,8 @@ class RoundDriver:
             for batch_index in range(len(batches)):
                 self.hook = "__getitem__()"
                 batch = to_device(next(it), model.device)
+                if self.ctx.sync is not None:
+                    self.ctx.sync.progress(inv.func_id)
                 self.hook = "validate()"
                 accuracy, loss = validate_step(batch, batch_index)
                 n = batch_length(batch)

@@ -34,3 +34,11 @@ class SyncChannel(Protocol):
     def publish(self, report: RoundReport) -> Release:
         """Announce published weights and block until the round is merged."""
         ...
+
+    def progress(self, func_id: int) -> None:
+        """A batch is done (the heartbeat: a long round is not a hung one). Cheap enough
+        to call per batch; channels that cross a process send at most every 0.5 s."""
+        ...
+
+
+HEARTBEAT_S = 0.5  # the most often a function's heartbeat crosses a process boundary

@@ -8,6 +8,7 @@ home and loaded with `weights_only=True`; they stay until the task's history is 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import threading
@@ -142,6 +143,28 @@ class LocalModelStore(FunctionModels, ControlModels):
         for other in [t for t in self._layouts if t != task_id or replaced]:
             del self._layouts[other]
 
+    # -- scratch ownership --------------------------------------------------------------
+    def claim_scratch(self) -> None:
+        """Own the scratch folder; what a dead server left there is removed first."""
+        owner = self.scratch_dir / ".owner"
+        try:
+            pid: int | None = int(owner.read_text())
+        except (OSError, ValueError):
+            pid = None
+        if pid is not None and pid != os.getpid() and _alive(pid):
+            return  # another live server uses this home's scratch: leave it alone
+        if pid != os.getpid():
+            shutil.rmtree(self.scratch_dir, ignore_errors=True)
+        self.scratch_dir.mkdir(parents=True, exist_ok=True)
+        owner.write_text(str(os.getpid()))
+
+    def release_scratch(self) -> None:
+        """Remove the scratch folder this server owns (at shutdown)."""
+        owner = self.scratch_dir / ".owner"
+        with contextlib.suppress(OSError, ValueError):
+            if int(owner.read_text()) == os.getpid():
+                shutil.rmtree(self.scratch_dir, ignore_errors=True)
+
     # -- durable models -----------------------------------------------------------------
     def save_final(self, task_id: str) -> None:
         self.finals.save(task_id, self.layout(task_id).views(self.reference_groups(task_id)))
@@ -157,6 +180,16 @@ class LocalModelStore(FunctionModels, ControlModels):
 
     def delete_final(self, task_id: str) -> None:
         self.finals.delete(task_id)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _same_file(path: Path, inode: int | None) -> bool:

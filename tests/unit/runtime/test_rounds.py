@@ -63,6 +63,10 @@ class FakeSync:
     def __init__(self, stop_at: int | None = None) -> None:
         self.reports: list[RoundReport] = []
         self.stop_at = stop_at
+        self.beats = 0
+
+    def progress(self, func_id: int) -> None:
+        self.beats += 1
 
     def publish(self, report: RoundReport) -> Release:
         self.reports.append(report)
@@ -162,6 +166,14 @@ def test_a_stop_release_ends_the_invocation_after_that_round():
     result, _, _, sync, _ = _run(k=1, stop_at=1)
     assert [r.round for r in sync.reports] == [0, 1]
     assert result.rounds == 2 and result.samples == 2 * BATCH
+
+
+def test_a_given_order_and_first_round_are_followed_with_a_heartbeat_per_batch():
+    order = tuple(range(N_SAMPLES - 1, 7, -1))  # a replay of the last 12 samples, reversed
+    result, _, _, sync, _ = _run(k=2, order=order, round=3)
+    assert [(r.round, r.samples, r.final) for r in sync.reports] == [(3, 8, False), (4, 4, True)]
+    assert result.rounds == 2 and result.samples == 12
+    assert sync.beats == 3  # one per batch
 
 
 def test_a_nan_loss_fails_naming_the_batch():

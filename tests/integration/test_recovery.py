@@ -1,0 +1,149 @@
+"""Resilience shown by killing things: a worker, the server, a stop and an immediate resume.
+
+Each run ends succeeded with test accuracy within 1 point of an uninterrupted run with the
+same seed, on the real 8x8 digits with the process backend.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from kubeml.api.schemas import TaskState
+from tests.conftest import function_source
+
+pytestmark = pytest.mark.slow
+
+TASK: dict[str, Any] = dict(
+    function="mlp", dataset="digits", epochs=4, batch_size=16, k=4, lr=0.05,
+    parallelism=2, static=True, seed=3,
+)  # fmt: skip
+SLOW_MLP = function_source(SLEEP_PER_BATCH_S=0.01)  # ~0.5 s an epoch: time to kill mid-epoch
+
+
+def _setup(engine: Any, digits: dict[str, np.ndarray]) -> None:
+    engine.create_function("mlp", SLOW_MLP)
+    engine.create_dataset(
+        "digits", digits["train_x"], digits["train_y"], digits["test_x"], digits["test_y"]
+    )
+
+
+@pytest.fixture(scope="module")
+def baseline(digits: dict[str, np.ndarray], tmp_path_factory: pytest.TempPathFactory) -> float:
+    """Test accuracy of the uninterrupted run."""
+    from kubeml.control.engine import Engine
+    from kubeml.settings import Settings
+
+    tmp = tmp_path_factory.mktemp("baseline")
+    with Engine(
+        Settings(home=tmp / "home", backend="process", capacity=2, shm_dir=tmp / "shm")
+    ) as e:
+        _setup(e, digits)
+        info = e.wait(e.train(**TASK), 240)
+        assert info.state is TaskState.SUCCEEDED, info.traceback
+        assert info.accuracy is not None and info.accuracy > 85
+        return info.accuracy
+
+
+def _wait_for(predicate: Any, timeout_s: float = 120) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+def test_a_killed_worker_is_replaced_mid_epoch(make_engine, digits, baseline):
+    engine = make_engine("process")
+    _setup(engine, digits)
+    task_id = engine.train(**TASK)
+    _wait_for(lambda: engine.get_task(task_id).epoch == 2 and engine.get_task(task_id).round >= 3)
+    pids = engine.backend.describe()["worker_pids"][task_id]
+    os.kill(pids[0], signal.SIGKILL)
+    info = engine.wait(task_id, 240)
+    assert info.state is TaskState.SUCCEEDED, info.traceback
+    assert (info.failures, info.retries) == (1, 1)
+    epochs = engine.get_history(task_id).epochs
+    assert [e.failures for e in epochs] == [0, 1, 0, 0]
+    assert abs(info.accuracy - baseline) <= 1.0, (info.accuracy, baseline)
+    logs = "\n".join(line.message for line in engine.logs_of(task_id))
+    assert "replaying round" in logs
+
+
+def test_resume_right_after_stop_continues_exactly(make_engine, digits, baseline):
+    engine = make_engine("process")
+    _setup(engine, digits)
+    task_id = engine.train(**TASK)
+    _wait_for(lambda: engine.get_task(task_id).epoch == 2 and engine.get_task(task_id).round >= 3)
+    engine.stop_task(task_id)
+    stopped = engine.wait(task_id, 60)
+    assert stopped.state is TaskState.STOPPED
+    assert len(engine.get_history(task_id).epochs) == 1  # the half epoch is not recorded
+    engine.resume_task(task_id)  # the warm workers still map the stopped run's files
+    info = engine.wait(task_id, 240)
+    assert info.state is TaskState.SUCCEEDED, info.traceback
+    assert [e.epoch for e in engine.get_history(task_id).epochs] == [1, 2, 3, 4]
+    assert abs(info.accuracy - baseline) <= 1.0, (info.accuracy, baseline)
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            out.append(int(stat.parent.name))
+    return out
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def test_a_killed_server_comes_back_and_resumes_the_task(digits, baseline, tmp_path):
+    from kubeml.client import Client, ensure_server, server_status, stop_server
+    from kubeml.settings import Settings
+
+    settings = Settings(
+        home=tmp_path / "home", host="127.0.0.1", port=_free_port(), backend="process",
+        capacity=2, shm_dir=tmp_path / "shm", api_token=None, url=None,
+    )  # fmt: skip
+    try:
+        client = Client(ensure_server(settings, quiet=True), token="")
+        client.create_function("mlp", SLOW_MLP)
+        paths = []
+        for field in ("train_x", "train_y", "test_x", "test_y"):
+            np.save(tmp_path / f"{field}.npy", digits[field])
+            paths.append(tmp_path / f"{field}.npy")
+        client.create_dataset("digits", *paths)
+        task_id = client.train(**TASK, checkpoint_every_s=0.2)
+        _wait_for(
+            lambda: client.get_task(task_id).epoch == 2 and client.get_task(task_id).round >= 6
+        )
+        status = server_status(settings)
+        assert status is not None
+        workers = _children(int(status["pid"]))
+        assert workers, "the server runs its workers as children"
+        os.kill(int(status["pid"]), signal.SIGKILL)
+        _wait_for(lambda: not any(Path(f"/proc/{w}").exists() for w in workers), 10)  # no orphans
+
+        client = Client(ensure_server(settings, quiet=True), token="")
+        assert client.get_task(task_id).state in (TaskState.QUEUED, TaskState.RUNNING)
+        info = client.wait(task_id, timeout_s=240, poll_s=0.2)
+        assert info.state is TaskState.SUCCEEDED, info.error
+        assert [e.epoch for e in client.get_history(task_id).epochs] == [1, 2, 3, 4]
+        assert abs(info.accuracy - baseline) <= 1.0, (info.accuracy, baseline)
+        logs = "\n".join(line.message for line in client.logs(task_id))
+        assert "resuming from the checkpoint at epoch 2, round" in logs
+    finally:
+        stop_server(settings, timeout_s=30)

@@ -1,0 +1,43 @@
+"""The function side of the relay: printing is batched, the heartbeat is rate-limited."""
+
+import time
+
+from kubeml.backends.relay import Endpoint, LogLines, Progress, _LineWriter
+
+
+class Recording:
+    def __init__(self):
+        self.sent = []
+
+    def send(self, message):
+        self.sent.append(message)
+
+    def receive(self):
+        raise AssertionError("nothing is asked in these tests")
+
+
+def test_heavy_printing_is_sent_in_a_few_batches_and_nothing_is_lost():
+    transport = Recording()
+    writer = _LineWriter(Endpoint(transport), "function-0")
+    for i in range(10_000):
+        writer.write(f"line {i}\n")
+    writer.write("no newline yet")
+    writer.flush()
+    batches = [m for m in transport.sent if isinstance(m, LogLines)]
+    assert len(batches) <= 10_000 // _LineWriter.MAX_LINES + 2
+    lines = [line for batch in batches for line in batch.lines]
+    assert lines == [f"line {i}" for i in range(10_000)] + ["no newline yet"]
+
+
+def test_the_heartbeat_crosses_at_most_every_half_second_and_sends_waiting_lines():
+    transport = Recording()
+    endpoint = Endpoint(transport)
+    writer = endpoint.writer = _LineWriter(endpoint, "function-0")
+    writer.write("a lone line\n")  # too soon to send on its own
+    for _ in range(1000):
+        endpoint.progress(0)
+    assert sum(isinstance(m, Progress) for m in transport.sent) == 1
+    writer.EVERY_S = 0.0
+    endpoint._last_beat = time.monotonic() - 1
+    endpoint.progress(0)
+    assert LogLines("function-0", ("a lone line",)) in transport.sent
