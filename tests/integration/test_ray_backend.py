@@ -134,13 +134,11 @@ def test_user_output_reaches_the_task_log(ray_engine, digits):
     assert any("printed by function 0" in m for _, m in messages)
 
 
-def test_losing_a_node_costs_a_function_not_the_task_and_the_engine_keeps_serving(
-    ray_engine, cluster, digits
-):
+def test_losing_a_node_fails_the_task_and_the_engine_keeps_serving(ray_engine, cluster, digits):
     _add_digits(ray_engine, digits)
     ray_engine.create_function("slow", function_source(SLEEP_PER_BATCH_S=0.05))
     ray_engine.create_function("mlp", function_source())
-    task_id = ray_engine.train(function="slow", dataset="digits", epochs=2, k=2, lr=0.05)
+    task_id = ray_engine.train(function="slow", dataset="digits", epochs=30, k=2, lr=0.05)
     deadline = time.monotonic() + 60
     while ray_engine.get_task(task_id).round < 2:  # training, with rounds merged across nodes
         assert time.monotonic() < deadline and not ray_engine.get_task(task_id).state.finished
@@ -149,11 +147,9 @@ def test_losing_a_node_costs_a_function_not_the_task_and_the_engine_keeps_servin
     victim = next(n for n in cluster.worker_nodes if n.node_id in busy)
     try:
         cluster.remove_node(victim)
-        info = ray_engine.wait(task_id, timeout_s=180)
-        assert info.state is TaskState.SUCCEEDED, info.error  # replaced, or N shrank
-        assert info.failures >= 1
-        logs = "\n".join(line.message for line in ray_engine.logs_of(task_id))
-        assert "lost" in logs and "node" in logs, logs
+        info = ray_engine.wait(task_id, timeout_s=60)
+        assert info.state is TaskState.FAILED
+        assert "lost" in info.error and "node" in info.error, info.error
 
         # The engine serves on: a task that fits the surviving node trains to the end.
         good = ray_engine.train(function="mlp", dataset="digits", parallelism=1, lr=0.05)

@@ -35,6 +35,7 @@ def _wait_for(condition, timeout_s=30.0):
 
 def test_sys_exit_in_train_fails_the_task_and_replaces_the_worker(make_engine, digits):
     engine = make_engine("process")
+    engine.backend.spare_workers = 0  # count exactly the task's workers
     engine.create_dataset(
         "digits", digits["train_x"], digits["train_y"], digits["test_x"], digits["test_y"]
     )

@@ -37,6 +37,9 @@ class FunctionBackend(ABC):
     """
 
     name: str = "backend"
+    # A lost worker's invocation may be started again on a fresh one (the job replays its
+    # round); False: a lost worker fails the task.
+    replaces_workers: bool = True
     datasets: DatasetStore
     models: ControlModels
 

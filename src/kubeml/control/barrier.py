@@ -73,11 +73,19 @@ class RoundBarrier:
                     if round_index not in self._released:
                         reports[:] = [r for r in reports if r.func_id != func_id]
                 return
-            self.failed[func_id] = error
-            self._live.discard(func_id)
-            for round_index in list(self._pending):
-                self._released.setdefault(round_index, Release(proceed=False))
-            self._cond.notify_all()
+            self._abort(func_id, error)
+
+    def abort(self, func_id: int, error: BaseException) -> None:
+        """End the epoch: every waiter is released with `proceed=False`."""
+        with self._cond:
+            self._abort(func_id, error)
+
+    def _abort(self, func_id: int, error: BaseException) -> None:
+        self.failed[func_id] = error
+        self._live.discard(func_id)
+        for round_index in list(self._pending):
+            self._released.setdefault(round_index, Release(proceed=False))
+        self._cond.notify_all()
 
     def join(self, func_id: int) -> None:
         """A replacement takes over a lost function's place, in the round still open."""

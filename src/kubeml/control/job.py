@@ -376,7 +376,8 @@ class TrainJob:
             done, pending = wait(futures, timeout=0.5)
             for f in done:
                 exc = f.exception()
-                if exc is not None and not isinstance(exc, BackendError):
+                lost = isinstance(exc, BackendError) and self.services.backend.replaces_workers
+                if exc is not None and not lost:
                     wait(pending, timeout=min(timeout, 30))
                     raise exc
             if not pending:
@@ -406,7 +407,9 @@ class TrainJob:
             for future in [f for f in watched if f.done() and f.exception() is not None]:
                 func_id, exc = watched.pop(future), future.exception()
                 tally["failed"] += 1
-                if not isinstance(exc, BackendError) or barrier.failed:
+                replaceable = self.services.backend.replaces_workers
+                if not isinstance(exc, BackendError) or barrier.failed or not replaceable:
+                    barrier.abort(func_id, exc)  # type: ignore[arg-type]
                     wait(list(watched), timeout=min(timeout, 30))  # released with "stop"
                     raise exc  # type: ignore[misc]
                 replacement = self._replace(func_id, exc, barrier, position, threads)
