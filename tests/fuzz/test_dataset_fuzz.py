@@ -85,7 +85,9 @@ def wrong_fields(arrays: dict[str, Any]) -> set[str]:
 # -- generated datasets ------------------------------------------------------------------------
 def _set(field: str, make: Callable[[np.ndarray], Any]) -> Callable[[dict[str, Any]], None]:
     def apply(arrays: dict[str, Any]) -> None:
-        arrays[field] = make(arrays[field])
+        value = make(arrays[field])
+        # numpy turns arithmetic on a 0-d array into a scalar; it is still saved as a 0-d array
+        arrays[field] = np.asarray(value) if isinstance(value, np.generic) else value
 
     return apply
 
