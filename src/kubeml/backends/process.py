@@ -35,6 +35,7 @@ class _Worker:
     task_id: str | None = None
     started_at: float = field(default_factory=time.monotonic)
     served: list[str] = field(default_factory=list)  # tasks whose model it keeps, latest last
+    runs: int = 0  # invocations it ran: a worker that ran one has the user's modules loaded
 
     def alive(self) -> bool:
         return self.process.poll() is None
@@ -94,8 +95,9 @@ class ProcessBackend(FunctionBackend):
         atexit.register(self.close)
 
     # -- pool -------------------------------------------------------------------------------
-    def _spawn(self, count: int) -> list[_Worker]:
-        """Start `count` workers at once and wait for each to connect."""
+    def _spawn(self, count: int, background: bool = False) -> list[_Worker]:
+        """Start `count` workers at once and wait for each to connect. `background` ones
+        import torch at the lowest CPU priority (spares started beside a training task)."""
         env = {**os.environ, "KUBEML_WORKER_AUTHKEY": self._authkey.hex()}
         processes = {}
         for _ in range(count):
@@ -106,7 +108,7 @@ class ProcessBackend(FunctionBackend):
             )
             processes[process.pid] = process
         workers = []
-        setup = Setup(self.datasets, self.models, self.idle_timeout_s)
+        setup = Setup(self.datasets, self.models, self.idle_timeout_s, background)
         for _ in range(count):
             conn = self._listener.accept()
             hello: Hello = conn.recv()
@@ -114,14 +116,14 @@ class ProcessBackend(FunctionBackend):
             workers.append(_Worker(processes.pop(hello.pid), conn))
         return workers
 
-    def warm(self, count: int) -> None:
+    def warm(self, count: int, background: bool = False) -> None:
         """Start workers ahead of demand, so the next task finds them warm."""
         with self._lock:
             if self._closed:
                 return
             self._idle = [w for w in self._idle if w.alive()]
             missing = max(0, count - len(self._idle))
-            self._idle.extend(self._spawn(missing))
+            self._idle.extend(self._spawn(missing, background))
 
     def _acquire(self, count: int, task_id: str, serving: bool = False) -> list[_Worker]:
         with self._lock:
@@ -130,8 +132,9 @@ class ProcessBackend(FunctionBackend):
             alive = [w for w in self._idle if w.alive()]
             for dead in (w for w in self._idle if not w.alive()):
                 dead.conn.close()
-            if serving:  # first the workers that hold this task's model loaded
-                alive.sort(key=lambda w: task_id not in w.served)
+            # First the workers that hold this task's model loaded (serving), then those
+            # that ran anything (the user's modules imported), the spares last.
+            alive.sort(key=lambda w: (serving and task_id not in w.served, w.runs == 0))
             taken, self._idle = alive[:count], alive[count:]
             taken += self._spawn(count - len(taken))
             for worker in taken:
@@ -140,7 +143,10 @@ class ProcessBackend(FunctionBackend):
             refill = self.spare_workers > len(self._idle)
         if refill:  # a lost worker's replacement then starts warm, not from `import torch`
             threading.Thread(
-                target=self.warm, args=(self.spare_workers,), daemon=True, name="kubeml-spare"
+                target=self.warm,
+                args=(self.spare_workers, True),
+                daemon=True,
+                name="kubeml-spare",
             ).start()
         return taken
 
@@ -149,6 +155,7 @@ class ProcessBackend(FunctionBackend):
             if worker in self._busy:
                 self._busy.remove(worker)
             worker.task_id = None
+            worker.runs += 1
             if healthy and not self._closed and worker.alive():
                 self._idle.append(worker)
                 return
