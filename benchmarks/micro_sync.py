@@ -119,12 +119,12 @@ def breakdown_s(reps: int) -> dict[str, float]:
     phases: dict[str, list[float]] = {
         "publish (one function)": [],
         "merge": [],
-        "merge + Nesterov outer step": [],
+        "merge + adaptive Nesterov outer step": [],
         "load reference (one function)": [],
     }
     try:
         store.write_reference(task, states[0])
-        outer = OuterOptimizer(OuterConfig("nesterov", 0.7, 0.9), store.layout(task))
+        outer = OuterOptimizer(OuterConfig("adaptive", 0.7, 0.9), store.layout(task))
         for _ in range(reps + 1):  # the first round touches fresh shared memory; dropped
             torch.set_num_threads(1)  # a function at N=2 on 2 cores has one thread
             t0 = time.perf_counter()
@@ -138,7 +138,7 @@ def breakdown_s(reps: int) -> dict[str, float]:
             t3 = time.perf_counter()
             outer.step(store.reference_groups(task), groups, [64, 64])
             t3b = time.perf_counter()
-            phases["merge + Nesterov outer step"].append(t3b - t3)
+            phases["merge + adaptive Nesterov outer step"].append(t3b - t3)
             torch.set_num_threads(1)
             t4 = time.perf_counter()
             store.load_reference_into(task, states[0])

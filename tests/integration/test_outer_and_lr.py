@@ -18,22 +18,23 @@ def engine(make_engine, digits):
     return engine
 
 
-def test_nesterov_outer_step_trains_a_batchnorm_mlp(engine):
+def test_nesterov_outer_steps_train_a_batchnorm_mlp(engine):
     common = dict(function="mlp", dataset="digits", epochs=3, parallelism=2, k=4, lr=0.02)
     common.update(validate_every=1, static=True)
     runs = {}
-    for outer in ("average", "nesterov"):
+    for outer in ("average", "nesterov", "adaptive"):
         task_id = engine.train(**common, outer_optimizer=outer, outer_lr=0.7, outer_momentum=0.9)
         info = engine.wait(task_id, 120)
         assert info.state is TaskState.SUCCEEDED, info.traceback
         runs[outer] = engine.get_history(task_id).epochs
-    nesterov = runs["nesterov"]
-    assert nesterov[-1].train_loss < 0.5 * nesterov[0].train_loss
-    assert nesterov[-1].accuracy > 85.0
-    # the outer step is not a no-op: the models differ from plain averaging's
-    assert nesterov[0].accuracy != runs["average"][0].accuracy or (
-        nesterov[0].train_loss != runs["average"][0].train_loss
-    )
+    for outer in ("nesterov", "adaptive"):
+        epochs = runs[outer]
+        assert epochs[-1].train_loss < 0.5 * epochs[0].train_loss, outer
+        assert epochs[-1].accuracy > 85.0, outer
+        # the outer step is not a no-op: the models differ from plain averaging's
+        assert epochs[0].accuracy != runs["average"][0].accuracy or (
+            epochs[0].train_loss != runs["average"][0].train_loss
+        ), outer
 
 
 def test_linear_lr_scaling_follows_n_at_every_resize(engine):

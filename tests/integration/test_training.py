@@ -26,9 +26,9 @@ def test_seed_lenet_learns_mnist_with_two_functions_and_k_8(make_engine, mnist_5
         lr=0.02,
         validate_every=1,
         static=True,
-        # The seed's 2021 protocol. The Nesterov default overshoots on this example
-        # (lr 0.02, 4 rounds an epoch): 89.0% after 3 epochs vs 93.8% (docs/performance.md).
-        outer_optimizer="average",
+        # The default outer step (adaptive): plain `nesterov` overshoots on this example
+        # (lr 0.02, 4 rounds an epoch): 89.0% after 3 epochs vs 93.8% for adaptive
+        # and 93.8% for average, seed 0 (docs/performance.md).
     )
     info = engine.wait(task_id, timeout_s=240)
     assert info.state is TaskState.SUCCEEDED, info.traceback
@@ -36,7 +36,7 @@ def test_seed_lenet_learns_mnist_with_two_functions_and_k_8(make_engine, mnist_5
     assert [e.parallelism for e in epochs] == [2, 2, 2]
     assert epochs[0].rounds == 4  # 2,000 samples a function = 32 batches = 4 rounds of 8
     assert epochs[-1].train_loss < 0.5 * epochs[0].train_loss
-    assert epochs[-1].accuracy > 90.0
+    assert epochs[-1].accuracy > 92.0
     assert all(e.epoch_duration_s > 0 and e.samples_per_s > 0 for e in epochs)
 
 

@@ -128,3 +128,62 @@ def test_bad_state_and_bad_config_are_named():
         OuterConfig("nesterov", lr=0)
     with pytest.raises(ValueError, match="outer momentum"):
         OuterConfig("nesterov", momentum=1.0)
+
+
+def _moved(layout: FlatLayout, ref: dict[str, torch.Tensor], step: torch.Tensor) -> dict:
+    """A published state: the reference with `step` added to its stepped (parameter) spans."""
+    state = {k: v.clone() for k, v in ref.items()}
+    for a, b in stepped_spans(layout)["float32"]:
+        state["float32"][a:b] += step[a:b]
+    return state
+
+
+@pytest.mark.parametrize("block", [4, 1 << 16])
+def test_adaptive_keeps_the_momentum_of_a_steady_change_and_drops_it_on_a_reversal(
+    monkeypatch, block
+):
+    monkeypatch.setattr(outer, "BLOCK", block)
+    net = _net()
+    layout = FlatLayout.from_state(net.state_dict())
+    adaptive = OuterOptimizer(OuterConfig("adaptive", lr=0.7, momentum=0.9), layout)
+    nesterov = OuterOptimizer(OuterConfig("nesterov", lr=0.7, momentum=0.9), layout)
+    ref_a, ref_n = _groups(layout, net.state_dict()), _groups(layout, net.state_dict())
+    direction = torch.randn(ref_a["float32"].numel(), generator=torch.Generator().manual_seed(3))
+    for _ in range(3):  # the same change every round: cos = 1, exactly nesterov
+        adaptive.step(ref_a, [_moved(layout, ref_a, 0.01 * direction)], [1])
+        nesterov.step(ref_n, [_moved(layout, ref_n, 0.01 * direction)], [1])
+        assert torch.allclose(ref_a["float32"], ref_n["float32"], atol=1e-6)
+    assert adaptive.last_scale == pytest.approx(1.0, abs=1e-5)
+
+    before = ref_a["float32"].clone()
+    adaptive.step(ref_a, [_moved(layout, ref_a, -0.01 * direction)], [1])  # a reversal
+    assert adaptive.last_scale == 0.0
+    # the momentum is dropped: the step is lr times the change alone
+    mask = torch.zeros_like(before, dtype=torch.bool)
+    for a, b in stepped_spans(layout)["float32"]:
+        mask[a:b] = True
+    expected = before[mask] - 0.7 * 0.01 * direction[mask]
+    assert torch.allclose(ref_a["float32"][mask], expected, atol=1e-6)
+    nesterov.step(ref_n, [_moved(layout, ref_n, -0.01 * direction)], [1])
+    # nesterov carries on along the old direction, past the reversal
+    assert ((ref_n["float32"] - before)[mask] @ direction[mask]) > 0
+
+
+def test_adaptive_state_round_trips_and_buffers_take_the_plain_average():
+    net = _net()
+    layout = FlatLayout.from_state(net.state_dict())
+    config = OuterConfig("adaptive", lr=0.7, momentum=0.9)
+    a_ref = _groups(layout, net.state_dict())
+    a = OuterOptimizer(config, layout)
+    rounds = [[_groups(layout, _perturbed(net.state_dict(), s))] for s in range(4)]
+    for states in rounds[:2]:
+        a.step(a_ref, states, [1])
+    b_ref = {k: v.clone() for k, v in a_ref.items()}
+    b = OuterOptimizer(config, layout)
+    b.load_state_dict(a.state_dict())
+    for states in rounds[2:]:
+        a.step(a_ref, states, [1])
+        b.step(b_ref, states, [1])
+    assert torch.equal(a_ref["float32"], b_ref["float32"])
+    var = layout.views(a_ref)["1.running_var"]
+    assert torch.allclose(var, layout.views(rounds[-1][0])["1.running_var"])

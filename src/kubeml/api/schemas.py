@@ -130,6 +130,7 @@ class OuterOptimizerName(str, Enum):
 
     AVERAGE = "average"  # the average becomes the reference (KubeML 2021)
     NESTEROV = "nesterov"  # the averaged change is a pseudo-gradient for Nesterov SGD
+    ADAPTIVE = "adaptive"  # nesterov, momentum scaled by max(0, cos(change, momentum))
 
 
 class LrScaling(str, Enum):
@@ -181,7 +182,7 @@ class TaskState(str, Enum):
 
 class TrainRequest(BaseModel):
     """A train task. Defaults are the 2021 CLI's, except K (8, was -1) and the outer
-    optimizer (Nesterov lr 0.7 momentum 0.9, was plain averaging), chosen by measurement
+    optimizer (adaptive Nesterov, lr 0.7 momentum 0.9, was plain averaging), chosen by measurement
     (docs/performance.md); the REST API applies the same.
 
     Numbers are strict: `true` is not an epoch count, `2.0` is not a batch size (a JSON
@@ -202,9 +203,9 @@ class TrainRequest(BaseModel):
     goal_accuracy: GoalAccuracy = 100.0
     seed: Seed = 0
     optimizer_state: OptimizerState = OptimizerState.KEEP
-    outer_optimizer: OuterOptimizerName = OuterOptimizerName.NESTEROV
-    outer_lr: OuterLr = Field(default=0.7, description="nesterov only; (0, 2]")
-    outer_momentum: OuterMomentum = Field(default=0.9, description="nesterov only; [0, 1)")
+    outer_optimizer: OuterOptimizerName = OuterOptimizerName.ADAPTIVE
+    outer_lr: OuterLr = Field(default=0.7, description="nesterov and adaptive; (0, 2]")
+    outer_momentum: OuterMomentum = Field(default=0.9, description="nesterov and adaptive; [0, 1)")
     lr_scaling: LrScaling = LrScaling.NONE
     policy: PolicyName | None = Field(
         default=None, description="null = static if `static`, else throughput"

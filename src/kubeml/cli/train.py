@@ -73,20 +73,21 @@ def train(
         ),
     ] = "keep",
     outer_optimizer: Annotated[
-        Literal["average", "nesterov"] | None,
+        Literal["average", "nesterov", "adaptive"] | None,
         typer.Option(
             "--outer-optimizer",
-            help="how a round's average moves the model: plain average (2021) or a Nesterov "
-            "outer step on the averaged change [default: nesterov]",
+            help="how a round's average moves the model: plain average (2021), a Nesterov "
+            "outer step on the averaged change, or that step with its momentum scaled by "
+            "how well the change agrees with it [default: adaptive]",
         ),
     ] = None,
     outer_lr: Annotated[
         float | None,
-        typer.Option("--outer-lr", help="outer step size, (0, 2] (nesterov) [default: 0.7]"),
+        typer.Option("--outer-lr", help="outer step size, (0, 2] [default: 0.7]"),
     ] = None,
     outer_momentum: Annotated[
         float | None,
-        typer.Option("--outer-momentum", help="outer momentum, [0, 1) (nesterov) [default: 0.9]"),
+        typer.Option("--outer-momentum", help="outer momentum, [0, 1) [default: 0.9]"),
     ] = None,
     lr_scaling: Annotated[
         Literal["none", "linear", "sqrt"] | None,

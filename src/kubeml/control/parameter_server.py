@@ -16,7 +16,8 @@ class ParameterServer:
 
     The update is the task's outer optimizer (`kubeml.control.outer`): the reference
     becomes the sample-weighted average of the weights the functions published (`average`,
-    plain K-AVG) or takes a Nesterov step along the averaged change (`nesterov`). The
+    plain K-AVG) or takes a Nesterov step along the averaged change (`nesterov`, and
+    `adaptive`, whose momentum follows how well the change agrees with it). The
     optimizer's state (momentum) lives here, beside the reference it updates;
     `state_dict` / `load_state_dict` are what a checkpoint saves and restores.
     """

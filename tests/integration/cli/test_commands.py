@@ -191,9 +191,9 @@ def test_train_defaults_are_the_2021_ones_but_k_and_the_outer_step(cli: Cli) -> 
     assert (request.static, request.k, request.validate_every, request.goal_accuracy) == (
         False, 8, 0, 100.0)  # fmt: skip
     assert request.optimizer_state.value == "keep"
-    # chosen by measurement (docs/performance.md): K=8 and a Nesterov outer step
+    # chosen by measurement (docs/performance.md): K=8 and the adaptive Nesterov outer step
     assert (request.outer_optimizer.value, request.outer_lr, request.outer_momentum) == (
-        "nesterov", 0.7, 0.9)  # fmt: skip
+        "adaptive", 0.7, 0.9)  # fmt: skip
     assert (request.lr_scaling.value, request.effective_policy.value) == ("none", "throughput")
 
 
