@@ -1,0 +1,83 @@
+"""The outer-optimizer robustness study of docs/performance.md: test accuracy after every
+epoch, N=2 static, K=8, for each outer optimizer, on five workloads (two of them with an
+inner lr or optimizer the study workloads do not use). Epoch accuracies do not depend on
+the machine's load, so an in-process engine is enough here; seconds are not reported.
+
+    python -m benchmarks.outer_study [WORKLOADS] [CONFIGS] [SEEDS] [OUT.jsonl]
+    python -m benchmarks.outer_study mnist-lenet-example average,adaptive 0,1,2
+
+Each line of OUT (default benchmarks/results/outer-study.jsonl) is one task.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from benchmarks.data import Arrays
+from benchmarks.reference import ROOT
+from benchmarks.rows_kubeml import fresh_engine
+from benchmarks.specs import prepare
+
+ADAM_PATCH = (
+    "return SGD(self.parameters(), lr=self.lr, momentum=0.9, weight_decay=1e-4)",
+    "return torch.optim.Adam(self.parameters(), lr=self.lr)",
+)
+LENET = "benchmarks/functions/lenet_fashion_default.py"
+# name: (function file, dataset, inner lr, epochs, patch of the source or None)
+WORKLOADS: dict[str, tuple[str, str, float, int, tuple[str, str] | None]] = {
+    "fashion-sgd": (LENET, "fashion", 0.01, 4, None),
+    "fashion-sgd-lr.05": (LENET, "fashion", 0.05, 4, None),
+    "fashion-adam": (LENET, "fashion", 0.001, 4, ADAM_PATCH),
+    "mnist-lenet-example": ("examples/lenet_mnist.py", "mnist", 0.02, 3, None),
+    "mnist-mlpbn": ("benchmarks/functions/mlp_bn_mnist.py", "mnist", 0.01, 6, None),
+}
+CONFIGS: dict[str, dict[str, Any]] = {
+    "average": {"outer_optimizer": "average"},
+    "nest.7/.9": {"outer_optimizer": "nesterov", "outer_lr": 0.7, "outer_momentum": 0.9},
+    "nest1/.5": {"outer_optimizer": "nesterov", "outer_lr": 1.0, "outer_momentum": 0.5},
+    "adaptive": {"outer_optimizer": "adaptive", "outer_lr": 0.7, "outer_momentum": 0.9},
+}
+
+
+def main(argv: list[str]) -> None:
+    workloads = argv[0].split(",") if argv else list(WORKLOADS)
+    configs = argv[1].split(",") if len(argv) > 1 else list(CONFIGS)
+    seeds = [int(s) for s in argv[2].split(",")] if len(argv) > 2 else [0, 1, 2]
+    out = Path(argv[3]) if len(argv) > 3 else ROOT / "benchmarks/results/outer-study.jsonl"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix="kubeml-outer-study-"))
+    data = {"fashion": prepare("fashion", tmp / "fashion", quick=True).data_dir}
+    data["mnist"] = prepare("mnist5k", tmp / "mnist").data_dir
+    with fresh_engine() as engine:
+        for dataset, path in data.items():
+            a = Arrays.load(path)
+            engine.create_dataset(dataset, a.train_x, a.train_y, a.test_x, a.test_y)
+        for name in workloads:
+            file, dataset, lr, epochs, patch = WORKLOADS[name]
+            source = (ROOT / file).read_text()
+            if patch:
+                source = source.replace(*patch)
+            function = name.replace(".", "")
+            engine.create_function(function, source)
+            for seed in seeds:
+                for config in configs:
+                    task_id = engine.train(
+                        function=function, dataset=dataset, epochs=epochs, lr=lr,
+                        parallelism=2, static=True, k=8, seed=seed, validate_every=1,
+                        **CONFIGS[config],
+                    )  # fmt: skip
+                    info = engine.wait(task_id, timeout_s=1800)
+                    accuracy = [round(e.accuracy, 2) for e in engine.get_history(task_id).epochs]
+                    record = {"workload": name, "config": config, "seed": seed}
+                    record.update(acc=accuracy, state=info.state.value)
+                    print(json.dumps(record), flush=True)
+                    with out.open("a") as f:
+                        f.write(json.dumps(record) + "\n")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
