@@ -6,6 +6,7 @@
     python -m benchmarks micro           # K-AVG round vs memcpy, cold start, CLI, overhead
     python -m benchmarks all --quick     # a smoke test of both (a cut, one seed)
     python -m benchmarks profile         # py-spy profiles of kubeml's workers and server
+    python -m benchmarks recovery        # a worker SIGKILLed mid-epoch: kubeml vs Ray Train
 
 Options: --out FILE.json (default benchmarks/results/<command>-<time>.json), --workloads,
 --seeds, --rows KEY..., --micro NAME..., --epochs, --goal. Run from the repository root.
@@ -14,6 +15,7 @@ Options: --out FILE.json (default benchmarks/results/<command>-<time>.json), --w
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
 import sys
@@ -40,7 +42,10 @@ def _parse(argv: list[str]) -> argparse.Namespace:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
-        "command", nargs="?", default="workload", choices=["workload", "micro", "all", "profile"]
+        "command",
+        nargs="?",
+        default="workload",
+        choices=["workload", "micro", "all", "profile", "recovery"],
     )
     parser.add_argument("--quick", action="store_true", help="a cut that runs in minutes")
     parser.add_argument("--out", type=Path, help="where to write the JSON results")
@@ -84,6 +89,15 @@ def main(argv: list[str]) -> int:
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     out = args.out or ROOT / "benchmarks" / "results" / f"{args.command}-{stamp}.json"
     seeds = args.seeds or ([0] if args.quick else [0, 1, 2])
+    if args.command == "recovery":
+        from benchmarks.recovery import recovery_lines, run_recovery
+
+        result = run_recovery(repeat=1 if args.quick else 3, echo=_echo)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=1))
+        _echo("\n" + recovery_lines(result))
+        _echo(f"\nload average at the end {os.getloadavg()}; results written to {out}")
+        return 0
     names = ["fashion"] if args.command in ("micro", "profile") else args.workloads
     results: dict[str, dict[str, object]] = {}
     with tempfile.TemporaryDirectory(prefix="kubeml-bench-data-") as tmp:

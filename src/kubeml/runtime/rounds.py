@@ -108,6 +108,10 @@ class RoundDriver:
         batch_index, round_index, total_loss, total_samples = 0, inv.round, 0.0, 0
         while True:
             models.load_reference_into(inv.task_id, state)
+            # torch's RNG (dropout, augmentation) is a function of the round's position, so
+            # a round replayed on a fresh worker, or resumed from a checkpoint, draws what
+            # the uninterrupted run drew.
+            torch.manual_seed(derive_seed(inv.seed, inv.epoch, inv.func_id, "round", round_index))
             if model.optimizer is None or inv.optimizer_state == "reset":
                 self.hook = "configure_optimizers()"
                 model.optimizer = model.configure_optimizers()

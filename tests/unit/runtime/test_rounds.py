@@ -86,11 +86,13 @@ class Line(KubeDataset):
 
 class Regression(KubeModel):
     nan_at: int | None = None
+    draws: list[float]  # one torch.rand() per batch: what dropout would see
 
     def __init__(self) -> None:
         super().__init__(nn.Linear(1, 1), Line())
         self.optimizers_built = 0
         self.losses: list[float] = []
+        self.draws = []
 
     def configure_optimizers(self):
         self.optimizers_built += 1
@@ -99,6 +101,7 @@ class Regression(KubeModel):
     def train(self, x, y, batch_index):
         if batch_index == self.nan_at:
             return math.nan
+        self.draws.append(torch.rand(1).item())
         self.optimizer.zero_grad()
         loss = nn.functional.mse_loss(self(x), y)
         loss.backward()
@@ -207,3 +210,13 @@ def test_start_outside_an_invocation_says_how_to_run_the_file():
         Regression().start()
     with pytest.raises(RuntimeError, match="fills data and labels when the model starts"):
         len(Line())
+
+
+def test_a_replayed_round_draws_the_random_numbers_the_original_round_drew():
+    _, whole, _, _, _ = _run(k=2, order=tuple(range(N_SAMPLES)), round=0)
+    _, replay, _, _, _ = _run(k=2, order=tuple(range(2 * BATCH, N_SAMPLES)), round=1)
+    assert len(whole.draws) == 5 and len(replay.draws) == 3
+    assert replay.draws == whole.draws[2:]  # rounds 1 and 2, batch for batch
+    _, other_seed, _, _, _ = _run(k=2, order=tuple(range(N_SAMPLES)), round=0, seed=1)
+    assert other_seed.draws != whole.draws
+    assert len(set(whole.draws[0::2])) == 3  # every round draws afresh, not a repeat
