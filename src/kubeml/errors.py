@@ -151,6 +151,13 @@ class StorageError(KubeMLError):
     code = "storage_error"
 
 
+class DamagedRecordError(StorageError):
+    """A stored record exists but does not parse (damaged, or written by another version):
+    the request clashes with what is stored, so 409; deleting the record clears it."""
+
+    code = "damaged_record"
+
+
 class MissingDependencyError(KubeMLError):
     code = "missing_dependency"
 
@@ -176,6 +183,7 @@ HTTP_STATUS: dict[type[KubeMLError], int] = {
     ConflictError: 409,
     AlreadyExistsError: 409,
     CapacityError: 409,
+    DamagedRecordError: 409,
     UnauthorizedError: 401,
     MethodNotAllowedError: 405,
     FunctionError: 500,

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import shutil
 import socket
 import sqlite3
 import subprocess
 import sys
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,7 +21,7 @@ import pytest
 
 from kubeml.api.schemas import TaskState
 from kubeml.client import Client, ensure_server, server_status, stop_server
-from kubeml.errors import StorageError
+from kubeml.errors import DamagedRecordError
 from kubeml.settings import Settings
 from tests.conftest import function_source
 
@@ -81,8 +84,14 @@ def test_a_damaged_record_is_skipped_and_reported_and_the_rest_serves(
     assert [f.name for f in client.list_functions()] == ["mlp"]
     assert client.get_task(kept).state is TaskState.SUCCEEDED
     assert len(client.infer(kept, digits["test_x"][:3].tolist())) == 3
-    with pytest.raises(StorageError, match=rf"task '{broken}' is damaged.*lr"):
+    with pytest.raises(DamagedRecordError, match=rf"task '{broken}' is damaged.*lr"):
         client.get_task(broken)
+    with urllib.request.urlopen(f"{settings.server_url}/health") as answer:
+        assert answer.status == 200
+    with pytest.raises(urllib.error.HTTPError) as refused:  # a state clash, not a server bug
+        urllib.request.urlopen(f"{settings.server_url}/tasks/{broken}")
+    assert refused.value.code == 409
+    assert json.loads(refused.value.read())["error"]["code"] == "damaged_record"
 
     status = server_status(settings)
     assert status is not None

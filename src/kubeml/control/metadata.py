@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ValidationError
 
 from kubeml.api.schemas import FunctionInfo, History, TaskInfo
-from kubeml.errors import AlreadyExistsError, NotFoundError, StorageError
+from kubeml.errors import AlreadyExistsError, DamagedRecordError, NotFoundError, StorageError
 
 log = logging.getLogger("kubeml.metadata")
 Record = TypeVar("Record", bound=BaseModel)
@@ -93,7 +93,7 @@ class MetadataStore:
     def _one_record(self, model: type[Record], kind: str, key: str, row: Any) -> Record:
         record = self._parse(model, kind, key, row[0])
         if record is None:
-            raise StorageError(
+            raise DamagedRecordError(
                 f"the stored {kind} {key!r} is damaged and skipped ({self._damaged[(kind, key)]})"
                 "; `kubeml server status` lists damaged records"
             )
