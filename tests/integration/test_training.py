@@ -110,7 +110,8 @@ def test_repository_hook_style_trains_too(digits_engine):
 
 def test_tasks_beyond_capacity_queue_and_then_run(digits_engine):
     digits_engine.create_function("slowish", function_source(SLEEP_PER_BATCH_S=0.01))
-    first = digits_engine.train(function="slowish", dataset="digits", parallelism=2)
+    # static: an elastic first task would give a slot back to the second (test_sharing)
+    first = digits_engine.train(function="slowish", dataset="digits", parallelism=2, static=True)
     second = digits_engine.train(function="mlp", dataset="digits", parallelism=1)
     assert digits_engine.get_task(second).state is TaskState.QUEUED
     assert digits_engine.wait(first, 60).state is TaskState.SUCCEEDED

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 from collections import Counter
 from concurrent.futures import Future
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -95,9 +96,25 @@ class ScriptedBackend(FunctionBackend):
         self.cancelled.append(task_id)
 
 
+class GrantAll:
+    """Slots from a scheduler with room for any N; records what the job asked."""
+
+    def __init__(self):
+        self.asked = []
+
+    def want(self, parallelism):
+        self.asked.append(("want", parallelism))
+        return parallelism
+
+    def settle(self, parallelism):
+        self.asked.append(("settle", parallelism))
+        return parallelism
+
+
 class Recorder:
     def __init__(self):
         self.rounds, self.epochs, self.lost, self.invocations = [], [], [], [0, 0]
+        self.logs = []
 
     def on_round(self, epoch, round_index, train_loss, parallelism):
         self.rounds.append((epoch, round_index))
@@ -137,7 +154,7 @@ def _job(stores, script, *, parallelism=2, timeout_s=30.0, accuracy=50.0, backen
         datasets,
         models,
         log=lambda s, m: None,
-        resize=lambda n: n,
+        slots=GrantAll(),
         round_timeout_s=timeout_s,
         checkpoints=checkpoints,
         start_timeout_s=timeout_s,
@@ -146,6 +163,7 @@ def _job(stores, script, *, parallelism=2, timeout_s=30.0, accuracy=50.0, backen
     request.setdefault("outer_optimizer", "average")  # the plain mean (the outer step: test_outer)
     req = TrainRequest(function="f", dataset="d", parallelism=parallelism, **request)
     recorder = Recorder()
+    services = replace(services, log=lambda source, message: recorder.logs.append(message))
     job = TrainJob(
         "task1", req, FunctionCode("f", "sha", "/nowhere"), parallelism, services, recorder,
         StaticPolicy(),
@@ -222,6 +240,8 @@ def test_past_the_retry_budget_the_survivors_take_the_lost_samples(stores):
     assert outcome.state is TaskState.SUCCEEDED, outcome.error
     assert recorder.lost == [False]
     assert recorder.epochs[0].parallelism == 1 and recorder.epochs[0].failures == 1
+    assert recorder.epochs[0].parallelism_path == [2, 1]
+    assert job.services.slots.asked == [("want", 1)]  # its slot goes back to the scheduler
     _exactly_once(backend, 1)
 
 
@@ -232,17 +252,15 @@ def test_the_last_function_lost_past_the_budget_fails_the_task(stores):
 
 
 def test_n_changes_up_and_down_mid_epoch_and_every_sample_is_trained_once(stores):
-    job, _, backend = _job(stores, lambda e, f, r: 1.0, k=1, epochs=2)
+    job, recorder, backend = _job(stores, lambda e, f, r: 1.0, k=1, epochs=2)
     changes = {2: 3, 4: 1, 6: 2}  # after merged round -> new N
     original = job._merge
 
     def merge_then_resize(round_index, reports):
-        proceed = original(round_index, reports)
-        wanted = changes.pop(job._position.round, None) if job._epoch == 0 else None
-        if wanted is not None:
-            job.request_parallelism(wanted)
-            return False
-        return proceed
+        wanted = changes.pop(job._position.round + 1, None) if job._epoch == 0 else None
+        if wanted is not None:  # the scheduler's request arrives during the round
+            job.request_parallelism(wanted, f"test wants {wanted}")
+        return original(round_index, reports)
 
     job._merge = merge_then_resize
     assert job.run().state is TaskState.SUCCEEDED
@@ -250,6 +268,12 @@ def test_n_changes_up_and_down_mid_epoch_and_every_sample_is_trained_once(stores
         i.parallelism for i in backend.invocations if i.mode is Mode.TRAIN and i.epoch == 0
     )
     assert set(sizes) == {1, 2, 3}
+    first, second = recorder.epochs
+    assert first.parallelism_path == [2, 3, 1, 2] and first.parallelism == 2
+    assert second.parallelism_path is None
+    assert first.samples == second.samples == TRAIN_SIZE
+    assert "N 3 -> 1 at round 4 of epoch 1: test wants 1" in recorder.logs
+    assert job.services.slots.asked == [("settle", 3), ("settle", 1), ("settle", 2)]
     _exactly_once(backend, 2)
 
 

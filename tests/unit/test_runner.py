@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
 
 from kubeml.api.schemas import History, TaskInfo, TaskState, TrainRequest
-from kubeml.control.job import JobOutcome
+from kubeml.control.job import JobOutcome, Slots
 from kubeml.control.metadata import MetadataStore
 from kubeml.control.metrics import Metrics
 from kubeml.control.runner import TaskRunner
@@ -21,11 +20,16 @@ from kubeml.errors import CapacityError
 
 
 class FakeJob:
-    """Runs until stopped; records the parallelism it started with and what resize gave."""
+    """Runs until stopped; records the parallelism it started with and the resizes the
+    scheduler asked of it."""
 
-    def __init__(self, task_id: str, parallelism: int, resize: Callable[[int], int]) -> None:
-        self.task_id, self.parallelism, self.resize = task_id, parallelism, resize
+    def __init__(self, task_id: str, parallelism: int, slots: Slots) -> None:
+        self.task_id, self.parallelism, self.slots = task_id, parallelism, slots
+        self.requests: list[tuple[int, str]] = []
         self._stop = threading.Event()
+
+    def request_parallelism(self, parallelism: int, reason: str = "") -> None:
+        self.requests.append((parallelism, reason))
 
     def run(self) -> JobOutcome:
         self._stop.wait(30)
@@ -40,8 +44,8 @@ def runner(tmp_path: Path):
     metadata = MetadataStore(tmp_path / "kubeml.db")
     started: dict[str, FakeJob] = {}
 
-    def make_job(recorder: TaskRecorder, parallelism: int, resize: Callable[[int], int]):
-        job = FakeJob(recorder.id, parallelism, resize)
+    def make_job(recorder: TaskRecorder, parallelism: int, slots: Slots):
+        job = FakeJob(recorder.id, parallelism, slots)
         started[recorder.id] = job
         return job
 
@@ -53,8 +57,8 @@ def runner(tmp_path: Path):
     metadata.close()
 
 
-def _queue(runner: TaskRunner, task_id: str, parallelism: int) -> None:
-    request = TrainRequest(function="f", dataset="d", parallelism=parallelism)
+def _queue(runner: TaskRunner, task_id: str, parallelism: int, static: bool = True) -> None:
+    request = TrainRequest(function="f", dataset="d", parallelism=parallelism, static=static)
     info = TaskInfo(
         id=task_id,
         request=request,
@@ -91,11 +95,25 @@ def test_stopping_a_queued_task_ends_it_at_once_and_it_never_starts(runner):
 def test_a_job_grows_only_into_free_slots_and_shrinking_admits_the_queue(runner):
     run, started, _ = runner
     _queue(run, "a", 1)
-    assert started["a"].resize(2) == 2
-    _queue(run, "b", 1)  # waits: a holds both slots
-    assert list(started) == ["a"]
-    assert started["a"].resize(1) == 1
+    assert started["a"].slots.want(2) == 2
+    _queue(run, "b", 1)  # waits: a holds both slots, and static a is never asked to shrink
+    assert list(started) == ["a"] and started["a"].requests == []
+    assert started["a"].slots.want(1) == 1
     assert list(started) == ["a", "b"]
+
+
+def test_an_elastic_job_gives_a_slot_back_for_a_queued_task_and_gets_it_back(runner):
+    run, started, _ = runner
+    _queue(run, "a", 2, static=False)
+    _queue(run, "b", 1)
+    a = started["a"]
+    assert list(started) == ["a"] and a.requests == [(1, "slots taken back for task b")]
+    assert a.slots.settle(1) == 1  # a's next round boundary: b starts
+    assert list(started) == ["a", "b"]
+    run.stop("b")
+    assert run.tasks.wait("b", timeout_s=10)
+    assert a.requests[-1] == (2, "slots freed (task b ended)")
+    assert a.slots.settle(2) == 2 and run.scheduler.running() == {"a": 2}
 
 
 def test_a_refused_task_leaves_no_trace(runner):

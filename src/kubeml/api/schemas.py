@@ -244,7 +244,12 @@ class EpochRecord(BaseModel):
     train_loss: float
     val_loss: float | None = None
     accuracy: float | None = None
-    parallelism: int
+    parallelism: int  # N at the end of the epoch (what validation and the next epoch ran at)
+    # N of each stretch when it changed within the epoch, in order (the scheduler took
+    # slots back or granted them, or a lost function's samples were re-split): [2, 1, 2].
+    # None when the whole epoch ran at `parallelism`.
+    parallelism_path: list[int] | None = None
+    samples: int | None = None  # trained this epoch (each once: the train set's size)
     epoch_duration_s: float
     samples_per_s: float
     rounds: int

@@ -48,7 +48,7 @@ def get(ctx: typer.Context, task_id: TaskId, json: Json = False) -> None:
                 fmt_float(e.train_loss),
                 fmt_float(e.val_loss),
                 fmt_percent(e.accuracy),
-                e.parallelism,
+                "→".join(map(str, e.parallelism_path or [e.parallelism])),
                 e.rounds,
                 f"{e.epoch_duration_s:.1f}",
                 f"{e.samples_per_s:.0f}",
@@ -150,11 +150,13 @@ def plot(
 
 
 def parallelism_path(history: History) -> str:
-    """N as it ran: `2` for a steady task, `2→4→3` when the scheduler changed it."""
+    """N as it ran: `2` for a steady task, `2→4→3` when the scheduler changed it (between
+    or within epochs)."""
     path: list[int] = []
     for record in history.epochs:
-        if not path or path[-1] != record.parallelism:
-            path.append(record.parallelism)
+        for n in record.parallelism_path or [record.parallelism]:
+            if not path or path[-1] != n:
+                path.append(n)
     return "→".join(map(str, path)) or str(history.request.parallelism)
 
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import secrets
 import threading
-from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -32,7 +31,7 @@ from kubeml.api.schemas import (
 )
 from kubeml.control.checkpoint import CheckpointStore
 from kubeml.control.functions import FunctionStore
-from kubeml.control.job import JobServices, TrainJob
+from kubeml.control.job import JobServices, Slots, TrainJob
 from kubeml.control.metadata import MetadataStore
 from kubeml.control.metrics import Metrics
 from kubeml.control.policy import policy_for
@@ -173,16 +172,14 @@ class Engine:
             except NotFoundError:
                 return task_id
 
-    def _job(
-        self, recorder: TaskRecorder, parallelism: int, resize: Callable[[int], int]
-    ) -> TrainJob:
+    def _job(self, recorder: TaskRecorder, parallelism: int, slots: Slots) -> TrainJob:
         task_id, request = recorder.id, recorder.info.request
         services = JobServices(
             backend=self.backend,
             datasets=self.datasets,
             models=self.models,
             log=lambda source, message: self.logs.append(task_id, source, message),
-            resize=resize,
+            slots=slots,
             round_timeout_s=self.settings.round_timeout_s,
             checkpoints=self.checkpoints,
         )

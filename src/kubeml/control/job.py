@@ -43,13 +43,27 @@ class JobListener(Protocol):
     def on_restore(self, records: list[EpochRecord]) -> None: ...
 
 
+class Slots(Protocol):
+    """The job's side of the scheduler: how it asks for function slots and gives them back."""
+
+    def want(self, parallelism: int) -> int:
+        """The job's own choice of N (its policy's, or its survivors after a lost
+        function): returns the N granted now; freed slots may grow it up to N later."""
+        ...
+
+    def settle(self, parallelism: int) -> int:
+        """At a round boundary, take the N the scheduler asked for (`request_parallelism`):
+        returns the N granted; slots given back go to queued tasks at once."""
+        ...
+
+
 @dataclass(frozen=True)
 class JobServices:
     backend: FunctionBackend
     datasets: DatasetStore
     models: ControlModels
     log: Callable[[str, str], None]  # (source, message) into this task's log
-    resize: Callable[[int], int]  # ask the scheduler for N slots; returns N granted
+    slots: Slots
     round_timeout_s: float = 600.0
     checkpoints: CheckpointStore | None = None
     start_timeout_s: float = 120.0  # from invoke to a function's first sign of life
@@ -105,8 +119,9 @@ class TrainJob:
         self.server = ParameterServer(task_id, services.models, _outer_config(request))
         self._start_parallelism = parallelism  # lr_scaling is relative to this N
         self._lr = request.lr
-        self._lr_from: float | None = None  # set by a resize: the next epoch warms up from it
-        self._wanted: int | None = None  # a resize asked for, applied at the next round
+        self._lr_from: float | None = None  # set by a resize: the next segment ramps from it
+        self._wanted: tuple[int, str] | None = None  # (N, why), applied at the next round
+        self._wanted_lock = threading.Lock()
         self._resplit = False  # a lane was dropped: re-split at the next round boundary
         self._retries = 0
         self._attempt: dict[int, int] = {}
@@ -120,9 +135,11 @@ class TrainJob:
         """Ask the job to stop at the next round boundary."""
         self.stop_requested.set()
 
-    def request_parallelism(self, parallelism: int) -> None:
-        """Change N at the next round boundary (the epoch's remaining samples are re-split)."""
-        self._wanted = parallelism
+    def request_parallelism(self, parallelism: int, reason: str = "") -> None:
+        """Change N at the next round boundary (the epoch's remaining samples are re-split);
+        `reason` (the scheduler's) goes into the task's log."""
+        with self._wanted_lock:
+            self._wanted = (parallelism, reason)
 
     # -- the whole task, as a table of contents -------------------------------------------
     def run(self) -> JobOutcome:
@@ -204,6 +221,7 @@ class TrainJob:
         self._position = position
         started = time.monotonic()
         merged_before = position.samples
+        path: list[int] = []  # the N of each stretch of this epoch
         while not position.finished:
             if self.stop_requested.is_set():
                 position.elapsed_s += time.monotonic() - started
@@ -213,14 +231,18 @@ class TrainJob:
                 self._log(f"stopped at epoch {position.epoch + 1}, round {position.round}")
                 raise _Stopped
             self._apply_resize(position)
+            if not path or path[-1] != self.parallelism:
+                path.append(self.parallelism)
             self._run_segment(position)
-        self._lr_from = None  # the warm-up after a resize is over
+            self._lr_from = None  # the lr ramped up after a resize in that segment
         run_s = time.monotonic() - started
         duration = position.elapsed_s + run_s
         return EpochRecord(
             epoch=position.epoch + 1,
             train_loss=position.loss_sum / position.batches if position.batches else float("nan"),
             parallelism=self.parallelism,
+            parallelism_path=path if len(path) > 1 else None,
+            samples=position.samples,
             epoch_duration_s=duration,
             samples_per_s=(position.samples - merged_before) / run_s if run_s > 0 else 0.0,
             rounds=position.round,
@@ -230,13 +252,13 @@ class TrainJob:
         )
 
     def _apply_resize(self, position: Position) -> None:
-        """Between two rounds: take a wanted N, or shrink to the survivors of a drop."""
-        if self._wanted is not None:
+        """Between two rounds: take a requested N, or shrink to the survivors of a drop."""
+        with self._wanted_lock:
             wanted, self._wanted = self._wanted, None
-            granted = self.services.resize(wanted) if wanted != self.parallelism else wanted
-            if granted != self.parallelism:
-                self._log(f"parallelism {self.parallelism} -> {granted} at round {position.round}")
-            self.parallelism = granted
+        if wanted is not None:
+            granted = self.services.slots.settle(wanted[0])  # also when unchanged: it answers
+            where = f"at round {position.round} of epoch {position.epoch + 1}"
+            self._set_parallelism(granted, f"{where}: {wanted[1]}" if wanted[1] else where)
         self._resplit = False
         if position.parallelism != self.parallelism:
             position.resplit(self.parallelism)
@@ -280,7 +302,8 @@ class TrainJob:
         self.listener.on_round(self._epoch + 1, position.round, loss, self.parallelism)
         if self._checkpoints.due():
             self._checkpoint(position, background=True)
-        resize = self._wanted is not None and self._wanted != self.parallelism
+        wanted = self._wanted
+        resize = wanted is not None and wanted[0] != self.parallelism
         return not (self.stop_requested.is_set() or self._resplit or resize)
 
     def _validation_due(self, epoch: int) -> bool:
@@ -297,17 +320,26 @@ class TrainJob:
         return record.model_copy(update={"accuracy": accuracy, "val_loss": loss})
 
     def _rescale(self, record: EpochRecord) -> None:
+        if record.parallelism_path:
+            return  # the epoch ran at several N: it measured none of them for the policy
         capacity = min(self.services.backend.capacity, os.cpu_count() or 1)
         wanted = self.policy.next_parallelism(record, capacity)
         if wanted != self.parallelism:
-            granted = self.services.resize(wanted)
-            if granted != self.parallelism:
-                req = self.request
-                lr = scaled_lr(req.lr, req.lr_scaling.value, self._start_parallelism, granted)
-                self._log(f"parallelism {self.parallelism} -> {granted}, lr {self._lr:g} -> {lr:g}")
-                if lr != self._lr:
-                    self._lr_from, self._lr = self._lr, lr
-            self.parallelism = granted
+            granted = self.services.slots.want(wanted)
+            self._set_parallelism(granted, f"after epoch {record.epoch} (policy)")
+
+    def _set_parallelism(self, granted: int, why: str) -> None:
+        """Take a new N (logged), and the lr that follows it (ramped up over the next
+        segment's first rounds)."""
+        if granted == self.parallelism:
+            return
+        req = self.request
+        lr = scaled_lr(req.lr, req.lr_scaling.value, self._start_parallelism, granted)
+        change = f", lr {self._lr:g} -> {lr:g}" if lr != self._lr else ""
+        self._log(f"N {self.parallelism} -> {granted} {why}{change}")
+        if lr != self._lr:
+            self._lr_from, self._lr = self._lr, lr
+        self.parallelism = granted
 
     # -- checkpoints -----------------------------------------------------------------------
     def _checkpoint(self, position: Position, *, background: bool = False) -> None:
@@ -473,7 +505,7 @@ class TrainJob:
             f"the {survivors} other function(s) from the next round"
         )
         barrier.drop(func_id)
-        self.services.resize(survivors)
+        self.services.slots.want(survivors)
         return None
 
     def _lost(
@@ -496,8 +528,9 @@ class TrainJob:
 
 
 def _describe(record: EpochRecord) -> str:
+    path = record.parallelism_path or [record.parallelism]
     text = (
-        f"epoch {record.epoch}: train loss {record.train_loss:.4f}, N={record.parallelism}, "
+        f"epoch {record.epoch}: train loss {record.train_loss:.4f}, N={'→'.join(map(str, path))}, "
         f"{record.rounds} round(s), {record.epoch_duration_s:.2f} s, "
         f"{record.samples_per_s:.0f} samples/s"
     )

@@ -1,23 +1,22 @@
-"""The task runner: queues tasks, starts the jobs the scheduler admits, records their end."""
+"""The task runner: queues tasks, acts on the scheduler's decisions, records their end."""
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Callable
 from datetime import datetime, timezone
-from functools import partial
 
-from kubeml.api.schemas import History, TaskInfo, TaskState
-from kubeml.control.job import JobOutcome, TrainJob
+from kubeml.api.schemas import History, PolicyName, TaskInfo, TaskState
+from kubeml.control.job import JobOutcome, Slots, TrainJob
 from kubeml.control.metadata import MetadataStore
 from kubeml.control.metrics import Metrics
-from kubeml.control.scheduler import Admit, Scheduler
+from kubeml.control.scheduler import Admit, Decision, Grant, Scheduler
 from kubeml.control.tasklog import TaskLogs
 from kubeml.control.tasks import TaskRecorder, TaskRegistry
 from kubeml.errors import KubeMLError
 
-# (the task's recorder, its parallelism, how it asks for N slots) -> the job to run
-JobFactory = Callable[[TaskRecorder, int, Callable[[int], int]], TrainJob]
+# (the task's recorder, its parallelism, how it asks for slots) -> the job to run
+JobFactory = Callable[[TaskRecorder, int, Slots], TrainJob]
 
 
 def _now() -> datetime:
@@ -25,7 +24,8 @@ def _now() -> datetime:
 
 
 class TaskRunner:
-    """Acts on the scheduler's decisions: each admitted task's job runs on its own thread."""
+    """Acts on the scheduler's decisions: each admitted task's job runs on its own thread,
+    and a resize goes to the job, which takes it at its next round boundary."""
 
     def __init__(
         self,
@@ -49,14 +49,15 @@ class TaskRunner:
         self.tasks.add(info, history)
         self._logs.append(info.id, "job", f"task queued: {info.request.model_dump_json()}")
         try:
-            admitted = self.scheduler.submit(info.id, info.parallelism)
+            elastic = info.request.effective_policy is not PolicyName.STATIC
+            decisions = self.scheduler.submit(info.id, info.parallelism, elastic=elastic)
         except KubeMLError:
             self.tasks.remove(info.id)
             self._metadata.delete_task(info.id)
             self._metadata.delete_history(info.id)
             self._logs.delete(info.id)
             raise
-        self._start(admitted)
+        self._act(decisions)
 
     def stop(self, task_id: str) -> None:
         """A queued task ends at once; a running job stops at its next round boundary."""
@@ -77,24 +78,31 @@ class TaskRunner:
         for recorder in self.tasks.live():
             self.tasks.wait(recorder.id, timeout_s)
 
-    def _start(self, admitted: list[Admit]) -> None:
-        for admit in admitted:
-            recorder = self.tasks.get(admit.task_id)
-            if recorder is None:  # gone between its admission and now: free its slots
-                self._start(self.scheduler.finished(admit.task_id))
-                continue
-            task_id = recorder.id
-            job = self._make_job(recorder, admit.parallelism, partial(self._resize, task_id))
-            self.tasks.attach(task_id, job)
-            recorder.update(state=TaskState.RUNNING, started_at=_now())
-            recorder.persist()  # the history's state follows the task's: running
-            threading.Thread(
-                target=self._run, args=(job, recorder), daemon=True, name=f"kubeml-job-{task_id}"
-            ).start()
+    def _act(self, decisions: list[Decision]) -> None:
+        for decision in decisions:
+            if isinstance(decision, Admit):
+                self._start(decision)
+            else:
+                self.tasks.request_parallelism(
+                    decision.task_id, decision.parallelism, decision.reason
+                )
 
-    def _resize(self, task_id: str, wanted: int) -> int:
-        grant = self.scheduler.resize(task_id, wanted)
-        self._start(grant.admitted)
+    def _start(self, admit: Admit) -> None:
+        recorder = self.tasks.get(admit.task_id)
+        if recorder is None:  # gone between its admission and now: free its slots
+            self._act(self.scheduler.finished(admit.task_id))
+            return
+        task_id = recorder.id
+        job = self._make_job(recorder, admit.parallelism, _TaskSlots(self, task_id))
+        self.tasks.attach(task_id, job)
+        recorder.update(state=TaskState.RUNNING, started_at=_now())
+        recorder.persist()  # the history's state follows the task's: running
+        threading.Thread(
+            target=self._run, args=(job, recorder), daemon=True, name=f"kubeml-job-{task_id}"
+        ).start()
+
+    def _granted(self, grant: Grant) -> int:
+        self._act(grant.decisions)
         return grant.parallelism
 
     def _run(self, job: TrainJob, recorder: TaskRecorder) -> None:
@@ -118,4 +126,20 @@ class TaskRunner:
         recorder.persist()
         self._metrics.task_finished(recorder.id, outcome.state.value)
         self.tasks.remove(recorder.id)
-        self._start(self.scheduler.finished(recorder.id))
+        self._act(self.scheduler.finished(recorder.id))
+
+
+class _TaskSlots:
+    """A job's `Slots`: its task's requests to the scheduler, whose decisions the runner
+    acts on (a shrink admits queued tasks, a growth may resize others)."""
+
+    def __init__(self, runner: TaskRunner, task_id: str) -> None:
+        self._runner, self._task_id = runner, task_id
+
+    def want(self, parallelism: int) -> int:
+        runner = self._runner
+        return runner._granted(runner.scheduler.resize(self._task_id, parallelism))
+
+    def settle(self, parallelism: int) -> int:
+        runner = self._runner
+        return runner._granted(runner.scheduler.settle(self._task_id, parallelism))

@@ -69,6 +69,7 @@ class TaskRecorder:
     def on_round(self, epoch: int, round_index: int, train_loss: float, parallelism: int) -> None:
         self.update(epoch=epoch, round=round_index, train_loss=train_loss, parallelism=parallelism)
         self._metrics.inc("kubeml_job_rounds_total", self.id)
+        self._metrics.set("kubeml_job_parallelism", self.id, parallelism)  # also mid-epoch
 
     def on_epoch(self, record: EpochRecord) -> None:
         update: dict[str, Any] = {
@@ -120,6 +121,7 @@ class TaskRegistry:
         self._recorders: dict[str, TaskRecorder] = {}
         self._jobs: dict[str, TrainJob] = {}
         self._stop_pending: set[str] = set()  # stopped after admission, before its job existed
+        self._resize_pending: dict[str, tuple[int, str]] = {}  # likewise, a scheduler's resize
 
     def add(self, info: TaskInfo, history: History) -> TaskRecorder:
         recorder = TaskRecorder(info, history, self._metadata, self._metrics, self._changed)
@@ -131,6 +133,8 @@ class TaskRegistry:
         """Register a task's job; one whose task was already asked to stop is stopped."""
         with self._changed:
             self._jobs[task_id] = job
+            if task_id in self._resize_pending:
+                job.request_parallelism(*self._resize_pending.pop(task_id))
             if task_id in self._stop_pending:
                 self._stop_pending.discard(task_id)
                 job.stop()
@@ -144,12 +148,22 @@ class TaskRegistry:
         if job is not None:
             job.stop()
 
+    def request_parallelism(self, task_id: str, parallelism: int, reason: str) -> None:
+        """Pass the scheduler's resize to a live task's job, now or once it exists."""
+        with self._changed:
+            job = self._jobs.get(task_id)
+            if job is None and task_id in self._recorders:
+                self._resize_pending[task_id] = (parallelism, reason)
+        if job is not None:
+            job.request_parallelism(parallelism, reason)
+
     def remove(self, task_id: str) -> None:
         """The task has ended: forget it and wake everyone waiting for it."""
         with self._changed:
             self._recorders.pop(task_id, None)
             self._jobs.pop(task_id, None)
             self._stop_pending.discard(task_id)
+            self._resize_pending.pop(task_id, None)
             self._changed.notify_all()
 
     def get(self, task_id: str) -> TaskRecorder | None:
