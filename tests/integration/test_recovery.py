@@ -28,7 +28,7 @@ TASK: dict[str, Any] = dict(
 SLOW_MLP = function_source(SLEEP_PER_BATCH_S=0.01)  # ~0.5 s an epoch: time to kill mid-epoch
 
 
-def _setup(engine: Any, digits: dict[str, np.ndarray]) -> None:
+def add_mlp_and_digits(engine: Any, digits: dict[str, np.ndarray]) -> None:
     engine.create_function("mlp", SLOW_MLP)
     engine.create_dataset(
         "digits", digits["train_x"], digits["train_y"], digits["test_x"], digits["test_y"]
@@ -45,14 +45,14 @@ def baseline(digits: dict[str, np.ndarray], tmp_path_factory: pytest.TempPathFac
     with Engine(
         Settings(home=tmp / "home", backend="process", capacity=2, shm_dir=tmp / "shm")
     ) as e:
-        _setup(e, digits)
+        add_mlp_and_digits(e, digits)
         info = e.wait(e.train(**TASK), 240)
         assert info.state is TaskState.SUCCEEDED, info.traceback
         assert info.accuracy is not None and info.accuracy > 85
         return info.accuracy
 
 
-def _wait_for(predicate: Any, timeout_s: float = 120) -> None:
+def wait_for(predicate: Any, timeout_s: float = 120) -> None:
     deadline = time.monotonic() + timeout_s
     while not predicate():
         assert time.monotonic() < deadline, "timed out"
@@ -61,9 +61,9 @@ def _wait_for(predicate: Any, timeout_s: float = 120) -> None:
 
 def test_a_killed_worker_is_replaced_mid_epoch(make_engine, digits, baseline):
     engine = make_engine("process")
-    _setup(engine, digits)
+    add_mlp_and_digits(engine, digits)
     task_id = engine.train(**TASK)
-    _wait_for(lambda: engine.get_task(task_id).epoch == 2 and engine.get_task(task_id).round >= 3)
+    wait_for(lambda: engine.get_task(task_id).epoch == 2 and engine.get_task(task_id).round >= 3)
     pids = engine.backend.describe()["worker_pids"][task_id]
     os.kill(pids[0], signal.SIGKILL)
     info = engine.wait(task_id, 240)
@@ -78,9 +78,9 @@ def test_a_killed_worker_is_replaced_mid_epoch(make_engine, digits, baseline):
 
 def test_resume_right_after_stop_continues_exactly(make_engine, digits, baseline):
     engine = make_engine("process")
-    _setup(engine, digits)
+    add_mlp_and_digits(engine, digits)
     task_id = engine.train(**TASK)
-    _wait_for(lambda: engine.get_task(task_id).epoch == 2 and engine.get_task(task_id).round >= 3)
+    wait_for(lambda: engine.get_task(task_id).epoch == 2 and engine.get_task(task_id).round >= 3)
     engine.stop_task(task_id)
     stopped = engine.wait(task_id, 60)
     assert stopped.state is TaskState.STOPPED
@@ -127,7 +127,7 @@ def test_a_killed_server_comes_back_and_resumes_the_task(digits, baseline, tmp_p
             paths.append(tmp_path / f"{field}.npy")
         client.create_dataset("digits", *paths)
         task_id = client.train(**TASK, checkpoint_every_s=0.2)
-        _wait_for(
+        wait_for(
             lambda: client.get_task(task_id).epoch == 2 and client.get_task(task_id).round >= 6
         )
         status = server_status(settings)
@@ -135,7 +135,7 @@ def test_a_killed_server_comes_back_and_resumes_the_task(digits, baseline, tmp_p
         workers = _children(int(status["pid"]))
         assert workers, "the server runs its workers as children"
         os.kill(int(status["pid"]), signal.SIGKILL)
-        _wait_for(lambda: not any(Path(f"/proc/{w}").exists() for w in workers), 10)  # no orphans
+        wait_for(lambda: not any(Path(f"/proc/{w}").exists() for w in workers), 10)  # no orphans
 
         client = Client(ensure_server(settings, quiet=True), token="")
         assert client.get_task(task_id).state in (TaskState.QUEUED, TaskState.RUNNING)

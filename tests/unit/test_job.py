@@ -245,6 +245,32 @@ def test_past_the_retry_budget_the_survivors_take_the_lost_samples(stores):
     _exactly_once(backend, 1)
 
 
+class FullBackend(ScriptedBackend):
+    """No worker for a replacement: the call after a death finds no slot (a lost Ray node)."""
+
+    refused = False
+
+    def invoke(self, invocations, *, sync, log):
+        if self.died and not self.refused:
+            self.refused = True
+            raise BackendError("no live Ray node has room for 1 more function(s)")
+        return super().invoke(invocations, sync=sync, log=log)
+
+
+def test_with_no_worker_for_a_replacement_the_survivors_take_the_samples(stores):
+    datasets, models, _ = stores
+    backend = FullBackend(
+        datasets, models, lambda e, f, r: "die" if (e, f, r) == (0, 1, 1) else 1.0
+    )
+    job, recorder, _ = _job(stores, None, k=1, backend=backend)
+    outcome = job.run()
+    assert outcome.state is TaskState.SUCCEEDED, outcome.error
+    assert recorder.lost == [False]  # no retry is counted for a replacement that never ran
+    record = recorder.epochs[0]
+    assert (record.failures, record.retries, record.parallelism) == (1, 0, 1)
+    _exactly_once(backend, 1)
+
+
 def test_the_last_function_lost_past_the_budget_fails_the_task(stores):
     job, _, _ = _job(stores, lambda e, f, r: "die" if r == 0 else 1.0, parallelism=1, max_retries=0)
     outcome = job.run()

@@ -389,7 +389,7 @@ class TrainJob:
                 collected = self._collect(futures, sync)
                 for inv, result in zip(invocations, collected, strict=True):
                     if isinstance(result, BackendError):
-                        self._lost(inv.func_id, result, replaceable=True)
+                        self._retried(self._lost(inv.func_id, result, replaceable=True))
                         continue
                     results[inv.func_id] = result
                     del pending[inv.func_id]
@@ -475,26 +475,31 @@ class TrainJob:
         position.failures += 1
         if lane.finished and func_id not in barrier.live():
             self._lost(func_id, error, replaceable=False, note="its lane was already done")
+            self._retried(False)
             return None
         if self.stop_requested.is_set():
             self._lost(func_id, error, replaceable=False, note="the task is stopping")
+            self._retried(False)
             barrier.drop(func_id)
             return None
         if self._lost(func_id, error, replaceable=True):
-            position.retries += 1
             self._attempt[func_id] += 1
             barrier.join(func_id)
             inv = self._train_invocation(position, func_id, threads)
             sync = AttemptSync(barrier, self._attempt, [func_id])
             try:
                 [future] = self.services.backend.invoke([inv], sync=sync, log=self._function_log)
+            except KubeMLError as exc:  # no slot free (a lost Ray node): not a retry
+                self._log(f"function {func_id}: no worker for its replacement ({exc})")
+            else:
+                position.retries += 1
+                self._retried(True)
                 self._log(
                     f"function {func_id}: replaying round {position.round + 1} from sample "
                     f"{lane.done} of {len(lane.order)} on a fresh worker"
                 )
                 return future
-            except KubeMLError as exc:
-                self._log(f"function {func_id}: no worker for its replacement ({exc})")
+        self._retried(False)
         survivors = self.parallelism - 1
         if survivors < 1:
             raise BackendError(f"every function of task {self.task_id} was lost: {error}")
@@ -511,14 +516,17 @@ class TrainJob:
     def _lost(
         self, func_id: int, error: BackendError, *, replaceable: bool, note: str = ""
     ) -> bool:
-        """Record a lost worker; True if it may be replaced (the retry budget allows it)."""
+        """Log a lost worker; True if it may be replaced (the retry budget allows it).
+        `_retried` then records whether a replacement started."""
         retry = replaceable and self._retries < self.request.max_retries
-        if retry:
-            self._retries += 1
-        budget = f"retry {self._retries}/{self.request.max_retries}"
+        budget = f"retry {self._retries + int(retry)}/{self.request.max_retries}"
         self._log(f"function {func_id} lost ({error}); {note or budget}")
-        self.listener.on_function_lost(retry)
         return retry
+
+    def _retried(self, replaced: bool) -> None:
+        """A lost worker's outcome: a replacement started (a retry spent), or none."""
+        self._retries += int(replaced)
+        self.listener.on_function_lost(replaced)
 
     def _log(self, message: str) -> None:
         self.services.log("job", message)

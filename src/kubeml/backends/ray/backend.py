@@ -11,6 +11,12 @@ method, then the result or the error. Weights and data move through the Ray obje
 (see `kubeml.backends.ray.stores`); nothing assumes a shared filesystem: the function's
 source travels with the invocation.
 
+A lost actor (SIGKILLed, out of memory, its node gone) fails its invocation's future with
+a `BackendError` within milliseconds, and is forgotten; the job replays the function's
+round on a fresh actor, which Ray places wherever the live nodes have room. When they have
+none, the backend says so at once (unless `wait_for_nodes`), so the job re-splits the
+function's samples over the survivors instead of waiting for a placement.
+
 The merge stays in the control plane, chosen by measured round time (docs/cluster.md has
 the numbers). A prototype merging in a Ray actor beside one of the functions moves fewer
 bytes (2(N-1) weight transfers a round instead of 2N) and cut a bare round's sync (K=1, no
@@ -26,6 +32,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import os
 import queue
 import threading
 import time
@@ -106,8 +113,9 @@ class _FunctionActor:
         self._models = RemoteModelStore(self._endpoint.ask)
         self._endpoint.on_reference = self._models.receive_reference
 
-    def node_id(self) -> str:
-        return ray.get_runtime_context().get_node_id()
+    def where(self) -> tuple[str, int]:
+        """(node id, pid): where the actor was placed, once it has started."""
+        return ray.get_runtime_context().get_node_id(), os.getpid()
 
     def run(self, inv: Invocation) -> Iterator[FromFunction]:
         """Serve one invocation, yielding its relay messages up to its `Done` or `Failed`."""
@@ -176,7 +184,8 @@ class _RayHooks(RelayHooks):
 class _Actor:
     handle: Any
     shape: Shape
-    node_id: str = "?"
+    node_id: str = "?"  # known once placed
+    pid: int | None = None
     task_id: str | None = None
     last_task_id: str | None = None
     idle_since: float = field(default_factory=time.monotonic)
@@ -196,13 +205,13 @@ class RayBackend(FunctionBackend):
         resources_per_function: custom Ray resources each actor reserves, to pin
             functions to labelled nodes (`ray start --resources='{"kubeml": 4}'`).
         start_timeout_s: how long a gang may wait for its actors to be placed.
+        wait_for_nodes: actors the live nodes have no room for wait up to
+            `start_timeout_s` for new nodes (an autoscaling cluster); otherwise they fail
+            at once, so a lost function's replacement gives way to the survivors.
         owns_ray: shut Ray down on `close` (this backend started it).
     """
 
     name = "ray"
-    # Not yet: a replacement waits for a gang placement on the nodes left (up to
-    # start_timeout_s) and the resumed segment then stalled in the node-loss test.
-    replaces_workers = False
     datasets: RayDatasetStore
     models: RayModelStore
 
@@ -217,6 +226,7 @@ class RayBackend(FunctionBackend):
         gpus_per_function: float = 0.0,
         resources_per_function: dict[str, float] | None = None,
         start_timeout_s: float = 180.0,
+        wait_for_nodes: bool = False,
         owns_ray: bool = False,
     ) -> None:
         super().__init__(capacity)
@@ -226,6 +236,7 @@ class RayBackend(FunctionBackend):
         self.gpus_per_function = gpus_per_function
         self.resources_per_function = dict(resources_per_function or {})
         self.start_timeout_s = start_timeout_s
+        self.wait_for_nodes = wait_for_nodes
         self._owns_ray = owns_ray
         self._remote = ray.remote(_FunctionActor)
         self._hooks = _RayHooks(datasets, models)
@@ -243,8 +254,9 @@ class RayBackend(FunctionBackend):
         """Connect to `settings.ray_address` (or start a local Ray) and build the backend.
 
         A Ray already initialised in this process (a test's cluster) is used as it is.
-        Capacity is `KUBEML_CAPACITY` when set, else the functions the cluster's CPUs
-        (and GPUs, if functions need them) can hold at once.
+        Capacity is `KUBEML_CAPACITY` when set (then functions wait for nodes, as on an
+        autoscaling cluster), else the functions the cluster's CPUs (and GPUs, if
+        functions need them) can hold at once.
         """
         owns = not ray.is_initialized()
         if owns:
@@ -259,6 +271,7 @@ class RayBackend(FunctionBackend):
         options.setdefault("gpus_per_function", settings.ray_gpus_per_function)
         if "capacity" in settings.model_fields_set:
             capacity = settings.capacity
+            options.setdefault("wait_for_nodes", True)
         else:
             capacity = _cluster_slots(options["cpus_per_function"], options["gpus_per_function"])
         return cls(
@@ -308,13 +321,16 @@ class RayBackend(FunctionBackend):
             if light:  # an actor that ran this task last may keep its model loaded
                 warm = [a for a in self._idle if a.last_task_id == task_id]
                 taken = (warm or taken or self._idle)[:count]
+            missing = count - len(taken)
+            if missing and not self._room(shape, missing, self._placed() + taken):
+                raise self._no_room(missing, shape, task_id)
             rest = [a for a in self._idle if a not in taken]
             # Idle actors of another shape hold resources the new ones may need.
-            doomed = rest if len(taken) < count else []
+            doomed = rest if missing else []
             self._idle = [a for a in rest if a not in doomed]
             for actor in taken:
                 actor.task_id = task_id
-            taken += [self._spawn(shape, task_id) for _ in range(count - len(taken))]
+            taken += [self._spawn(shape, task_id) for _ in range(missing)]
             self._busy.extend(taken)
         for actor in doomed:
             self._kill(actor)
@@ -324,21 +340,14 @@ class RayBackend(FunctionBackend):
         """Wait until every actor of the gang is placed and alive; replace dead warm ones."""
         deadline = time.monotonic() + self.start_timeout_s
         for _ in range(3):
-            pings = {actor.handle.node_id.remote(): actor for actor in actors}
-            timeout = max(0.0, deadline - time.monotonic())
-            ready, pending = ray.wait(list(pings), num_returns=len(pings), timeout=timeout)
-            dead = []
-            for ref in ready:
-                try:
-                    pings[ref].node_id = ray.get(ref)
-                except RayError:
-                    dead.append(pings[ref])  # a warm actor whose node is gone
-            if pending:
-                unplaced = [pings[ref] for ref in pending]
+            unplaced, dead = self._ping(actors, shape, deadline)
+            if unplaced:
                 for actor in actors:
                     self._release(actor, healthy=actor not in unplaced and actor not in dead)
+                if time.monotonic() < deadline:  # given up early: the nodes left are full
+                    raise self._no_room(len(unplaced), shape, task_id)
                 raise BackendError(
-                    f"Ray could not place {len(pending)} of {len(actors)} function(s) of task "
+                    f"Ray could not place {len(unplaced)} of {len(actors)} function(s) of task "
                     f"{task_id} within {self.start_timeout_s:.0f} s, each needing "
                     f"{_describe_shape(shape, self.resources_per_function)}; the cluster has "
                     f"{_available()} free. Lower --parallelism or add nodes"
@@ -347,13 +356,78 @@ class RayBackend(FunctionBackend):
                 return actors
             for actor in dead:
                 self._release(actor, healthy=False)
+            actors = [a for a in actors if a not in dead]
             with self._lock:
-                spawned = [self._spawn(shape, task_id) for _ in dead]
-                self._busy.extend(spawned)
-            actors = [a for a in actors if a not in dead] + spawned
+                if not self._room(shape, len(dead), self._placed()):
+                    error = self._no_room(len(dead), shape, task_id)
+                else:
+                    error = None
+                    spawned = [self._spawn(shape, task_id) for _ in dead]
+                    self._busy.extend(spawned)
+            if error is not None:
+                for actor in actors:
+                    self._release(actor, healthy=True)
+                raise error
+            actors += spawned
         for actor in actors:
             self._release(actor, healthy=False)
         raise BackendError(f"the Ray actors for task {task_id} kept dying as they started")
+
+    def _ping(
+        self, actors: list[_Actor], shape: Shape, deadline: float
+    ) -> tuple[list[_Actor], list[_Actor]]:
+        """Wait for each actor's first answer (it is placed and has imported torch):
+        returns those still unplaced at the deadline, or once the live nodes have no room
+        for them, and those that died."""
+        pings = {actor.handle.where.remote(): actor for actor in actors}
+        waiting, dead = list(pings), []
+        while waiting and (timeout := min(1.0, deadline - time.monotonic())) > 0:
+            ready, waiting = ray.wait(waiting, num_returns=len(waiting), timeout=timeout)
+            for ref in ready:
+                try:
+                    pings[ref].node_id, pings[ref].pid = ray.get(ref)
+                except RayError:
+                    dead.append(pings[ref])  # a warm actor whose node is gone
+            if waiting:
+                with self._lock:
+                    placed = [a for a in self._placed() if a not in dead]
+                if not self._room(shape, len(waiting), placed):
+                    break  # a node was lost while they waited
+        return [pings[ref] for ref in waiting], dead
+
+    def _placed(self) -> list[_Actor]:
+        """Busy actors with a known node (call with the lock held)."""
+        return [a for a in self._busy if a.node_id != "?"]
+
+    def _room(self, shape: Shape, count: int, occupied: list[_Actor]) -> bool:
+        """Whether the live nodes could hold `count` more actors of `shape` beside the
+        `occupied` ones (this backend's placed actors; other Ray users' are not known).
+        Always True with `wait_for_nodes`: new nodes may come."""
+        if self.wait_for_nodes:
+            return True
+        free = {n["NodeID"]: dict(n.get("Resources", {})) for n in ray.nodes() if n.get("Alive")}
+        for actor in occupied:
+            if actor.node_id in free:
+                _take(free[actor.node_id], self._demand(actor.shape))
+        need = self._demand(shape)
+        for _ in range(count):
+            node = next((r for r in free.values() if _fits(r, need)), None)
+            if node is None:
+                return False
+            _take(node, need)
+        return True
+
+    def _demand(self, shape: Shape) -> dict[str, float]:
+        demand = {"CPU": shape[0], "GPU": shape[1], **self.resources_per_function}
+        return {k: v for k, v in demand.items() if v > 0}
+
+    def _no_room(self, count: int, shape: Shape, task_id: str) -> BackendError:
+        alive = sum(1 for n in ray.nodes() if n.get("Alive"))
+        return BackendError(
+            f"no live Ray node has room for {count} more function(s) of task {task_id}, each "
+            f"needing {_describe_shape(shape, self.resources_per_function)} ({alive} live "
+            f"node(s), {_available()} free). Lower --parallelism or add nodes"
+        )
 
     def warm(self, count: int) -> None:
         """Start `count` actors ahead of demand (the engine calls it at server start).
@@ -477,6 +551,7 @@ class RayBackend(FunctionBackend):
         workers = [
             {
                 "node_id": a.node_id,
+                "pid": a.pid,
                 "state": state,
                 "task_id": a.task_id,
                 "last_task_id": a.last_task_id,
@@ -485,11 +560,16 @@ class RayBackend(FunctionBackend):
             }
             for a, state in actors
         ]
+        pids: dict[str, list[int]] = {}
+        for a, state in actors:
+            if state == "busy" and a.pid is not None:
+                pids.setdefault(a.task_id or "", []).append(a.pid)
         return {
             **super().describe(),
             "warm_workers": sum(1 for _, s in actors if s == "idle"),
             "busy_workers": sum(1 for _, s in actors if s == "busy"),
             "workers": workers,
+            "worker_pids": pids,  # by task, as on the process backend (on the actors' nodes)
         }
 
 
@@ -508,6 +588,15 @@ def _lost(actor: _Actor, inv: Invocation, exc: BaseException) -> BackendError:
     )
     error.__cause__ = exc
     return error
+
+
+def _fits(free: dict[str, float], need: dict[str, float]) -> bool:
+    return all(free.get(k, 0.0) + 1e-9 >= v for k, v in need.items())
+
+
+def _take(free: dict[str, float], need: dict[str, float]) -> None:
+    for k, v in need.items():
+        free[k] = free.get(k, 0.0) - v
 
 
 def _cluster_slots(cpus_per_function: float | None, gpus_per_function: float) -> int:
