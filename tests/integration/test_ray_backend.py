@@ -195,9 +195,7 @@ def test_losing_a_node_costs_a_function_not_the_task(ray_engine, cluster, digits
     """With no room left for a replacement, the survivor takes the lost function's samples
     (N 2 -> 1 at the next round) and the task trains on to the end."""
     add_mlp_and_digits(ray_engine, digits)
-    # Plain averaging: at N=1 the default Nesterov outer step (0.7, 0.9) makes this task
-    # diverge on every backend (train loss 1.2 -> 5.6 in 4 epochs on the inline one).
-    task_id = ray_engine.train(**TASK | {"outer_optimizer": "average"})
+    task_id = ray_engine.train(**TASK)
     wait_for(lambda: _mid_epoch_2(ray_engine, task_id), 60)
     victim = next(n for n in cluster.worker_nodes if n.node_id in _nodes_of(ray_engine, task_id))
     try:
