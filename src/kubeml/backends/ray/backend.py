@@ -388,10 +388,12 @@ class RayBackend(FunctionBackend):
                     pings[ref].node_id, pings[ref].pid = ray.get(ref)
                 except RayError:
                     dead.append(pings[ref])  # a warm actor whose node is gone
-            if waiting:
+            # Those with no node yet need room (a warm actor slow to answer has its node).
+            unplaced = [pings[ref] for ref in waiting if pings[ref].node_id == "?"]
+            if unplaced:
                 with self._lock:
                     placed = [a for a in self._placed() if a not in dead]
-                if not self._room(shape, len(waiting), placed):
+                if not self._room(shape, len(unplaced), placed):
                     break  # a node was lost while they waited
         return [pings[ref] for ref in waiting], dead
 
