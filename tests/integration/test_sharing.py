@@ -74,4 +74,10 @@ def test_a_queued_task_takes_a_slot_back_mid_epoch_and_the_runner_gets_it_back(
     for history in (history_a, history_b):
         assert [e.samples for e in history.epochs] == [train_size, train_size]
         assert history.epochs[-1].train_loss < history.epochs[0].train_loss
+    points = engine.progress.rounds(a)  # what `task watch` and the dashboard draw
+    assert [sum(p.samples for p in points if p.epoch == e) for e in (1, 2)] == [train_size] * 2
+    for record in history_a.epochs:
+        ns = [p.parallelism for p in points if p.epoch == record.epoch]
+        stretches = [n for i, n in enumerate(ns) if i == 0 or ns[i - 1] != n]
+        assert stretches == (record.parallelism_path or [record.parallelism])
     assert info_a.accuracy is not None and info_a.accuracy > 90

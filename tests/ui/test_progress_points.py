@@ -41,9 +41,8 @@ def test_round_plan_matches_the_rounds_a_real_epoch_merges(
 
 def test_points_are_bounded_and_indexes_stay_stable() -> None:
     book = ProgressBook(lambda name: 640)
-    request = TrainRequest(function="f", dataset="d", k=1, batch_size=64, parallelism=1)
     for i in range(MAX_POINTS + 10):
-        book.on_round("t", request, 1, i % 10 + 1, 1.0, 1)
+        book.on_round("t", 1, i % 10 + 1, 1.0, 1, 64)
     kept = book.rounds("t")
     assert len(kept) == MAX_POINTS and kept[0].index == 10
     assert [p.index for p in book.rounds("t", since=MAX_POINTS + 8)] == [

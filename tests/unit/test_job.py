@@ -116,7 +116,7 @@ class Recorder:
         self.rounds, self.epochs, self.lost, self.invocations = [], [], [], [0, 0]
         self.logs = []
 
-    def on_round(self, epoch, round_index, train_loss, parallelism):
+    def on_round(self, epoch, round_index, train_loss, parallelism, samples):
         self.rounds.append((epoch, round_index))
 
     def on_epoch(self, record):

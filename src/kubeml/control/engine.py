@@ -189,7 +189,7 @@ class Engine:
             self.functions.code(request.function, recorder.info.function_sha256 or ""),
             parallelism,
             services,
-            RecordingRounds(recorder, self.progress, task_id, request),
+            RecordingRounds(recorder, self.progress, task_id),
             policy_for(request.effective_policy.value),
             start_epoch=recorder.epochs_done,
             records=recorder.history().epochs,

@@ -31,7 +31,7 @@ class JobListener(Protocol):
     """Where a job reports progress (the engine records it as task state and history)."""
 
     def on_round(
-        self, epoch: int, round_index: int, train_loss: float, parallelism: int
+        self, epoch: int, round_index: int, train_loss: float, parallelism: int, samples: int
     ) -> None: ...
 
     def on_epoch(self, record: EpochRecord) -> None: ...
@@ -294,12 +294,14 @@ class TrainJob:
         position = self._position
         assert position is not None
         self.server.merge(reports)
+        before = position.samples
         for r in reports:
             position.advance(r.func_id, r.samples, r.loss_sum, r.batches)
         position.round += 1
         batches = sum(r.batches for r in reports)
         loss = sum(r.loss_sum for r in reports) / batches if batches else float("nan")
-        self.listener.on_round(self._epoch + 1, position.round, loss, self.parallelism)
+        samples = position.samples - before
+        self.listener.on_round(self._epoch + 1, position.round, loss, self.parallelism, samples)
         if self._checkpoints.due():
             self._checkpoint(position, background=True)
         wanted = self._wanted

@@ -69,12 +69,11 @@ class ProgressBook:
             self._entry(task_id).started = time.monotonic()
 
     def on_round(
-        self, task_id: str, request: TrainRequest, epoch: int, round_index: int,
-        train_loss: float, parallelism: int,
+        self, task_id: str, epoch: int, round_index: int, train_loss: float, parallelism: int,
+        samples: int,
     ) -> None:  # fmt: skip
+        """A merged round that trained `samples` (exact: N may change within an epoch)."""
         now = time.monotonic()
-        plan = self.plan(task_id, request, epoch, parallelism)
-        samples = plan[round_index - 1] if 0 < round_index <= len(plan) else 0
         with self._lock:
             entry = self._entry(task_id)
             rate = None
@@ -128,18 +127,15 @@ class RecordingRounds:
     """A job listener that records each round in a `ProgressBook`, then passes every
     event on to the task's own listener (its recorder)."""
 
-    def __init__(
-        self, inner: JobListener, book: ProgressBook, task_id: str, request: TrainRequest
-    ) -> None:
-        self._inner, self._book = inner, book
-        self._task_id, self._request = task_id, request
+    def __init__(self, inner: JobListener, book: ProgressBook, task_id: str) -> None:
+        self._inner, self._book, self._task_id = inner, book, task_id
         book.task_started(task_id)
 
-    def on_round(self, epoch: int, round_index: int, train_loss: float, parallelism: int) -> None:
-        self._inner.on_round(epoch, round_index, train_loss, parallelism)
-        self._book.on_round(
-            self._task_id, self._request, epoch, round_index, train_loss, parallelism
-        )
+    def on_round(
+        self, epoch: int, round_index: int, train_loss: float, parallelism: int, samples: int
+    ) -> None:
+        self._inner.on_round(epoch, round_index, train_loss, parallelism, samples)
+        self._book.on_round(self._task_id, epoch, round_index, train_loss, parallelism, samples)
 
     def on_epoch(self, record: EpochRecord) -> None:
         self._inner.on_epoch(record)

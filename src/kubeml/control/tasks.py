@@ -66,7 +66,9 @@ class TaskRecorder:
         self._metadata.put_task(info)
 
     # -- JobListener ------------------------------------------------------------------------
-    def on_round(self, epoch: int, round_index: int, train_loss: float, parallelism: int) -> None:
+    def on_round(
+        self, epoch: int, round_index: int, train_loss: float, parallelism: int, samples: int
+    ) -> None:
         self.update(epoch=epoch, round=round_index, train_loss=train_loss, parallelism=parallelism)
         self._metrics.inc("kubeml_job_rounds_total", self.id)
         self._metrics.set("kubeml_job_parallelism", self.id, parallelism)  # also mid-epoch
