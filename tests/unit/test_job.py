@@ -271,6 +271,36 @@ def test_with_no_worker_for_a_replacement_the_survivors_take_the_samples(stores)
     _exactly_once(backend, 1)
 
 
+class OneSlotLeftBackend(FullBackend):
+    """After the death, no replacement, and no gang of more than one function."""
+
+    def invoke(self, invocations, *, sync, log):
+        if self.refused and len(invocations) > 1:
+            raise BackendError("no live Ray node has room for 1 more function(s)")
+        return super().invoke(invocations, sync=sync, log=log)
+
+
+def test_a_larger_n_with_no_workers_for_it_shrinks_again_and_trains_on(stores):
+    datasets, models, _ = stores
+    jobs = []
+
+    def script(epoch, func_id, round_index):
+        if (epoch, func_id, round_index) == (0, 1, 1):
+            return "die"
+        if (epoch, round_index) == (1, 1):
+            jobs[0].request_parallelism(2, "a slot was freed")  # the lost node's slot
+        return 1.0
+
+    backend = OneSlotLeftBackend(datasets, models, script)
+    job, recorder, _ = _job(stores, None, k=1, epochs=2, backend=backend)
+    jobs.append(job)
+    outcome = job.run()
+    assert outcome.state is TaskState.SUCCEEDED, outcome.error
+    assert [e.parallelism for e in recorder.epochs] == [1, 1]
+    assert any("no workers for N=2" in line for line in recorder.logs), recorder.logs
+    _exactly_once(backend, 2)
+
+
 def test_the_last_function_lost_past_the_budget_fails_the_task(stores):
     job, _, _ = _job(stores, lambda e, f, r: "die" if r == 0 else 1.0, parallelism=1, max_retries=0)
     outcome = job.run()

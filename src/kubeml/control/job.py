@@ -272,7 +272,15 @@ class TrainJob:
             self._attempt[func_id] = self._attempt.get(func_id, -1) + 1
         invocations = [self._train_invocation(position, f, threads) for f in func_ids]
         sync = AttemptSync(barrier, self._attempt, func_ids)
-        futures = self.services.backend.invoke(invocations, sync=sync, log=self._function_log)
+        try:
+            futures = self.services.backend.invoke(invocations, sync=sync, log=self._function_log)
+        except BackendError as exc:  # no workers for this N (a lost Ray node): one fewer
+            if len(func_ids) == 1 or not self.services.backend.replaces_workers:
+                raise
+            granted = min(self.services.slots.want(len(func_ids) - 1), len(func_ids) - 1)
+            where = f"at round {position.round} of epoch {position.epoch + 1}"
+            self._set_parallelism(granted, f"{where}: no workers for N={len(func_ids)} ({exc})")
+            return
         watched = dict(zip(futures, func_ids, strict=True))
         tally = {"started": len(invocations), "failed": 0}
         try:
