@@ -307,6 +307,28 @@ def test_the_last_function_lost_past_the_budget_fails_the_task(stores):
     assert outcome.state is TaskState.FAILED and "every function" in outcome.error
 
 
+class DiesInValidate(ScriptedBackend):
+    """Every validate invocation loses its worker (a hook that os._exit()s, say)."""
+
+    def _run(self, inv, sync, future):
+        if inv.mode is Mode.VALIDATE:
+            future.set_exception(BackendError(f"the worker running function {inv.func_id} died"))
+            return
+        super()._run(inv, sync, future)
+
+
+def test_a_validation_that_always_loses_its_worker_fails_the_task_past_the_budget(stores):
+    datasets, models, _ = stores
+    backend = DiesInValidate(datasets, models, lambda e, f, r: 1.0)
+    job, recorder, _ = _job(stores, None, backend=backend, max_retries=2, epochs=1)
+    outcome = job.run()
+    assert outcome.state is TaskState.FAILED
+    assert "lost during validate and the task's 2 retries are spent" in outcome.error
+    validations = [inv for inv in backend.invocations if inv.mode is Mode.VALIDATE]
+    assert len(validations) == 2 + 2  # both shards, then one retry each: the budget of 2
+    assert sum("lost" in line for line in recorder.logs) >= 3
+
+
 def test_n_changes_up_and_down_mid_epoch_and_every_sample_is_trained_once(stores):
     job, recorder, backend = _job(stores, lambda e, f, r: 1.0, k=1, epochs=2)
     changes = {2: 3, 4: 1, 6: 2}  # after merged round -> new N

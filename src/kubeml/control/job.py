@@ -387,7 +387,9 @@ class TrainJob:
     def _run_plain(
         self, mode: Mode, shards: Sequence[tuple[tuple[int, int], ...]]
     ) -> list[InvocationResult]:
-        """Init or validation: independent invocations; a lost worker's one runs again."""
+        """Init or validation: independent invocations; a lost worker's one runs again,
+        within the task's retry budget (a hook that kills its worker every time must not
+        loop forever)."""
         threads = max(1, (os.cpu_count() or 1) // len(shards))
         base = self._invocation(mode, len(shards), threads)
         pending = {i: replace(base, func_id=i, ranges=r) for i, r in enumerate(shards)}
@@ -399,7 +401,14 @@ class TrainJob:
                 collected = self._collect(futures, sync)
                 for inv, result in zip(invocations, collected, strict=True):
                     if isinstance(result, BackendError):
-                        self._retried(self._lost(inv.func_id, result, replaceable=True))
+                        retry = self._lost(inv.func_id, result, replaceable=True)
+                        self._retried(retry)
+                        if not retry:
+                            raise BackendError(
+                                f"function {inv.func_id} was lost during {mode.value} and "
+                                f"the task's {self.request.max_retries} retries are spent: "
+                                f"{result}"
+                            ) from result
                         continue
                     results[inv.func_id] = result
                     del pending[inv.func_id]
