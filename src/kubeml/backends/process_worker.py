@@ -38,25 +38,19 @@ class Setup:
 
 
 def _import_runtime(background: bool) -> None:
-    """Import torch, the runtime and torch's optimizer machinery once, while idle, not on
-    the first invocation. A spare
-    started while a task trains imports on a thread niced to 19 (priority is per thread on
-    Linux), so its seconds of CPU go to cores the training leaves idle; the main thread,
-    which later runs invocations, keeps its normal priority."""
+    """Warm up once, while idle (`kubeml.runtime.execute.warm_up`). A spare started while a
+    task trains does it on a thread niced to 19 (priority is per thread on Linux), so its
+    seconds of CPU go to cores the training leaves idle; the main thread, which later runs
+    invocations, keeps its normal priority."""
 
     def run() -> None:
         if background:
             with contextlib.suppress(OSError, AttributeError):
                 os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
-        import torch
-
         import kubeml.runtime.execute
-        import kubeml.sdk  # noqa: F401
+        import kubeml.sdk
 
-        # torch's first optimizer costs ~1.2 s (it imports the compiler stack); pay it
-        # here, not in the first round of the first task.
-        weight = torch.nn.Parameter(torch.zeros(1))
-        torch.optim.SGD([weight], lr=0.1, momentum=0.9).step()
+        kubeml.runtime.execute.warm_up()
 
     importer = threading.Thread(target=run, name="kubeml-import")
     importer.start()

@@ -102,10 +102,10 @@ class _FunctionActor:
     """A warm function container on some Ray node (used as `ray.remote(_FunctionActor)`)."""
 
     def __init__(self) -> None:
-        import torch  # noqa: F401 - import once, while idle, not on the first invocation
-
         import kubeml.runtime.execute
-        import kubeml.sdk  # noqa: F401
+        import kubeml.sdk
+
+        kubeml.runtime.execute.warm_up()  # torch and its first optimizer, while idle
 
         self._transport = _QueueTransport()
         self._endpoint = Endpoint(self._transport)
