@@ -89,9 +89,9 @@ def _run_backend(backend: str, arrays: dict[str, Any], epochs: int, nodes: int) 
         engine.create_dataset(
             "fashion", *(arrays[k] for k in ("train_x", "train_y", "test_x", "test_y"))
         )
-        warm = engine.train(**_request(1))
-        engine.stop_task(warm)  # honoured after the first round: both workers are warm
-        engine.wait(warm, timeout_s=600)
+        from benchmarks.rows_kubeml import warm_up_task
+
+        warm_up_task(engine, _request(1), timeout_s=600)  # both workers have trained
         task_id = engine.train(**_request(epochs))
         info = engine.wait(task_id, timeout_s=3600)
         if info.state is not TaskState.SUCCEEDED:

@@ -70,13 +70,26 @@ def prewarm(engine: Any, workload: Workload, parallelism: int) -> None:
     throw-away task (K=1, stopped at once: it ends after one batch) finishes the job,
     as a server that has run this function before would have.
     """
-    from kubeml.api.schemas import TaskState
-
     if hasattr(engine.backend, "warm"):
         engine.backend.warm(parallelism)
-    task_id = engine.train(**train_request(workload, parallelism, 1, epochs=1, validate_every=0))
+    warm_up_task(engine, train_request(workload, parallelism, 1, epochs=1, validate_every=0))
+
+
+def warm_up_task(engine: Any, request: dict[str, Any], timeout_s: float = _TIMEOUT_S) -> None:
+    """Run `request` until its first round is merged, then stop it: every function of the
+    gang has then run (imports, model, optimizer). A stop sent at once would end the task
+    before its first epoch starts, and warm nothing. `engine`: an Engine or a Client."""
+    from kubeml.api.schemas import TaskState
+
+    task_id = engine.train(**request)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        info = engine.get_task(task_id)
+        if info.state.finished or info.round >= 1 or info.epoch >= 1:
+            break
+        time.sleep(0.02)
     engine.stop_task(task_id)
-    info = engine.wait(task_id, timeout_s=_TIMEOUT_S)
+    info = engine.wait(task_id, timeout_s=timeout_s)
     if info.state not in (TaskState.STOPPED, TaskState.SUCCEEDED):
         raise RuntimeError(f"kubeml warm-up task {task_id} {info.state.value}: {info.error}")
 
@@ -155,12 +168,11 @@ class Server:
         self.startup_s = now() - started
 
     def warm(self, workload: Workload, parallelism: int) -> None:
-        """Leave `parallelism` workers that have imported torch and the function (a K=1
-        task stopped at once)."""
-        request = train_request(workload, parallelism, 1, epochs=1, validate_every=0)
-        task_id = self.client.train(**request)
-        self.client.stop_task(task_id)
-        self.client.wait(task_id, timeout_s=_TIMEOUT_S, poll_s=0.1)
+        """Leave `parallelism` workers that have imported torch and the function and
+        trained a round (a K=1 task stopped after its first round)."""
+        warm_up_task(
+            self.client, train_request(workload, parallelism, 1, epochs=1, validate_every=0)
+        )
 
     def close(self) -> None:
         from kubeml.client.local import stop_server

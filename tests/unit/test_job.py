@@ -192,6 +192,15 @@ def test_rounds_merge_by_samples_and_the_final_model_persists(stores):
     _exactly_once(backend, 1)
 
 
+def test_init_runs_with_a_training_functions_share_of_the_cores(monkeypatch, stores):
+    """A backend that sizes workers by threads (Ray) then reuses the init worker."""
+    monkeypatch.setattr("os.cpu_count", lambda: 8)
+    job, _, backend = _job(stores, lambda e, f, r: 1.0, parallelism=4)
+    assert job.run().state is TaskState.SUCCEEDED
+    by_mode = {inv.mode: inv.threads for inv in backend.invocations}
+    assert by_mode[Mode.INIT] == by_mode[Mode.TRAIN] == 2  # 8 cores over N=4
+
+
 def test_every_sample_is_trained_once_per_epoch_in_k_rounds(stores):
     job, recorder, backend = _job(stores, lambda e, f, r: 1.0, k=2, epochs=2)
     assert job.run().state is TaskState.SUCCEEDED

@@ -211,7 +211,9 @@ class TrainJob:
         # Start all N workers now, not one for init and the rest at the first epoch, so
         # every function of the first round starts together (a cold worker costs ~1 s).
         self.services.backend.warm(self.parallelism)
-        self._run_plain(Mode.INIT, [()])
+        # Init runs with a training function's share of the cores, so a backend that sizes
+        # workers by threads (Ray actors) runs it on a worker the first epoch then reuses.
+        self._run_plain(Mode.INIT, [()], threads=max(1, (os.cpu_count() or 1) // self.parallelism))
         return self._fresh_position(0)
 
     def _fresh_position(self, epoch: int) -> Position:
@@ -385,12 +387,15 @@ class TrainJob:
         )
 
     def _run_plain(
-        self, mode: Mode, shards: Sequence[tuple[tuple[int, int], ...]]
+        self,
+        mode: Mode,
+        shards: Sequence[tuple[tuple[int, int], ...]],
+        threads: int | None = None,
     ) -> list[InvocationResult]:
         """Init or validation: independent invocations; a lost worker's one runs again,
         within the task's retry budget (a hook that kills its worker every time must not
         loop forever)."""
-        threads = max(1, (os.cpu_count() or 1) // len(shards))
+        threads = threads or max(1, (os.cpu_count() or 1) // len(shards))
         base = self._invocation(mode, len(shards), threads)
         pending = {i: replace(base, func_id=i, ranges=r) for i, r in enumerate(shards)}
         results: dict[int, InvocationResult] = {}
