@@ -15,7 +15,6 @@ import json
 import os
 import random
 import signal
-import socket
 import tempfile
 import threading
 import time
@@ -24,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks.reference import free_port
 from kubeml.api.schemas import TaskState
 
 
@@ -37,12 +37,6 @@ def _children(pid: int) -> list[int]:
         if int(fields[1]) == pid:
             out.append(int(stat.parent.name))
     return out
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def _digits(folder: Path) -> list[Path]:
@@ -67,7 +61,7 @@ def run(epochs: int, every_s: float, server_kill_after_s: float, sleep_s: float)
 
     tmp = Path(tempfile.mkdtemp(prefix="kubeml-chaos-"))
     settings = Settings(
-        home=tmp / "home", host="127.0.0.1", port=_free_port(), backend="process",
+        home=tmp / "home", host="127.0.0.1", port=free_port(), backend="process",
         capacity=2, shm_dir=tmp / "shm", api_token=None, url=None,
     )  # fmt: skip
     kills: dict[str, Any] = {"workers": 0, "server": 0}

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import socket
 import statistics
 import sys
 import tempfile
@@ -32,15 +31,11 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # `python benchmarks/micro_serve.py` from anywhere
     sys.path.insert(0, str(ROOT))
 
+from benchmarks.reference import free_port  # noqa: E402 - needs ROOT on sys.path
+
 TARGET_P50_S, TARGET_P99_S = 0.005, 0.015
 _WARM_CALLS = 20  # untimed: the first load of the model and the first request's set-up
 _TRAIN_SIZE, _TEST_SIZE = 6_000, 1_000
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def _percentile(sorted_values: list[float], q: float) -> float:
@@ -75,7 +70,7 @@ def _server(workdir: Path, source: Path | None) -> Iterator[str]:
     from kubeml.settings import Settings
 
     settings = Settings(
-        home=workdir / "home", host="127.0.0.1", port=_free_port(), backend="process",
+        home=workdir / "home", host="127.0.0.1", port=free_port(), backend="process",
         capacity=2, shm_dir=workdir / "shm", api_token=None, url=None,
     )  # fmt: skip
     saved = os.environ.get("PYTHONPATH")

@@ -17,7 +17,6 @@ from __future__ import annotations
 import importlib.util
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -29,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.records import Workload
-from benchmarks.reference import now
+from benchmarks.reference import free_port, now
 from benchmarks.rows_kubeml import deploy_reference, fresh_engine, prewarm, train_request
 
 _FIRST_BATCH_TIMEOUT_S = 300.0
@@ -135,12 +134,6 @@ def _time_command(argv: list[str], env: dict[str, str], reps: int) -> dict[str, 
     }
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def cli_start(quick: bool) -> dict[str, Any]:
     if importlib.util.find_spec("kubeml.cli.app") is None:
         return {"skipped": "the CLI (kubeml.cli.app) is not there yet"}
@@ -149,7 +142,7 @@ def cli_start(quick: bool) -> dict[str, Any]:
     reps = 3 if quick else 7
     home = Path(tempfile.mkdtemp(prefix="kubeml-bench-cli-"))
     # A private home and port: never talk to (or start) someone else's server.
-    env = {**os.environ, "KUBEML_HOME": str(home), "KUBEML_PORT": str(_free_port())}
+    env = {**os.environ, "KUBEML_HOME": str(home), "KUBEML_PORT": str(free_port())}
     try:
         out: dict[str, Any] = {
             "python -c pass": _time_command([sys.executable, "-c", "pass"], env, reps),

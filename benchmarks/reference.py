@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -157,3 +158,10 @@ def even_slice(n: int, parts: int, index: int) -> tuple[int, int]:
 def now() -> float:
     """Wall-clock seconds, comparable across processes and with kubeml's log timestamps."""
     return time.time()
+
+
+def free_port() -> int:
+    """A port on 127.0.0.1 that was free a moment ago (for a server the benchmark starts)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])

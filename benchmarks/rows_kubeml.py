@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import tempfile
 import time
 from collections.abc import Iterator
@@ -25,7 +24,7 @@ from typing import Any
 
 from benchmarks.data import Arrays
 from benchmarks.records import EpochLog, RowResult, Workload
-from benchmarks.reference import FUNCTION_FILE, ROOT, now
+from benchmarks.reference import FUNCTION_FILE, ROOT, free_port, now
 
 FUNCTION, DATASET = "lenet", "fashion"  # the reference function reads the dataset "fashion"
 _TIMEOUT_S = 3600.0
@@ -112,14 +111,25 @@ def train_request(workload: Workload, parallelism: int, k: int, **overrides: Any
     return request
 
 
-def epoch_end_times(engine: Any, task_id: str) -> dict[int, float]:
-    """Wall time at which the job logged each finished (and validated) epoch."""
+def epoch_logs(lines: Any, epochs: Any, submitted: float) -> list[EpochLog]:
+    """Per-epoch figures of a task from its history `epochs`; each epoch's elapsed time
+    runs from `submitted` to the job's "epoch N:" line in the task log `lines`."""
     ends = {}
-    for line in engine.logs_of(task_id):
+    for line in lines:
         if line.source == "job" and line.message.startswith("epoch "):
             head = line.message.split(":", 1)[0]
             ends[int(head.split()[1])] = line.time.timestamp()
-    return ends
+    return [
+        EpochLog(
+            epoch=r.epoch,
+            train_s=r.epoch_duration_s,
+            samples=round(r.samples_per_s * r.epoch_duration_s),
+            train_loss=r.train_loss,
+            accuracy=r.accuracy if r.accuracy is not None else float("nan"),
+            elapsed_s=ends[r.epoch] - submitted,
+        )
+        for r in epochs
+    ]
 
 
 def run_task(engine: Any, request: dict[str, Any]) -> tuple[float, str, list[EpochLog]]:
@@ -131,18 +141,7 @@ def run_task(engine: Any, request: dict[str, Any]) -> tuple[float, str, list[Epo
     info = engine.wait(task_id, timeout_s=_TIMEOUT_S)
     if info.state is not TaskState.SUCCEEDED:
         raise RuntimeError(f"kubeml task {task_id} {info.state.value}: {info.error}")
-    ends = epoch_end_times(engine, task_id)
-    logs = [
-        EpochLog(
-            epoch=r.epoch,
-            train_s=r.epoch_duration_s,
-            samples=round(r.samples_per_s * r.epoch_duration_s),
-            train_loss=r.train_loss,
-            accuracy=r.accuracy if r.accuracy is not None else float("nan"),
-            elapsed_s=ends[r.epoch] - submitted,
-        )
-        for r in engine.get_history(task_id).epochs
-    ]
+    logs = epoch_logs(engine.logs_of(task_id), engine.get_history(task_id).epochs, submitted)
     return submitted, task_id, logs
 
 
@@ -156,7 +155,7 @@ class Server:
 
         started = now()
         self.home = Path(tempfile.mkdtemp(prefix="kubeml-bench-server-"))
-        self.settings = Settings(home=self.home, port=_free_port(), capacity=capacity)
+        self.settings = Settings(home=self.home, port=free_port(), capacity=capacity)
         self.client = Client(ensure_server(self.settings, quiet=True), settings=self.settings)
         data = workload.data_dir
         self.client.create_function(workload.function, (ROOT / workload.function_file).read_text())
@@ -237,22 +236,8 @@ def run_kubeml(workload: Workload, name: str, settings: dict[str, Any]) -> RowRe
         time.sleep(POLL_S)
     if info.state is not TaskState.SUCCEEDED:
         raise RuntimeError(f"kubeml task {task_id} {info.state.value}: {info.error}")
-    ends = {}
-    for line in api.logs(task_id):
-        if line.source == "job" and line.message.startswith("epoch "):
-            ends[int(line.message.split(":", 1)[0].split()[1])] = line.time.timestamp()
     history = api.get_history(task_id).epochs
-    logs = [
-        EpochLog(
-            epoch=r.epoch,
-            train_s=r.epoch_duration_s,
-            samples=round(r.samples_per_s * r.epoch_duration_s),
-            train_loss=r.train_loss,
-            accuracy=r.accuracy if r.accuracy is not None else float("nan"),
-            elapsed_s=ends[r.epoch] - submitted,
-        )
-        for r in history
-    ]
+    logs = epoch_logs(api.logs(task_id), history, submitted)
     goal = next((e for e in logs if e.accuracy >= workload.goal_accuracy), None)
     if goal is not None and seen_goal is not None:
         goal.elapsed_s = seen_goal  # the moment the user's client saw it
@@ -273,9 +258,3 @@ def run_kubeml(workload: Workload, name: str, settings: dict[str, Any]) -> RowRe
             }
         ),
     )
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
-import socket
 import time
 from collections.abc import Callable
 from queue import Empty
@@ -25,6 +24,7 @@ from benchmarks.reference import (
     epoch_order,
     evaluate,
     even_slice,
+    free_port,
     make_optimizer,
     now,
     train_steps,
@@ -181,12 +181,6 @@ def _local_sgd(model: Any, k: int) -> tuple[Callable[[], None], Callable[[], Non
     return after_step, before_eval
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _collect(processes: list[Any], queue: Any) -> tuple[float, list[EpochLog], str]:
     """Rank 0's (start, logs), and a note if a process died after reporting them (gloo
     has been seen to abort in teardown); a process that dies before reporting fails."""
@@ -240,7 +234,7 @@ def run_ddp(workload: Workload, k: int | None = None, world: int = 2) -> RowResu
     ctx = mp.get_context("spawn")
     row_start = now()
     queue = ctx.Queue()
-    port = _free_port()
+    port = free_port()
     os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
     processes = [
         ctx.Process(target=_ddp_main, args=(rank, world, port, workload, k, queue))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import socket
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -14,6 +15,13 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 FUNCTIONS = Path(__file__).parent / "functions"
 sys.path.insert(0, str(ROOT / "examples"))
+
+
+def free_port(family: socket.AddressFamily = socket.AF_INET, host: str = "127.0.0.1") -> int:
+    """A port that was free a moment ago, for a server a test starts on this machine."""
+    with socket.socket(family) as probe:
+        probe.bind((host, 0))
+        return int(probe.getsockname()[1])
 
 
 @pytest.fixture(scope="session")

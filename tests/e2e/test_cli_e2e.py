@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -13,19 +12,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, free_port
 
 pytestmark = pytest.mark.slow
 
 
 _FILES = {"traindata": "train_x", "trainlabels": "train_y", "testdata": "test_x",
           "testlabels": "test_y"}  # fmt: skip
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _kubeml_command() -> list[str]:
@@ -56,7 +49,7 @@ def kubeml(tmp_path: Path) -> Iterator[Shell]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("KUBEML_")}
     env |= {
         "KUBEML_HOME": str(tmp_path / "home"),
-        "KUBEML_PORT": str(_free_port()),
+        "KUBEML_PORT": str(free_port()),
         "KUBEML_HOST": "127.0.0.1",
         "KUBEML_CAPACITY": "2",
     }

@@ -12,7 +12,6 @@ import subprocess
 import sys
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,31 +22,13 @@ from kubeml.api.schemas import TaskState
 from kubeml.client import Client, ensure_server, server_status, stop_server
 from kubeml.errors import DamagedRecordError
 from kubeml.settings import Settings
-from tests.conftest import function_source
+from tests.conftest import free_port, function_source
 
 FIELDS = ("train_x", "train_y", "test_x", "test_y")
 
 
 def _clean_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith("KUBEML_")}
-
-
-def free_port(family: socket.AddressFamily = socket.AF_INET, host: str = "127.0.0.1") -> int:
-    with socket.socket(family) as probe:
-        probe.bind((host, 0))
-        return int(probe.getsockname()[1])
-
-
-@pytest.fixture
-def settings(tmp_path: Path) -> Iterator[Settings]:
-    local = Settings(
-        home=tmp_path / "home", host="127.0.0.1", port=free_port(), backend="inline",
-        capacity=2, shm_dir=tmp_path / "shm", api_token=None, url=None,
-    )  # fmt: skip
-    try:
-        yield local
-    finally:
-        stop_server(local, timeout_s=30)
 
 
 def test_a_damaged_record_is_skipped_and_reported_and_the_rest_serves(

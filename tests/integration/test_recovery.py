@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,7 @@ import numpy as np
 import pytest
 
 from kubeml.api.schemas import TaskState
-from tests.conftest import function_source
+from tests.conftest import free_port, function_source
 
 pytestmark = pytest.mark.slow
 
@@ -104,18 +103,12 @@ def _children(pid: int) -> list[int]:
     return out
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 def test_a_killed_server_comes_back_and_resumes_the_task(digits, baseline, tmp_path):
     from kubeml.client import Client, ensure_server, server_status, stop_server
     from kubeml.settings import Settings
 
     settings = Settings(
-        home=tmp_path / "home", host="127.0.0.1", port=_free_port(), backend="process",
+        home=tmp_path / "home", host="127.0.0.1", port=free_port(), backend="process",
         capacity=2, shm_dir=tmp_path / "shm", api_token=None, url=None,
     )  # fmt: skip
     try:

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -15,26 +13,7 @@ from kubeml.api.schemas import TaskState
 from kubeml.client import Client, ensure_server, server_status, stop_server
 from kubeml.errors import InvalidInputError, ServerUnavailableError
 from kubeml.settings import Settings
-from tests.conftest import function_source
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-@pytest.fixture
-def settings(tmp_path: Path) -> Iterator[Settings]:
-    """Settings of a local server on a free port and a fresh home; stopped at the end."""
-    local = Settings(
-        home=tmp_path / "home", host="127.0.0.1", port=free_port(), backend="inline",
-        capacity=2, shm_dir=tmp_path / "shm", api_token=None, url=None,
-    )  # fmt: skip
-    try:
-        yield local
-    finally:
-        stop_server(local, timeout_s=30)
+from tests.conftest import free_port, function_source
 
 
 def test_ensure_server_starts_one_and_stop_server_stops_it(

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from kubeml.api.schemas import TaskState
 from tests.conftest import function_source
-from tests.integration.test_user_exit import _wait_for, _worker_pids
+from tests.integration.conftest import wait_until, worker_pids
 
 
 def _threads(pid: int) -> dict[int, tuple[int, int]]:
@@ -42,14 +42,14 @@ def test_spare_imports_at_low_priority_and_is_taken_last(make_engine, digits):
     )
     engine.create_function("mlp", function_source())
     engine.backend.warm(1)
-    [first] = _worker_pids()
+    [first] = worker_pids()
     task_id = engine.train(function="mlp", dataset="digits", epochs=1, k=4, parallelism=1)
     assert engine.wait(task_id, timeout_s=120).state is TaskState.SUCCEEDED
 
-    assert _wait_for(lambda: len(_worker_pids()) == 2), _worker_pids()  # the spare
-    [spare] = _worker_pids() - {first}
+    assert wait_until(lambda: len(worker_pids()) == 2), worker_pids()  # the spare
+    [spare] = worker_pids() - {first}
     # its import ran on a thread niced to 19; the thread that runs invocations is not niced
-    assert _wait_for(lambda: any(nice == 19 for nice, _ in _threads(spare).values()))
+    assert wait_until(lambda: any(nice == 19 for nice, _ in _threads(spare).values()))
     assert _threads(spare)[spare][0] == os.getpriority(os.PRIO_PROCESS, 0)
     assert all(nice == 0 for nice, _ in _threads(first).values())
 

@@ -4,7 +4,6 @@ MLP, for the views that a person looks at: `task watch`, /dashboard, /metrics.""
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -16,15 +15,9 @@ import pytest
 
 from kubeml.client import Client, ensure_server, stop_server
 from kubeml.settings import Settings
-from tests.conftest import function_source
+from tests.conftest import free_port, function_source
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 @dataclass

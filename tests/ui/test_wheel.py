@@ -19,7 +19,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.ui.conftest import ROOT, free_port
+from tests.conftest import free_port
+from tests.ui.conftest import ROOT
 
 
 def _run(*argv: str | Path, **kwargs: object) -> str:

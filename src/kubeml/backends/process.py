@@ -22,6 +22,7 @@ from kubeml.backends.base import FunctionBackend, SyncHandler
 from kubeml.backends.process_worker import Hello, PipeTransport, Setup
 from kubeml.backends.relay import Failed, RelayHooks, Shutdown, drive, settle, start_gang
 from kubeml.errors import BackendError
+from kubeml.procs import pid_alive
 from kubeml.runtime.invocation import Invocation, InvocationResult, LogSink, Mode
 from kubeml.runtime.serving import MAX_SERVED_MODELS
 from kubeml.stores.datasets import LocalDatasetStore
@@ -281,18 +282,8 @@ def _sweep_socket_dirs() -> None:
 
     for path in Path(tempfile.gettempdir()).glob(f"{_SOCKET_PREFIX}*-*"):
         pid = path.name.removeprefix(_SOCKET_PREFIX).split("-")[0]
-        if pid.isdigit() and not _alive(int(pid)):
+        if pid.isdigit() and not pid_alive(int(pid)):
             shutil.rmtree(path, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 _HOOKS = RelayHooks()  # local stores: weights and data never cross the pipe

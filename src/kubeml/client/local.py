@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 
 from kubeml.errors import ServerUnavailableError
+from kubeml.procs import pid_alive
 
 if TYPE_CHECKING:
     from kubeml.settings import Settings
@@ -172,12 +173,8 @@ def _is_kubeml_process(pid: int) -> bool:
     child = _children.get(pid)
     if child is not None:
         return child.poll() is None
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+    if not pid_alive(pid):
         return False
-    except PermissionError:
-        return True
     try:
         return b"kubeml" in Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:

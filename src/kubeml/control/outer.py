@@ -97,7 +97,6 @@ class OuterOptimizer:
         self._scratch = torch.empty(0)
         self._change: dict[str, torch.Tensor] = {}  # adaptive: the whole round's change
         self.last_scale = 1.0  # adaptive: the momentum's share kept at the last round
-        self._momentum_norm2 = 0.0  # adaptive: |v|^2 over every stepped element
 
     @property
     def plain(self) -> bool:
@@ -155,11 +154,10 @@ class OuterOptimizer:
                 yield a, min(a + BLOCK, stop)
 
     def _adaptive_step(self, reference: Groups, pairs: list[tuple[Groups, float]]) -> None:
-        """Pass 1: the round's change `d` per block, and d.v and d.d for cos(d, v) (|v|^2
-        follows from the last round's sums, see below). Pass 2: the Nesterov step with the
-        momentum scaled by max(0, cos)."""
+        """Pass 1: the round's change `d` per block, and the sums for cos(d, v). Pass 2:
+        the Nesterov step with the momentum scaled by max(0, cos)."""
         lr, mu = self.config.lr, self.config.momentum
-        dv = dd = 0.0
+        dv = dd = vv = 0.0
         for dtype, target in reference.items():
             change = self._change.get(dtype)
             if change is None or change.numel() != target.numel():
@@ -171,12 +169,10 @@ class OuterOptimizer:
                 d.sub_(target[a:b])
                 dv += float(torch.dot(d, v))
                 dd += float(torch.dot(d, d))
-        vv = self._momentum_norm2
+                vv += float(torch.dot(v, v))
         cosine = dv / math.sqrt(dd * vv) if dd > 0 and vv > 0 else 1.0
         self.last_scale = max(0.0, min(1.0, cosine))
         kept = mu * self.last_scale
-        # |kept v + d|^2, so the next round needs no pass over v for its norm
-        self._momentum_norm2 = kept * kept * vv + 2 * kept * dv + dd
         for dtype, target in reference.items():
             for a, b in self._blocks(dtype):
                 d, v = self._change[dtype][a:b], self._momentum[dtype][a:b]
@@ -239,5 +235,3 @@ class OuterOptimizer:
                 raise ValueError(f"unknown outer optimizer state {key!r}")
             momentum[dtype] = tensor.detach().clone().reshape(-1)
         self._momentum = momentum
-        # elements outside the stepped spans stay 0, so the whole buffer's norm is theirs
-        self._momentum_norm2 = sum(float(torch.dot(v, v)) for v in momentum.values())

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kubeml.errors import NotFoundError, StorageError
+from kubeml.procs import pid_alive
 from kubeml.stores.flat import FlatLayout
 from kubeml.stores.interfaces import ControlModels, FunctionModels, Groups
 
@@ -151,7 +152,7 @@ class LocalModelStore(FunctionModels, ControlModels):
             pid: int | None = int(owner.read_text())
         except (OSError, ValueError):
             pid = None
-        if pid is not None and pid != os.getpid() and _alive(pid):
+        if pid is not None and pid != os.getpid() and pid_alive(pid):
             return  # another live server uses this home's scratch: leave it alone
         if pid != os.getpid():
             shutil.rmtree(self.scratch_dir, ignore_errors=True)
@@ -180,16 +181,6 @@ class LocalModelStore(FunctionModels, ControlModels):
 
     def delete_final(self, task_id: str) -> None:
         self.finals.delete(task_id)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _same_file(path: Path, inode: int | None) -> bool:
