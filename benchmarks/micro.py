@@ -57,11 +57,9 @@ def micro_lines(micro: dict[str, Any]) -> str:
     if "warm_s" in cold:
         lines.append(
             f"cold start (submit -> first batch, N={cold['parallelism']}): warm "
-            f"{cold['warm_s']:.2f} s, cold {cold['cold_s']:.2f} s (first function "
-            f"{cold['cold_first_function_s']:.2f} s; spawning all N workers before the init "
-            f"invocation (proposal): {cold['cold_spawn_all_first_s']:.2f} s; "
+            f"{cold['warm_s']:.2f} s, cold {cold['cold_s']:.2f} s; "
             f"a fresh `import torch, kubeml.sdk` takes "
-            f"{cold['worker_import_floor_s']:.2f} s) (target {cold['target']})"
+            f"{cold['worker_import_floor_s']:.2f} s (target {cold['target']})"
         )
     cli = micro.get("cli", {})
     if cli:
