@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks.rows_kubeml import fresh_engine, run_task
+from kubeml.control.chunks import CHUNK_SIZE
 
 PROBE_FILE = Path(__file__).parent / "functions" / "resnet18_probe.py"
 PROBE_FUNCTION = "resnet18-probe"
@@ -70,7 +71,7 @@ def probe_request(k: int, function: str = PROBE_FUNCTION) -> dict[str, Any]:
         "function": function,
         "dataset": "probe",
         "epochs": 1,
-        "batch_size": 1,
+        "batch_size": CHUNK_SIZE,
         "parallelism": 2,
         "k": k,
         "static": True,
@@ -87,8 +88,10 @@ def end_to_end_round_s(batches: int, reps: int) -> dict[str, Any]:
         source = PROBE_FILE.read_text()
         engine.create_function(PROBE_FUNCTION, source)
         engine.create_function(TINY_FUNCTION, source.replace("TINY = False", "TINY = True", 1))
-        x = np.zeros((2 * batches, 1), dtype=np.float32)
-        y = np.zeros(2 * batches, dtype=np.int64)
+        # One batch per 64-sample chunk, so each of the 2 functions gets `batches` batches
+        # (with fewer samples than two chunks, one function would train them all).
+        x = np.zeros((2 * batches * CHUNK_SIZE, 1), dtype=np.float32)
+        y = np.zeros(len(x), dtype=np.int64)
         engine.create_dataset("probe", x, y, x[:2], y[:2])
         run_task(engine, probe_request(1))  # warm the workers and the shm files
         for _ in range(reps):
