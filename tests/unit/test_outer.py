@@ -5,6 +5,7 @@ import torch
 from torch import nn
 
 import kubeml.control.outer as outer
+from kubeml.control.lanes import Lanes
 from kubeml.control.merge import weighted_average
 from kubeml.control.outer import OuterConfig, OuterOptimizer, stepped_spans
 from kubeml.stores.flat import FlatLayout
@@ -187,3 +188,59 @@ def test_adaptive_state_round_trips_and_buffers_take_the_plain_average():
     assert torch.equal(a_ref["float32"], b_ref["float32"])
     var = layout.views(a_ref)["1.running_var"]
     assert torch.allclose(var, layout.views(rounds[-1][0])["1.running_var"])
+
+
+def _round(layout: FlatLayout, ref: dict[str, torch.Tensor], seed: int) -> list:
+    """Two published states of a round: the reference moved by a steady drift (+0.1 on
+    every float), plus each state's own noise, so the cosine lies between 0 and 1."""
+    base = {k: v + 0.1 if v.is_floating_point() else v for k, v in layout.views(ref).items()}
+    return [_groups(layout, _perturbed(base, seed + s)) for s in (1, 2)]
+
+
+@pytest.mark.parametrize("name", ["average", "nesterov", "adaptive"])
+def test_the_result_is_the_same_bits_on_one_lane_or_several(monkeypatch, name):
+    monkeypatch.setattr(outer, "BLOCK", 4)  # many blocks, so the lanes share them out
+    net = _net()
+    layout = FlatLayout.from_state(net.state_dict())
+    results = []
+    for lanes in (Lanes(1), Lanes(3)):
+        ref = _groups(layout, net.state_dict())
+        opt = OuterOptimizer(OuterConfig(name, lr=0.7, momentum=0.9), layout, lanes)
+        scales = []
+        for r in range(4):
+            opt.step(ref, _round(layout, ref, 10 * r), [3, 1])
+            scales.append(opt.last_scale)
+        results.append((ref, opt.state_dict(), scales))
+    (one, one_state, one_scales), (many, many_state, many_scales) = results
+    assert all(torch.equal(one[k], many[k]) for k in one)
+    assert one_state.keys() == many_state.keys()
+    assert all(torch.equal(one_state[k], many_state[k]) for k in one_state)
+    assert one_scales == many_scales
+    if name == "adaptive":
+        assert 0 < min(one_scales[1:]) < 1  # the cosine really scaled the momentum
+
+
+def test_adaptive_matches_the_straightforward_whole_tensor_computation(monkeypatch):
+    monkeypatch.setattr(outer, "BLOCK", 4)
+    net = _net()
+    layout = FlatLayout.from_state(net.state_dict())
+    ref = _groups(layout, net.state_dict())
+    opt = OuterOptimizer(OuterConfig("adaptive", lr=0.7, momentum=0.9), layout, Lanes(2))
+    mask = torch.zeros(ref["float32"].numel(), dtype=torch.bool)
+    for a, b in stepped_spans(layout)["float32"]:
+        mask[a:b] = True
+    x = ref["float32"].double()  # the same maths, whole tensors, in float64
+    v = torch.zeros_like(x)
+    for r in range(4):
+        states = _round(layout, ref, 10 * r)
+        average = weighted_average(states, [3, 1])
+        d = average["float32"].double()[mask] - x[mask]
+        cos = float(d @ v[mask]) / float(d.norm() * v[mask].norm()) if r else 1.0
+        kept = 0.9 * max(0.0, cos)
+        v[mask] = kept * v[mask] + d
+        x[mask] = x[mask] + 0.7 * (d + kept * v[mask])
+        x[~mask] = average["float32"].double()[~mask]
+        opt.step(ref, states, [3, 1])
+        assert opt.last_scale == pytest.approx(max(0.0, cos), abs=1e-5)
+        assert torch.allclose(ref["float32"].double(), x, atol=1e-5)
+        assert torch.equal(ref["int64"], average["int64"])

@@ -31,17 +31,21 @@ The state (one momentum buffer per dtype group) is a plain dict of tensors, so a
 checkpoint can save it (`state_dict` / `load_state_dict`). The step runs in blocks of
 `BLOCK` elements: each block is averaged into a small scratch buffer and stepped while it
 is in cache, so a round reads every published state, the reference and the momentum
-once and writes the reference and the momentum once.
+once and writes the reference and the momentum once. The blocks are spread over the
+cores (`kubeml.control.lanes`); a block's result does not depend on which lane computed
+it, so the result is the same bits on one core or many.
 """
 
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
 
+from kubeml.control.lanes import Lanes, process_lanes
 from kubeml.control.merge import _running_mean_into, normalized_weights, weighted_average_into
 from kubeml.stores.flat import FlatLayout
 
@@ -71,6 +75,39 @@ def stepped_spans(layout: FlatLayout) -> dict[str, list[tuple[int, int]]]:
 
 
 @dataclass(frozen=True)
+class _Block:
+    dtype: str
+    a: int  # element range [a, b) of the dtype group
+    b: int
+
+
+def _split(start: int, stop: int) -> Iterator[tuple[int, int]]:
+    for a in range(start, stop, BLOCK):
+        yield a, min(a + BLOCK, stop)
+
+
+def _gaps(spans: list[tuple[int, int]], numel: int) -> list[tuple[int, int]]:
+    """The element ranges of a group between its stepped spans (taking the plain average)."""
+    gaps, pos = [], 0
+    for start, stop in spans:
+        if start > pos:
+            gaps.append((pos, start))
+        pos = stop
+    if pos < numel:
+        gaps.append((pos, numel))
+    return gaps
+
+
+def _cut(pairs: list[tuple[Groups, float]], blk: _Block) -> list[tuple[torch.Tensor, float]]:
+    return [(s[blk.dtype][blk.a : blk.b], w) for s, w in pairs]
+
+
+def _mean_block(target: torch.Tensor, pairs: list[tuple[Groups, float]], blk: _Block) -> None:
+    with torch.no_grad():  # grad mode is per thread: each lane sets its own
+        _running_mean_into(target[blk.a : blk.b], _cut(pairs, blk))
+
+
+@dataclass(frozen=True)
 class OuterConfig:
     name: str = "average"  # one of OUTER_OPTIMIZERS
     lr: float = 1.0
@@ -88,13 +125,18 @@ class OuterConfig:
 
 
 class OuterOptimizer:
-    """Merges a round's published states into the reference groups, in place."""
+    """Merges a round's published states into the reference groups, in place.
 
-    def __init__(self, config: OuterConfig, layout: FlatLayout) -> None:
+    Args:
+        lanes: the threads the blocks run on (default: the process's, one per core).
+    """
+
+    def __init__(self, config: OuterConfig, layout: FlatLayout, lanes: Lanes | None = None) -> None:
         self.config = config
+        self._lanes = lanes
         self._spans = stepped_spans(layout)
         self._momentum: dict[str, torch.Tensor] = {}
-        self._scratch = torch.empty(0)
+        self._scratch = threading.local()  # nesterov: one block of the change per lane
         self._change: dict[str, torch.Tensor] = {}  # adaptive: the whole round's change
         self.last_scale = 1.0  # adaptive: the momentum's share kept at the last round
 
@@ -104,117 +146,103 @@ class OuterOptimizer:
         return c.name == "average" or (c.lr == 1.0 and c.momentum == 0.0)
 
     def step(self, reference: Groups, states: Sequence[Groups], samples: Sequence[int]) -> None:
-        """Merge `states` (weighted by `samples`) into `reference` and take the outer step."""
-        if self.plain:
-            weighted_average_into(reference, states, samples)
-            return
+        """Merge `states` (weighted by `samples`) into `reference` and take the outer step.
+
+        The blocks run on every core (the lanes): the round's functions wait at the barrier
+        meanwhile. Each block's result does not depend on the lane that computed it, and
+        the adaptive step's dot products are summed in block order, so the result is the
+        same bits on any number of cores."""
         if len(states) != len(samples):
             raise ValueError("one sample count per state is needed")
         pairs = [(s, w) for s, w in zip(states, normalized_weights(samples), strict=True) if w > 0]
-        # One intra-op thread: the step is ~5 small memory-bound ops per block, and with 2
-        # threads on a busy machine every op waits at an OpenMP barrier for a descheduled
-        # thread (measured: 1.3-4 s a round for ResNet-18 at load 8 on 2 cores, vs 0.08 s).
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
-            self._step(reference, states, samples, pairs)
-        finally:
-            torch.set_num_threads(threads)
-
-    def _step(
-        self,
-        reference: Groups,
-        states: Sequence[Groups],
-        samples: Sequence[int],
-        pairs: list[tuple[Groups, float]],
-    ) -> None:
+        floats = {}
         with torch.no_grad():
             for dtype, target in reference.items():
-                spans = self._spans.get(dtype, [])
-                if not spans:  # integer groups, or a group of buffers only
+                if target.is_floating_point():
+                    floats[dtype] = target
+                else:  # integer counters: a handful of elements, rounded means
                     weighted_average_into({dtype: target}, states, samples)
-                    continue
-                self._average_gaps(dtype, target, pairs, spans)
-                if self._adaptive:
-                    continue  # stepped below, once the whole change is known
-                for start, stop in spans:
-                    for a in range(start, stop, BLOCK):
-                        b = min(a + BLOCK, stop)
-                        self._step_block(dtype, target, pairs, a, b)
-            if self._adaptive:
-                self._adaptive_step(reference, pairs)
+        spans = {} if self.plain else {d: self._spans.get(d, []) for d in floats}
+        averaged = [
+            _Block(dtype, a, b)
+            for dtype, target in floats.items()
+            for start, stop in _gaps(spans.get(dtype, []), target.numel())
+            for a, b in _split(start, stop)
+        ]
+        stepped = [
+            _Block(dtype, a, b)
+            for dtype in floats
+            for start, stop in spans.get(dtype, [])
+            for a, b in _split(start, stop)
+        ]
+        run = (self._lanes if self._lanes is not None else process_lanes()).map
+        run(lambda blk: _mean_block(floats[blk.dtype], pairs, blk), averaged)
+        if not stepped:
+            return
+        mu = self.config.momentum
+        for dtype in dict.fromkeys(blk.dtype for blk in stepped):  # made here, not in lanes
+            if mu > 0:
+                self._buffer(dtype, floats[dtype])
+            change = self._change.get(dtype)
+            if self._adaptive and (change is None or change.numel() != floats[dtype].numel()):
+                self._change[dtype] = torch.zeros_like(floats[dtype])
+        if not self._adaptive:
+            run(lambda blk: self._step_block(floats[blk.dtype], pairs, blk), stepped)
+            return
+        sums = run(lambda blk: self._change_block(floats[blk.dtype], pairs, blk), stepped)
+        dv = dd = vv = 0.0
+        for block_dv, block_dd, block_vv in sums:  # in block order: the same float sums
+            dv, dd, vv = dv + block_dv, dd + block_dd, vv + block_vv
+        cosine = dv / math.sqrt(dd * vv) if dd > 0 and vv > 0 else 1.0
+        self.last_scale = max(0.0, min(1.0, cosine))
+        kept = mu * self.last_scale
+        run(lambda blk: self._adaptive_block(floats[blk.dtype], kept, blk), stepped)
 
     @property
     def _adaptive(self) -> bool:
         return self.config.name == "adaptive" and self.config.momentum > 0
 
-    def _blocks(self, dtype: str) -> Iterator[tuple[int, int]]:
-        for start, stop in self._spans.get(dtype, []):
-            for a in range(start, stop, BLOCK):
-                yield a, min(a + BLOCK, stop)
+    def _change_block(
+        self, target: torch.Tensor, pairs: list[tuple[Groups, float]], blk: _Block
+    ) -> tuple[float, float, float]:
+        """Adaptive, pass 1: the block's averaged change `d`, kept, and its share of the
+        sums for cos(d, v)."""
+        d = self._change[blk.dtype][blk.a : blk.b]
+        v = self._momentum[blk.dtype][blk.a : blk.b]
+        with torch.no_grad():
+            _running_mean_into(d, _cut(pairs, blk))
+            d.sub_(target[blk.a : blk.b])
+            return float(torch.dot(d, v)), float(torch.dot(d, d)), float(torch.dot(v, v))
 
-    def _adaptive_step(self, reference: Groups, pairs: list[tuple[Groups, float]]) -> None:
-        """Pass 1: the round's change `d` per block, and the sums for cos(d, v). Pass 2:
-        the Nesterov step with the momentum scaled by max(0, cos)."""
-        lr, mu = self.config.lr, self.config.momentum
-        dv = dd = vv = 0.0
-        for dtype, target in reference.items():
-            change = self._change.get(dtype)
-            if change is None or change.numel() != target.numel():
-                change = self._change[dtype] = torch.zeros_like(target)
-            momentum = self._buffer(dtype, target)
-            for a, b in self._blocks(dtype):
-                d, v = change[a:b], momentum[a:b]
-                _running_mean_into(d, [(s[dtype][a:b], w) for s, w in pairs])
-                d.sub_(target[a:b])
-                dv += float(torch.dot(d, v))
-                dd += float(torch.dot(d, d))
-                vv += float(torch.dot(v, v))
-        cosine = dv / math.sqrt(dd * vv) if dd > 0 and vv > 0 else 1.0
-        self.last_scale = max(0.0, min(1.0, cosine))
-        kept = mu * self.last_scale
-        for dtype, target in reference.items():
-            for a, b in self._blocks(dtype):
-                d, v = self._change[dtype][a:b], self._momentum[dtype][a:b]
-                torch.add(d, v, alpha=kept, out=v)  # v <- kept * v + d
-                d.add_(v, alpha=kept)  # the Nesterov look-ahead
-                target[a:b].add_(d, alpha=lr)
-
-    def _average_gaps(
-        self,
-        dtype: str,
-        target: torch.Tensor,
-        pairs: list[tuple[Groups, float]],
-        spans: list[tuple[int, int]],
-    ) -> None:
-        """Plain average of the elements of a group between its stepped spans."""
-        gaps, pos = [], 0
-        for start, stop in spans:
-            if start > pos:
-                gaps.append((pos, start))
-            pos = stop
-        if pos < target.numel():
-            gaps.append((pos, target.numel()))
-        for a, b in gaps:
-            _running_mean_into(target[a:b], [(s[dtype][a:b], w) for s, w in pairs])
+    def _adaptive_block(self, target: torch.Tensor, kept: float, blk: _Block) -> None:
+        """Adaptive, pass 2: the Nesterov step with the momentum scaled by `kept` / mu."""
+        d = self._change[blk.dtype][blk.a : blk.b]
+        v = self._momentum[blk.dtype][blk.a : blk.b]
+        with torch.no_grad():
+            torch.add(d, v, alpha=kept, out=v)  # v <- kept * v + d
+            d.add_(v, alpha=kept)  # the Nesterov look-ahead
+            target[blk.a : blk.b].add_(d, alpha=self.config.lr)
 
     def _step_block(
-        self, dtype: str, target: torch.Tensor, pairs: list[tuple[Groups, float]], a: int, b: int
+        self, target: torch.Tensor, pairs: list[tuple[Groups, float]], blk: _Block
     ) -> None:
+        """Nesterov (or plain SGD for momentum 0) on one block, in one pass."""
         lr, mu = self.config.lr, self.config.momentum
-        if self._scratch.numel() < BLOCK or self._scratch.dtype != target.dtype:
-            self._scratch = torch.empty(BLOCK, dtype=target.dtype)
-        ref = target[a:b]
-        d = self._scratch[: b - a]
-        _running_mean_into(d, [(s[dtype][a:b], w) for s, w in pairs])
-        d.sub_(ref)  # the averaged change of the round
-        if mu == 0:
+        scratch = getattr(self._scratch, "block", None)
+        if scratch is None or scratch.numel() < BLOCK or scratch.dtype != target.dtype:
+            scratch = self._scratch.block = torch.empty(BLOCK, dtype=target.dtype)
+        with torch.no_grad():
+            ref = target[blk.a : blk.b]
+            d = scratch[: blk.b - blk.a]
+            _running_mean_into(d, _cut(pairs, blk))
+            d.sub_(ref)  # the averaged change of the round
+            if mu == 0:
+                ref.add_(d, alpha=lr)
+                return
+            v = self._momentum[blk.dtype][blk.a : blk.b]
+            torch.add(d, v, alpha=mu, out=v)  # v <- mu * v + d
+            d.add_(v, alpha=mu)  # d <- d + mu * v (the Nesterov look-ahead)
             ref.add_(d, alpha=lr)
-            return
-        v = self._buffer(dtype, target)[a:b]
-        torch.add(d, v, alpha=mu, out=v)  # v <- mu * v + d
-        d.add_(v, alpha=mu)  # d <- d + mu * v (the Nesterov look-ahead)
-        ref.add_(d, alpha=lr)
 
     def _buffer(self, dtype: str, target: torch.Tensor) -> torch.Tensor:
         buffer = self._momentum.get(dtype)
