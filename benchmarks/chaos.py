@@ -23,20 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.reference import free_port
+from benchmarks.reference import children, free_port
 from kubeml.api.schemas import TaskState
-
-
-def _children(pid: int) -> list[int]:
-    out = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid:
-            out.append(int(stat.parent.name))
-    return out
 
 
 def _digits(folder: Path) -> list[Path]:
@@ -91,7 +79,7 @@ def run(epochs: int, every_s: float, server_kill_after_s: float, sleep_s: float)
                     kills["server"] += 1
                     server_killed = True
                     continue
-                workers = _children(server)
+                workers = children(server)
                 if workers:
                     os.kill(random.choice(workers), signal.SIGKILL)
                     kills["workers"] += 1

@@ -160,6 +160,48 @@ def now() -> float:
     return time.time()
 
 
+def children(pid: int) -> list[int]:
+    """The pids of a process's children (a server's workers), from /proc."""
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            out.append(int(stat.parent.name))
+    return out
+
+
+def wait_quiet(pid: int, timeout_s: float = 60.0, every_s: float = 0.5) -> float:
+    """Wait until a process and its children use under 5% of a core (a server whose
+    spare worker still imports torch is not yet in the steady state a timing wants);
+    the seconds waited."""
+    import os
+
+    tick = os.sysconf("SC_CLK_TCK")
+
+    def cpu_s() -> float:
+        total = 0
+        for one in [pid, *children(pid)]:
+            try:
+                fields = Path(f"/proc/{one}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue  # gone between the listing and the read
+            total += int(fields[11]) + int(fields[12])  # utime + stime
+        return total / tick
+
+    started = time.monotonic()
+    before = cpu_s()
+    while time.monotonic() - started < timeout_s:
+        time.sleep(every_s)
+        now = cpu_s()
+        if now - before < 0.05 * every_s:
+            break
+        before = now
+    return time.monotonic() - started
+
+
 def free_port() -> int:
     """A port on 127.0.0.1 that was free a moment ago (for a server the benchmark starts)."""
     with socket.socket() as probe:

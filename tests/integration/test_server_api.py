@@ -234,7 +234,17 @@ BAD_INPUTS = {
     "infer body not a list": Bad(
         lambda s: s.http.post(f"/tasks/{s.task_id}/infer", json={"data": "pixels"}),
         422,
-        ("data", "valid list"),
+        ("data", "valid array"),  # the route parses its body with pydantic's JSON parser
+    ),
+    "infer body not JSON": Bad(
+        lambda s: s.http.post(
+            f"/tasks/{s.task_id}/infer", content=b'{"data": [1', headers=JSON_HEADERS
+        ),
+        422,
+        ("body", "not valid JSON"),
+    ),
+    "infer without a body": Bad(
+        lambda s: s.http.post(f"/tasks/{s.task_id}/infer"), 422, ("body", "not valid JSON")
     ),
     "infer empty list": Bad(
         lambda s: s.http.post(f"/tasks/{s.task_id}/infer", json={"data": []}),

@@ -87,3 +87,82 @@ def test_a_warm_worker_serves_the_loaded_model_until_the_model_changes(make_engi
     engine.delete_history(task_id)
     with pytest.raises(NotFoundError, match=task_id):
         engine.infer(task_id, samples)
+
+
+def _slow_infer_source() -> str:
+    """The digits MLP whose infer() prints a line, and sleeps 30 s on a sample whose first
+    pixel is 99 (real pixels are 0..16)."""
+    source = function_source(SLEEP_PER_BATCH_S=0.0)
+    return source.replace(
+        "    def infer(self, data):\n",
+        "    def infer(self, data):\n"
+        "        print('infer got', len(data), 'samples')\n"
+        "        if data[0][0] == 99:\n"
+        "            import time\n"
+        "            time.sleep(30)\n",
+    )
+
+
+@pytest.mark.slow
+def test_inference_on_the_event_loop_survives_a_killed_and_a_hung_worker(make_engine, digits):
+    """`Engine.infer_async` (the REST route's path) relays on the event loop: its answer
+    equals the threaded path's, a worker SIGKILLed mid-call and one whose infer() hangs past
+    the timeout each fail that call with a clear error, and the next call is served."""
+    import asyncio
+    import os
+    import signal
+    import threading
+
+    from kubeml.errors import BackendError
+    from kubeml.procs import pid_alive
+
+    engine = make_engine("process", round_timeout_s=4.0)
+    engine.create_function("mlp", _slow_infer_source())
+    engine.create_dataset(
+        "digits", digits["train_x"], digits["train_y"], digits["test_x"], digits["test_y"]
+    )
+    task_id = engine.train(function="mlp", dataset="digits", epochs=1, parallelism=1, lr=0.05)
+    assert engine.wait(task_id, 120).state is TaskState.SUCCEEDED
+    samples = digits["test_x"][:50].tolist()
+    model_file = engine.home / "models" / f"{task_id}.pt"
+    expected = _predict(model_file, samples)
+
+    assert asyncio.run(engine.infer_async(task_id, samples)) == expected
+    assert engine.infer(task_id, samples) == expected
+    printed = [line for line in engine.logs_of(task_id) if line.source.startswith("infer/")]
+    assert any("infer got 50 samples" in line.message for line in printed), printed
+
+    def busy_pid() -> int:
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline:
+            pids = engine.backend.describe()["worker_pids"].get(task_id)
+            if pids:
+                return int(pids[0])
+            time.sleep(0.01)
+        raise AssertionError("no worker ran the inference")
+
+    hang = [[99] * 64]
+    # SIGKILLed mid-call: the call fails at once, naming the dead worker.
+    killer = threading.Thread(target=lambda: os.kill(busy_pid(), signal.SIGKILL))
+    killer.start()
+    started = time.monotonic()
+    with pytest.raises(BackendError, match="died"):
+        asyncio.run(engine.infer_async(task_id, hang))
+    killer.join()
+    assert time.monotonic() - started < 3.5  # before the 4 s timeout
+    assert asyncio.run(engine.infer_async(task_id, samples)) == expected
+
+    # Hung past the timeout: the call fails after it, and the worker is stopped.
+    pid: list[int] = []
+    watcher = threading.Thread(target=lambda: pid.append(busy_pid()))
+    watcher.start()
+    started = time.monotonic()
+    with pytest.raises(BackendError, match="ran past 4 s"):
+        asyncio.run(engine.infer_async(task_id, hang))
+    watcher.join()
+    assert 3.9 < time.monotonic() - started < 8
+    deadline = time.monotonic() + 5
+    while pid_alive(pid[0]) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not pid_alive(pid[0])
+    assert asyncio.run(engine.infer_async(task_id, samples)) == expected

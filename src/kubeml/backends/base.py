@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from concurrent.futures import Future
@@ -54,6 +55,17 @@ class FunctionBackend(ABC):
         sync: SyncHandler | None,
         log: LogSink,
     ) -> list[Future[InvocationResult]]: ...
+
+    async def serve(
+        self, invocation: Invocation, *, log: LogSink, timeout_s: float
+    ) -> InvocationResult:
+        """One inference, awaited on the server's event loop. This default waits for
+        `invoke`'s future on a thread; a backend whose workers it can await overrides it."""
+
+        def run() -> InvocationResult:
+            return self.invoke([invocation], sync=None, log=log)[0].result(timeout=timeout_s)
+
+        return await asyncio.to_thread(run)
 
     def warm(self, count: int) -> None:  # noqa: B027 - only backends with workers warm up
         """Start `count` workers ahead of demand, so the next invocations find them warm."""

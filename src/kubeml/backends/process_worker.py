@@ -7,7 +7,9 @@ goes away, or the backend replaces it (after user code exited: see `relay.Failed
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import logging
 import os
 import sys
 import threading
@@ -69,6 +71,24 @@ class PipeTransport:
     def receive(self) -> Any:
         return self.conn.recv()
 
+    async def readable(self) -> None:
+        """Resolves when a message has arrived, the event loop watching the socket."""
+        if self.conn.poll():
+            return
+        loop = asyncio.get_running_loop()
+        ready = loop.create_future()
+        fd = self.conn.fileno()
+
+        def wake() -> None:
+            if not ready.done():
+                ready.set_result(None)
+
+        loop.add_reader(fd, wake)
+        try:
+            await ready
+        finally:
+            loop.remove_reader(fd)
+
 
 def _exit_with_parent(parent: int, poll_s: float = 0.5) -> None:
     """Exit the moment the server is gone, even while user code runs (a worker stuck in a
@@ -92,6 +112,7 @@ def worker_main(address: str, authkey: bytes) -> None:
     conn.send(Hello(os.getpid()))
     setup: Setup = conn.recv()
     _import_runtime(setup.background)
+    logging.getLogger().setLevel(logging.INFO)  # what `serve` sets: no per-call change
 
     endpoint = Endpoint(PipeTransport(conn))
     while True:

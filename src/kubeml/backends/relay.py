@@ -17,7 +17,7 @@ import logging
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -135,25 +135,56 @@ def drive(
     propagate: the backend knows what they mean (a dead process, a lost node)."""
     transport.send(Invoke(inv))
     while True:
-        message = transport.receive()
-        if isinstance(message, LogLines):
-            for line in message.lines:
-                log(message.source, line)
-        elif isinstance(message, Progress):
-            if sync is not None:
-                sync.progress(message.func_id)
-        elif isinstance(message, Publish):
-            if sync is None:
-                raise BackendError("function published weights outside a train round")
-            hooks.before_merge(inv, message.report)
-            release = sync.publish(message.report)
-            transport.send(Released(release, hooks.with_release(inv, release)))
-        elif isinstance(message, Request):
-            transport.send(_answer(hooks, inv, message.what))
-        elif isinstance(message, Done | Failed):
-            return message
-        else:
-            raise BackendError(f"relay protocol error: unexpected {type(message).__name__}")
+        outcome = _relay(transport.receive(), transport, inv, sync, log, hooks)
+        if outcome is not None:
+            return outcome
+
+
+async def drive_async(
+    transport: ControlTransport,
+    readable: Callable[[], Awaitable[None]],
+    inv: Invocation,
+    log: LogSink,
+    hooks: RelayHooks,
+) -> Done | Failed:
+    """`drive` for an inference on an event loop: `readable()` resolves when the next
+    message has arrived, so waiting for the worker holds no thread."""
+    transport.send(Invoke(inv))
+    while True:
+        await readable()
+        outcome = _relay(transport.receive(), transport, inv, None, log, hooks)
+        if outcome is not None:
+            return outcome
+
+
+def _relay(
+    message: FromFunction,
+    transport: ControlTransport,
+    inv: Invocation,
+    sync: SyncHandler | None,
+    log: LogSink,
+    hooks: RelayHooks,
+) -> Done | Failed | None:
+    """Answer one message of a function; its outcome when the message ends the invocation."""
+    if isinstance(message, LogLines):
+        for line in message.lines:
+            log(message.source, line)
+    elif isinstance(message, Progress):
+        if sync is not None:
+            sync.progress(message.func_id)
+    elif isinstance(message, Publish):
+        if sync is None:
+            raise BackendError("function published weights outside a train round")
+        hooks.before_merge(inv, message.report)
+        release = sync.publish(message.report)
+        transport.send(Released(release, hooks.with_release(inv, release)))
+    elif isinstance(message, Request):
+        transport.send(_answer(hooks, inv, message.what))
+    elif isinstance(message, Done | Failed):
+        return message
+    else:
+        raise BackendError(f"relay protocol error: unexpected {type(message).__name__}")
+    return None
 
 
 def _answer(hooks: RelayHooks, inv: Invocation, what: Any) -> Answer:
@@ -313,7 +344,7 @@ def serve(endpoint: Endpoint, inv: Invocation, shards: ShardSource, models: Func
     saved_level, saved_out, saved_err = root.level, sys.stdout, sys.stderr
     out = endpoint.writer = _LineWriter(endpoint, source)
     root.addHandler(handler)
-    root.setLevel(logging.INFO)  # the seed logs its progress with logging.info
+    _set_level(root, logging.INFO)  # the seed logs its progress with logging.info
     sys.stdout = sys.stderr = out
     try:
         result = execute(inv, shards=shards, models=models, sync=endpoint, log=endpoint.log)
@@ -328,4 +359,12 @@ def serve(endpoint: Endpoint, inv: Invocation, shards: ShardSource, models: Func
         sys.stdout, sys.stderr = saved_out, saved_err
         endpoint.writer = None
         root.removeHandler(handler)
-        root.setLevel(saved_level)
+        _set_level(root, saved_level)
+
+
+def _set_level(logger: logging.Logger, level: int) -> None:
+    """Only a change: every `setLevel` clears the cache of every logger in the process
+    (torch has hundreds), 0.1 ms a call on a warm inference. Workers keep the root at
+    INFO, so this is a no-op there."""
+    if logger.level != level:
+        logger.setLevel(level)

@@ -41,7 +41,7 @@ from kubeml.control.scheduler import Scheduler
 from kubeml.control.tasklog import TaskLogs
 from kubeml.control.tasks import TaskRecorder, TaskRegistry
 from kubeml.errors import ConflictError, InvalidInputError, KubeMLError, NotFoundError
-from kubeml.runtime.invocation import Invocation, Mode
+from kubeml.runtime.invocation import FunctionCode, Invocation, LogSink, Mode
 from kubeml.settings import Settings
 from kubeml.stores.datasets import ARRAY_FIELDS, DatasetStore
 from kubeml.stores.interfaces import ControlModels
@@ -79,6 +79,9 @@ class Engine:
         self.runner = TaskRunner(
             self.tasks, self.scheduler, self.metadata, self.logs, self.metrics, self._job
         )
+        # What an inference needs of a task's history, by the version of its trained
+        # model: a warm call skips reading and parsing the whole history (every epoch).
+        self._serving: dict[str, tuple[str, FunctionCode, str]] = {}
         self._closed = False
         self._mark_interrupted()
 
@@ -235,6 +238,7 @@ class Engine:
         if task_id in self.tasks:
             raise ConflictError(f"task {task_id!r} is still running; stop it first")
         self.metadata.delete_history(task_id)
+        self._serving.pop(task_id, None)
         self.models.delete_final(task_id)
         self.checkpoints.delete(task_id)
         self.logs.delete(task_id)
@@ -248,30 +252,50 @@ class Engine:
     # -- inference, logs, metrics -----------------------------------------------------------
     def infer(self, task_id: str, data: list[Any]) -> Any:
         """Predictions of a task's trained model for `data`, run by its function."""
+        invocation = self._infer_invocation(task_id, data)
+        with self.metrics.inferring():
+            future = self.backend.invoke([invocation], sync=None, log=self._infer_log(task_id))[0]
+            return future.result(timeout=self.settings.round_timeout_s).output
+
+    async def infer_async(self, task_id: str, data: list[Any]) -> Any:
+        """`infer` on the server's event loop: a warm worker's answer is awaited there, so
+        a call crosses no thread (`FunctionBackend.serve`)."""
+        invocation = self._infer_invocation(task_id, data)
+        with self.metrics.inferring():
+            result = await self.backend.serve(
+                invocation, log=self._infer_log(task_id), timeout_s=self.settings.round_timeout_s
+            )
+        return result.output
+
+    def _infer_invocation(self, task_id: str, data: list[Any]) -> Invocation:
         if not isinstance(data, list) or not data:
             raise InvalidInputError("infer data must be a non-empty JSON list of samples")
-        history = self.metadata.get_history(task_id)
         version = self.models.final_version(task_id)
-        if version is None:
-            raise NotFoundError(f"task {task_id!r} has no trained model yet")
-        # The history, not the task record: a pruned task's model still infers.
-        sha = history.function_sha256 or self.get_task(task_id).function_sha256 or ""
-        invocation = Invocation(
+        known = self._serving.get(task_id)
+        if known is None or known[0] != version:
+            history = self.metadata.get_history(task_id)
+            if version is None:
+                raise NotFoundError(f"task {task_id!r} has no trained model yet")
+            # The history, not the task record: a pruned task's model still infers.
+            sha = history.function_sha256 or self.get_task(task_id).function_sha256 or ""
+            function = self.functions.code(history.request.function, sha)
+            known = self._serving[task_id] = (version, function, history.request.dataset)
+        _, function, dataset = known
+        return Invocation(
             mode=Mode.INFER,
             task_id=task_id,
-            function=self.functions.code(history.request.function, sha),
-            dataset=history.request.dataset,
+            function=function,
+            dataset=dataset,
             infer_data=data,
             threads=1,
             model_version=version,
         )
 
+    def _infer_log(self, task_id: str) -> LogSink:
         def log(source: str, message: str) -> None:
             self.logs.append(task_id, f"infer/{source}", message)
 
-        with self.metrics.inferring():
-            future = self.backend.invoke([invocation], sync=None, log=log)[0]
-            return future.result(timeout=self.settings.round_timeout_s).output
+        return log
 
     def logs_of(self, task_id: str, since: int = 0) -> list[LogLine]:
         self.get_task(task_id)

@@ -42,7 +42,8 @@ def warm_up() -> None:
 
 def function_logger(inv: Invocation, sink: LogSink) -> logging.Logger:
     logger = logging.getLogger(f"kubeml.function.{inv.task_id}.{inv.func_id}")
-    logger.setLevel(logging.INFO)
+    if logger.level != logging.INFO:  # setLevel clears every logger's cache: 0.1 ms
+        logger.setLevel(logging.INFO)
     logger.propagate = False
     if not logger.handlers:
         logger.addHandler(SinkHandler(sink, f"function-{inv.func_id}"))
