@@ -94,6 +94,7 @@ class RoundDriver:
         if sync is None:
             raise FunctionError("a train invocation needs a sync channel")
         train_step = step_fn(model.train, "train")
+        models.share_into(inv.task_id, inv.func_id, model.network)  # publishing copies less
         state = model.network.state_dict()
         if inv.order:  # the job's exact order: a replay or a re-split continues it
             order = np.asarray(inv.order, dtype=np.int64)

@@ -92,12 +92,16 @@ class FlatLayout:
         }
 
     def flatten_into(self, state: dict[str, torch.Tensor], groups: dict[str, torch.Tensor]) -> None:
-        """Copy every tensor of `state` into its place in `groups`."""
+        """Copy every tensor of `state` into its place in `groups`; a tensor that already
+        lives there (`LocalModelStore.share_into`) is not copied onto itself."""
         import torch
 
         with torch.no_grad():
             for e in self.entries:
-                groups[e.dtype][e.offset : e.offset + e.numel].copy_(state[e.name].reshape(-1))
+                place = groups[e.dtype][e.offset : e.offset + e.numel]
+                source = state[e.name].reshape(-1)  # a view if contiguous, else a copy
+                if source.data_ptr() != place.data_ptr():
+                    place.copy_(source)
 
     def unflatten_into(
         self, groups: dict[str, torch.Tensor], state: dict[str, torch.Tensor]

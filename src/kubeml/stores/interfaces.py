@@ -53,6 +53,12 @@ class FunctionModels(ABC):
     def begin(self, task_id: str) -> None:  # noqa: B027 - only caching stores need it
         """An invocation of `task_id` starts here: drop what other tasks left mapped."""
 
+    def share_into(  # noqa: B027 - only stores with shared memory can
+        self, task_id: str, func_id: int, network: torch.nn.Module
+    ) -> None:
+        """Move the network's tensors into the memory `publish` writes, so publishing
+        them copies nothing. Stores whose published weights travel (Ray) keep copying."""
+
 
 # -- what the parameter server uses -----------------------------------------------------------
 class ServerModels(ABC):

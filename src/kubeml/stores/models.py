@@ -110,6 +110,25 @@ class LocalModelStore(FunctionModels, ControlModels):
         layout.flatten_into(state, self._groups(path, layout, create=True))
         return None
 
+    def share_into(self, task_id: str, func_id: int, network: torch.nn.Module) -> None:
+        """The network's parameters and buffers become views of the function's published
+        file (`tensor.data` is swapped: the Parameter objects, and optimizers holding
+        them, stay), so `publish` finds them in place. Left alone, and copied at each
+        publish as before: tensors on a GPU, non-contiguous ones (channels-last), and any
+        whose shape or dtype differs from the task's layout (`publish` then fails as
+        before)."""
+        import torch
+
+        layout = self.layout(task_id)
+        path = self._task_dir(task_id) / f"function-{func_id}.bin"
+        places = layout.views(self._groups(path, layout, create=True))
+        with torch.no_grad():
+            for name, tensor in network.state_dict(keep_vars=True).items():
+                place = places.get(name)
+                if place is not None and _shareable(tensor, place):
+                    place.copy_(tensor)
+                    tensor.data = place
+
     # -- parameter-server side ----------------------------------------------------------
     def published_groups(self, task_id: str, func_id: int, handle: Any) -> Groups:
         path = self._task_dir(task_id) / f"function-{func_id}.bin"
@@ -181,6 +200,17 @@ class LocalModelStore(FunctionModels, ControlModels):
 
     def delete_final(self, task_id: str) -> None:
         self.finals.delete(task_id)
+
+
+def _shareable(tensor: torch.Tensor, place: torch.Tensor) -> bool:
+    return (
+        tensor.device.type == "cpu"
+        and tensor.layout == place.layout
+        and tensor.dtype == place.dtype
+        and tensor.shape == place.shape
+        and tensor.is_contiguous()
+        and not tensor.is_quantized
+    )
 
 
 def _same_file(path: Path, inode: int | None) -> bool:
