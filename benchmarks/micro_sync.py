@@ -5,13 +5,16 @@ Two measurements, both through kubeml's real code:
 - end to end: the ResNet-18-sized probe function (its train step does nothing) runs the
   same batches once with K=1 (one round per batch) and once with K=-1 (one round), on the
   process backend. (epoch time K=1 - epoch time K=-1) / (rounds K=1 - rounds K=-1) is the
-  cost of one round: load the reference, publish, report over the pipe, merge, release.
+  cost of one round: publish, report over the pipe, merge, release, load. (On the local
+  store the functions' tensors live in their published files, and the merge leaves the new
+  model there: publishing and loading copy nothing, the merge writes N more copies.)
 - breakdown: the same phases called one after another in this process on the model
   store and merge functions, to see which one costs what.
 
 Bytes a round must move (the lower bound): each of the N functions sends its P bytes of
 weights to the parameter server and gets P merged bytes back, 2*N*P bytes copied; the
-averaging can be fused into reading the inputs. The bound is those bytes at the memcpy
+averaging can be fused into reading the inputs. (Sharing the functions' memory moves fewer
+bytes than that; the bound is kept as ARCHITECTURE defines it.) The bound is those bytes at the memcpy
 speed measured here (the fastest torch `copy_` of a 256 MiB buffer with the machine's
 threads). A tiny-model probe (TINY=True: a few bytes of weights) runs the same rounds, so
 its per-round time is the fixed latency of a round (pipe, barrier, release), apart from
@@ -104,9 +107,12 @@ def end_to_end_round_s(batches: int, reps: int) -> dict[str, Any]:
 
 
 def breakdown_s(reps: int) -> dict[str, float]:
-    """Median seconds of each phase of a round, run serially in this process. The merge
-    phases run on the control plane's lanes (every core; the functions wait meanwhile);
-    "one lane" is the same step on the calling thread alone, for comparison."""
+    """Median seconds of each phase of a round, run serially in this process, as the
+    process backend runs them: the functions' tensors live in their published files
+    (`share_into`), the merge runs on the control plane's lanes (every core; the
+    functions wait meanwhile) and leaves the new model in the published files. For
+    comparison: the adaptive step on one lane, and publishing / loading by copy (tensors
+    that cannot be shared: a GPU's, or the Ray backend's)."""
     import shutil
     import tempfile
 
@@ -117,7 +123,8 @@ def breakdown_s(reps: int) -> dict[str, float]:
     from kubeml.stores.models import LocalModelStore
 
     probe = _probe_module()
-    states = [probe.ResNet18().state_dict() for _ in range(2)]
+    networks = [probe.ResNet18() for _ in range(2)]
+    unshared = probe.ResNet18().state_dict()
     scratch = Path(tempfile.mkdtemp(prefix="kubeml-bench-shm-", dir="/dev/shm"))
     store = LocalModelStore(scratch, scratch / "models")
     task = "micro"
@@ -130,33 +137,40 @@ def breakdown_s(reps: int) -> dict[str, float]:
     }
     phases: dict[str, list[float]] = {
         "publish (one function)": [],
+        "publish by copy (one function)": [],
         **{name: [] for name in steps},
-        "load reference (one function)": [],
+        "load (one function)": [],
+        "load the reference by copy (one function)": [],
     }
+
+    def timed(phase: str, fn: Any, *args: Any) -> None:
+        t = time.perf_counter()
+        fn(*args)
+        phases[phase].append(time.perf_counter() - t)
+
     try:
-        store.write_reference(task, states[0])
+        store.write_reference(task, networks[0].state_dict())
+        for func_id, network in enumerate(networks):
+            store.share_into(task, func_id, network)
+        states = [network.state_dict() for network in networks]
         optimizers = {
             name: OuterOptimizer(config, store.layout(task), lanes)
             for name, (config, lanes) in steps.items()
         }
         for _ in range(reps + 1):  # the first round touches fresh shared memory; dropped
             torch.set_num_threads(1)  # a function at N=2 on 2 cores has one thread
-            t0 = time.perf_counter()
-            store.publish(task, 0, states[0])
-            t1 = time.perf_counter()
+            timed("publish (one function)", store.publish, task, 0, states[0])
             store.publish(task, 1, states[1])
+            timed("publish by copy (one function)", store.publish, task, 2, unshared)
             torch.set_num_threads(saved)  # the merge runs in a control-plane thread
             groups = [store.published_groups(task, i, None) for i in (0, 1)]
             for name, optimizer in optimizers.items():
-                t = time.perf_counter()
-                optimizer.step(store.reference_groups(task), groups, [64, 64])
-                phases[name].append(time.perf_counter() - t)
+                reference = store.reference_groups(task)
+                timed(name, optimizer.step, reference, groups, [64, 64], groups)
             torch.set_num_threads(1)
-            t4 = time.perf_counter()
-            store.load_reference_into(task, states[0])
-            t5 = time.perf_counter()
-            phases["publish (one function)"].append(t1 - t0)
-            phases["load reference (one function)"].append(t5 - t4)
+            timed("load (one function)", store.load_published_into, task, 0, states[0])
+            timed("load the reference by copy (one function)", store.load_reference_into,
+                  task, unshared)  # fmt: skip
     finally:
         torch.set_num_threads(saved)
         store.clear_task(task)

@@ -3,7 +3,7 @@
 import threading
 
 from kubeml.control.barrier import RoundBarrier
-from kubeml.runtime.sync import RoundReport
+from kubeml.runtime.sync import Release, RoundReport
 
 
 def _report(func_id, round_index, final=False, samples=10):
@@ -18,7 +18,9 @@ def _publish_in_thread(barrier, report, out):
 
 def test_round_merges_once_every_live_function_has_published():
     merged = []
-    barrier = RoundBarrier([0, 1], lambda r, reports: merged.append((r, len(reports))) or True)
+    barrier = RoundBarrier(
+        [0, 1], lambda r, reports: merged.append((r, len(reports))) or Release(proceed=True)
+    )
     out = []
     t = _publish_in_thread(barrier, _report(0, 0), out)
     t.join(0.2)
@@ -30,7 +32,7 @@ def test_round_merges_once_every_live_function_has_published():
 
 def test_a_function_that_finished_its_shard_leaves_the_next_rounds():
     merged = []
-    barrier = RoundBarrier([0, 1], lambda r, reports: merged.append(r) or True)
+    barrier = RoundBarrier([0, 1], lambda r, reports: merged.append(r) or Release(proceed=True))
     out = []
     t = _publish_in_thread(barrier, _report(0, 0), out)
     barrier.publish(_report(1, 0, final=True))
@@ -40,7 +42,7 @@ def test_a_function_that_finished_its_shard_leaves_the_next_rounds():
 
 
 def test_stop_answer_reaches_every_function():
-    barrier = RoundBarrier([0, 1], lambda r, reports: False)
+    barrier = RoundBarrier([0, 1], lambda r, reports: Release(proceed=False))
     out = []
     t = _publish_in_thread(barrier, _report(0, 0), out)
     assert not barrier.publish(_report(1, 0)).proceed
@@ -50,7 +52,7 @@ def test_stop_answer_reaches_every_function():
 
 def test_failure_releases_waiters_and_is_never_merged():
     merged = []
-    barrier = RoundBarrier([0, 1], lambda r, reports: merged.append(r) or True)
+    barrier = RoundBarrier([0, 1], lambda r, reports: merged.append(r) or Release(proceed=True))
     out = []
     t = _publish_in_thread(barrier, _report(0, 0), out)
     t.join(0.1)
@@ -65,7 +67,9 @@ def test_a_lost_worker_holds_the_round_until_its_replacement_publishes():
     from kubeml.errors import BackendError
 
     merged = []
-    barrier = RoundBarrier([0, 1], lambda r, reports: merged.append((r, len(reports))) or True)
+    barrier = RoundBarrier(
+        [0, 1], lambda r, reports: merged.append((r, len(reports))) or Release(proceed=True)
+    )
     out = []
     t = _publish_in_thread(barrier, _report(0, 0), out)
     barrier.fail(1, BackendError("worker died"))
@@ -82,7 +86,8 @@ def test_a_dropped_function_lets_the_round_complete_without_it():
 
     merged = []
     barrier = RoundBarrier(
-        [0, 1], lambda r, reports: merged.append([x.func_id for x in reports]) or True
+        [0, 1],
+        lambda r, reports: merged.append([x.func_id for x in reports]) or Release(proceed=True),
     )
     out = []
     t = _publish_in_thread(barrier, _report(0, 0), out)

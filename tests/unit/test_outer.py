@@ -244,3 +244,21 @@ def test_adaptive_matches_the_straightforward_whole_tensor_computation(monkeypat
         assert opt.last_scale == pytest.approx(max(0.0, cos), abs=1e-5)
         assert torch.allclose(ref["float32"].double(), x, atol=1e-5)
         assert torch.equal(ref["int64"], average["int64"])
+
+
+@pytest.mark.parametrize("name", ["average", "nesterov", "adaptive"])
+def test_copies_get_the_merged_model_and_may_be_the_merged_states(monkeypatch, name):
+    monkeypatch.setattr(outer, "BLOCK", 4)
+    net = _net()
+    layout = FlatLayout.from_state(net.state_dict())
+    plain_ref, copied_ref = _groups(layout, net.state_dict()), _groups(layout, net.state_dict())
+    plain = OuterOptimizer(OuterConfig(name, lr=0.7, momentum=0.9), layout, Lanes(2))
+    copied = OuterOptimizer(OuterConfig(name, lr=0.7, momentum=0.9), layout, Lanes(2))
+    for r in range(3):
+        states = _round(layout, plain_ref, 10 * r)
+        plain.step(plain_ref, states, [3, 1])
+        own = [{k: v.clone() for k, v in s.items()} for s in states]
+        copied.step(copied_ref, own, [3, 1], copies=own)  # written back into its inputs
+        assert all(torch.equal(plain_ref[k], copied_ref[k]) for k in plain_ref)
+        for state in own:
+            assert all(torch.equal(state[k], copied_ref[k]) for k in copied_ref)

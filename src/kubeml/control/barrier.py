@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterable, Sequence
 from kubeml.errors import BackendError
 from kubeml.runtime.sync import Release, RoundReport
 
-MergeFn = Callable[[int, list[RoundReport]], bool]  # (round, reports) -> proceed?
+MergeFn = Callable[[int, list[RoundReport]], Release]  # (round, reports) -> the answer
 
 
 class RoundBarrier:
@@ -17,7 +17,7 @@ class RoundBarrier:
 
     Functions call `publish` (from any thread) after storing their weights; it blocks until
     every function still live in that round has published, then the last arrival runs
-    `merge(round, reports)` and everyone is released with its answer. A function that
+    `merge(round, reports)` and everyone is released with the `Release` it returns. A function that
     reported `final` leaves the live set after its round.
 
     `fail` hears of a function that ended badly. A fault in user code releases every
@@ -140,13 +140,13 @@ class RoundBarrier:
         # Sorted, so the float sums of the merge do not depend on arrival order.
         reports = sorted(self._pending[round_index], key=lambda r: r.func_id)
         try:
-            proceed = self._merge(round_index, reports)
+            release = self._merge(round_index, reports)
         except BaseException as exc:
             self.failed[-1] = exc
-            proceed = False
+            release = Release(proceed=False)
         self.rounds_merged += 1
         self._live -= {r.func_id for r in reports if r.final}
-        self._released[round_index] = Release(proceed=proceed)
+        self._released[round_index] = release
         self.last_progress = time.monotonic()
         self._seen = dict.fromkeys(self._seen, self.last_progress)
         self._cond.notify_all()

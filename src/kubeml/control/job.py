@@ -22,7 +22,7 @@ from kubeml.control.policy import ParallelismPolicy, scaled_lr, warmup_steps
 from kubeml.control.position import Position
 from kubeml.errors import BackendError, FunctionError, FunctionTimeoutError, KubeMLError
 from kubeml.runtime.invocation import FunctionCode, Invocation, InvocationResult, Mode
-from kubeml.runtime.sync import RoundReport
+from kubeml.runtime.sync import Release, RoundReport
 from kubeml.stores.datasets import DatasetStore
 from kubeml.stores.interfaces import ControlModels
 
@@ -299,11 +299,11 @@ class TrainJob:
             base = replace(base, lr_warmup_from=self._lr_from, lr_warmup_steps=steps)
         return replace(base, func_id=func_id, ranges=ranges, order=order, round=position.round)
 
-    def _merge(self, round_index: int, reports: list[RoundReport]) -> bool:
+    def _merge(self, round_index: int, reports: list[RoundReport]) -> Release:
         """The parameter server's step: merge the round into the reference model."""
         position = self._position
         assert position is not None
-        self.server.merge(reports)
+        in_place = self.server.merge(reports)
         before = position.samples
         for r in reports:
             position.advance(r.func_id, r.samples, r.loss_sum, r.batches)
@@ -316,7 +316,8 @@ class TrainJob:
             self._checkpoint(position, background=True)
         wanted = self._wanted
         resize = wanted is not None and wanted[0] != self.parallelism
-        return not (self.stop_requested.is_set() or self._resplit or resize)
+        proceed = not (self.stop_requested.is_set() or self._resplit or resize)
+        return Release(proceed=proceed, in_place=in_place)
 
     def _validation_due(self, epoch: int) -> bool:
         every = self.request.validate_every

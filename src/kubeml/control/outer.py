@@ -40,8 +40,9 @@ from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -102,6 +103,12 @@ def _cut(pairs: list[tuple[Groups, float]], blk: _Block) -> list[tuple[torch.Ten
     return [(s[blk.dtype][blk.a : blk.b], w) for s, w in pairs]
 
 
+def _copy_block(target: torch.Tensor, copies: Sequence[Groups], blk: _Block) -> None:
+    with torch.no_grad():
+        for copy in copies:
+            copy[blk.dtype][blk.a : blk.b].copy_(target[blk.a : blk.b])
+
+
 def _mean_block(target: torch.Tensor, pairs: list[tuple[Groups, float]], blk: _Block) -> None:
     with torch.no_grad():  # grad mode is per thread: each lane sets its own
         _running_mean_into(target[blk.a : blk.b], _cut(pairs, blk))
@@ -145,8 +152,16 @@ class OuterOptimizer:
         c = self.config
         return c.name == "average" or (c.lr == 1.0 and c.momentum == 0.0)
 
-    def step(self, reference: Groups, states: Sequence[Groups], samples: Sequence[int]) -> None:
-        """Merge `states` (weighted by `samples`) into `reference` and take the outer step.
+    def step(
+        self,
+        reference: Groups,
+        states: Sequence[Groups],
+        samples: Sequence[int],
+        copies: Sequence[Groups] = (),
+    ) -> None:
+        """Merge `states` (weighted by `samples`) into `reference` and take the outer step;
+        each finished block is also copied into `copies` while it is in cache (they may be
+        some of `states`: a block of them is read before it is overwritten).
 
         The blocks run on every core (the lanes): the round's functions wait at the barrier
         meanwhile. Each block's result does not depend on the lane that computed it, and
@@ -162,6 +177,8 @@ class OuterOptimizer:
                     floats[dtype] = target
                 else:  # integer counters: a handful of elements, rounded means
                     weighted_average_into({dtype: target}, states, samples)
+                    for copy in copies:
+                        copy[dtype].copy_(target)
         spans = {} if self.plain else {d: self._spans.get(d, []) for d in floats}
         averaged = [
             _Block(dtype, a, b)
@@ -175,7 +192,17 @@ class OuterOptimizer:
             for start, stop in spans.get(dtype, [])
             for a, b in _split(start, stop)
         ]
-        run = (self._lanes if self._lanes is not None else process_lanes()).map
+        lanes = self._lanes if self._lanes is not None else process_lanes()
+
+        def run(fn: Callable[[_Block], Any], blocks: list[_Block], last: bool = True) -> list:
+            def block(blk: _Block) -> Any:
+                out = fn(blk)
+                if last:
+                    _copy_block(floats[blk.dtype], copies, blk)
+                return out
+
+            return lanes.map(block, blocks)
+
         run(lambda blk: _mean_block(floats[blk.dtype], pairs, blk), averaged)
         if not stepped:
             return
@@ -189,7 +216,7 @@ class OuterOptimizer:
         if not self._adaptive:
             run(lambda blk: self._step_block(floats[blk.dtype], pairs, blk), stepped)
             return
-        sums = run(lambda blk: self._change_block(floats[blk.dtype], pairs, blk), stepped)
+        sums = run(lambda blk: self._change_block(floats[blk.dtype], pairs, blk), stepped, False)
         dv = dd = vv = 0.0
         for block_dv, block_dd, block_vv in sums:  # in block order: the same float sums
             dv, dd, vv = dv + block_dv, dd + block_dd, vv + block_vv

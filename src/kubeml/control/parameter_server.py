@@ -31,15 +31,25 @@ class ParameterServer:
         self._outer: OuterOptimizer | None = None  # built at the first merge (needs the layout)
         self._pending_state: Mapping[str, torch.Tensor] | None = None
 
-    def merge(self, reports: Sequence[RoundReport]) -> None:
-        """Merge one round: `reports` are the round's functions, sorted by func_id."""
+    def merge(self, reports: Sequence[RoundReport]) -> bool:
+        """Merge one round: `reports` are the round's functions, sorted by func_id.
+
+        Returns True if the merged model was also written into the published weights of
+        the functions that trained and go on (a store whose published weights are the
+        functions' own memory): they need not load the reference."""
         trained = [r for r in reports if r.samples > 0]
         if not trained:
-            return  # nobody trained (every shard was empty): the reference stays
+            return False  # nobody trained (every shard was empty): the reference stays
         states = [self.models.published_groups(self.task_id, r.func_id, r.handle) for r in trained]
+        shared = self.models.shares_published
+        copies = [s for s, r in zip(states, trained, strict=True) if shared and not r.final]
         self._optimizer().step(
-            self.models.reference_groups(self.task_id), states, [r.samples for r in trained]
+            self.models.reference_groups(self.task_id),
+            states,
+            [r.samples for r in trained],
+            copies,
         )
+        return shared
 
     def _optimizer(self) -> OuterOptimizer:
         if self._outer is None:

@@ -107,8 +107,12 @@ class RoundDriver:
         it = iter(batches)
         model.network.train()
         batch_index, round_index, total_loss, total_samples = 0, inv.round, 0.0, 0
+        in_place = False  # the last release left the merged model in the published file
         while True:
-            models.load_reference_into(inv.task_id, state)
+            if in_place:
+                models.load_published_into(inv.task_id, inv.func_id, state)
+            else:
+                models.load_reference_into(inv.task_id, state)
             # torch's RNG (dropout, augmentation) is a function of the round's position, so
             # a round replayed on a fresh worker, or resumed from a checkpoint, draws what
             # the uninterrupted run drew.
@@ -151,6 +155,7 @@ class RoundDriver:
                 handle,
             )
             release = sync.publish(report)
+            in_place = release.in_place and samples > 0
             total_loss += loss_sum
             total_samples += samples
             round_index += 1

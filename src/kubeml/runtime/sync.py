@@ -28,6 +28,9 @@ class RoundReport:
 @dataclass(frozen=True)
 class Release:
     proceed: bool  # False: stop requested or the task failed; the function returns now
+    # The merged model was also written into the published weights of every function
+    # that trained in this round and goes on (`FunctionModels.load_published_into`).
+    in_place: bool = False
 
 
 class SyncChannel(Protocol):

@@ -106,12 +106,14 @@ class FlatLayout:
     def unflatten_into(
         self, groups: dict[str, torch.Tensor], state: dict[str, torch.Tensor]
     ) -> None:
-        """Copy the flat groups back into the (live) tensors of `state`, in place."""
+        """Copy the flat groups back into the (live) tensors of `state`, in place; a
+        tensor that lives in `groups` already is not copied onto itself."""
         import torch
 
         with torch.no_grad():
             for name, view in self.views(groups).items():
-                state[name].copy_(view)
+                if state[name].data_ptr() != view.data_ptr():
+                    state[name].copy_(view)
 
     def check_matches(self, state: dict[str, torch.Tensor]) -> None:
         if FlatLayout.from_state(state) != self:

@@ -59,10 +59,22 @@ class FunctionModels(ABC):
         """Move the network's tensors into the memory `publish` writes, so publishing
         them copies nothing. Stores whose published weights travel (Ray) keep copying."""
 
+    def load_published_into(
+        self, task_id: str, func_id: int, state: dict[str, torch.Tensor]
+    ) -> None:
+        """After a release `in_place`: the function's published weights hold the merged
+        model; load them (tensors shared there need nothing). Any store may answer with
+        the reference, which holds the same values."""
+        self.load_reference_into(task_id, state)
+
 
 # -- what the parameter server uses -----------------------------------------------------------
 class ServerModels(ABC):
     """The parameter server's view: the reference it merges into, the published weights."""
+
+    # True: published groups are the functions' own memory, writable, read back by them
+    # (`load_published_into`), so a merge may leave the new model there for them.
+    shares_published = False
 
     @abstractmethod
     def layout(self, task_id: str) -> FlatLayout: ...

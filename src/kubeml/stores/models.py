@@ -28,7 +28,11 @@ class LocalModelStore(FunctionModels, ControlModels):
     """Model store on this machine: shared-memory scratch plus files under the home.
 
     One object serves every side: functions (in worker processes that unpickle it) and
-    the control plane map the same shared-memory files."""
+    the control plane map the same shared-memory files. A function's tensors live in its
+    published file (`share_into`), so the merge reads them in place and writes the new
+    model back there (`shares_published`)."""
+
+    shares_published = True
 
     def __init__(self, scratch_dir: Path, models_dir: Path) -> None:
         self._open(Path(scratch_dir), Path(models_dir))
@@ -109,6 +113,13 @@ class LocalModelStore(FunctionModels, ControlModels):
         path = self._task_dir(task_id) / f"function-{func_id}.bin"
         layout.flatten_into(state, self._groups(path, layout, create=True))
         return None
+
+    def load_published_into(
+        self, task_id: str, func_id: int, state: dict[str, torch.Tensor]
+    ) -> None:
+        layout = self.layout(task_id)
+        path = self._task_dir(task_id) / f"function-{func_id}.bin"
+        layout.unflatten_into(self._groups(path, layout, create=False), state)
 
     def share_into(self, task_id: str, func_id: int, network: torch.nn.Module) -> None:
         """The network's parameters and buffers become views of the function's published

@@ -40,6 +40,7 @@ class FakeModels(FunctionModels):
         self.reference = {"weight": torch.zeros(1, 1), "bias": torch.zeros(1)}
         self.published: list[dict[str, torch.Tensor]] = []
         self.loads = 0
+        self.published_loads = 0
 
     def write_reference(self, task_id, state):
         self.reference = {k: v.clone() for k, v in state.items()}
@@ -53,6 +54,11 @@ class FakeModels(FunctionModels):
         self.published.append({k: v.clone() for k, v in state.items()})
         return len(self.published)
 
+    def load_published_into(self, task_id, func_id, state):
+        self.published_loads += 1
+        for key, tensor in state.items():
+            tensor.copy_(self.reference[key])  # the merge left the reference there
+
     def load_final(self, task_id):
         return self.reference
 
@@ -60,9 +66,10 @@ class FakeModels(FunctionModels):
 class FakeSync:
     """Answers every report with `proceed`, except False from round `stop_at` on."""
 
-    def __init__(self, stop_at: int | None = None) -> None:
+    def __init__(self, stop_at: int | None = None, in_place: bool = False) -> None:
         self.reports: list[RoundReport] = []
         self.stop_at = stop_at
+        self.in_place = in_place
         self.beats = 0
 
     def progress(self, func_id: int) -> None:
@@ -70,7 +77,8 @@ class FakeSync:
 
     def publish(self, report: RoundReport) -> Release:
         self.reports.append(report)
-        return Release(proceed=self.stop_at is None or report.round < self.stop_at)
+        proceed = self.stop_at is None or report.round < self.stop_at
+        return Release(proceed=proceed, in_place=self.in_place)
 
 
 class Line(KubeDataset):
@@ -120,7 +128,10 @@ class Regression(KubeModel):
         nn.init.constant_(model.weight, 0.5)
 
 
-def _run(mode=Mode.TRAIN, *, k=2, stop_at=None, optimizer_state="keep", nan_at=None, **inv):
+def _run(
+    mode=Mode.TRAIN, *, k=2, stop_at=None, optimizer_state="keep", nan_at=None, in_place=False,
+    **inv,
+):  # fmt: skip
     invocation = Invocation(
         mode=mode,
         task_id="t",
@@ -133,7 +144,7 @@ def _run(mode=Mode.TRAIN, *, k=2, stop_at=None, optimizer_state="keep", nan_at=N
         ranges=((0, N_SAMPLES),),
         **inv,
     )
-    shards, models, sync = FakeShards(), FakeModels(), FakeSync(stop_at)
+    shards, models, sync = FakeShards(), FakeModels(), FakeSync(stop_at, in_place)
     ctx = FunctionContext(invocation, shards, models, sync, logging.getLogger("test"))
     with driven_by(RoundDriver(ctx)):
         model = Regression()
@@ -154,6 +165,12 @@ def test_k_steps_a_round_with_a_short_last_round():
     assert models.loads == 3  # every round starts from the reference
     assert shards.reads == [("line", "train", ((0, N_SAMPLES),))]  # the runtime hands the shard
     assert model.dataset.is_training()
+
+
+def test_after_an_in_place_release_a_round_starts_from_the_published_weights():
+    _, _, models, sync, _ = _run(k=2, in_place=True)
+    assert len(sync.reports) == 3
+    assert models.loads == 1 and models.published_loads == 2  # the first round: the reference
 
 
 def test_every_round_trains_away_from_the_reference_and_the_loss_falls():
