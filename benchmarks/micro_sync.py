@@ -13,12 +13,12 @@ Two measurements, both through kubeml's real code:
 
 Bytes a round must move (the lower bound): each of the N functions sends its P bytes of
 weights to the parameter server and gets P merged bytes back, 2*N*P bytes copied; the
-averaging can be fused into reading the inputs. (Sharing the functions' memory moves fewer
-bytes than that; the bound is kept as ARCHITECTURE defines it.) The bound is those bytes at the memcpy
+averaging can be fused into reading the inputs. The bound is those bytes at the memcpy
 speed measured here (the fastest torch `copy_` of a 256 MiB buffer with the machine's
-threads). A tiny-model probe (TINY=True: a few bytes of weights) runs the same rounds, so
-its per-round time is the fixed latency of a round (pipe, barrier, release), apart from
-the bytes.
+threads); sharing the functions' memory moves fewer bytes, but the bound is kept as
+ARCHITECTURE defines it. A tiny-model probe (TINY=True: a few bytes of weights) runs
+the same rounds, so its per-round time is the fixed latency of a round (pipe, barrier,
+release), apart from the bytes.
 """
 
 from __future__ import annotations
