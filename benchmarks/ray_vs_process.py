@@ -109,19 +109,28 @@ def _run_backend(backend: str, arrays: dict[str, Any], epochs: int, nodes: int) 
 
 
 def _start_ray(nodes: int) -> Any:
-    """A local Ray for the run: `nodes` 1-CPU worker nodes (0: one plain local node)."""
+    """A local Ray for the run: `nodes` 1-CPU worker nodes (0: one plain local node), with
+    the settings kubeml gives a Ray it starts itself (`LOCAL_RAY_CONFIG`)."""
     os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
     import ray
 
+    from kubeml.backends.ray.backend import LOCAL_RAY_CONFIG
+
     if not nodes:
-        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+        ray.init(
+            address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
+            _system_config=LOCAL_RAY_CONFIG,
+        )  # fmt: skip
         return None
     from ray.cluster_utils import Cluster
 
     cluster = Cluster(
         initialize_head=True,
-        head_node_args={"num_cpus": 0, "include_dashboard": False, "object_store_memory": 400 * MB},
-    )
+        head_node_args={
+            "num_cpus": 0, "include_dashboard": False, "object_store_memory": 400 * MB,
+            "_system_config": LOCAL_RAY_CONFIG,
+        },
+    )  # fmt: skip
     for _ in range(nodes):
         cluster.add_node(num_cpus=1, resources={"kubeml": 1.0}, object_store_memory=400 * MB)
     ray.init(address=cluster.address, log_to_driver=False)

@@ -69,6 +69,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
     ) from exc
 
 from kubeml.backends.ray.stores import (
+    INLINE_BYTES,
     RayDatasetStore,
     RayModelStore,
     RemoteDatasetStore,
@@ -81,6 +82,20 @@ if TYPE_CHECKING:
     from kubeml.settings import Settings
 
 Shape = tuple[float, float]  # (CPUs, GPUs) an actor reserves
+
+# What kubeml sets on a Ray it starts itself (a cluster someone else started keeps its own;
+# docs/cluster.md says how to set the same there):
+# - `worker_niceness` 0: Ray starts its workers at nice 15, so that its raylet wins the
+#   CPU. A function actor is the work here, and at nice 15 it lost its core to every nice-0
+#   thread: the control plane's merge each round, or any other program on the machine
+#   (the process backend's workers run at nice 0).
+# - `max_direct_call_object_size`: a round's weights up to `INLINE_BYTES` travel inside
+#   the RPC that carries the relay's message instead of through the object store (Ray's
+#   default cut-off is 100 KiB; a 244 KB LeNet-5 message took 1.9 ms that way, 1.1 ms inline).
+LOCAL_RAY_CONFIG: dict[str, Any] = {
+    "worker_niceness": 0,
+    "max_direct_call_object_size": INLINE_BYTES + 2**16,  # the weights and their message
+}
 
 
 class _QueueTransport:
@@ -265,6 +280,7 @@ class RayBackend(FunctionBackend):
                 namespace="kubeml",
                 include_dashboard=False,
                 num_cpus=None if settings.ray_address else settings.capacity,
+                _system_config=None if settings.ray_address else LOCAL_RAY_CONFIG,
             )
         home = Path(settings.home).expanduser()
         options.setdefault("cpus_per_function", settings.ray_cpus_per_function)

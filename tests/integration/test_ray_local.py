@@ -1,0 +1,53 @@
+"""The local Ray kubeml starts itself (`kubeml server start --backend ray`, no address)."""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+import pytest
+
+from kubeml.api.schemas import TaskState
+from tests.conftest import function_source
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+ray = pytest.importorskip("ray", reason="the ray extra is not installed")
+
+
+def test_a_local_ray_runs_functions_at_normal_priority(tmp_path, digits, monkeypatch):
+    """Ray starts its workers at nice 15; on the Ray kubeml starts, function actors run at
+    nice 0 like the process backend's workers, so they keep their cores against the
+    control plane and other programs. The task trains, and the Ray goes with the engine."""
+    if ray.is_initialized():
+        pytest.skip("a Ray is already running in this process")
+    monkeypatch.setenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    from kubeml.backends.ray import RayBackend
+    from kubeml.control.engine import Engine
+    from kubeml.settings import Settings
+
+    settings = Settings(home=tmp_path / "home", backend="ray", capacity=2, round_timeout_s=60)
+    engine = Engine(settings, backend=RayBackend.from_settings(settings))
+    try:
+        engine.create_function("mlp", function_source(SLEEP_PER_BATCH_S=0.02))
+        engine.create_dataset(
+            "digits", digits["train_x"], digits["train_y"], digits["test_x"], digits["test_y"]
+        )
+        task_id = engine.train(
+            function="mlp", dataset="digits", epochs=2, parallelism=2, lr=0.05, static=True
+        )
+        pids: list[Any] = []
+        deadline = time.monotonic() + 120
+        while len(pids) < 2 and time.monotonic() < deadline:
+            pids = engine.backend.describe()["worker_pids"].get(task_id, [])
+            time.sleep(0.05)
+        assert len(pids) == 2, engine.backend.describe()
+        assert [os.getpriority(os.PRIO_PROCESS, pid) for pid in pids] == [0, 0]
+        info = engine.wait(task_id, 180)
+        assert info.state is TaskState.SUCCEEDED, (info.error, info.traceback)
+        history = engine.get_history(task_id)
+        assert history.epochs[-1].train_loss < history.epochs[0].train_loss
+        assert info.accuracy is not None and info.accuracy > 0.7
+    finally:
+        engine.close()
+    assert not ray.is_initialized()
