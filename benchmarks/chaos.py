@@ -23,8 +23,9 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.reference import children, free_port
+from benchmarks.reference import free_port
 from kubeml.api.schemas import TaskState
+from kubeml.procs import children
 
 
 def _digits(folder: Path) -> list[Path]:

@@ -160,24 +160,13 @@ def now() -> float:
     return time.time()
 
 
-def children(pid: int) -> list[int]:
-    """The pids of a process's children (a server's workers), from /proc."""
-    out = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid:
-            out.append(int(stat.parent.name))
-    return out
-
-
 def wait_quiet(pid: int, timeout_s: float = 60.0, every_s: float = 0.5) -> float:
     """Wait until a process and its children use under 5% of a core (a server whose
     spare worker still imports torch is not yet in the steady state a timing wants);
     the seconds waited."""
     import os
+
+    from kubeml.procs import children
 
     tick = os.sysconf("SC_CLK_TCK")
 

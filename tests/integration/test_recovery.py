@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from kubeml.api.schemas import TaskState
+from kubeml.procs import children
 from tests.conftest import free_port, function_source
 
 pytestmark = pytest.mark.slow
@@ -91,18 +92,6 @@ def test_resume_right_after_stop_continues_exactly(make_engine, digits, baseline
     assert abs(info.accuracy - baseline) <= 1.0, (info.accuracy, baseline)
 
 
-def _children(pid: int) -> list[int]:
-    out = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid:
-            out.append(int(stat.parent.name))
-    return out
-
-
 def test_a_killed_server_comes_back_and_resumes_the_task(digits, baseline, tmp_path):
     from kubeml.client import Client, ensure_server, server_status, stop_server
     from kubeml.settings import Settings
@@ -125,7 +114,7 @@ def test_a_killed_server_comes_back_and_resumes_the_task(digits, baseline, tmp_p
         )
         status = server_status(settings)
         assert status is not None
-        workers = _children(int(status["pid"]))
+        workers = children(int(status["pid"]))
         assert workers, "the server runs its workers as children"
         os.kill(int(status["pid"]), signal.SIGKILL)
         wait_for(lambda: not any(Path(f"/proc/{w}").exists() for w in workers), 10)  # no orphans
