@@ -96,12 +96,12 @@ class FlatLayout:
         lives there (`LocalModelStore.share_into`) is not copied onto itself."""
         import torch
 
+        starts = _starts(groups)
         with torch.no_grad():
             for e in self.entries:
-                place = groups[e.dtype][e.offset : e.offset + e.numel]
-                source = state[e.name].reshape(-1)  # a view if contiguous, else a copy
-                if source.data_ptr() != place.data_ptr():
-                    place.copy_(source)
+                source = state[e.name]
+                if not _lives_at(source, starts[e.dtype], e.offset):
+                    groups[e.dtype][e.offset : e.offset + e.numel].copy_(source.reshape(-1))
 
     def unflatten_into(
         self, groups: dict[str, torch.Tensor], state: dict[str, torch.Tensor]
@@ -110,10 +110,12 @@ class FlatLayout:
         tensor that lives in `groups` already is not copied onto itself."""
         import torch
 
+        starts = _starts(groups)
         with torch.no_grad():
-            for name, view in self.views(groups).items():
-                if state[name].data_ptr() != view.data_ptr():
-                    state[name].copy_(view)
+            for e in self.entries:
+                target = state[e.name]
+                if not _lives_at(target, starts[e.dtype], e.offset):
+                    target.copy_(groups[e.dtype][e.offset : e.offset + e.numel].view(e.shape))
 
     def check_matches(self, state: dict[str, torch.Tensor]) -> None:
         if FlatLayout.from_state(state) != self:
@@ -123,3 +125,15 @@ class FlatLayout:
                 "the model's parameters differ from the task's reference model "
                 "(did the network change between invocations?)"
             )
+
+
+def _starts(groups: dict[str, torch.Tensor]) -> dict[str, tuple[int, int]]:
+    """(address, item size) of each group, to find a tensor in place without slicing."""
+    return {dtype: (g.data_ptr(), g.element_size()) for dtype, g in groups.items()}
+
+
+def _lives_at(tensor: torch.Tensor, start: tuple[int, int], offset: int) -> bool:
+    """The tensor is the group's elements from `offset` on (checked per entry, every
+    round: two integer reads, not a slice; shapes match by the task's layout)."""
+    address, itemsize = start
+    return tensor.data_ptr() == address + offset * itemsize and tensor.is_contiguous()
