@@ -46,7 +46,9 @@ def micro_lines(micro: dict[str, Any]) -> str:
         parts = ", ".join(f"{k} {v * 1e3:.1f} ms" for k, v in sync["breakdown_serial_s"].items())
         lines.append(
             f"sync: one K-AVG round, {sync['parameters'] / 1e6:.1f}M params at N=2: "
-            f"{sync['round_s'] * 1e3:.0f} ms; memcpy bound {sync['memcpy_bound_s'] * 1e3:.1f} ms "
+            f"{sync['round_s'] * 1e3:.1f} ms (median interval between rounds; epoch-time "
+            f"difference {sync['end_to_end']['difference_s']['resnet18'] * 1e3:.1f} ms); "
+            f"memcpy bound {sync['memcpy_bound_s'] * 1e3:.1f} ms "
             f"({sync['bytes_moved'] / 1e6:.0f} MB at "
             f"{sync['memcpy_bytes_per_s']['2_threads'] / 1e9:.1f} GB/s) -> ratio "
             f"{sync['ratio']:.1f} (target {sync['target']}); "

@@ -26,6 +26,7 @@ from __future__ import annotations
 import importlib.util
 import statistics
 import time
+from itertools import pairwise
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -83,10 +84,15 @@ def probe_request(k: int, function: str = PROBE_FUNCTION) -> dict[str, Any]:
 
 
 def end_to_end_round_s(batches: int, reps: int) -> dict[str, Any]:
-    """Seconds per round through the process backend (median over `reps` K=1/K=-1 pairs),
-    for the ResNet-18-sized probe and for the tiny one (the fixed latency of a round)."""
+    """Seconds per round through the process backend, for the ResNet-18-sized probe and
+    for the tiny one (the fixed latency of a round). `round_s`: the median interval
+    between consecutive merged rounds of the K=1 tasks (the task's round points; each
+    interval is a whole round plus one no-op batch), robust to the other work of a shared
+    machine; `difference_s`: the median over `reps` K=1/K=-1 pairs of the epoch-time
+    difference per extra round, which any disturbance during either task moves."""
     variants = {"resnet18": PROBE_FUNCTION, "tiny": TINY_FUNCTION}
     per_round: dict[str, list[float]] = {name: [] for name in variants}
+    intervals: dict[str, list[float]] = {name: [] for name in variants}
     with fresh_engine() as engine:
         source = PROBE_FILE.read_text()
         engine.create_function(PROBE_FUNCTION, source)
@@ -99,11 +105,20 @@ def end_to_end_round_s(batches: int, reps: int) -> dict[str, Any]:
         run_task(engine, probe_request(1))  # warm the workers and the shm files
         for _ in range(reps):
             for name, function in variants.items():
-                _, _, many = run_task(engine, probe_request(1, function))
+                _, task_id, many = run_task(engine, probe_request(1, function))
                 _, _, one = run_task(engine, probe_request(-1, function))
                 per_round[name].append((many[0].train_s - one[0].train_s) / (batches - 1))
-    medians = {name: statistics.median(times) for name, times in per_round.items()}
-    return {"round_s": medians, "samples_s": per_round, "rounds_per_task": batches}
+                points = engine.progress.rounds(task_id)
+                intervals[name] += [b.elapsed_s - a.elapsed_s for a, b in pairwise(points)]
+    return {
+        "round_s": {name: statistics.median(times) for name, times in intervals.items()},
+        "difference_s": {name: statistics.median(times) for name, times in per_round.items()},
+        "samples_s": per_round,
+        "interval_quartiles_s": {
+            name: statistics.quantiles(times, n=4) for name, times in intervals.items()
+        },
+        "rounds_per_task": batches,
+    }
 
 
 def breakdown_s(reps: int) -> dict[str, float]:
