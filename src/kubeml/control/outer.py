@@ -144,7 +144,7 @@ class OuterOptimizer:
         self._spans = stepped_spans(layout)
         self._momentum: dict[str, torch.Tensor] = {}
         self._scratch = threading.local()  # nesterov: one block of the change per lane
-        self._change: dict[str, torch.Tensor] = {}  # adaptive: the whole round's change
+        self._change: dict[str, torch.Tensor] = {}  # adaptive, when no copy is a state
         self.last_scale = 1.0  # adaptive: the momentum's share kept at the last round
 
     @property
@@ -207,43 +207,60 @@ class OuterOptimizer:
         if not stepped:
             return
         mu = self.config.momentum
+        # Adaptive keeps the round's whole change: in the first state's own memory when the
+        # new model is copied there anyway (each block is read before it is written: no
+        # buffer, and no cache line fetched only to be overwritten), else in a buffer.
+        in_first = any(copy is pairs[0][0] for copy in copies)
+        change = pairs[0][0] if in_first else self._change
         for dtype in dict.fromkeys(blk.dtype for blk in stepped):  # made here, not in lanes
             if mu > 0:
                 self._buffer(dtype, floats[dtype])
-            change = self._change.get(dtype)
-            if self._adaptive and (change is None or change.numel() != floats[dtype].numel()):
+            have = self._change.get(dtype)
+            if (
+                self._adaptive
+                and not in_first
+                and (have is None or have.numel() != floats[dtype].numel())
+            ):
                 self._change[dtype] = torch.zeros_like(floats[dtype])
         if not self._adaptive:
             run(lambda blk: self._step_block(floats[blk.dtype], pairs, blk), stepped)
             return
-        sums = run(lambda blk: self._change_block(floats[blk.dtype], pairs, blk), stepped, False)
+        sums = run(
+            lambda blk: self._change_block(floats[blk.dtype], change, pairs, blk), stepped, False
+        )
         dv = dd = vv = 0.0
         for block_dv, block_dd, block_vv in sums:  # in block order: the same float sums
             dv, dd, vv = dv + block_dv, dd + block_dd, vv + block_vv
         cosine = dv / math.sqrt(dd * vv) if dd > 0 and vv > 0 else 1.0
         self.last_scale = max(0.0, min(1.0, cosine))
         kept = mu * self.last_scale
-        run(lambda blk: self._adaptive_block(floats[blk.dtype], kept, blk), stepped)
+        run(lambda blk: self._adaptive_block(floats[blk.dtype], change, kept, blk), stepped)
 
     @property
     def _adaptive(self) -> bool:
         return self.config.name == "adaptive" and self.config.momentum > 0
 
     def _change_block(
-        self, target: torch.Tensor, pairs: list[tuple[Groups, float]], blk: _Block
+        self,
+        target: torch.Tensor,
+        change: Groups,
+        pairs: list[tuple[Groups, float]],
+        blk: _Block,
     ) -> tuple[float, float, float]:
-        """Adaptive, pass 1: the block's averaged change `d`, kept, and its share of the
-        sums for cos(d, v)."""
-        d = self._change[blk.dtype][blk.a : blk.b]
+        """Adaptive, pass 1: the block's averaged change `d`, kept in `change`, and its
+        share of the sums for cos(d, v)."""
+        d = change[blk.dtype][blk.a : blk.b]
         v = self._momentum[blk.dtype][blk.a : blk.b]
         with torch.no_grad():
             _running_mean_into(d, _cut(pairs, blk))
             d.sub_(target[blk.a : blk.b])
             return float(torch.dot(d, v)), float(torch.dot(d, d)), float(torch.dot(v, v))
 
-    def _adaptive_block(self, target: torch.Tensor, kept: float, blk: _Block) -> None:
+    def _adaptive_block(
+        self, target: torch.Tensor, change: Groups, kept: float, blk: _Block
+    ) -> None:
         """Adaptive, pass 2: the Nesterov step with the momentum scaled by `kept` / mu."""
-        d = self._change[blk.dtype][blk.a : blk.b]
+        d = change[blk.dtype][blk.a : blk.b]
         v = self._momentum[blk.dtype][blk.a : blk.b]
         with torch.no_grad():
             torch.add(d, v, alpha=kept, out=v)  # v <- kept * v + d
