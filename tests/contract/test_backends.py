@@ -3,6 +3,8 @@ results (inline, process, and ray on a local one-node Ray)."""
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from kubeml.api.schemas import TaskState
@@ -38,6 +40,9 @@ def test_training_learns_and_infers(engine, digits):
     predictions = engine.infer(task_id, digits["test_x"][:50].tolist())
     hits = sum(int(p == t) for p, t in zip(predictions, digits["test_y"][:50], strict=True))
     assert hits >= 40
+    # The REST route's way (`FunctionBackend.serve`, awaited on an event loop): the same.
+    awaited = asyncio.run(engine.infer_async(task_id, digits["test_x"][:50].tolist()))
+    assert awaited == predictions
 
 
 def test_user_exception_fails_the_task_with_the_users_traceback(engine):
