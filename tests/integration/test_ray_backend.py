@@ -80,6 +80,7 @@ def _nodes_of(engine: Any, task_id: str) -> set[str]:
 
 def test_capacity_comes_from_the_cluster(ray_engine):
     assert ray_engine.backend.capacity == 2  # two 1-CPU worker nodes; the head has none
+    assert ray_engine.backend.cores() == 2  # the policy's cap: the cluster's CPUs
 
 
 def test_lenet_on_two_nodes_matches_the_process_backend(ray_engine, make_engine, mnist_5k):

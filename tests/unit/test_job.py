@@ -146,7 +146,10 @@ def stores(tmp_path):
     return datasets, models, CheckpointStore(tmp_path / "checkpoints")
 
 
-def _job(stores, script, *, parallelism=2, timeout_s=30.0, accuracy=50.0, backend=None, **request):
+def _job(
+    stores, script, *, parallelism=2, timeout_s=30.0, accuracy=50.0, backend=None, policy=None,
+    **request,
+):  # fmt: skip
     datasets, models, checkpoints = stores
     backend = backend or ScriptedBackend(datasets, models, script, accuracy)
     services = JobServices(
@@ -166,7 +169,7 @@ def _job(stores, script, *, parallelism=2, timeout_s=30.0, accuracy=50.0, backen
     services = replace(services, log=lambda source, message: recorder.logs.append(message))
     job = TrainJob(
         "task1", req, FunctionCode("f", "sha", "/nowhere"), parallelism, services, recorder,
-        StaticPolicy(),
+        policy or StaticPolicy(),
     )  # fmt: skip
     return job, recorder, backend
 
@@ -199,6 +202,36 @@ def test_init_runs_with_a_training_functions_share_of_the_cores(monkeypatch, sto
     assert job.run().state is TaskState.SUCCEEDED
     by_mode = {inv.mode: inv.threads for inv in backend.invocations}
     assert by_mode[Mode.INIT] == by_mode[Mode.TRAIN] == 2  # 8 cores over N=4
+
+
+class Grow(StaticPolicy):
+    """Asks for one function more after every epoch, up to the cap the job gives."""
+
+    def next_parallelism(self, record, capacity):
+        return min(capacity, record.parallelism + 1)
+
+
+class ClusterBackend(ScriptedBackend):
+    """Functions on a cluster of 8 cores, whatever the control plane's machine has."""
+
+    def cores(self):
+        return 8
+
+
+@pytest.mark.parametrize(("backend_class", "path"), [(ScriptedBackend, [1, 2, 2, 2]),
+                                                     (ClusterBackend, [1, 2, 3, 4])])  # fmt: skip
+def test_the_policy_grows_n_up_to_the_cores_the_functions_run_on(
+    monkeypatch, stores, backend_class, path
+):
+    """A local backend's N stops at this machine's 2 cores; a cluster's goes on to the
+    backend's capacity (4), beyond the control plane's machine."""
+    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    datasets, models, _ = stores
+    backend = backend_class(datasets, models, lambda e, f, r: 1.0)
+    job, recorder, _ = _job(stores, None, parallelism=1, epochs=4, backend=backend, policy=Grow())
+    assert job.run().state is TaskState.SUCCEEDED
+    assert [e.parallelism for e in recorder.epochs] == path
+    _exactly_once(backend, 4)
 
 
 def test_every_sample_is_trained_once_per_epoch_in_k_rounds(stores):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from concurrent.futures import Future
@@ -75,6 +76,11 @@ class FunctionBackend(ABC):
 
     def close(self) -> None:  # noqa: B027 - optional for backends
         """Release workers and connections."""
+
+    def cores(self) -> int:
+        """The cores the functions share, which no N the policy picks exceeds: this
+        machine's for the local backends (a backend on a cluster counts the cluster's)."""
+        return os.cpu_count() or 1
 
     def describe(self) -> dict[str, Any]:
         return {"backend": self.name, "capacity": self.capacity}

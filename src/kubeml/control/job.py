@@ -335,7 +335,7 @@ class TrainJob:
     def _rescale(self, record: EpochRecord) -> None:
         if record.parallelism_path:
             return  # the epoch ran at several N: it measured none of them for the policy
-        capacity = min(self.services.backend.capacity, os.cpu_count() or 1)
+        capacity = min(self.services.backend.capacity, self.services.backend.cores())
         wanted = self.policy.next_parallelism(record, capacity)
         if wanted != self.parallelism:
             granted = self.services.slots.want(wanted)

@@ -14,7 +14,8 @@ they are tested with scripted records and no processes.
 
 Both adaptive policies explore one step at a time: N+1 while it is unmeasured and N is
 the best so far, then the best measured neighbour, and move only for a gain of at least
-`margin`. The job caps N at the backend's capacity and the machine's cores.
+`margin`. The job caps N at the backend's capacity and the cores its functions run on
+(`FunctionBackend.cores`: this machine's, or a Ray cluster's).
 """
 
 from __future__ import annotations

@@ -563,6 +563,11 @@ class RayBackend(FunctionBackend):
             if self._owns_ray:
                 ray.shutdown()
 
+    def cores(self) -> int:
+        """The cluster's CPUs, not the control plane's: its machine may be a small one
+        that runs no function."""
+        return max(1, int(ray.cluster_resources().get("CPU", 0.0)))
+
     def describe(self) -> dict[str, Any]:
         with self._lock:
             actors = [(a, "idle") for a in self._idle] + [(a, "busy") for a in self._busy]
