@@ -51,7 +51,8 @@ def micro_lines(micro: dict[str, Any]) -> str:
             f"memcpy bound {sync['memcpy_bound_s'] * 1e3:.1f} ms "
             f"({sync['bytes_moved'] / 1e6:.0f} MB at "
             f"{sync['memcpy_bytes_per_s']['2_threads'] / 1e9:.1f} GB/s) -> ratio "
-            f"{sync['ratio']:.1f} (target {sync['target']}); "
+            f"{sync['ratio']:.1f} (target {sync['target']}; with the plain average outer step "
+            f"{sync['ratio_average']:.1f}); "
             f"a round of a 2-parameter model "
             f"{sync['tiny_model_round_s'] * 1e3:.1f} ms; serial breakdown: {parts}"
         )
