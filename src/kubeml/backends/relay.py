@@ -157,6 +157,21 @@ async def drive_async(
             return outcome
 
 
+def relay_rounds(
+    transport: ControlTransport,
+    inv: Invocation,
+    sync: SyncHandler | None,
+    log: LogSink,
+    hooks: RelayHooks,
+) -> None:
+    """Answer the rounds a function publishes over a second transport (`Endpoint.rounds`),
+    beside `drive` on its first, until the function closes it (EOFError, OSError)."""
+    while True:
+        outcome = _relay(transport.receive(), transport, inv, sync, log, hooks)
+        if outcome is not None:
+            raise BackendError(f"relay protocol error: {type(outcome).__name__} on the rounds")
+
+
 def _relay(
     message: FromFunction,
     transport: ControlTransport,
@@ -262,6 +277,9 @@ class Endpoint:
         self._lock = threading.Lock()
         self._last_beat = 0.0
         self.writer: _LineWriter | None = None  # printed lines waiting for their batch
+        # A second connection for the rounds alone (Ray: a direct socket, see
+        # kubeml.backends.ray.rounds); only the function's own thread publishes.
+        self.rounds: FunctionTransport | None = None
 
     def send(self, message: FromFunction) -> None:
         with self._lock:
@@ -279,8 +297,12 @@ class Endpoint:
                 self.writer.send_lines()  # a line printed before a long quiet stretch
 
     def publish(self, report: RoundReport) -> Release:
-        self.send(Publish(report))
-        answer = self.transport.receive()
+        if self.rounds is not None:
+            self.rounds.send(Publish(report))
+            answer = self.rounds.receive()
+        else:
+            self.send(Publish(report))
+            answer = self.transport.receive()
         if not isinstance(answer, Released):
             raise BackendError(f"relay protocol error: expected a release, got {answer!r}")
         if answer.reference is not None and self.on_reference is not None:

@@ -32,17 +32,19 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import functools
 import os
 import queue
 import threading
 import time
-from collections.abc import Iterator, Sequence
-from concurrent.futures import Future
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import CancelledError, Future
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kubeml.backends.base import FunctionBackend, SyncHandler
+from kubeml.backends.process_worker import PipeTransport
 from kubeml.backends.relay import (
     Done,
     Endpoint,
@@ -52,11 +54,12 @@ from kubeml.backends.relay import (
     RelayHooks,
     ToFunction,
     drive,
+    relay_rounds,
     serve,
     settle,
     start_gang,
 )
-from kubeml.errors import BackendError, FunctionError, MissingDependencyError
+from kubeml.errors import BackendError, FunctionError, KubeMLError, MissingDependencyError
 from kubeml.runtime.invocation import FunctionCode, Invocation, InvocationResult, LogSink, Mode
 from kubeml.runtime.sync import Release, RoundReport
 
@@ -68,6 +71,8 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
         "the ray backend needs Ray, an optional extra: pip install 'kubeml[ray]'"
     ) from exc
 
+from kubeml.backends.ray.rounds import RoundChannels, RoundOffer
+from kubeml.backends.ray.rounds import connect as connect_rounds
 from kubeml.backends.ray.stores import (
     INLINE_BYTES,
     RayDatasetStore,
@@ -132,16 +137,23 @@ class _FunctionActor:
         """(node id, pid): where the actor was placed, once it has started."""
         return ray.get_runtime_context().get_node_id(), os.getpid()
 
-    def run(self, inv: Invocation) -> Iterator[FromFunction]:
-        """Serve one invocation, yielding its relay messages up to its `Done` or `Failed`."""
+    def run(self, inv: Invocation, offer: RoundOffer | None = None) -> Iterator[FromFunction]:
+        """Serve one invocation, yielding its relay messages up to its `Done` or `Failed`;
+        with an `offer`, its rounds go over a direct socket (`kubeml.backends.ray.rounds`)."""
         transport = self._transport = _QueueTransport()
         self._endpoint.transport = transport
+        rounds = connect_rounds(offer) if offer is not None else None
+        self._endpoint.rounds = PipeTransport(rounds) if rounds is not None else None
 
         def work() -> None:
             try:
                 serve(self._endpoint, inv, self._datasets, self._models)
             except BaseException as exc:  # serve reports user errors itself; this is ours
                 transport.send(Failed(BackendError(f"the Ray worker failed: {exc!r}")))
+            finally:
+                self._endpoint.rounds = None
+                if rounds is not None:
+                    rounds.close()  # the control plane's side of the rounds ends
 
         thread = threading.Thread(target=work, name=f"kubeml-{inv.task_id}-{inv.func_id}")
         thread.start()
@@ -160,13 +172,13 @@ class _FunctionActor:
 class _ActorTransport:
     """The control plane's end of one actor's relay."""
 
-    def __init__(self, actor: Any) -> None:
-        self.actor = actor
+    def __init__(self, actor: Any, offer: RoundOffer | None = None) -> None:
+        self.actor, self.offer = actor, offer
         self.stream: Any = None
 
     def send(self, message: ToFunction) -> None:
         if isinstance(message, Invoke):
-            self.stream = iter(self.actor.run.remote(message.invocation))
+            self.stream = iter(self.actor.run.remote(message.invocation, self.offer))
         else:
             self.actor.deliver.remote(message)
 
@@ -177,6 +189,39 @@ class _ActorTransport:
             raise BackendError("the Ray actor ended the invocation without a result") from None
         message: FromFunction = ray.get(ref)
         return message
+
+
+class _RoundRelay:
+    """The control plane's side of one invocation's round socket, on its own thread:
+    answers each `Publish` with its `Released` until the function closes the socket."""
+
+    def __init__(
+        self,
+        arrival: Future[Any],
+        end: Callable[[], None],
+        inv: Invocation,
+        sync: SyncHandler,
+        log: LogSink,
+        hooks: RelayHooks,
+    ) -> None:
+        self.arrival, self.end = arrival, end  # end: shut the socket down
+        self.inv, self.sync, self.log, self.hooks = inv, sync, log, hooks
+        self.failed: Exception | None = None  # what broke the relay, for the invocation
+
+    def run(self) -> None:
+        try:
+            conn = self.arrival.result()
+        except CancelledError:
+            return  # the invocation ended (or published through Ray) before it connected
+        try:
+            relay_rounds(PipeTransport(conn), self.inv, self.sync, self.log, self.hooks)
+        except (EOFError, OSError):
+            pass  # closed: the invocation is over, or its actor died (Ray says which)
+        except Exception as exc:
+            self.failed = exc
+            self.end()  # the function's publish fails, and its invocation with it
+        finally:
+            conn.close()
 
 
 class _RayHooks(RelayHooks):
@@ -254,6 +299,7 @@ class RayBackend(FunctionBackend):
         self.wait_for_nodes = wait_for_nodes
         self._owns_ray = owns_ray
         self._remote = ray.remote(_FunctionActor)
+        self._rounds = RoundChannels(ray.util.get_node_ip_address())
         self._hooks = _RayHooks(datasets, models)
         self._idle: list[_Actor] = []
         self._busy: list[_Actor] = []
@@ -525,9 +571,13 @@ class RayBackend(FunctionBackend):
         log: LogSink,
         future: Future[InvocationResult],
     ) -> None:
-        """Relay one invocation between its actor and the job."""
+        """Relay one invocation between its actor and the job (its rounds over a direct
+        socket, when it may have one)."""
+        offer, rounds = self._offer_rounds(inv, sync, log)
         try:
-            outcome = drive(_ActorTransport(actor.handle), inv, sync, log, self._hooks)
+            outcome = drive(_ActorTransport(actor.handle, offer), inv, sync, log, self._hooks)
+            if rounds is not None and rounds.failed is not None:
+                raise rounds.failed
         except Exception as exc:  # the actor, its node or the relay failed: never hang the job
             if isinstance(exc, BackendError):
                 error = exc
@@ -539,9 +589,31 @@ class RayBackend(FunctionBackend):
             self._release(actor, healthy=False)
             settle(future, sync, inv.func_id, error)
             return
+        finally:
+            if offer is not None:
+                self._rounds.withdraw(offer)
         healthy = not (isinstance(outcome, Failed) and outcome.replace_worker)
         self._release(actor, healthy=healthy)  # an unhealthy actor is killed; a new one starts
         settle(future, sync, inv.func_id, outcome)
+
+    def _offer_rounds(
+        self, inv: Invocation, sync: SyncHandler | None, log: LogSink
+    ) -> tuple[RoundOffer | None, _RoundRelay | None]:
+        """A direct socket for a train invocation's rounds, when its weights travel by
+        value (messages with object refs must stay in Ray's serialisation)."""
+        if inv.mode is not Mode.TRAIN or sync is None:
+            return None, None
+        try:
+            small = self.models.layout(inv.task_id).nbytes <= INLINE_BYTES
+        except KubeMLError:
+            return None, None
+        if not small:
+            return None, None
+        offer, arrival = self._rounds.offer()
+        end = functools.partial(self._rounds.withdraw, offer)
+        relay = _RoundRelay(arrival, end, inv, sync, log, self._hooks)
+        threading.Thread(target=relay.run, name=f"kubeml-rounds-{inv.func_id}", daemon=True).start()
+        return offer, relay
 
     def cancel(self, task_id: str) -> None:
         with self._lock:
@@ -555,6 +627,7 @@ class RayBackend(FunctionBackend):
                 return
             self._closed.set()
             actors, self._idle, self._busy = self._idle + self._busy, [], []
+        self._rounds.close()
         if ray.is_initialized():
             for actor in actors:
                 self._kill(actor)
@@ -589,6 +662,7 @@ class RayBackend(FunctionBackend):
                 pids.setdefault(a.task_id or "", []).append(a.pid)
         return {
             **super().describe(),
+            "round_sockets": self._rounds.admitted,  # train invocations that used one
             "warm_workers": sum(1 for _, s in actors if s == "idle"),
             "busy_workers": sum(1 for _, s in actors if s == "busy"),
             "workers": workers,
