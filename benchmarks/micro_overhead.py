@@ -60,7 +60,7 @@ def framework_overhead(workload: Workload, quick: bool) -> dict[str, Any]:
         "ratio": statistics.median(k / p for p, k in pairs),
         "pooled_ratio": statistics.median(k for _, k in pairs)
         / statistics.median(p for p, _ in pairs),
-        "target": ">= 0.95",
+        "target": ">= 0.98",  # ARCHITECTURE section 6
         "pairs_samples_per_s": pairs,
         "how": f"{reps} pairs (one plain epoch, one 1-epoch kubeml task) in ABBA order; "
         "median of the per-pair ratios (robust to load that drifts between pairs)",
