@@ -7,9 +7,11 @@ generator that yields the invocation's relay messages (`kubeml.backends.relay`),
 driver-side thread per invocation runs the relay's `drive` loop over them: log lines to
 the task log, round reports to the job's `RoundBarrier`, requests for object refs of
 dataset splits and of the reference model, each answered through the actor's `deliver`
-method, then the result or the error. Weights and data move through the Ray object store
-(see `kubeml.backends.ray.stores`); nothing assumes a shared filesystem: the function's
-source travels with the invocation.
+method, then the result or the error. A train invocation of a model small enough to travel
+by value publishes its rounds over a direct socket to the control plane instead
+(`kubeml.backends.ray.rounds`: two Ray messages a round cost several ms). Weights and data
+move through the Ray object store (see `kubeml.backends.ray.stores`); nothing assumes a
+shared filesystem: the function's source travels with the invocation.
 
 A lost actor (SIGKILLed, out of memory, its node gone) fails its invocation's future with
 a `BackendError` within milliseconds, and is forgotten; the job replays the function's
