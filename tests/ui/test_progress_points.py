@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import numpy as np
@@ -50,3 +51,36 @@ def test_points_are_bounded_and_indexes_stay_stable() -> None:
         MAX_POINTS + 9,
     ]
     assert book.rounds("unknown") == []
+
+
+def test_the_plan_follows_an_n_changed_mid_epoch(make_engine: Any, digits: dict[str, Any]) -> None:
+    """A second task takes a slot from a running one mid-epoch; the round plan (the
+    dashboard's and `task watch`'s R) is then the rounds merged so far plus the re-split
+    rest: the epoch's real rounds, not the plan of the new N from the start."""
+    engine = make_engine("inline", capacity=2)
+    engine.create_function("mlp", function_source(SLEEP_PER_BATCH_S=0.01))
+    engine.create_dataset("digits", digits["train_x"], digits["train_y"],
+                          digits["test_x"], digits["test_y"])  # fmt: skip
+    request = TrainRequest(function="mlp", dataset="digits", epochs=1, k=2, batch_size=32,
+                           parallelism=2, seed=1, validate_every=0)  # fmt: skip
+    task_id = engine.train(request)
+    size = engine.get_dataset("digits").train_size
+
+    def points() -> list[Any]:
+        return engine.progress.rounds(task_id)
+
+    deadline = time.monotonic() + 60
+    while len(points()) < 3 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    other = engine.train(request.model_copy(update={"parallelism": 1, "epochs": 3, "static": True}))
+    while not any(p.parallelism == 1 for p in points()) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    plan = engine.progress.plan(task_id, request, 1, 1)
+    assert engine.wait(task_id, timeout_s=120).state is TaskState.SUCCEEDED
+    assert engine.get_task(other).state is TaskState.RUNNING  # it held the slot throughout
+    record = engine.get_history(task_id).epochs[0]
+    assert record.parallelism_path, record  # N did change within the epoch
+    assert plan == [p.samples for p in points()]
+    assert len(plan) == record.rounds and sum(plan) == size
+    assert len(round_plan(size, 1, request, 1)) != record.rounds  # what R said before
+    engine.stop_task(other)

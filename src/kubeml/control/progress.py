@@ -14,7 +14,7 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING
 
 from kubeml.api.schemas import EpochRecord, RoundPoint, TrainRequest
-from kubeml.control.chunks import assign_chunks
+from kubeml.control.chunks import assign_chunks, even_splits
 
 if TYPE_CHECKING:
     from kubeml.control.job import JobListener
@@ -29,10 +29,20 @@ def round_plan(train_size: int, parallelism: int, request: TrainRequest, epoch: 
     Function i trains its shard in batches and merges every K batches (once per epoch for
     K=-1); the epoch has as many rounds as its longest shard needs.
     """
+    shards = assign_chunks(train_size, parallelism, request.seed, epoch - 1)
+    return _rounds([sum(stop - start for start, stop in shard) for shard in shards], request)
+
+
+def resplit_plan(left: int, parallelism: int, request: TrainRequest) -> list[int]:
+    """The rounds of an epoch's rest after N changed: the job re-splits the `left` samples
+    evenly over the new N (`chunks.resplit`)."""
+    return _rounds([stop - start for start, stop in even_splits(left, parallelism)], request)
+
+
+def _rounds(shard_sizes: list[int], request: TrainRequest) -> list[int]:
     batch = request.batch_size
     per_function = []
-    for shard in assign_chunks(train_size, parallelism, request.seed, epoch - 1):
-        samples = sum(stop - start for start, stop in shard)
+    for samples in shard_sizes:
         batches = -(-samples // batch)
         k = request.k if request.k > 0 else max(1, batches)
         per_round = k * batch
@@ -92,9 +102,18 @@ class ProgressBook:
                 entry.dropped += excess
 
     def plan(self, task_id: str, request: TrainRequest, epoch: int, parallelism: int) -> list[int]:
-        """`round_plan` of this epoch, cached per task (a shuffle of the chunk order)."""
+        """Samples of each round of this epoch: `round_plan` at N (cached per task: a
+        shuffle of the chunk order); after N changed within the epoch, the rounds merged up
+        to the last change, then the rest as the job re-split it."""
         with self._lock:
-            cached = self._entry(task_id).plan
+            entry = self._entry(task_id)
+            cached = entry.plan
+            points = [p for p in entry.points if p.epoch == epoch]
+        changed = [i for i, p in enumerate(points) if p.parallelism != parallelism]
+        if changed:
+            done = [p.samples for p in points[: changed[-1] + 1]]
+            left = self._train_size(request.dataset) - sum(done)
+            return done + resplit_plan(max(0, left), parallelism, request)
         if cached is not None and cached[0] == (epoch, parallelism):
             return cached[1]
         plan = round_plan(self._train_size(request.dataset), parallelism, request, epoch)
