@@ -423,6 +423,29 @@ def test_stop_checkpoints_the_exact_position_and_resume_continues_from_it(stores
     _exactly_once(backend, 2)
 
 
+def test_the_n_path_of_an_epoch_survives_a_stop_and_resume(stores):
+    """N went 2 -> 3 mid-epoch, then the task stopped; the resumed run (at N=2) records
+    the whole epoch's path, not only its own stretch."""
+    job, recorder, backend = _job(stores, lambda e, f, r: 1.0, epochs=1, k=1)
+    original = job._merge
+
+    def merge_then_act(round_index, reports):
+        if round_index == 1:
+            job.request_parallelism(3, "test wants 3")
+        if round_index == 3:
+            job.stop()
+        return original(round_index, reports)
+
+    job._merge = merge_then_act
+    assert job.run().state is TaskState.STOPPED
+    assert recorder.epochs == []
+    resumed, recorder2, _ = _job(stores, None, epochs=1, k=1, backend=backend)
+    backend.script = lambda e, f, r: 1.0
+    assert resumed.run().state is TaskState.SUCCEEDED
+    assert recorder2.epochs[0].parallelism_path == [2, 3, 2]
+    _exactly_once(backend, 1)
+
+
 def test_goal_accuracy_ends_the_task_early(stores):
     job, recorder, _ = _job(
         stores,

@@ -223,7 +223,7 @@ class TrainJob:
         self._position = position
         started = time.monotonic()
         merged_before = position.samples
-        path: list[int] = []  # the N of each stretch of this epoch
+        path = position.path  # checkpointed with the position: a resume continues it
         while not position.finished:
             if self.stop_requested.is_set():
                 position.elapsed_s += time.monotonic() - started
@@ -243,7 +243,7 @@ class TrainJob:
             epoch=position.epoch + 1,
             train_loss=position.loss_sum / position.batches if position.batches else float("nan"),
             parallelism=self.parallelism,
-            parallelism_path=path if len(path) > 1 else None,
+            parallelism_path=list(path) if len(path) > 1 else None,
             samples=position.samples,
             epoch_duration_s=duration,
             samples_per_s=(position.samples - merged_before) / run_s if run_s > 0 else 0.0,

@@ -47,6 +47,7 @@ class Position:
     elapsed_s: float = 0.0  # training time of this epoch before the current run
     failures: int = 0  # functions lost this epoch
     retries: int = 0  # rounds replayed on a fresh worker this epoch
+    path: list[int] = field(default_factory=list)  # the N of each stretch of this epoch
     trained: list[np.ndarray] = field(default_factory=list, repr=False)  # this run, merged
 
     @classmethod
@@ -99,6 +100,7 @@ class Position:
             "elapsed_s": self.elapsed_s,
             "failures": self.failures,
             "retries": self.retries,
+            "path": list(self.path),
             "lanes": [torch.from_numpy(lane.remaining.astype(np.int32)) for lane in self.lanes],
         }
 
@@ -110,5 +112,6 @@ class Position:
             epoch=int(state["epoch"]),
             lanes=lanes,
             seed=int(state["seed"]),
+            path=[int(n) for n in state.get("path", [])],  # absent in older checkpoints
             **{name: state[name] for name in fields},
         )
