@@ -1,8 +1,9 @@
 """The REST routes: one thin handler per `Engine` operation.
 
 Handlers are plain `def`s, so FastAPI runs them in its threadpool and a slow engine call
-(an inference) never blocks the event loop; the one `async def`, the dataset upload, streams
-its body to disk and does its work in the threadpool too (`kubeml.control.uploads`).
+never blocks the event loop. Two are `async def`: the dataset upload streams its body to
+disk and does its work in the threadpool (`kubeml.control.uploads`), and inference awaits
+its warm worker on the event loop itself, with no thread hand-off (`Engine.infer_async`).
 """
 
 from __future__ import annotations
@@ -191,11 +192,10 @@ def task_logs(
 
 @router.post("/tasks/{task_id}/infer", tags=["tasks"], openapi_extra=json_body(InferRequest))
 async def infer(task_id: str, request: Request, engine: EngineDep) -> InferResponse:
-    """Predictions of the task's trained model for `data`, a list of samples.
-
-    The hot path of serving runs on the event loop: the body is parsed by pydantic's own
-    JSON parser (2.5x `json.loads` and validation, which FastAPI would do), and the warm
-    worker's answer is awaited there (`Engine.infer_async`)."""
+    """Predictions of the task's trained model for `data`, a list of samples."""
+    # Serving's hot path stays on the event loop: pydantic's own JSON parser reads the body
+    # (2.5x `json.loads` and validation, which FastAPI would do), and the warm worker's
+    # answer is awaited here (`Engine.infer_async`).
     body = parse_json_body(InferRequest, await request.body())
     return InferResponse(predictions=await engine.infer_async(task_id, body.data))
 
