@@ -30,6 +30,7 @@ from typing import Any
 
 from benchmarks.records import Workload
 from benchmarks.rows_kubeml import deploy_reference, fresh_engine, prewarm, run_task, train_request
+from kubeml.procs import children
 
 _RATE_HZ = 200
 _IDLE = "idle: no invocation"
@@ -124,22 +125,6 @@ def summarise(raw: Path) -> dict[str, Any]:
     }
 
 
-def _children(pattern: str) -> list[int]:
-    """Processes whose parent is this one and whose command line contains `pattern`."""
-    me, found = os.getpid(), []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-        except (OSError, IndexError, ValueError):
-            continue
-        if ppid == me and pattern in cmdline:
-            found.append(int(entry.name))
-    return sorted(found)
-
-
 def _py_spy() -> str:
     exe = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
     if not Path(exe).exists():
@@ -210,7 +195,7 @@ def _profile_sync_probe(out_dir: Path, echo: Callable[[str], None], batches: int
         x, y = np.zeros((2 * batches, 1), dtype=np.float32), np.zeros(2 * batches, dtype=np.int64)
         engine.create_dataset("probe", x, y, x[:2], y[:2])
         run_task(engine, probe_request(1))  # warm workers and shared memory
-        workers = _children("kubeml.backends.process_worker")
+        workers = children(os.getpid(), "kubeml.backends.process_worker")
         targets = {f"sync-probe-k1-worker-{i}": pid for i, pid in enumerate(workers)}
         echo(f"-- profile: 11.7M-parameter probe, N=2 K=1, {batches} rounds")
         with (
@@ -228,7 +213,7 @@ def profile(workload: Workload, out_dir: Path, echo: Callable[[str], None]) -> d
     with fresh_engine() as engine:
         deploy_reference(engine, workload.data_dir)
         prewarm(engine, workload, 2)
-        workers = _children("kubeml.backends.process_worker")
+        workers = children(os.getpid(), "kubeml.backends.process_worker")
         targets = {f"kubeml-n1-worker-{i}": pid for i, pid in enumerate(workers)}
         echo(f"-- profile: kubeml N=1 K=-1, one epoch (workers {workers})")
         with recording(targets, out_dir, idle=True):

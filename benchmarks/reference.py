@@ -10,6 +10,7 @@ same initial weights everywhere (PyTorch's default init: the files do not re-ini
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.util
 import socket
@@ -166,18 +167,15 @@ def wait_quiet(pid: int, timeout_s: float = 60.0, every_s: float = 0.5) -> float
     the seconds waited."""
     import os
 
-    from kubeml.procs import children
+    from kubeml.procs import children, cpu_ticks
 
     tick = os.sysconf("SC_CLK_TCK")
 
     def cpu_s() -> float:
         total = 0
         for one in [pid, *children(pid)]:
-            try:
-                fields = Path(f"/proc/{one}/stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue  # gone between the listing and the read
-            total += int(fields[11]) + int(fields[12])  # utime + stime
+            with contextlib.suppress(OSError):  # gone between the listing and the read
+                total += cpu_ticks(one)
         return total / tick
 
     started = time.monotonic()

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from kubeml.client import stop_server
+from kubeml.procs import children
 from kubeml.settings import Settings
 from tests.conftest import free_port
 
@@ -29,23 +30,17 @@ def settings(tmp_path: Path) -> Iterator[Settings]:
 
 def worker_pids() -> set[int]:
     """This process's live process-backend workers, read from /proc."""
-    pids = set()
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            cmdline = (entry / "cmdline").read_bytes()
-        except OSError:
-            continue
-        if stat[0] != "Z" and int(stat[1]) == os.getpid() and b"process_worker" in cmdline:
-            pids.add(int(entry.name))
-    return pids
+    return set(children(os.getpid(), "process_worker"))
 
 
 def wait_until(condition: Callable[[], bool], timeout_s: float = 30.0) -> bool:
     """Poll `condition` until it holds or `timeout_s` passed; its last value."""
     deadline = time.monotonic() + timeout_s
     while not condition() and time.monotonic() < deadline:
-        time.sleep(0.1)
+        time.sleep(0.02)
     return condition()
+
+
+def wait_for(condition: Callable[[], bool], timeout_s: float = 120.0) -> None:
+    """`wait_until`, failing the test when `condition` never held."""
+    assert wait_until(condition, timeout_s), "condition not met in time"

@@ -21,7 +21,8 @@ import pytest
 
 from kubeml.api.schemas import TaskState
 from tests.conftest import ROOT, function_source
-from tests.integration.test_recovery import TASK, add_mlp_and_digits, wait_for
+from tests.integration.conftest import wait_for
+from tests.integration.test_recovery import TASK, add_mlp_and_digits
 
 ray = pytest.importorskip("ray", reason="the ray extra is not installed")
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +17,7 @@ import pytest
 from kubeml.api.schemas import TaskState
 from kubeml.procs import children
 from tests.conftest import free_port, function_source
+from tests.integration.conftest import wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -50,13 +50,6 @@ def baseline(digits: dict[str, np.ndarray], tmp_path_factory: pytest.TempPathFac
         assert info.state is TaskState.SUCCEEDED, info.traceback
         assert info.accuracy is not None and info.accuracy > 85
         return info.accuracy
-
-
-def wait_for(predicate: Any, timeout_s: float = 120) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.02)
 
 
 def test_a_killed_worker_is_replaced_mid_epoch(make_engine, digits, baseline):

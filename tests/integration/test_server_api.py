@@ -9,7 +9,6 @@ from __future__ import annotations
 import io
 import pickle
 import socket
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +39,7 @@ from kubeml.errors import (
 )
 from kubeml.settings import Settings
 from tests.conftest import function_source
+from tests.integration.conftest import wait_for
 
 FIELDS = ("train_x", "train_y", "test_x", "test_y")
 JSON_HEADERS = {"content-type": "application/json"}
@@ -487,13 +487,6 @@ def test_stop_and_resume_a_running_task(
     client.delete_history(task_id)
     with pytest.raises(NotFoundError):
         client.get_history(task_id)
-
-
-def wait_for(condition: Callable[[], bool], timeout_s: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.02)
 
 
 # -- the edge: token and upload limits -------------------------------------------------------

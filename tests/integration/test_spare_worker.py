@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 from kubeml.api.schemas import TaskState
+from kubeml.procs import cpu_ticks
 from tests.conftest import function_source
 from tests.integration.conftest import wait_until, worker_pids
 
@@ -22,16 +23,10 @@ def _threads(pid: int) -> dict[int, tuple[int, int]]:
     return threads
 
 
-def _ticks(pid: int) -> int:
-    """CPU ticks of a process, its exited threads included."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return int(fields[11]) + int(fields[12])
-
-
 def _settle(pid: int, timeout_s: float = 60.0) -> None:
     deadline, last = time.monotonic() + timeout_s, -1
-    while time.monotonic() < deadline and _ticks(pid) != last:
-        last = _ticks(pid)
+    while time.monotonic() < deadline and cpu_ticks(pid) != last:
+        last = cpu_ticks(pid)
         time.sleep(0.5)
 
 
@@ -54,7 +49,7 @@ def test_spare_imports_at_low_priority_and_is_taken_last(make_engine, digits):
     assert all(nice == 0 for nice, _ in _threads(first).values())
 
     _settle(spare)  # the spare has finished importing: its CPU time stands still
-    spare_before, first_before = _ticks(spare), _ticks(first)
+    spare_before, first_before = cpu_ticks(spare), cpu_ticks(first)
     task_id = engine.train(
         function="mlp", dataset="digits", epochs=6, k=4, parallelism=1, static=True
     )
@@ -62,5 +57,5 @@ def test_spare_imports_at_low_priority_and_is_taken_last(make_engine, digits):
     assert info.state is TaskState.SUCCEEDED, info.traceback
     epochs = engine.get_history(task_id).epochs
     assert epochs[-1].train_loss < epochs[0].train_loss
-    assert _ticks(first) - first_before >= 5  # the worker that ran before trained it
-    assert _ticks(spare) - spare_before <= 2  # the spare stayed idle
+    assert cpu_ticks(first) - first_before >= 5  # the worker that ran before trained it
+    assert cpu_ticks(spare) - spare_before <= 2  # the spare stayed idle

@@ -257,6 +257,14 @@ class EpochRecord(BaseModel):
     failures: int = 0  # functions lost during the epoch (their worker died)
     retries: int = 0  # of those, replaced on a fresh worker (the others' samples were re-split)
 
+    def ns(self) -> list[int]:
+        """N of each stretch of the epoch: `[parallelism]` when it never changed."""
+        return self.parallelism_path or [self.parallelism]
+
+    def ns_text(self) -> str:
+        """`2`, or `2→1→2` when N changed within the epoch."""
+        return "→".join(map(str, self.ns()))
+
 
 class TaskInfo(BaseModel):
     model_config = _RECORD

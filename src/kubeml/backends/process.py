@@ -208,10 +208,9 @@ class ProcessBackend(FunctionBackend):
             return await super().serve(invocation, log=log, timeout_s=timeout_s)
         worker = taken[0]
         self._serves(worker, invocation.task_id)
-        transport = PipeTransport(worker.conn)
         try:
             outcome = await asyncio.wait_for(
-                drive_async(transport, transport.readable, invocation, log, _HOOKS), timeout_s
+                drive_async(PipeTransport(worker.conn), invocation, log, _HOOKS), timeout_s
             )
         except TimeoutError:  # before OSError, its base class
             # Killed (off the loop: it waits for the exit), so its late answer never

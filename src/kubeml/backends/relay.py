@@ -17,7 +17,7 @@ import logging
 import sys
 import threading
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -110,6 +110,12 @@ class ControlTransport(Protocol):
         ...
 
 
+class AsyncControlTransport(ControlTransport, Protocol):
+    """A connection the event loop can watch: `readable` resolves once a message is there."""
+
+    async def readable(self) -> None: ...
+
+
 class RelayHooks:
     """What a backend's stores add to the relay; the defaults suit local stores."""
 
@@ -141,17 +147,13 @@ def drive(
 
 
 async def drive_async(
-    transport: ControlTransport,
-    readable: Callable[[], Awaitable[None]],
-    inv: Invocation,
-    log: LogSink,
-    hooks: RelayHooks,
+    transport: AsyncControlTransport, inv: Invocation, log: LogSink, hooks: RelayHooks
 ) -> Done | Failed:
-    """`drive` for an inference on an event loop: `readable()` resolves when the next
-    message has arrived, so waiting for the worker holds no thread."""
+    """`drive` for an inference on an event loop: waiting for the worker's next message
+    holds no thread."""
     transport.send(Invoke(inv))
     while True:
-        await readable()
+        await transport.readable()
         outcome = _relay(transport.receive(), transport, inv, None, log, hooks)
         if outcome is not None:
             return outcome
@@ -356,7 +358,7 @@ class _LineWriter(io.TextIOBase):
 def serve(endpoint: Endpoint, inv: Invocation, shards: ShardSource, models: FunctionModels) -> None:
     """Run one invocation on this worker, with its print and logging output captured into
     the task log, and send its `Done` or `Failed`."""
-    from kubeml.runtime.execute import SinkHandler, execute
+    from kubeml.runtime.execute import SinkHandler, execute, set_level
 
     shards.begin(inv.task_id)
     models.begin(inv.task_id)
@@ -366,7 +368,7 @@ def serve(endpoint: Endpoint, inv: Invocation, shards: ShardSource, models: Func
     saved_level, saved_out, saved_err = root.level, sys.stdout, sys.stderr
     out = endpoint.writer = _LineWriter(endpoint, source)
     root.addHandler(handler)
-    _set_level(root, logging.INFO)  # the seed logs its progress with logging.info
+    set_level(root, logging.INFO)  # the seed logs its progress; workers keep INFO
     sys.stdout = sys.stderr = out
     try:
         result = execute(inv, shards=shards, models=models, sync=endpoint, log=endpoint.log)
@@ -381,12 +383,4 @@ def serve(endpoint: Endpoint, inv: Invocation, shards: ShardSource, models: Func
         sys.stdout, sys.stderr = saved_out, saved_err
         endpoint.writer = None
         root.removeHandler(handler)
-        _set_level(root, saved_level)
-
-
-def _set_level(logger: logging.Logger, level: int) -> None:
-    """Only a change: every `setLevel` clears the cache of every logger in the process
-    (torch has hundreds), 0.1 ms a call on a warm inference. Workers keep the root at
-    INFO, so this is a no-op there."""
-    if logger.level != level:
-        logger.setLevel(level)
+        set_level(root, saved_level)

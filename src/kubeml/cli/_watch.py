@@ -184,7 +184,7 @@ def epoch_line(record: EpochRecord, epochs: int) -> str:
     """The plain line of one finished epoch (for logs and CI)."""
     text = (
         f"epoch {record.epoch}/{epochs}: train loss {record.train_loss:.4f}, "
-        f"N={'→'.join(map(str, record.parallelism_path or [record.parallelism]))}, "
+        f"N={record.ns_text()}, "
         f"{record.rounds} round(s), {record.epoch_duration_s:.1f} s, "
         f"{record.samples_per_s:.0f} samples/s"
     )

@@ -48,7 +48,7 @@ def get(ctx: typer.Context, task_id: TaskId, json: Json = False) -> None:
                 fmt_float(e.train_loss),
                 fmt_float(e.val_loss),
                 fmt_percent(e.accuracy),
-                "→".join(map(str, e.parallelism_path or [e.parallelism])),
+                e.ns_text(),
                 e.rounds,
                 f"{e.epoch_duration_s:.1f}",
                 f"{e.samples_per_s:.0f}",
@@ -154,7 +154,7 @@ def parallelism_path(history: History) -> str:
     or within epochs)."""
     path: list[int] = []
     for record in history.epochs:
-        for n in record.parallelism_path or [record.parallelism]:
+        for n in record.ns():
             if not path or path[-1] != n:
                 path.append(n)
     return "→".join(map(str, path)) or str(history.request.parallelism)

@@ -213,7 +213,7 @@ class TrainJob:
         self.services.backend.warm(self.parallelism)
         # Init runs with a training function's share of the cores, so a backend that sizes
         # workers by threads (Ray actors) runs it on a worker the first epoch then reuses.
-        self._run_plain(Mode.INIT, [()], threads=max(1, (os.cpu_count() or 1) // self.parallelism))
+        self._run_plain(Mode.INIT, [()], threads=_threads(self.parallelism))
         return self._fresh_position(0)
 
     def _fresh_position(self, epoch: int) -> Position:
@@ -269,7 +269,7 @@ class TrainJob:
         """Rounds of the live lanes, until the epoch ends or a round asks for a re-split."""
         func_ids = position.live()
         barrier = RoundBarrier(func_ids, self._merge)
-        threads = max(1, (os.cpu_count() or 1) // len(func_ids))
+        threads = _threads(len(func_ids))
         for func_id in func_ids:
             self._attempt[func_id] = self._attempt.get(func_id, -1) + 1
         invocations = [self._train_invocation(position, f, threads) for f in func_ids]
@@ -396,7 +396,7 @@ class TrainJob:
         """Init or validation: independent invocations; a lost worker's one runs again,
         within the task's retry budget (a hook that kills its worker every time must not
         loop forever)."""
-        threads = threads or max(1, (os.cpu_count() or 1) // len(shards))
+        threads = threads or _threads(len(shards))
         base = self._invocation(mode, len(shards), threads)
         pending = {i: replace(base, func_id=i, ranges=r) for i, r in enumerate(shards)}
         results: dict[int, InvocationResult] = {}
@@ -560,10 +560,14 @@ class TrainJob:
         self.services.log(source, message)
 
 
+def _threads(functions: int) -> int:
+    """A function's share of this machine's cores, so N functions do not oversubscribe it."""
+    return max(1, (os.cpu_count() or 1) // functions)
+
+
 def _describe(record: EpochRecord) -> str:
-    path = record.parallelism_path or [record.parallelism]
     text = (
-        f"epoch {record.epoch}: train loss {record.train_loss:.4f}, N={'→'.join(map(str, path))}, "
+        f"epoch {record.epoch}: train loss {record.train_loss:.4f}, N={record.ns_text()}, "
         f"{record.rounds} round(s), {record.epoch_duration_s:.2f} s, "
         f"{record.samples_per_s:.0f} samples/s"
     )

@@ -109,6 +109,22 @@ def _copy_block(target: torch.Tensor, copies: Sequence[Groups], blk: _Block) -> 
             copy[blk.dtype][blk.a : blk.b].copy_(target[blk.a : blk.b])
 
 
+def _change_into(
+    d: torch.Tensor, target: torch.Tensor, pairs: list[tuple[Groups, float]], blk: _Block
+) -> None:
+    """`d` <- the block's averaged change of the round: the mean of the states minus the
+    reference."""
+    _running_mean_into(d, _cut(pairs, blk))
+    d.sub_(target[blk.a : blk.b])
+
+
+def _nesterov(d: torch.Tensor, v: torch.Tensor, ref: torch.Tensor, mu: float, lr: float) -> None:
+    """One Nesterov step of a block: v <- mu * v + d, then ref += lr * (d + mu * v)."""
+    torch.add(d, v, alpha=mu, out=v)
+    d.add_(v, alpha=mu)  # the look-ahead
+    ref.add_(d, alpha=lr)
+
+
 def _mean_block(target: torch.Tensor, pairs: list[tuple[Groups, float]], blk: _Block) -> None:
     with torch.no_grad():  # grad mode is per thread: each lane sets its own
         _running_mean_into(target[blk.a : blk.b], _cut(pairs, blk))
@@ -252,8 +268,7 @@ class OuterOptimizer:
         d = change[blk.dtype][blk.a : blk.b]
         v = self._momentum[blk.dtype][blk.a : blk.b]
         with torch.no_grad():
-            _running_mean_into(d, _cut(pairs, blk))
-            d.sub_(target[blk.a : blk.b])
+            _change_into(d, target, pairs, blk)
             return float(torch.dot(d, v)), float(torch.dot(d, d)), float(torch.dot(v, v))
 
     def _adaptive_block(
@@ -263,9 +278,7 @@ class OuterOptimizer:
         d = change[blk.dtype][blk.a : blk.b]
         v = self._momentum[blk.dtype][blk.a : blk.b]
         with torch.no_grad():
-            torch.add(d, v, alpha=kept, out=v)  # v <- kept * v + d
-            d.add_(v, alpha=kept)  # the Nesterov look-ahead
-            target[blk.a : blk.b].add_(d, alpha=self.config.lr)
+            _nesterov(d, v, target[blk.a : blk.b], kept, self.config.lr)
 
     def _step_block(
         self, target: torch.Tensor, pairs: list[tuple[Groups, float]], blk: _Block
@@ -278,15 +291,11 @@ class OuterOptimizer:
         with torch.no_grad():
             ref = target[blk.a : blk.b]
             d = scratch[: blk.b - blk.a]
-            _running_mean_into(d, _cut(pairs, blk))
-            d.sub_(ref)  # the averaged change of the round
+            _change_into(d, target, pairs, blk)
             if mu == 0:
                 ref.add_(d, alpha=lr)
                 return
-            v = self._momentum[blk.dtype][blk.a : blk.b]
-            torch.add(d, v, alpha=mu, out=v)  # v <- mu * v + d
-            d.add_(v, alpha=mu)  # d <- d + mu * v (the Nesterov look-ahead)
-            ref.add_(d, alpha=lr)
+            _nesterov(d, self._momentum[blk.dtype][blk.a : blk.b], ref, mu, lr)
 
     def _buffer(self, dtype: str, target: torch.Tensor) -> torch.Tensor:
         buffer = self._momentum.get(dtype)

@@ -59,6 +59,9 @@ class _TaskPoints:
         self.started = time.monotonic()
         self.last: tuple[int, float] | None = None  # (epoch, monotonic time) of the last round
         self.plan: tuple[tuple[int, int], list[int]] | None = None  # ((epoch, N), plan)
+        # ((epoch, N, points so far), plan) once N changed within the epoch
+        self.resplit: tuple[tuple[int, int, int], list[int]] | None = None
+        self.train_size: int | None = None
 
 
 class ProgressBook:
@@ -107,18 +110,26 @@ class ProgressBook:
         to the last change, then the rest as the job re-split it."""
         with self._lock:
             entry = self._entry(task_id)
+            key = (epoch, parallelism, entry.dropped + len(entry.points))
+            if entry.resplit is not None and entry.resplit[0] == key:
+                return entry.resplit[1]  # the page polls: nothing merged since
             cached = entry.plan
             points = [p for p in entry.points if p.epoch == epoch]
+            if entry.train_size is None:
+                entry.train_size = self._train_size(request.dataset)
+            train_size = entry.train_size
         changed = [i for i, p in enumerate(points) if p.parallelism != parallelism]
         if changed:
             done = [p.samples for p in points[: changed[-1] + 1]]
-            left = self._train_size(request.dataset) - sum(done)
-            return done + resplit_plan(max(0, left), parallelism, request)
+            plan = done + resplit_plan(max(0, train_size - sum(done)), parallelism, request)
+            with self._lock:
+                entry.resplit = (key, plan)
+            return plan
         if cached is not None and cached[0] == (epoch, parallelism):
             return cached[1]
-        plan = round_plan(self._train_size(request.dataset), parallelism, request, epoch)
+        plan = round_plan(train_size, parallelism, request, epoch)
         with self._lock:
-            self._entry(task_id).plan = ((epoch, parallelism), plan)
+            entry.plan = ((epoch, parallelism), plan)
         return plan
 
     def rounds(self, task_id: str, since: int = 0) -> list[RoundPoint]:

@@ -89,7 +89,9 @@ class ServerModels(ABC):
 
     @abstractmethod
     def published_groups(self, task_id: str, func_id: int, handle: Any) -> Groups:
-        """Read-only flat groups of a function's published weights."""
+        """Flat groups of a function's published weights. The merge reads them; where the
+        store `shares_published`, it also writes the new model into them (the function's
+        own tensors) for the next round."""
 
     @abstractmethod
     def clear_task(self, task_id: str) -> None:
