@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections import Counter
 from concurrent.futures import Future
 from dataclasses import replace
@@ -17,6 +18,7 @@ from kubeml.control.checkpoint import CheckpointStore
 from kubeml.control.chunks import epoch_orders
 from kubeml.control.job import JobServices, TrainJob
 from kubeml.control.policy import StaticPolicy
+from kubeml.control.scheduler import Resize, Scheduler
 from kubeml.errors import BackendError, FunctionError
 from kubeml.runtime.invocation import FunctionCode, InvocationResult, Mode
 from kubeml.runtime.sync import RoundReport
@@ -284,6 +286,88 @@ def test_past_the_retry_budget_the_survivors_take_the_lost_samples(stores):
     assert recorder.epochs[0].parallelism == 1 and recorder.epochs[0].failures == 1
     assert recorder.epochs[0].parallelism_path == [2, 1]
     assert job.services.slots.asked == [("want", 1)]  # its slot goes back to the scheduler
+    _exactly_once(backend, 1)
+
+
+class SlowToStopBackend(ScriptedBackend):
+    """Functions take a moment to return after their last round (saving, say); `running`
+    is the train invocations whose futures are not done yet."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.futures = []
+
+    def invoke(self, invocations, *, sync, log):
+        futures = super().invoke(invocations, sync=_Slow(sync), log=log)
+        trains = [f for f, i in zip(futures, invocations, strict=True) if i.mode is Mode.TRAIN]
+        self.futures += trains
+        return futures
+
+    @property
+    def running(self):
+        return sum(not f.done() for f in self.futures)
+
+
+class _Slow:
+    def __init__(self, sync):
+        self._sync = sync
+
+    def publish(self, report):
+        release = self._sync.publish(report)
+        if not release.proceed:
+            time.sleep(0.2)
+        return release
+
+    def __getattr__(self, name):
+        return getattr(self._sync, name)
+
+
+class SchedulerSlots:
+    """The job's slots from a real scheduler; records whenever the task held fewer slots
+    than it had functions running (capacity given to another task while they ran)."""
+
+    def __init__(self, scheduler, backend):
+        self.scheduler, self.backend = scheduler, backend
+        self.oversubscribed = []
+
+    def _check(self, grant):
+        if self.backend.running > grant.parallelism:
+            self.oversubscribed.append((self.backend.running, grant.parallelism))
+        return grant.parallelism
+
+    def want(self, parallelism):
+        return self._check(self.scheduler.resize("task1", parallelism))
+
+    def settle(self, parallelism):
+        return self._check(self.scheduler.settle("task1", parallelism))
+
+
+def test_a_dropped_function_gives_its_slot_back_only_when_the_survivors_stop(stores):
+    """A shrink for a queued task is pending when a function is lost for good: the task
+    keeps its slots until its survivors stop at the round boundary, so the queued task
+    never starts on cores they still use."""
+    datasets, models, _ = stores
+    scheduler = Scheduler(3)
+    scheduler.submit("task1", 3, elastic=True)
+    jobs = []
+
+    def script(epoch, func_id, round_index):
+        if (epoch, func_id, round_index) == (0, 0, 1):
+            [resize] = [d for d in scheduler.submit("task2", 2) if isinstance(d, Resize)]
+            assert resize.parallelism == 1  # task1 is asked to shrink from 3 to 1
+            jobs[0].request_parallelism(resize.parallelism, resize.reason)
+            return "die"
+        return 1.0
+
+    backend = SlowToStopBackend(datasets, models, script)
+    job, recorder, _ = _job(stores, None, parallelism=3, k=1, max_retries=0, backend=backend)
+    slots = SchedulerSlots(scheduler, backend)
+    job.services = replace(job.services, slots=slots)
+    jobs.append(job)
+    outcome = job.run()
+    assert outcome.state is TaskState.SUCCEEDED, outcome.error
+    assert slots.oversubscribed == []
+    assert recorder.epochs[0].parallelism_path == [3, 1]
     _exactly_once(backend, 1)
 
 

@@ -289,6 +289,10 @@ class TrainJob:
             self._watch(watched, barrier, position, threads, tally)
         finally:
             self.listener.on_invocations(tally["started"], tally["failed"])
+        if self._resplit:  # a function was dropped: give its slot back now none runs
+            granted = self.services.slots.want(self.parallelism)  # a shrink asked still holds
+            where = f"at round {position.round} of epoch {position.epoch + 1}"
+            self._set_parallelism(granted, f"{where}: the scheduler's shrink")
 
     def _train_invocation(self, position: Position, func_id: int, threads: int) -> Invocation:
         ranges, order = shard_of(position.lanes[func_id].remaining)
@@ -535,8 +539,7 @@ class TrainJob:
             f"the {survivors} other function(s) from the next round"
         )
         barrier.drop(func_id)
-        self.services.slots.want(survivors)
-        return None
+        return None  # its slot goes back when the segment's survivors stop (`_run_segment`)
 
     def _lost(
         self, func_id: int, error: BackendError, *, replaceable: bool, note: str = ""
