@@ -5,8 +5,10 @@
 A kubeml server on 127.0.0.1 (process backend, 2 slots) in a subprocess, as `kubeml
 server start` runs it. The LeNet function trains 1 epoch on a 6,000-sample cut of
 Fashion-MNIST; then `calls` sequential `POST /tasks/{id}/infer` requests with `samples`
-test images each (the JSON body encoded once) go through one keep-alive httpx client,
-once the server and its workers are idle. The first calls (the cold start
+test images each go to the server once it and its workers are idle, interleaved from
+three callers: a keep-alive `http.client` connection sending a body encoded once (the
+server's round trip, as a load generator sees it), kubeml's Python client
+(`Client.infer`), and a plain httpx client encoding JSON per call. The first calls (the cold start
 of the serving path) are timed apart; the figures are the p50 and p99 of the rest, and
 their ratios to the targets (p50 <= 5 ms, p99 <= 15 ms; a ratio <= 1 meets it).
 `--baseline DIR` serves another checkout (e.g. `git worktree add DIR main`) from a second
@@ -91,26 +93,33 @@ def _server(workdir: Path, source: Path | None) -> Iterator[str]:
         stop_server(settings, timeout_s=30)
 
 
-_CLIENTS = ("raw", "httpx")
+_CLIENTS = ("raw", "client", "httpx")
 
 
 class _Callers:
-    """Two ways to call one server's infer route: `raw`, a keep-alive `http.client`
-    connection sending a body encoded once, which times the server's round trip; `httpx`,
-    what kubeml's Python client does (httpx, JSON encoded per call)."""
+    """Three ways to call one server's infer route: `raw`, a keep-alive `http.client`
+    connection sending a body encoded once, which times the server's round trip;
+    `client`, kubeml's `Client.infer`; `httpx`, a plain httpx client (JSON encoded per
+    call), which is what `Client.infer` did before it kept its own connection."""
 
-    def __init__(self, url: str, path: str, data: list[Any]) -> None:
+    def __init__(self, url: str, task_id: str, data: list[Any]) -> None:
         import http.client
 
         import httpx
 
-        self.path, self.data = path, data
+        from kubeml.client import Client
+
+        self.path, self.data, self.task_id = f"/tasks/{task_id}/infer", data, task_id
+        self._client = Client(url, token="")
         self._body = json.dumps({"data": data}).encode()
         host, port = url.removeprefix("http://").rsplit(":", 1)
         self._raw = http.client.HTTPConnection(host.strip("[]"), int(port), timeout=30)
         self._httpx = httpx.Client(base_url=url, trust_env=False, timeout=30.0)
 
     def call(self, kind: str) -> list[Any]:
+        if kind == "client":
+            answer: list[Any] = self._client.infer(self.task_id, self.data)
+            return answer
         if kind == "httpx":
             response = self._httpx.post(self.path, json={"data": self.data})
             status, text = response.status_code, response.text
@@ -131,6 +140,7 @@ class _Callers:
     def __exit__(self, *exc: object) -> None:
         self._raw.close()
         self._httpx.close()
+        self._client.close()
 
 
 def _figures(latencies: list[float], calls: int, samples: int) -> dict[str, Any]:
@@ -173,8 +183,7 @@ def serve_latency(
                 with Client(url, token="") as client:
                     task_id, images = _trained_task(client)
                     pid = client.health()["pid"]
-                path = f"/tasks/{task_id}/infer"
-                targets[name] = stack.enter_context(_Callers(url, path, images[:samples]))
+                targets[name] = stack.enter_context(_Callers(url, task_id, images[:samples]))
                 settled_s.append(wait_quiet(pid))  # the spare worker has imported torch
             for index in range(_WARM_CALLS + calls):
                 order = list(targets) if index % 2 == 0 else list(targets)[::-1]  # ABBA
@@ -193,9 +202,10 @@ def serve_latency(
         "how": f"{calls} sequential REST calls after {_WARM_CALLS} untimed ones, each server "
         "in a subprocess (process backend), timed once the server and its workers are idle; "
         "the figures: a keep-alive http.client connection sending a body encoded once (as a "
-        "load generator does); `httpx`: the same calls as kubeml's Python client makes them "
-        "(httpx, the body encoded per call), interleaved",
+        "load generator does); `client`: kubeml's Client.infer; `httpx`: a plain httpx "
+        "client, the body encoded per call; interleaved",
         "settled_s": settled_s,
+        "client": _figures(latencies["this tree", "client"], calls, samples),
         "httpx": _figures(latencies["this tree", "httpx"], calls, samples),
     }
     if baseline:
@@ -217,11 +227,12 @@ def _figures_line(figures: dict[str, Any]) -> str:
 
 
 def serve_line(result: dict[str, Any]) -> str:
-    httpx = result["httpx"]
+    client, httpx = result["client"], result["httpx"]
     line = (
         f"serving ({result['samples_per_call']} samples, {result['calls']} warm REST calls): "
-        f"{_figures_line(result)} (target {result['target']}); through httpx as kubeml's "
-        f"client: p50 {httpx['p50_s'] * 1e3:.2f} ms, p99 {httpx['p99_s'] * 1e3:.2f} ms"
+        f"{_figures_line(result)} (target {result['target']}); through kubeml's Client.infer: "
+        f"p50 {client['p50_s'] * 1e3:.2f} ms, p99 {client['p99_s'] * 1e3:.2f} ms; through "
+        f"plain httpx: p50 {httpx['p50_s'] * 1e3:.2f} ms, p99 {httpx['p99_s'] * 1e3:.2f} ms"
     )
     if "baseline" in result:
         line += (

@@ -13,9 +13,12 @@ Torch-free: numpy is imported only when arrays are uploaded.
 
 from __future__ import annotations
 
+import http.client
 import io
 import ipaddress
+import json
 import os
+import socket
 import time
 from contextlib import ExitStack
 from pathlib import Path
@@ -33,6 +36,7 @@ from kubeml.api.schemas import (
     TaskProgress,
     TrainRequest,
 )
+from kubeml.client._keepalive import KeepAlive
 from kubeml.errors import (
     InternalError,
     InvalidDatasetError,
@@ -91,12 +95,19 @@ class Client:
             # An HTTP_PROXY from the environment must not catch 127.0.0.1 or the test app.
             trust_env=transport is None and not _is_loopback_url(self.url),
         )
+        self._keepalive = (  # infer's own connection: see `kubeml.client._keepalive`
+            KeepAlive.for_url(self.url, headers, timeout_s, loopback=_is_loopback_url(self.url))
+            if transport is None
+            else None
+        )
 
     def __repr__(self) -> str:
         return f"Client({self.url!r})"
 
     def close(self) -> None:
         self._http.close()
+        if self._keepalive is not None:
+            self._keepalive.close()
 
     def __enter__(self) -> Client:
         return self
@@ -235,8 +246,23 @@ class Client:
         """Predictions of a task's trained model for `data`, a list of samples."""
         if hasattr(data, "tolist"):  # a numpy array is welcome too
             data = data.tolist()
-        answer = self._json("POST", f"/tasks/{_q(task_id)}/infer", json={"data": data})
-        return answer["predictions"]
+        path = f"/tasks/{_q(task_id)}/infer"
+        try:
+            body = json.dumps({"data": data}, separators=(",", ":"), allow_nan=False).encode()
+        except (TypeError, ValueError) as exc:  # NaN, inf, or objects JSON cannot hold
+            raise InvalidInputError(f"infer: the data cannot be sent as JSON ({exc})") from exc
+        if self._keepalive is not None:
+            try:
+                answer = self._keepalive.post(path, body)
+            except (OSError, http.client.HTTPException) as exc:
+                raise self._unavailable("POST", path, exc) from exc
+            if answer is not None:  # None: another thread holds the connection
+                if answer.status >= 400:
+                    url = f"{self.url}{path}"
+                    raise _error_from_body(answer.status, answer.reason, answer.body, url)
+                return json.loads(answer.body)["predictions"]
+        headers = {"content-type": "application/json"}
+        return self._json("POST", path, content=body, headers=headers)["predictions"]
 
     def logs(self, task_id: str, since: int = 0) -> list[LogLine]:
         """A task's log lines from index `since` on; follow by passing the next index."""
@@ -257,37 +283,49 @@ class Client:
     def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         try:
             response = self._http.request(method, path, **kwargs)
-        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
-            raise ServerUnavailableError(
-                f"cannot reach the kubeml server at {self.url} ({exc}); start one with "
-                "`kubeml server start`, or set KUBEML_URL to a running one"
-            ) from exc
-        except httpx.TimeoutException as exc:
-            raise ServerUnavailableError(
-                f"the kubeml server at {self.url} did not answer {method} {path} in time"
-            ) from exc
         except httpx.TransportError as exc:
-            raise ServerUnavailableError(
-                f"lost the connection to the kubeml server at {self.url} during "
-                f"{method} {path}: {exc}"
-            ) from exc
+            raise self._unavailable(method, path, exc) from exc
         if response.status_code >= 400:
-            raise _error_from(response)
+            url = str(response.request.url)
+            raise _error_from_body(
+                response.status_code, response.reason_phrase, response.content, url
+            )
         return response
 
+    def _unavailable(self, method: str, path: str, exc: Exception) -> ServerUnavailableError:
+        """The error for a call that got no answer, from httpx or `http.client`."""
+        unreachable = (
+            httpx.ConnectError,
+            httpx.ConnectTimeout,
+            ConnectionRefusedError,
+            socket.gaierror,
+        )
+        if isinstance(exc, unreachable):
+            return ServerUnavailableError(
+                f"cannot reach the kubeml server at {self.url} ({exc}); start one with "
+                "`kubeml server start`, or set KUBEML_URL to a running one"
+            )
+        if isinstance(exc, (httpx.TimeoutException, TimeoutError)):
+            return ServerUnavailableError(
+                f"the kubeml server at {self.url} did not answer {method} {path} in time"
+            )
+        return ServerUnavailableError(
+            f"lost the connection to the kubeml server at {self.url} during {method} {path}: {exc}"
+        )
 
-def _error_from(response: httpx.Response) -> KubeMLError:
+
+def _error_from_body(status: int, reason: str, body: bytes, url: str) -> KubeMLError:
     """The `KubeMLError` the server raised, rebuilt from its JSON error body."""
     try:
-        error = response.json()["error"]
+        error = json.loads(body)["error"]
         code, message, details = error["code"], str(error["message"]), error.get("details")
     except (ValueError, KeyError, TypeError):
-        cls = error_for_status(response.status_code) or InternalError
-        text = response.text.strip()[:300] or response.reason_phrase
-        return cls(f"HTTP {response.status_code} from {response.request.url}: {text}")
+        cls = error_for_status(status) or InternalError
+        text = body.decode("utf-8", "replace").strip()[:300] or reason
+        return cls(f"HTTP {status} from {url}: {text}")
     if details is not None and not isinstance(details, str):
         details = str(details)
-    cls = error_class(code) or error_for_status(response.status_code) or InternalError
+    cls = error_class(code) or error_for_status(status) or InternalError
     return cls(message, details=details)
 
 
