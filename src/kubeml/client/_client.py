@@ -8,24 +8,25 @@
 
 Server errors come back as the `KubeMLError` subclass the server raised, message intact
 (by its wire code, else by its HTTP status through `kubeml.errors.HTTP_STATUS`).
-Torch-free: numpy is imported only when arrays are uploaded.
+Torch-free: numpy is imported only when arrays are uploaded. Calls to a plain `http://`
+server go over kept-alive standard-library connections (`kubeml.client._keepalive`);
+httpx is imported only for uploads, https, proxies and test transports.
 """
 
 from __future__ import annotations
 
+import errno
 import http.client
 import io
 import ipaddress
-import json
+import json as json_module
 import os
 import socket
 import time
 from contextlib import ExitStack
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
-from urllib.parse import quote, urlsplit
-
-import httpx
+from urllib.parse import quote, urlencode, urlsplit
 
 from kubeml.api.schemas import (
     DatasetInfo,
@@ -36,7 +37,7 @@ from kubeml.api.schemas import (
     TaskProgress,
     TrainRequest,
 )
-from kubeml.client._keepalive import KeepAlive
+from kubeml.client._keepalive import Answer, KeepAlive
 from kubeml.errors import (
     InternalError,
     InvalidDatasetError,
@@ -49,6 +50,8 @@ from kubeml.errors import (
 )
 
 if TYPE_CHECKING:
+    import httpx
+
     from kubeml.settings import Settings
 
 _FIELDS = {"train_x": "traindata", "train_y": "trainlabels",
@@ -87,15 +90,10 @@ class Client:
         headers = {"user-agent": f"kubeml-client/{kubeml.__version__}"}
         if token:
             headers["authorization"] = f"Bearer {token}"
-        self._http = httpx.Client(
-            base_url=self.url,
-            headers=headers,
-            transport=transport,
-            timeout=httpx.Timeout(timeout_s, connect=5.0),
-            # An HTTP_PROXY from the environment must not catch 127.0.0.1 or the test app.
-            trust_env=transport is None and not _is_loopback_url(self.url),
-        )
-        self._keepalive = (  # infer's own connection: see `kubeml.client._keepalive`
+        self._headers, self._timeout_s, self._transport = headers, timeout_s, transport
+        self._httpx: httpx.Client | None = None  # built on first use: uploads, https, proxies
+        # Plain-HTTP JSON calls go through the standard library (see kubeml.client._keepalive).
+        self._lean = (
             KeepAlive.for_url(self.url, headers, timeout_s, loopback=_is_loopback_url(self.url))
             if transport is None
             else None
@@ -105,9 +103,10 @@ class Client:
         return f"Client({self.url!r})"
 
     def close(self) -> None:
-        self._http.close()
-        if self._keepalive is not None:
-            self._keepalive.close()
+        if self._httpx is not None:
+            self._httpx.close()
+        if self._lean is not None:
+            self._lean.close()
 
     def __enter__(self) -> Client:
         return self
@@ -247,22 +246,9 @@ class Client:
         if hasattr(data, "tolist"):  # a numpy array is welcome too
             data = data.tolist()
         path = f"/tasks/{_q(task_id)}/infer"
-        try:
-            body = json.dumps({"data": data}, separators=(",", ":"), allow_nan=False).encode()
-        except (TypeError, ValueError) as exc:  # NaN, inf, or objects JSON cannot hold
-            raise InvalidInputError(f"infer: the data cannot be sent as JSON ({exc})") from exc
-        if self._keepalive is not None:
-            try:
-                answer = self._keepalive.post(path, body)
-            except (OSError, http.client.HTTPException) as exc:
-                raise self._unavailable("POST", path, exc) from exc
-            if answer is not None:  # None: another thread holds the connection
-                if answer.status >= 400:
-                    url = f"{self.url}{path}"
-                    raise _error_from_body(answer.status, answer.reason, answer.body, url)
-                return json.loads(answer.body)["predictions"]
-        headers = {"content-type": "application/json"}
-        return self._json("POST", path, content=body, headers=headers)["predictions"]
+        # An inference changes nothing: a call the connection broke under may run again.
+        answer = self._json("POST", path, json={"data": data}, idempotent=True)
+        return answer["predictions"]
 
     def logs(self, task_id: str, since: int = 0) -> list[LogLine]:
         """A task's log lines from index `since` on; follow by passing the next index."""
@@ -280,32 +266,69 @@ class Client:
     def _json(self, method: str, path: str, **kwargs: Any) -> Any:
         return self._request(method, path, **kwargs).json()
 
-    def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        try:
-            response = self._http.request(method, path, **kwargs)
-        except httpx.TransportError as exc:
-            raise self._unavailable(method, path, exc) from exc
-        if response.status_code >= 400:
-            url = str(response.request.url)
-            raise _error_from_body(
-                response.status_code, response.reason_phrase, response.content, url
-            )
-        return response
+    def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Any = None,
+        params: dict[str, Any] | None = None,
+        idempotent: bool | None = None,
+        **upload: Any,
+    ) -> Answer:
+        """Send one call; `upload` (httpx's `data`/`files`) streams a multipart body.
+        `idempotent` (default: GET, PUT and DELETE are) lets a call the connection broke
+        under be sent once more."""
+        body = None if json is None else _encode(json, f"{method} {path}")
+        if params:
+            path = f"{path}?{urlencode(params)}"
+        if self._lean is not None and not upload:
+            if idempotent is None:
+                idempotent = method in ("GET", "PUT", "DELETE")
+            try:
+                answer = self._lean.request(method, path, body, idempotent=idempotent)
+            except (OSError, http.client.HTTPException) as exc:
+                raise self._unavailable(method, path, _failure_kind(exc), exc) from exc
+        else:
+            answer = self._via_httpx(method, path, body, upload)
+        if answer.status >= 400:
+            url = f"{self.url}{path}"
+            raise _error_from_body(answer.status, answer.reason, answer.body, url)
+        return answer
 
-    def _unavailable(self, method: str, path: str, exc: Exception) -> ServerUnavailableError:
-        """The error for a call that got no answer, from httpx or `http.client`."""
-        unreachable = (
-            httpx.ConnectError,
-            httpx.ConnectTimeout,
-            ConnectionRefusedError,
-            socket.gaierror,
-        )
-        if isinstance(exc, unreachable):
+    def _via_httpx(self, method: str, path: str, body: bytes | None, upload: Any) -> Answer:
+        import httpx
+
+        if self._httpx is None:
+            self._httpx = httpx.Client(
+                base_url=self.url,
+                headers=self._headers,
+                transport=self._transport,
+                timeout=httpx.Timeout(self._timeout_s, connect=5.0),
+                # An HTTP_PROXY from the environment must not catch 127.0.0.1 or a test app.
+                trust_env=self._transport is None and not _is_loopback_url(self.url),
+            )
+        headers = {"content-type": "application/json"} if body is not None else None
+        try:
+            response = self._httpx.request(method, path, content=body, headers=headers, **upload)
+        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+            raise self._unavailable(method, path, "connect", exc) from exc
+        except httpx.TimeoutException as exc:
+            raise self._unavailable(method, path, "timeout", exc) from exc
+        except httpx.TransportError as exc:
+            raise self._unavailable(method, path, "lost", exc) from exc
+        return Answer(response.status_code, response.reason_phrase, response.content)
+
+    def _unavailable(
+        self, method: str, path: str, kind: str, exc: Exception
+    ) -> ServerUnavailableError:
+        """The error for a call that got no answer: `kind` is connect, timeout or lost."""
+        if kind == "connect":
             return ServerUnavailableError(
                 f"cannot reach the kubeml server at {self.url} ({exc}); start one with "
                 "`kubeml server start`, or set KUBEML_URL to a running one"
             )
-        if isinstance(exc, (httpx.TimeoutException, TimeoutError)):
+        if kind == "timeout":
             return ServerUnavailableError(
                 f"the kubeml server at {self.url} did not answer {method} {path} in time"
             )
@@ -314,10 +337,26 @@ class Client:
         )
 
 
+def _failure_kind(exc: BaseException) -> str:
+    """connect, timeout or lost, for an `http.client` call that got no answer."""
+    if isinstance(exc, (ConnectionRefusedError, socket.gaierror)):
+        return "connect"
+    if isinstance(exc, OSError) and exc.errno in (errno.EHOSTUNREACH, errno.ENETUNREACH):
+        return "connect"
+    return "timeout" if isinstance(exc, TimeoutError) else "lost"
+
+
+def _encode(value: Any, call: str) -> bytes:
+    try:
+        return json_module.dumps(value, separators=(",", ":"), allow_nan=False).encode()
+    except (TypeError, ValueError) as exc:  # NaN, inf, or objects JSON cannot hold
+        raise InvalidInputError(f"{call}: the data cannot be sent as JSON ({exc})") from exc
+
+
 def _error_from_body(status: int, reason: str, body: bytes, url: str) -> KubeMLError:
     """The `KubeMLError` the server raised, rebuilt from its JSON error body."""
     try:
-        error = json.loads(body)["error"]
+        error = json_module.loads(body)["error"]
         code, message, details = error["code"], str(error["message"]), error.get("details")
     except (ValueError, KeyError, TypeError):
         cls = error_for_status(status) or InternalError

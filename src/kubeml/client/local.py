@@ -8,6 +8,7 @@ terminal does not kill it), logs to `<home>/server.log`, and keeps `<home>/serve
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import signal
@@ -17,8 +18,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import httpx
-
+from kubeml.client._keepalive import KeepAlive
 from kubeml.errors import ServerUnavailableError
 from kubeml.procs import pid_alive
 
@@ -121,15 +121,33 @@ def _local_url(settings: Settings) -> str:
 
 
 def _health(url: str) -> dict[str, Any] | None:
-    """/health of a kubeml server at `url`, or None if nothing (or something else) answers."""
+    """/health of a kubeml server at `url`, or None if nothing (or something else) answers.
+    Never through a proxy: the standard library for a plain `http://` URL, else httpx."""
+    lean = KeepAlive.for_url(url, {}, 2.0, loopback=True)
     try:
-        response = httpx.get(f"{url}/health", timeout=2.0, trust_env=False)
-        answer = response.json()
-    except (httpx.HTTPError, ValueError):
+        if lean is not None:
+            try:
+                reply = lean.request("GET", "/health")
+            finally:
+                lean.close()
+            status, answer = reply.status, reply.json()
+        else:
+            status, answer = _health_via_httpx(url)
+    except (OSError, http.client.HTTPException, ValueError):
         return None
-    if response.status_code != 200 or not isinstance(answer, dict) or "version" not in answer:
+    if status != 200 or not isinstance(answer, dict) or "version" not in answer:
         return None
     return answer
+
+
+def _health_via_httpx(url: str) -> tuple[int, Any]:
+    import httpx
+
+    try:
+        response = httpx.get(f"{url}/health", timeout=2.0, trust_env=False)
+    except httpx.HTTPError as exc:
+        raise OSError(str(exc)) from exc
+    return response.status_code, response.json()
 
 
 def _spawn(settings: Settings, home: Path, log_path: Path) -> subprocess.Popen[bytes]:

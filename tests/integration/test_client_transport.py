@@ -1,10 +1,13 @@
-"""`Client.infer`'s kept-alive connection, against a real HTTP server on 127.0.0.1 that
-counts its connections and can drop them the way a server does."""
+"""The client's standard-library transport (`kubeml.client._keepalive`), against a real
+HTTP server on 127.0.0.1 that counts its connections and can drop them the way a server
+does."""
 
 from __future__ import annotations
 
 import json
 import socket
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -12,6 +15,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from kubeml.client import Client
+from kubeml.client.local import _health
 from kubeml.errors import InvalidInputError, NotFoundError, ServerUnavailableError
 
 
@@ -42,6 +46,23 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, *args: object) -> None:
         pass
 
+    def do_GET(self) -> None:
+        self.server.bodies.append({"GET": self.path})
+        if self.path == "/health":
+            self._answer(200, {"status": "ok", "version": "test"})
+        elif self.path.startswith("/tasks/t1/logs?since=7"):
+            self._answer(200, [])
+        else:
+            self._answer(404, {"error": {"code": "not_found", "message": f"no {self.path}"}})
+
+    def _answer(self, status: int, answer: object) -> None:
+        payload = json.dumps(answer).encode()
+        self.send_response(status)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
     def do_POST(self) -> None:
         body = json.loads(self.rfile.read(int(self.headers["content-length"])))
         self.server.bodies.append(body)
@@ -58,12 +79,7 @@ class _Handler(BaseHTTPRequestHandler):
             answer = {"error": {"code": "not_found", "message": "task 'missing' not found"}}
         else:
             status, answer = 200, {"predictions": [len(row) for row in body["data"]]}
-        payload = json.dumps(answer).encode()
-        self.send_response(status)
-        self.send_header("content-type", "application/json")
-        self.send_header("content-length", str(len(payload)))
-        self.end_headers()
-        self.wfile.write(payload)
+        self._answer(status, answer)
         if mode == "close-after":  # closed without saying so, as an idle timeout does
             self.close_connection = True
 
@@ -143,3 +159,34 @@ def test_threads_calling_at_once_all_get_their_own_answers(server: _Server) -> N
         for thread in threads:
             thread.join(30)
     assert results == {i: [i] for i in range(1, 5)}
+
+
+def test_a_call_that_may_not_run_twice_is_not_sent_again(server: _Server) -> None:
+    with Client(server.url, token="") as client:
+        assert client.infer("t1", [[1]]) == [1]  # a kept-alive connection to break
+        server.mode = "drop"
+        with pytest.raises(ServerUnavailableError, match="lost the connection"):
+            client.train(function="f", dataset="d")
+    assert len(server.bodies) == 2  # the train request was sent once
+
+
+def test_queries_and_errors_of_gets(server: _Server) -> None:
+    with Client(server.url, token="") as client:
+        assert client.logs("t1", since=7) == []
+        with pytest.raises(NotFoundError, match="no /functions/f"):
+            client.get_function("f")
+    assert _health(server.url) == {"status": "ok", "version": "test"}
+
+
+def test_json_calls_and_the_health_check_never_import_httpx(server: _Server) -> None:
+    code = (
+        "import sys\n"
+        "from kubeml.client import Client\n"
+        "from kubeml.client.local import _health\n"
+        f"assert _health({server.url!r})['version'] == 'test'\n"
+        f"print(Client({server.url!r}, token='').infer('t1', [[1, 2]]))\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('httpx', 'httpcore')))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["[2]", "[]"]
