@@ -51,7 +51,7 @@ class Settings(BaseSettings):
     ray_address: str | None = None
     ray_cpus_per_function: float | None = Field(
         default=None, gt=0, allow_inf_nan=False,
-        description="CPUs a Ray function reserves (default: its threads)",
+        description="CPUs a Ray function reserves (default: its slot's share of the cluster)",
     )  # fmt: skip
     ray_gpus_per_function: float = Field(
         default=0, ge=0, allow_inf_nan=False, description="GPUs a Ray function takes"

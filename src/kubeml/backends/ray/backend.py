@@ -261,8 +261,10 @@ class RayBackend(FunctionBackend):
         models: the control plane's weights, served to functions by object ref.
         capacity: function slots the scheduler may fill (gang admission).
         idle_timeout_s: an idle actor is killed after this long (scale to zero).
-        cpus_per_function: CPUs each actor reserves, and torch's thread count; None uses
-            the threads the job chose, capped at the largest node's CPUs.
+        cpus_per_function: CPUs each actor reserves, and torch's thread count; None gives
+            each function its slot's share of the cluster (its CPUs / `capacity`, at
+            least 1, at most the largest node's), so the functions of every task the
+            scheduler admits fit on the cluster at once, and one actor size serves every N.
         gpus_per_function: GPUs each actor reserves (set it for `gpu=True` functions).
         resources_per_function: custom Ray resources each actor reserves, to pin
             functions to labelled nodes (`ray start --resources='{"kubeml": 4}'`).
@@ -306,7 +308,7 @@ class RayBackend(FunctionBackend):
         self._idle: list[_Actor] = []
         self._busy: list[_Actor] = []
         self._sources: dict[str, str] = {}
-        self._largest_node: tuple[float, float] = (0.0, 0.0)  # (CPUs, when measured)
+        self._cpus: tuple[float, float, float] = (0.0, 0.0, 0.0)  # (largest, total, when)
         self._lock = threading.Lock()
         self._closed = threading.Event()
         threading.Thread(target=self._reap_idle, name="kubeml-ray-reaper", daemon=True).start()
@@ -349,17 +351,23 @@ class RayBackend(FunctionBackend):
 
     # -- actors -------------------------------------------------------------------------------
     def _shape(self, inv: Invocation) -> Shape:
+        """What each function of `inv`'s gang reserves. Not the job's thread count (the
+        control plane's cores / N): a slot must reserve no more than its share, or a
+        task the scheduler admitted would find its CPUs held by another's actors."""
         if self.cpus_per_function is not None:
             return self.cpus_per_function, self.gpus_per_function
-        return max(1.0, min(float(inv.threads), self._largest_node_cpus())), self.gpus_per_function
+        largest, total = self._node_cpus()
+        share = max(1, int(total // max(1, self.capacity)))
+        return max(1.0, min(float(share), largest)), self.gpus_per_function
 
-    def _largest_node_cpus(self) -> float:
-        cpus, measured = self._largest_node
+    def _node_cpus(self) -> tuple[float, float]:
+        """(the largest live node's CPUs, all live nodes' CPUs), read at most every 10 s."""
+        largest, total, measured = self._cpus
         if time.monotonic() - measured > 10:
-            alive = [n for n in ray.nodes() if n.get("Alive")]
-            cpus = max((n.get("Resources", {}).get("CPU", 0.0) for n in alive), default=0.0)
-            self._largest_node = (cpus, time.monotonic())
-        return cpus
+            alive = [n.get("Resources", {}).get("CPU", 0.0) for n in ray.nodes() if n.get("Alive")]
+            largest, total = max(alive, default=0.0), sum(alive)
+            self._cpus = (largest, total, time.monotonic())
+        return largest, total
 
     def _spawn(self, shape: Shape, task_id: str) -> _Actor:
         handle = self._remote.options(
