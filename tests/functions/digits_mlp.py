@@ -20,6 +20,8 @@ EXIT_AT_BATCH = None  # sys.exit(0) in function 0's train() at this batch index
 SLEEP_PER_BATCH_S = 0.0
 USE_GPU = False
 BATCH_STYLE = False  # train(self, batch, batch_index) instead of (x, y, batch_index)
+PRINT_THREADS = False  # print torch's thread count whenever it changed since the last batch
+_threads_seen = None
 
 
 class MLP(nn.Module):
@@ -64,6 +66,10 @@ class Model(KubeModel):
             raise ValueError("user code exploded on purpose")
         if SLEEP_PER_BATCH_S:
             time.sleep(SLEEP_PER_BATCH_S)
+        global _threads_seen
+        if PRINT_THREADS and torch.get_num_threads() != _threads_seen:
+            _threads_seen = torch.get_num_threads()
+            print(f"threads now {_threads_seen}")
         assert self.network.training, "the system must call model.train()"
         assert x.device == self.device
         self.optimizer.zero_grad()

@@ -3,6 +3,7 @@ takes a slot back from a running elastic one mid-epoch and gives it back when it
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from typing import Any
@@ -81,3 +82,42 @@ def test_a_queued_task_takes_a_slot_back_mid_epoch_and_the_runner_gets_it_back(
         stretches = [n for i, n in enumerate(ns) if i == 0 or ns[i - 1] != n]
         assert stretches == (record.parallelism_path or [record.parallelism])
     assert info_a.accuracy is not None and info_a.accuracy > 90
+
+
+def test_functions_share_the_cores_with_the_other_running_tasks(
+    make_engine: Any, digits: dict[str, np.ndarray]
+) -> None:
+    """A lone 1-function task trains on every core; while a second task runs, each gets
+    its share (two 2-thread pools on 2 cores trained ~6x slower than two 1-thread ones),
+    and the first gets every core back within a round of the second ending."""
+    cores = os.cpu_count() or 1
+    if cores < 2:
+        pytest.skip("one core: nothing to share")
+    engine = make_engine("process", capacity=2)
+    engine.create_dataset(
+        "digits", digits["train_x"], digits["train_y"], digits["test_x"], digits["test_y"]
+    )
+    engine.create_function("slow", function_source(SLEEP_PER_BATCH_S=0.02, PRINT_THREADS=True))
+    task: dict[str, Any] = dict(
+        function="slow", dataset="digits", parallelism=1, static=True, k=2, lr=0.05
+    )
+    a = engine.train(**task, epochs=3)
+    deadline = time.monotonic() + 60
+    while engine.get_task(a).round < 3:
+        assert time.monotonic() < deadline, "task a never reached round 3"
+        time.sleep(0.02)
+    b = engine.train(**task, epochs=1, seed=1)
+    infos = [engine.wait(b, 120), engine.wait(a, 120)]
+    assert [i.state for i in infos] == [TaskState.SUCCEEDED] * 2, [i.traceback for i in infos]
+
+    def stretches(task_id: str) -> list[int]:
+        counts = [
+            int(line.message.split()[-1])
+            for line in engine.logs_of(task_id)
+            if line.message.startswith("threads now ")
+        ]
+        return [n for i, n in enumerate(counts) if i == 0 or counts[i - 1] != n]
+
+    assert stretches(b) == [cores // 2]
+    assert stretches(a) == [cores, cores // 2, cores]
+    assert any("torch threads per function" in line.message for line in engine.logs_of(a))

@@ -112,6 +112,9 @@ class GrantAll:
         self.asked.append(("settle", parallelism))
         return parallelism
 
+    def busy(self):
+        return 0  # no other task runs
+
 
 class Recorder:
     def __init__(self):
@@ -340,6 +343,9 @@ class SchedulerSlots:
 
     def settle(self, parallelism):
         return self._check(self.scheduler.settle("task1", parallelism))
+
+    def busy(self):
+        return sum(self.scheduler.running().values())
 
 
 def test_a_dropped_function_gives_its_slot_back_only_when_the_survivors_stop(stores):

@@ -42,6 +42,9 @@ class FunctionBackend(ABC):
     # A lost worker's invocation may be started again on a fresh one (the job replays its
     # round); False: a lost worker fails the task.
     replaces_workers: bool = True
+    # Functions run the torch threads the job gives them (`Invocation.threads`, and a
+    # round's `Release.threads`); False: the backend sizes them itself (Ray: its actors).
+    takes_threads: bool = True
     datasets: DatasetStore
     models: ControlModels
 

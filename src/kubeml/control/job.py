@@ -56,6 +56,10 @@ class Slots(Protocol):
         returns the N granted; slots given back go to queued tasks at once."""
         ...
 
+    def busy(self) -> int:
+        """The slots every running task holds now, this one's included."""
+        ...
+
 
 @dataclass(frozen=True)
 class JobServices:
@@ -123,6 +127,8 @@ class TrainJob:
         self._wanted: tuple[int, str] | None = None  # (N, why), applied at the next round
         self._wanted_lock = threading.Lock()
         self._resplit = False  # a lane was dropped: re-split at the next round boundary
+        self._segment_functions = self._segment_threads = 1  # the running segment's, and
+        # the torch threads each of its functions runs
         self._retries = 0
         self._attempt: dict[int, int] = {}
         self._checkpoints = CheckpointWriter(
@@ -213,7 +219,7 @@ class TrainJob:
         self.services.backend.warm(self.parallelism)
         # Init runs with a training function's share of the cores, so a backend that sizes
         # workers by threads (Ray actors) runs it on a worker the first epoch then reuses.
-        self._run_plain(Mode.INIT, [()], threads=_threads(self.parallelism))
+        self._run_plain(Mode.INIT, [()], threads=self._threads(self.parallelism))
         return self._fresh_position(0)
 
     def _fresh_position(self, epoch: int) -> Position:
@@ -269,7 +275,8 @@ class TrainJob:
         """Rounds of the live lanes, until the epoch ends or a round asks for a re-split."""
         func_ids = position.live()
         barrier = RoundBarrier(func_ids, self._merge)
-        threads = _threads(len(func_ids))
+        self._segment_functions = len(func_ids)
+        threads = self._segment_threads = self._threads(len(func_ids))
         for func_id in func_ids:
             self._attempt[func_id] = self._attempt.get(func_id, -1) + 1
         invocations = [self._train_invocation(position, f, threads) for f in func_ids]
@@ -286,7 +293,7 @@ class TrainJob:
         watched = dict(zip(futures, func_ids, strict=True))
         tally = {"started": len(invocations), "failed": 0}
         try:
-            self._watch(watched, barrier, position, threads, tally)
+            self._watch(watched, barrier, position, tally)
         finally:
             self.listener.on_invocations(tally["started"], tally["failed"])
         if self._resplit:  # a function was dropped: give its slot back now none runs
@@ -321,7 +328,19 @@ class TrainJob:
         wanted = self._wanted
         resize = wanted is not None and wanted[0] != self.parallelism
         proceed = not (self.stop_requested.is_set() or self._resplit or resize)
-        return Release(proceed=proceed, in_place=in_place)
+        return Release(proceed=proceed, in_place=in_place, threads=self._threads_now())
+
+    def _threads_now(self) -> int:
+        """A new thread share for the segment's functions, when another task started or
+        ended since it began (else 0: they keep theirs)."""
+        if not self.services.backend.takes_threads:
+            return 0
+        share = self._threads(self._segment_functions)
+        if share == self._segment_threads:
+            return 0
+        self._log(f"torch threads per function {self._segment_threads} -> {share} (other tasks)")
+        self._segment_threads = share
+        return share
 
     def _validation_due(self, epoch: int) -> bool:
         every = self.request.validate_every
@@ -400,7 +419,7 @@ class TrainJob:
         """Init or validation: independent invocations; a lost worker's one runs again,
         within the task's retry budget (a hook that kills its worker every time must not
         loop forever)."""
-        threads = threads or _threads(len(shards))
+        threads = threads or self._threads(len(shards))
         base = self._invocation(mode, len(shards), threads)
         pending = {i: replace(base, func_id=i, ranges=r) for i, r in enumerate(shards)}
         results: dict[int, InvocationResult] = {}
@@ -456,7 +475,6 @@ class TrainJob:
         watched: dict[Future[InvocationResult], int],
         barrier: RoundBarrier,
         position: Position,
-        threads: int,
         tally: dict[str, int],
     ) -> None:
         """Wait for a segment's functions; replace or drop lost ones; fail on the first
@@ -473,6 +491,7 @@ class TrainJob:
                     barrier.abort(func_id, exc)  # type: ignore[arg-type]
                     wait(list(watched), timeout=min(timeout, 30))  # released with "stop"
                     raise exc  # type: ignore[misc]
+                threads = self._segment_threads
                 replacement = self._replace(func_id, exc, barrier, position, threads)
                 if replacement is not None:
                     watched[replacement] = func_id
@@ -556,6 +575,12 @@ class TrainJob:
         self._retries += int(replaced)
         self.listener.on_function_lost(replaced)
 
+    def _threads(self, functions: int) -> int:
+        """Torch threads for each of `functions` invocations starting now: their share of
+        the cores, counting the functions of the other running tasks. Two tasks of N=1 on
+        2 cores each ran 2 threads, and their spinning thread pools trained 10x slower."""
+        return _threads(functions, self.services.slots.busy())
+
     def _log(self, message: str) -> None:
         self.services.log("job", message)
 
@@ -563,9 +588,10 @@ class TrainJob:
         self.services.log(source, message)
 
 
-def _threads(functions: int) -> int:
-    """A function's share of this machine's cores, so N functions do not oversubscribe it."""
-    return max(1, (os.cpu_count() or 1) // functions)
+def _threads(functions: int, busy: int = 0) -> int:
+    """A function's share of this machine's cores, so N functions, and the `busy` slots
+    of every running task, do not oversubscribe it."""
+    return max(1, (os.cpu_count() or 1) // max(functions, busy, 1))
 
 
 def _describe(record: EpochRecord) -> str:

@@ -143,3 +143,6 @@ class _TaskSlots:
     def settle(self, parallelism: int) -> int:
         runner = self._runner
         return runner._granted(runner.scheduler.settle(self._task_id, parallelism))
+
+    def busy(self) -> int:
+        return sum(self._runner.scheduler.running().values())

@@ -156,6 +156,8 @@ class RoundDriver:
             )
             release = sync.publish(report)
             in_place = release.in_place and samples > 0
+            if release.threads:
+                torch.set_num_threads(release.threads)
             total_loss += loss_sum
             total_samples += samples
             round_index += 1

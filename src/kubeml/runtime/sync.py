@@ -31,6 +31,9 @@ class Release:
     # The merged model was also written into the published weights of every function
     # that trained in this round and goes on (`FunctionModels.load_published_into`).
     in_place: bool = False
+    # When not 0: the torch threads to train the next round with (the function's share of
+    # the cores changed: another task started or ended meanwhile).
+    threads: int = 0
 
 
 class SyncChannel(Protocol):

@@ -276,6 +276,7 @@ class RayBackend(FunctionBackend):
     """
 
     name = "ray"
+    takes_threads = False  # torch runs the CPUs its actor reserved
     datasets: RayDatasetStore
     models: RayModelStore
 
