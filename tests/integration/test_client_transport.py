@@ -9,7 +9,9 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
+from contextlib import ExitStack
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -54,6 +56,13 @@ class _Handler(BaseHTTPRequestHandler):
             self._answer(200, [])
         else:
             self._answer(404, {"error": {"code": "not_found", "message": f"no {self.path}"}})
+
+    def do_DELETE(self) -> None:
+        self.server.bodies.append({"DELETE": self.path})
+        if self.server.mode == "drop":
+            self.close_connection = True
+            return
+        self._answer(200, {})
 
     def _answer(self, status: int, answer: object) -> None:
         payload = json.dumps(answer).encode()
@@ -167,7 +176,33 @@ def test_a_call_that_may_not_run_twice_is_not_sent_again(server: _Server) -> Non
         server.mode = "drop"
         with pytest.raises(ServerUnavailableError, match="lost the connection"):
             client.train(function="f", dataset="d")
-    assert len(server.bodies) == 2  # the train request was sent once
+        server.mode = "answer"
+        assert client.infer("t1", [[1]]) == [1]  # a kept-alive connection again
+        server.mode = "drop"
+        with pytest.raises(ServerUnavailableError, match="lost the connection"):
+            client.delete_function("f")  # a repeat of a delete that worked would say 404
+    assert len(server.bodies) == 4  # the train and the delete requests were sent once
+
+
+def test_a_server_that_cannot_be_connected_to_is_unreachable(monkeypatch) -> None:
+    """A connect that times out reads "cannot reach" (as a refused one does), not as a
+    server slow to answer."""
+    monkeypatch.setattr("kubeml.client._keepalive._CONNECT_TIMEOUT_S", 0.3)
+    for name in ("http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    with socket.socket() as listener, ExitStack() as stack:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0)  # never accepts: once its queue is full, a connect times out
+        port = listener.getsockname()[1]
+        for _ in range(4):
+            filler = stack.enter_context(socket.socket())
+            filler.setblocking(False)
+            filler.connect_ex(("127.0.0.1", port))
+        client = Client(f"http://127.0.0.1:{port}", token="")
+        started = time.monotonic()
+        with client, pytest.raises(ServerUnavailableError, match="cannot reach the kubeml"):
+            client.list_tasks()
+        assert time.monotonic() - started < 5  # the connect timeout, not the call's
 
 
 def test_queries_and_errors_of_gets(server: _Server) -> None:

@@ -15,13 +15,13 @@ httpx is imported only for uploads, https, proxies and test transports.
 
 from __future__ import annotations
 
-import errno
 import http.client
 import io
 import ipaddress
 import json as json_module
 import os
 import socket
+import threading
 import time
 from contextlib import ExitStack
 from pathlib import Path
@@ -37,7 +37,7 @@ from kubeml.api.schemas import (
     TaskProgress,
     TrainRequest,
 )
-from kubeml.client._keepalive import Answer, KeepAlive
+from kubeml.client._keepalive import Answer, ConnectFailed, KeepAlive
 from kubeml.errors import (
     InternalError,
     InvalidDatasetError,
@@ -92,6 +92,7 @@ class Client:
             headers["authorization"] = f"Bearer {token}"
         self._headers, self._timeout_s, self._transport = headers, timeout_s, transport
         self._httpx: httpx.Client | None = None  # built on first use: uploads, https, proxies
+        self._httpx_lock = threading.Lock()
         # Plain-HTTP JSON calls go through the standard library (see kubeml.client._keepalive).
         self._lean = (
             KeepAlive.for_url(self.url, headers, timeout_s, loopback=_is_loopback_url(self.url))
@@ -277,14 +278,14 @@ class Client:
         **upload: Any,
     ) -> Answer:
         """Send one call; `upload` (httpx's `data`/`files`) streams a multipart body.
-        `idempotent` (default: GET, PUT and DELETE are) lets a call the connection broke
-        under be sent once more."""
+        `idempotent` (default: GET and PUT are) lets a call the connection broke under be
+        sent once more. (Not DELETE: a repeat of one that worked would answer 404.)"""
         body = None if json is None else _encode(json, f"{method} {path}")
         if params:
             path = f"{path}?{urlencode(params)}"
         if self._lean is not None and not upload:
             if idempotent is None:
-                idempotent = method in ("GET", "PUT", "DELETE")
+                idempotent = method in ("GET", "PUT")
             try:
                 answer = self._lean.request(method, path, body, idempotent=idempotent)
             except (OSError, http.client.HTTPException) as exc:
@@ -299,15 +300,16 @@ class Client:
     def _via_httpx(self, method: str, path: str, body: bytes | None, upload: Any) -> Answer:
         import httpx
 
-        if self._httpx is None:
-            self._httpx = httpx.Client(
-                base_url=self.url,
-                headers=self._headers,
-                transport=self._transport,
-                timeout=httpx.Timeout(self._timeout_s, connect=5.0),
-                # An HTTP_PROXY from the environment must not catch 127.0.0.1 or a test app.
-                trust_env=self._transport is None and not _is_loopback_url(self.url),
-            )
+        with self._httpx_lock:  # threads may race to the first upload
+            if self._httpx is None:
+                self._httpx = httpx.Client(
+                    base_url=self.url,
+                    headers=self._headers,
+                    transport=self._transport,
+                    timeout=httpx.Timeout(self._timeout_s, connect=5.0),
+                    # An HTTP_PROXY from the environment must not catch 127.0.0.1 or a test app.
+                    trust_env=self._transport is None and not _is_loopback_url(self.url),
+                )
         headers = {"content-type": "application/json"} if body is not None else None
         try:
             response = self._httpx.request(method, path, content=body, headers=headers, **upload)
@@ -339,9 +341,7 @@ class Client:
 
 def _failure_kind(exc: BaseException) -> str:
     """connect, timeout or lost, for an `http.client` call that got no answer."""
-    if isinstance(exc, (ConnectionRefusedError, socket.gaierror)):
-        return "connect"
-    if isinstance(exc, OSError) and exc.errno in (errno.EHOSTUNREACH, errno.ENETUNREACH):
+    if isinstance(exc, (ConnectFailed, socket.gaierror)):
         return "connect"
     return "timeout" if isinstance(exc, TimeoutError) else "lost"
 

@@ -18,7 +18,7 @@ twice (`idempotent`).
 from __future__ import annotations
 
 import http.client
-import select
+import selectors
 import threading
 import urllib.request
 from dataclasses import dataclass
@@ -48,6 +48,10 @@ class Answer:
         return self.body.decode("utf-8", "replace")
 
 
+class ConnectFailed(OSError):
+    """No connection to the server could be made (refused, unreachable, timed out)."""
+
+
 class _Connection(http.client.HTTPConnection):
     """Connects within `_CONNECT_TIMEOUT_S`; then waits up to its timeout for answers."""
 
@@ -57,6 +61,8 @@ class _Connection(http.client.HTTPConnection):
         self.timeout = min(timeout, _CONNECT_TIMEOUT_S)
         try:
             super().connect()
+        except OSError as exc:
+            raise ConnectFailed(exc.errno, str(exc)) from exc
         finally:
             self.timeout = timeout
         self.sock.settimeout(timeout)
@@ -78,6 +84,8 @@ class KeepAlive:
         """A transport for `url`, or None where httpx must send (https, a proxy, a path)."""
         parts = urlsplit(url)
         if parts.scheme != "http" or not parts.hostname or parts.path.strip("/"):
+            return None
+        if parts.username is not None:  # credentials in the URL: httpx sends them
             return None
         if not loopback:
             proxies = urllib.request.getproxies()
@@ -166,7 +174,8 @@ class KeepAlive:
 def _readable(sock: Any) -> bool:
     """True when an idle connection has something to read: its end (closed by the server)."""
     try:
-        ready, _, _ = select.select([sock], [], [], 0)
+        with selectors.DefaultSelector() as selector:  # any fd number, unlike select()
+            selector.register(sock, selectors.EVENT_READ)
+            return bool(selector.select(0))
     except (OSError, ValueError):
         return True
-    return bool(ready)

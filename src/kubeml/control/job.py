@@ -217,8 +217,8 @@ class TrainJob:
         # Start all N workers now, not one for init and the rest at the first epoch, so
         # every function of the first round starts together (a cold worker costs ~1 s).
         self.services.backend.warm(self.parallelism)
-        # Init runs with a training function's share of the cores, so a backend that sizes
-        # workers by threads (Ray actors) runs it on a worker the first epoch then reuses.
+        # Init runs with a training function's share of the cores (a backend that sizes
+        # workers itself, Ray, gives it its worker's).
         self._run_plain(Mode.INIT, [()], threads=self._threads(self.parallelism))
         return self._fresh_position(0)
 
@@ -328,7 +328,8 @@ class TrainJob:
         wanted = self._wanted
         resize = wanted is not None and wanted[0] != self.parallelism
         proceed = not (self.stop_requested.is_set() or self._resplit or resize)
-        return Release(proceed=proceed, in_place=in_place, threads=self._threads_now())
+        threads = self._threads_now() if proceed else 0  # a last round needs none
+        return Release(proceed=proceed, in_place=in_place, threads=threads)
 
     def _threads_now(self) -> int:
         """A new thread share for the segment's functions, when another task started or

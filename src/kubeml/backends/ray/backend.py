@@ -262,9 +262,9 @@ class RayBackend(FunctionBackend):
         capacity: function slots the scheduler may fill (gang admission).
         idle_timeout_s: an idle actor is killed after this long (scale to zero).
         cpus_per_function: CPUs each actor reserves, and torch's thread count; None gives
-            each function its slot's share of the cluster (its CPUs / `capacity`, at
-            least 1, at most the largest node's), so the functions of every task the
-            scheduler admits fit on the cluster at once, and one actor size serves every N.
+            each function its slot's share of the cluster (`slot_cpus`: the most CPUs for
+            which the live nodes hold `capacity` functions), so the functions of every
+            task the scheduler admits fit at once, and one actor size serves every N.
         gpus_per_function: GPUs each actor reserves (set it for `gpu=True` functions).
         resources_per_function: custom Ray resources each actor reserves, to pin
             functions to labelled nodes (`ray start --resources='{"kubeml": 4}'`).
@@ -309,7 +309,7 @@ class RayBackend(FunctionBackend):
         self._idle: list[_Actor] = []
         self._busy: list[_Actor] = []
         self._sources: dict[str, str] = {}
-        self._cpus: tuple[float, float, float] = (0.0, 0.0, 0.0)  # (largest, total, when)
+        self._live_nodes: tuple[list[dict[str, float]], float] = ([], 0.0)  # (nodes, when)
         self._lock = threading.Lock()
         self._closed = threading.Event()
         threading.Thread(target=self._reap_idle, name="kubeml-ray-reaper", daemon=True).start()
@@ -357,18 +357,18 @@ class RayBackend(FunctionBackend):
         task the scheduler admitted would find its CPUs held by another's actors."""
         if self.cpus_per_function is not None:
             return self.cpus_per_function, self.gpus_per_function
-        largest, total = self._node_cpus()
-        share = max(1, int(total // max(1, self.capacity)))
-        return max(1.0, min(float(share), largest)), self.gpus_per_function
+        cpus = slot_cpus(
+            self._nodes(), self.capacity, self.gpus_per_function, self.resources_per_function
+        )
+        return cpus, self.gpus_per_function
 
-    def _node_cpus(self) -> tuple[float, float]:
-        """(the largest live node's CPUs, all live nodes' CPUs), read at most every 10 s."""
-        largest, total, measured = self._cpus
+    def _nodes(self) -> list[dict[str, float]]:
+        """The live nodes' resources, read at most every 10 s."""
+        nodes, measured = self._live_nodes
         if time.monotonic() - measured > 10:
-            alive = [n.get("Resources", {}).get("CPU", 0.0) for n in ray.nodes() if n.get("Alive")]
-            largest, total = max(alive, default=0.0), sum(alive)
-            self._cpus = (largest, total, time.monotonic())
-        return largest, total
+            nodes = [dict(n.get("Resources", {})) for n in ray.nodes() if n.get("Alive")]
+            self._live_nodes = (nodes, time.monotonic())
+        return nodes
 
     def _spawn(self, shape: Shape, task_id: str) -> _Actor:
         handle = self._remote.options(
@@ -508,7 +508,7 @@ class RayBackend(FunctionBackend):
         """Start `count` actors ahead of demand (the engine calls it at server start).
 
         Only with a fixed `cpus_per_function`: otherwise an actor's size follows the
-        task's parallelism, unknown until a task arrives.
+        cluster's live nodes, which may still be joining when the server starts.
         """
         if self.cpus_per_function is None:
             return
@@ -705,6 +705,34 @@ def _fits(free: dict[str, float], need: dict[str, float]) -> bool:
 def _take(free: dict[str, float], need: dict[str, float]) -> None:
     for k, v in need.items():
         free[k] = free.get(k, 0.0) - v
+
+
+def slot_cpus(
+    nodes: list[dict[str, float]],
+    capacity: int,
+    gpus_per_function: float = 0.0,
+    resources_per_function: dict[str, float] | None = None,
+) -> float:
+    """The CPUs a function reserves by default: the largest whole count s for which the
+    live `nodes` (their resources) hold `capacity` functions of s CPUs, each with its GPUs
+    and custom resources, so every function the scheduler admits can be placed; 1 when
+    not even that holds them all (a capacity above the cluster: an autoscaling one)."""
+    resources = resources_per_function or {}
+
+    def holds(node: dict[str, float], cpus: int) -> int:
+        count = int(node.get("CPU", 0.0) // cpus)
+        if gpus_per_function:
+            count = min(count, int(node.get("GPU", 0.0) // gpus_per_function))
+        for name, amount in resources.items():
+            count = min(count, int(node.get(name, 0.0) // amount))
+        return count
+
+    best, largest = 1, int(max((n.get("CPU", 0.0) for n in nodes), default=0.0))
+    for cpus in range(2, largest + 1):  # fewer functions fit as each takes more
+        if sum(holds(node, cpus) for node in nodes) < capacity:
+            break
+        best = cpus
+    return float(best)
 
 
 def _cluster_slots(cpus_per_function: float | None, gpus_per_function: float) -> int:
