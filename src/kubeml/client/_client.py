@@ -20,7 +20,6 @@ import io
 import ipaddress
 import json as json_module
 import os
-import socket
 import threading
 import time
 from contextlib import ExitStack
@@ -341,7 +340,7 @@ class Client:
 
 def _failure_kind(exc: BaseException) -> str:
     """connect, timeout or lost, for an `http.client` call that got no answer."""
-    if isinstance(exc, (ConnectFailed, socket.gaierror)):
+    if isinstance(exc, ConnectFailed):  # also a host name that does not resolve
         return "connect"
     return "timeout" if isinstance(exc, TimeoutError) else "lost"
 

@@ -49,7 +49,8 @@ class Answer:
 
 
 class ConnectFailed(OSError):
-    """No connection to the server could be made (refused, unreachable, timed out)."""
+    """No connection to the server could be made (refused, unreachable, no such host,
+    timed out)."""
 
 
 class _Connection(http.client.HTTPConnection):
@@ -62,7 +63,7 @@ class _Connection(http.client.HTTPConnection):
         try:
             super().connect()
         except OSError as exc:
-            raise ConnectFailed(exc.errno, str(exc)) from exc
+            raise ConnectFailed(exc.errno, exc.strerror or str(exc)) from exc
         finally:
             self.timeout = timeout
         self.sock.settimeout(timeout)
@@ -101,7 +102,6 @@ class KeepAlive:
         target: str,
         body: bytes | None = None,
         *,
-        content_type: str = "application/json",
         idempotent: bool = False,
     ) -> Answer:
         """The server's answer to `method target`. Raises `OSError` or
@@ -109,7 +109,7 @@ class KeepAlive:
         time, or the connection breaks mid-call."""
         headers = dict(self._headers)
         if body is not None:
-            headers["content-type"] = content_type
+            headers["content-type"] = "application/json"
         connection, reused = self._take()
         try:
             try:

@@ -265,7 +265,7 @@ class TrainJob:
             wanted, self._wanted = self._wanted, None
         if wanted is not None:
             granted = self.services.slots.settle(wanted[0])  # also when unchanged: it answers
-            where = f"at round {position.round} of epoch {position.epoch + 1}"
+            where = _at(position)
             self._set_parallelism(granted, f"{where}: {wanted[1]}" if wanted[1] else where)
         self._resplit = False
         if position.parallelism != self.parallelism:
@@ -287,7 +287,7 @@ class TrainJob:
             if len(func_ids) == 1 or not self.services.backend.replaces_workers:
                 raise
             granted = min(self.services.slots.want(len(func_ids) - 1), len(func_ids) - 1)
-            where = f"at round {position.round} of epoch {position.epoch + 1}"
+            where = _at(position)
             self._set_parallelism(granted, f"{where}: no workers for N={len(func_ids)} ({exc})")
             return
         watched = dict(zip(futures, func_ids, strict=True))
@@ -298,7 +298,7 @@ class TrainJob:
             self.listener.on_invocations(tally["started"], tally["failed"])
         if self._resplit:  # a function was dropped: give its slot back now none runs
             granted = self.services.slots.want(self.parallelism)  # a shrink asked still holds
-            where = f"at round {position.round} of epoch {position.epoch + 1}"
+            where = _at(position)
             self._set_parallelism(granted, f"{where}: the scheduler's shrink")
 
     def _train_invocation(self, position: Position, func_id: int, threads: int) -> Invocation:
@@ -492,8 +492,7 @@ class TrainJob:
                     barrier.abort(func_id, exc)  # type: ignore[arg-type]
                     wait(list(watched), timeout=min(timeout, 30))  # released with "stop"
                     raise exc  # type: ignore[misc]
-                threads = self._segment_threads
-                replacement = self._replace(func_id, exc, barrier, position, threads)
+                replacement = self._replace(func_id, exc, barrier, position)
                 if replacement is not None:
                     watched[replacement] = func_id
                     tally["started"] += 1
@@ -516,7 +515,6 @@ class TrainJob:
         error: BackendError,
         barrier: RoundBarrier,
         position: Position,
-        threads: int,
     ) -> Future[InvocationResult] | None:
         """A lost function: replay its round on a fresh worker, or let the survivors take
         its samples from the next round on. Returns the replacement's future, if any."""
@@ -534,7 +532,7 @@ class TrainJob:
         if self._lost(func_id, error, replaceable=True):
             self._attempt[func_id] += 1
             barrier.join(func_id)
-            inv = self._train_invocation(position, func_id, threads)
+            inv = self._train_invocation(position, func_id, self._segment_threads)
             sync = AttemptSync(barrier, self._attempt, [func_id])
             try:
                 [future] = self.services.backend.invoke([inv], sync=sync, log=self._function_log)
@@ -593,6 +591,11 @@ def _threads(functions: int, busy: int = 0) -> int:
     """A function's share of this machine's cores, so N functions, and the `busy` slots
     of every running task, do not oversubscribe it."""
     return max(1, (os.cpu_count() or 1) // max(functions, busy, 1))
+
+
+def _at(position: Position) -> str:
+    """Where a task stands, for the log: a round boundary."""
+    return f"at round {position.round} of epoch {position.epoch + 1}"
 
 
 def _describe(record: EpochRecord) -> str:
