@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks.rows_kubeml import fresh_engine, run_task
-from kubeml.control.chunks import CHUNK_SIZE
+from kubeml.control.plan.chunks import CHUNK_SIZE
 
 PROBE_FILE = Path(__file__).parent / "functions" / "resnet18_probe.py"
 PROBE_FUNCTION = "resnet18-probe"
@@ -144,8 +144,8 @@ def breakdown_s(reps: int) -> dict[str, float]:
 
     import torch
 
-    from kubeml.control.lanes import Lanes
-    from kubeml.control.outer import OuterConfig, OuterOptimizer
+    from kubeml.control.merge.outer import OuterConfig, OuterOptimizer
+    from kubeml.control.merge.stripes import Lanes
     from kubeml.stores.models import LocalModelStore
 
     probe = _probe_module()

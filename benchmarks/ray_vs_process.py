@@ -72,7 +72,7 @@ def _request(epochs: int, seed: int = 0) -> dict[str, Any]:
 def _run_backend(backend: str, arrays: dict[str, Any], epochs: int, nodes: int) -> dict[str, Any]:
     """One timed task on a fresh engine; returns its per-epoch figures and accuracy."""
     from kubeml.api.schemas import TaskState
-    from kubeml.control.engine import Engine
+    from kubeml.control.tasks.engine import Engine
     from kubeml.settings import Settings
 
     home = Path(tempfile.mkdtemp(prefix=f"kubeml-bench-{backend}-"))
@@ -154,7 +154,7 @@ def _bare_rounds(repeats: int, nodes: int) -> dict[str, float]:
     from sklearn.datasets import load_digits
 
     from kubeml.backends.ray import RayBackend
-    from kubeml.control.engine import Engine
+    from kubeml.control.tasks.engine import Engine
     from kubeml.settings import Settings
 
     digits = load_digits()
@@ -213,7 +213,7 @@ def _merge_placement(reps: int) -> list[tuple[str, float, float, float]]:
     import torch
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    from kubeml.control.merge import weighted_average_into
+    from kubeml.control.merge.average import weighted_average_into
 
     def average(buffers: list[np.ndarray], out: np.ndarray) -> None:
         with warnings.catch_warnings():  # ray.get gives read-only buffers; they are only read

@@ -35,8 +35,8 @@ def checkpoint_cost(repeat: int = 5) -> dict[str, Any]:
     from torch import nn
 
     from benchmarks.reference import build_model
-    from kubeml.control.checkpoint import Checkpoint, CheckpointStore
-    from kubeml.control.position import Position
+    from kubeml.control.plan.position import Position
+    from kubeml.control.records.checkpoints import Checkpoint, CheckpointStore
 
     models = {"lenet": build_model(0), "11M": nn.Linear(3316, 3316)}
     out: dict[str, Any] = {}

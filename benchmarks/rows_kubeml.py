@@ -34,7 +34,7 @@ POLL_S = 0.25
 @contextmanager
 def fresh_engine(backend: str = "process", capacity: int = 2) -> Iterator[Any]:
     """An engine on a new temporary home, closed and wiped afterwards."""
-    from kubeml.control.engine import Engine
+    from kubeml.control.tasks.engine import Engine
     from kubeml.settings import Settings
 
     home = Path(tempfile.mkdtemp(prefix="kubeml-bench-"))

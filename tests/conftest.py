@@ -57,7 +57,7 @@ def function_source(**constants: Any) -> str:
 @pytest.fixture
 def make_engine(tmp_path: Path) -> Iterator[Callable[..., Any]]:
     """Engines on a fresh home; closed at the end of the test."""
-    from kubeml.control.engine import Engine
+    from kubeml.control.tasks.engine import Engine
     from kubeml.settings import Settings
 
     engines: list[Engine] = []

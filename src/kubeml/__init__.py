@@ -12,13 +12,13 @@ __version__ = "0.1.0"
 
 if TYPE_CHECKING:
     from kubeml.client import Client
-    from kubeml.control.engine import Engine
+    from kubeml.control.tasks.engine import Engine
     from kubeml.sdk import KubeDataset, KubeModel
 
 _LAZY = {
     "KubeModel": "kubeml.sdk.model",
     "KubeDataset": "kubeml.sdk.dataset",
-    "Engine": "kubeml.control.engine",
+    "Engine": "kubeml.control.tasks.engine",
     "Client": "kubeml.client",
 }
 

@@ -17,8 +17,8 @@ import schemathesis
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, Phase, settings
 
-from kubeml.control.engine import Engine
-from kubeml.control.server import create_app
+from kubeml.control.edge.app import create_app
+from kubeml.control.tasks.engine import Engine
 from kubeml.settings import Settings
 from tests.conftest import function_source
 

@@ -22,8 +22,8 @@ from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from kubeml.control.engine import Engine
-from kubeml.control.server import create_app
+from kubeml.control.edge.app import create_app
+from kubeml.control.tasks.engine import Engine
 from kubeml.errors import InvalidDatasetError
 from kubeml.settings import Settings
 from kubeml.stores.datasets import LocalDatasetStore

@@ -139,8 +139,8 @@ def test_an_upload_larger_than_the_free_disk_is_refused_before_it_is_read(
 ) -> None:
     from fastapi.testclient import TestClient
 
-    from kubeml.control import uploads
-    from kubeml.control.server import create_app
+    from kubeml.control.edge import uploads
+    from kubeml.control.edge.app import create_app
 
     engine = make_engine("inline")
     http = TestClient(create_app(engine, engine.settings))
@@ -166,7 +166,7 @@ def test_an_upload_streamed_in_tiny_chunks_is_stored_whole(
 ) -> None:
     from fastapi.testclient import TestClient
 
-    from kubeml.control.server import create_app
+    from kubeml.control.edge.app import create_app
 
     engine = make_engine("inline")
     http = TestClient(create_app(engine, engine.settings))

@@ -55,7 +55,7 @@ def cluster() -> Iterator[Any]:
 @pytest.fixture
 def ray_engine(cluster: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     from kubeml.backends.ray import RayBackend
-    from kubeml.control.engine import Engine
+    from kubeml.control.tasks.engine import Engine
     from kubeml.settings import Settings
 
     monkeypatch.delenv("KUBEML_CAPACITY", raising=False)  # capacity comes from the cluster

@@ -23,7 +23,7 @@ def test_a_local_ray_runs_functions_at_normal_priority(tmp_path, digits, monkeyp
         pytest.skip("a Ray is already running in this process")
     monkeypatch.setenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     from kubeml.backends.ray import RayBackend
-    from kubeml.control.engine import Engine
+    from kubeml.control.tasks.engine import Engine
     from kubeml.settings import Settings
 
     settings = Settings(home=tmp_path / "home", backend="ray", capacity=2, round_timeout_s=60)
@@ -64,7 +64,7 @@ def test_two_tasks_the_scheduler_admits_both_fit_on_the_ray(tmp_path, digits, mo
         pytest.skip("a Ray is already running in this process")
     monkeypatch.setenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     from kubeml.backends.ray import RayBackend
-    from kubeml.control.engine import Engine
+    from kubeml.control.tasks.engine import Engine
     from kubeml.settings import Settings
 
     settings = Settings(home=tmp_path / "home", backend="ray", capacity=2, round_timeout_s=60)

@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 
 from kubeml.api.schemas import TaskState
-from kubeml.control.checkpoint import CheckpointStore
-from kubeml.control.position import Position
+from kubeml.control.plan.position import Position
+from kubeml.control.records.checkpoints import CheckpointStore
 from kubeml.procs import children
 from tests.conftest import free_port, function_source
 from tests.integration.conftest import wait_for
@@ -41,7 +41,7 @@ def add_mlp_and_digits(engine: Any, digits: dict[str, np.ndarray]) -> None:
 @pytest.fixture(scope="module")
 def baseline(digits: dict[str, np.ndarray], tmp_path_factory: pytest.TempPathFactory) -> float:
     """Test accuracy of the uninterrupted run."""
-    from kubeml.control.engine import Engine
+    from kubeml.control.tasks.engine import Engine
     from kubeml.settings import Settings
 
     tmp = tmp_path_factory.mktemp("baseline")

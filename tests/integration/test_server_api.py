@@ -21,8 +21,8 @@ from fastapi.testclient import TestClient
 
 from kubeml.api.schemas import TaskState
 from kubeml.client import Client
-from kubeml.control.engine import Engine
-from kubeml.control.server import create_app
+from kubeml.control.edge.app import create_app
+from kubeml.control.tasks.engine import Engine
 from kubeml.errors import (
     AlreadyExistsError,
     CapacityError,

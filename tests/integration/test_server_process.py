@@ -68,7 +68,7 @@ def test_state_survives_a_restart(
 
 
 def test_refuses_to_listen_beyond_loopback_without_a_token(tmp_path: Path) -> None:
-    from kubeml.control.server import check_exposure
+    from kubeml.control.edge.app import check_exposure
 
     with pytest.raises(InvalidInputError, match="KUBEML_API_TOKEN"):
         check_exposure(Settings(home=tmp_path, host="0.0.0.0", api_token=None))

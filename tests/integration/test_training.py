@@ -189,8 +189,8 @@ def _simulate_crash(engine) -> None:
     # would otherwise record as STOPPED before the crash.
     engine.metadata.put_task = lambda task: None
     engine.metadata.put_history = lambda history: None
-    for job in engine.tasks.jobs():
-        job.stop()
+    for recorder in engine.tasks.live():
+        recorder.requests.stop()
     engine.close()
 
 

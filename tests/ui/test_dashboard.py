@@ -10,8 +10,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from kubeml.api.schemas import TaskProgress, TaskState
-from kubeml.control.dashboard import STATIC_DIR
-from kubeml.control.server import create_app
+from kubeml.control.edge.app import create_app
+from kubeml.control.edge.dashboard import STATIC_DIR
 
 TOKEN = "dash-s3cret"
 ASSET = re.compile(r"""(?:src|href)=["']([^"']+)["']|url: *["']([^"']+)["']""")

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from kubeml.api.schemas import TaskState, TrainRequest
-from kubeml.control.progress import MAX_POINTS, ProgressBook, round_plan
+from kubeml.control.tasks.progress import MAX_POINTS, ProgressBook, round_plan
 from tests.conftest import function_source
 
 

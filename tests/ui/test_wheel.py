@@ -52,7 +52,8 @@ def test_the_installed_wheel_serves_the_dashboard_and_docs(tmp_path: Path) -> No
     _run(python, "-m", "pip", "install", "-q", "--no-deps", "--no-index", wheel)
 
     env = {k: v for k, v in os.environ.items() if not k.startswith(("KUBEML_", "PYTHONPATH"))}
-    where = _run(python, "-c", "import kubeml.control.dashboard as d; print(d.STATIC_DIR)", env=env)
+    probe = "import kubeml.control.edge.dashboard as d; print(d.STATIC_DIR)"
+    where = _run(python, "-c", probe, env=env)
     static = Path(where.strip())
     assert static.is_relative_to(site), f"kubeml came from {static}, not the fresh venv"
 

@@ -2,7 +2,7 @@
 
 import threading
 
-from kubeml.control.barrier import RoundBarrier
+from kubeml.control.job.barrier import RoundBarrier
 from kubeml.runtime.sync import Release, RoundReport
 
 

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from kubeml.control.chunks import assign_chunks, even_splits, validation_slices
+from kubeml.control.plan.chunks import assign_chunks, even_splits, validation_slices
 
 
 def _samples(ranges):
@@ -46,7 +46,7 @@ def test_validation_slices_cover_the_test_set_contiguously():
 
 
 def test_epoch_orders_cover_every_sample_once_and_follow_the_seed():
-    from kubeml.control.chunks import epoch_orders
+    from kubeml.control.plan.chunks import epoch_orders
 
     orders = epoch_orders(1000, 3, seed=5, epoch=2)
     assert sorted(np.concatenate(orders).tolist()) == list(range(1000))
@@ -56,7 +56,7 @@ def test_epoch_orders_cover_every_sample_once_and_follow_the_seed():
 
 
 def test_resplit_keeps_the_order_and_balances_the_remaining_samples():
-    from kubeml.control.chunks import resplit
+    from kubeml.control.plan.chunks import resplit
 
     lanes = resplit([np.arange(0, 5), np.arange(10, 13), np.empty(0, dtype=np.int64)], 3)
     assert [len(x) for x in lanes] == [2, 3, 3]
@@ -64,7 +64,7 @@ def test_resplit_keeps_the_order_and_balances_the_remaining_samples():
 
 
 def test_shard_of_reads_sorted_ranges_and_trains_in_the_given_order():
-    from kubeml.control.chunks import shard_of
+    from kubeml.control.plan.chunks import shard_of
 
     order = np.array([70, 3, 4, 71, 2, 200])
     ranges, local = shard_of(order)

@@ -97,7 +97,7 @@ def test_litter_of_a_killed_upload_is_swept_a_day_later(tmp_path: Path) -> None:
 
 
 def test_a_log_line_cut_short_by_a_kill_is_skipped_not_fatal(tmp_path: Path) -> None:
-    from kubeml.control.tasklog import TaskLogs
+    from kubeml.control.records.tasklog import TaskLogs
 
     logs = TaskLogs(tmp_path)
     logs.append("t", "job", "first")

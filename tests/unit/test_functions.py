@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from kubeml.control.functions import FunctionStore
-from kubeml.control.metadata import MetadataStore
+from kubeml.control.records.functions import FunctionStore
+from kubeml.control.records.metadata import MetadataStore
 from kubeml.errors import AlreadyExistsError, InvalidFunctionError, NotFoundError
 from kubeml.runtime.loader import code_sha256
 

@@ -14,11 +14,11 @@ import torch
 
 from kubeml.api.schemas import TaskState, TrainRequest
 from kubeml.backends.base import FunctionBackend
-from kubeml.control.checkpoint import CheckpointStore
-from kubeml.control.chunks import epoch_orders
-from kubeml.control.job import JobServices, TrainJob
-from kubeml.control.policy import StaticPolicy
-from kubeml.control.scheduler import Resize, Scheduler
+from kubeml.control.job.loop import JobServices, TrainJob
+from kubeml.control.plan.chunks import epoch_orders
+from kubeml.control.records.checkpoints import CheckpointStore
+from kubeml.control.tasks.policy import StaticPolicy
+from kubeml.control.tasks.scheduler import Resize, Scheduler
 from kubeml.errors import BackendError, FunctionError
 from kubeml.runtime.invocation import FunctionCode, InvocationResult, Mode
 from kubeml.runtime.sync import RoundReport
@@ -108,8 +108,8 @@ class GrantAll:
         self.asked.append(("want", parallelism))
         return parallelism
 
-    def settle(self, parallelism):
-        self.asked.append(("settle", parallelism))
+    def answer(self, parallelism):
+        self.asked.append(("answer", parallelism))
         return parallelism
 
     def busy(self):
@@ -341,8 +341,8 @@ class SchedulerSlots:
     def want(self, parallelism):
         return self._check(self.scheduler.resize("task1", parallelism))
 
-    def settle(self, parallelism):
-        return self._check(self.scheduler.settle("task1", parallelism))
+    def answer(self, parallelism):
+        return self._check(self.scheduler.answer("task1", parallelism))
 
     def busy(self):
         return sum(self.scheduler.running().values())
@@ -462,17 +462,18 @@ def test_a_validation_that_always_loses_its_worker_fails_the_task_past_the_budge
 
 
 def test_n_changes_up_and_down_mid_epoch_and_every_sample_is_trained_once(stores):
-    job, recorder, backend = _job(stores, lambda e, f, r: 1.0, k=1, epochs=2)
     changes = {2: 3, 4: 1, 6: 2}  # after merged round -> new N
-    original = job._merge
+    jobs = []
 
-    def merge_then_resize(round_index, reports):
-        wanted = changes.pop(job._position.round + 1, None) if job._epoch == 0 else None
+    def script(epoch, func_id, round_index):
+        wanted = changes.get(round_index + 1) if (epoch, func_id) == (0, 0) else None
         if wanted is not None:  # the scheduler's request arrives during the round
-            job.request_parallelism(wanted, f"test wants {wanted}")
-        return original(round_index, reports)
+            del changes[round_index + 1]
+            jobs[0].request_parallelism(wanted, f"test wants {wanted}")
+        return 1.0
 
-    job._merge = merge_then_resize
+    job, recorder, backend = _job(stores, script, k=1, epochs=2)
+    jobs.append(job)
     assert job.run().state is TaskState.SUCCEEDED
     sizes = Counter(
         i.parallelism for i in backend.invocations if i.mode is Mode.TRAIN and i.epoch == 0
@@ -483,20 +484,20 @@ def test_n_changes_up_and_down_mid_epoch_and_every_sample_is_trained_once(stores
     assert second.parallelism_path is None
     assert first.samples == second.samples == TRAIN_SIZE
     assert "N 3 -> 1 at round 4 of epoch 1: test wants 1" in recorder.logs
-    assert job.services.slots.asked == [("settle", 3), ("settle", 1), ("settle", 2)]
+    assert job.services.slots.asked == [("answer", 3), ("answer", 1), ("answer", 2)]
     _exactly_once(backend, 2)
 
 
 def test_stop_checkpoints_the_exact_position_and_resume_continues_from_it(stores):
-    job, recorder, backend = _job(stores, lambda e, f, r: 1.0, epochs=2, k=1)
-    original = job._merge
+    jobs = []
 
-    def merge_then_stop(round_index, reports):
-        if job._epoch == 1 and round_index == 2:
-            job.stop()  # a `task stop` arriving during round 3 of epoch 2
-        return original(round_index, reports)
+    def script(epoch, func_id, round_index):
+        if (epoch, func_id, round_index) == (1, 0, 2):
+            jobs[0].stop()  # a `task stop` arriving during round 3 of epoch 2
+        return 1.0
 
-    job._merge = merge_then_stop
+    job, recorder, backend = _job(stores, script, epochs=2, k=1)
+    jobs.append(job)
     assert job.run().state is TaskState.STOPPED
     assert len(recorder.epochs) == 1 and recorder.rounds[-1] == (2, 3)
     checkpoint = stores[2].load("task1")
@@ -516,17 +517,17 @@ def test_stop_checkpoints_the_exact_position_and_resume_continues_from_it(stores
 def test_the_n_path_of_an_epoch_survives_a_stop_and_resume(stores):
     """N went 2 -> 3 mid-epoch, then the task stopped; the resumed run (at N=2) records
     the whole epoch's path, not only its own stretch."""
-    job, recorder, backend = _job(stores, lambda e, f, r: 1.0, epochs=1, k=1)
-    original = job._merge
+    jobs = []
 
-    def merge_then_act(round_index, reports):
-        if round_index == 1:
-            job.request_parallelism(3, "test wants 3")
-        if round_index == 3:
-            job.stop()
-        return original(round_index, reports)
+    def script(epoch, func_id, round_index):
+        if (func_id, round_index) == (0, 1):
+            jobs[0].request_parallelism(3, "test wants 3")
+        if (func_id, round_index) == (0, 3):
+            jobs[0].stop()
+        return 1.0
 
-    job._merge = merge_then_act
+    job, recorder, backend = _job(stores, script, epochs=1, k=1)
+    jobs.append(job)
     assert job.run().state is TaskState.STOPPED
     assert recorder.epochs == []
     resumed, recorder2, _ = _job(stores, None, epochs=1, k=1, backend=backend)

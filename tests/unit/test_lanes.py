@@ -5,7 +5,7 @@ import threading
 import pytest
 import torch
 
-from kubeml.control.lanes import Lanes
+from kubeml.control.merge.stripes import Lanes
 
 
 @pytest.mark.parametrize("threads", [1, 2, 3])

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from kubeml.control.merge import weighted_average, weighted_average_into
+from kubeml.control.merge.average import weighted_average, weighted_average_into
 from kubeml.stores.flat import FlatLayout
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from kubeml.api.schemas import EpochRecord, History, TaskInfo, TaskState, TrainRequest
-from kubeml.control.metadata import MetadataStore
+from kubeml.control.records.metadata import MetadataStore
 from kubeml.errors import NotFoundError, StorageError
 
 

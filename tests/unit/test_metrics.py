@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import threading
 
-from kubeml.control.metrics import Metrics
+from kubeml.control.tasks.metrics import Metrics
 
 
 def _samples(text: str) -> dict[str, float]:

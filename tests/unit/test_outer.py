@@ -4,10 +4,10 @@ import pytest
 import torch
 from torch import nn
 
-import kubeml.control.outer as outer
-from kubeml.control.lanes import Lanes
-from kubeml.control.merge import weighted_average
-from kubeml.control.outer import OuterConfig, OuterOptimizer, stepped_spans
+import kubeml.control.merge.outer as outer
+from kubeml.control.merge.average import weighted_average
+from kubeml.control.merge.outer import OuterConfig, OuterOptimizer, stepped_spans
+from kubeml.control.merge.stripes import Lanes
 from kubeml.stores.flat import FlatLayout
 
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from kubeml.control.outer import OuterConfig
-from kubeml.control.parameter_server import ParameterServer
+from kubeml.control.merge.outer import OuterConfig
+from kubeml.control.merge.parameter_server import ParameterServer
 from kubeml.runtime.sync import RoundReport
 from kubeml.stores.models import LocalModelStore
 

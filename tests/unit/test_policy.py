@@ -1,17 +1,15 @@
-"""Parallelism policies and the lr that follows N, driven by scripted epoch records."""
+"""Parallelism policies, driven by scripted epoch records."""
 
 import math
 
 import pytest
 
 from kubeml.api.schemas import EpochRecord
-from kubeml.control.policy import (
+from kubeml.control.tasks.policy import (
     GoodputPolicy,
     StaticPolicy,
     ThroughputPolicy,
     policy_for,
-    scaled_lr,
-    warmup_steps,
 )
 
 SAMPLES = 60_000
@@ -122,32 +120,3 @@ def test_policy_for_names_every_policy_and_rejects_others():
     assert isinstance(policy_for("goodput"), GoodputPolicy)
     with pytest.raises(ValueError, match="policy must be one of"):
         policy_for("pollux")
-
-
-def test_lr_follows_n_relative_to_the_start():
-    assert scaled_lr(0.01, "none", 2, 4) == 0.01
-    assert scaled_lr(0.01, "linear", 2, 4) == pytest.approx(0.02)
-    assert scaled_lr(0.01, "sqrt", 2, 4) == pytest.approx(0.01 * math.sqrt(2))
-    assert scaled_lr(0.01, "linear", 2, 1) == pytest.approx(0.005)
-    with pytest.raises(ValueError, match="lr scaling"):
-        scaled_lr(0.01, "cubic", 1, 2)
-
-
-def test_lr_warm_up_lasts_a_few_rounds_and_never_more_than_the_epoch():
-    assert warmup_steps(8, 469) == 32
-    assert warmup_steps(200, 469) == 469
-    assert warmup_steps(-1, 469) == 117
-
-
-def test_the_function_ramps_its_lr_over_the_warm_up_steps():
-    from kubeml.runtime.invocation import FunctionCode, Invocation, Mode
-    from kubeml.runtime.rounds import warmup_factor as _warmup_factor
-
-    base = Invocation(Mode.TRAIN, "t", FunctionCode("f", "", ""), "d", lr=0.02)
-    assert _warmup_factor(base, 0) == 1.0  # no resize, no ramp
-    ramp = Invocation(
-        Mode.TRAIN, "t", FunctionCode("f", "", ""), "d", lr=0.02, lr_warmup_from=0.01,
-        lr_warmup_steps=4,
-    )  # fmt: skip
-    factors = [_warmup_factor(ramp, step) for step in range(6)]
-    assert factors == pytest.approx([0.625, 0.75, 0.875, 1.0, 1.0, 1.0])

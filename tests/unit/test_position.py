@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from kubeml.control.position import Position
+from kubeml.control.plan.position import Position
 
 
 def test_merged_samples_advance_their_lane_and_a_resplit_keeps_the_rest():

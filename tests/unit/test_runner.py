@@ -2,41 +2,37 @@
 
 from __future__ import annotations
 
-import threading
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
 
 from kubeml.api.schemas import History, TaskInfo, TaskState, TrainRequest
-from kubeml.control.job import JobOutcome, Slots
-from kubeml.control.metadata import MetadataStore
-from kubeml.control.metrics import Metrics
-from kubeml.control.runner import TaskRunner
-from kubeml.control.scheduler import Scheduler
-from kubeml.control.tasklog import TaskLogs
-from kubeml.control.tasks import TaskRecorder, TaskRegistry
+from kubeml.control.job.ports import JobOutcome, Slots
+from kubeml.control.job.state import Requests
+from kubeml.control.records.metadata import MetadataStore
+from kubeml.control.records.tasklog import TaskLogs
+from kubeml.control.tasks.metrics import Metrics
+from kubeml.control.tasks.registry import TaskRecorder, TaskRegistry
+from kubeml.control.tasks.runner import TaskRunner
+from kubeml.control.tasks.scheduler import Scheduler
 from kubeml.errors import CapacityError
 
 
 class FakeJob:
-    """Runs until stopped; records the parallelism it started with and the resizes the
-    scheduler asked of it."""
+    """Runs until its task's requests say stop; keeps the parallelism it started with, and
+    its task's requests (where the scheduler's resizes arrive)."""
 
-    def __init__(self, task_id: str, parallelism: int, slots: Slots) -> None:
+    def __init__(self, task_id: str, parallelism: int, slots: Slots, requests: Requests) -> None:
         self.task_id, self.parallelism, self.slots = task_id, parallelism, slots
-        self.requests: list[tuple[int, str]] = []
-        self._stop = threading.Event()
-
-    def request_parallelism(self, parallelism: int, reason: str = "") -> None:
-        self.requests.append((parallelism, reason))
+        self.requests = requests
 
     def run(self) -> JobOutcome:
-        self._stop.wait(30)
+        deadline = time.monotonic() + 30
+        while not self.requests.stopping and time.monotonic() < deadline:
+            time.sleep(0.01)
         return JobOutcome(TaskState.STOPPED)
-
-    def stop(self) -> None:
-        self._stop.set()
 
 
 @pytest.fixture
@@ -45,7 +41,7 @@ def runner(tmp_path: Path):
     started: dict[str, FakeJob] = {}
 
     def make_job(recorder: TaskRecorder, parallelism: int, slots: Slots):
-        job = FakeJob(recorder.id, parallelism, slots)
+        job = FakeJob(recorder.id, parallelism, slots, recorder.requests)
         started[recorder.id] = job
         return job
 
@@ -97,7 +93,7 @@ def test_a_job_grows_only_into_free_slots_and_shrinking_admits_the_queue(runner)
     _queue(run, "a", 1)
     assert started["a"].slots.want(2) == 2
     _queue(run, "b", 1)  # waits: a holds both slots, and static a is never asked to shrink
-    assert list(started) == ["a"] and started["a"].requests == []
+    assert list(started) == ["a"] and started["a"].requests.peek_resize() is None
     assert started["a"].slots.want(1) == 1
     assert list(started) == ["a", "b"]
 
@@ -107,13 +103,14 @@ def test_an_elastic_job_gives_a_slot_back_for_a_queued_task_and_gets_it_back(run
     _queue(run, "a", 2, static=False)
     _queue(run, "b", 1)
     a = started["a"]
-    assert list(started) == ["a"] and a.requests == [(1, "slots taken back for task b")]
-    assert a.slots.settle(1) == 1  # a's next round boundary: b starts
+    assert list(started) == ["a"]
+    assert a.requests.take_resize() == (1, "slots taken back for task b")
+    assert a.slots.answer(1) == 1  # a's next round boundary: b starts
     assert list(started) == ["a", "b"]
     run.stop("b")
     assert run.tasks.wait("b", timeout_s=10)
-    assert a.requests[-1] == (2, "slots freed (task b ended)")
-    assert a.slots.settle(2) == 2 and run.scheduler.running() == {"a": 2}
+    assert a.requests.take_resize() == (2, "slots freed (task b ended)")
+    assert a.slots.answer(2) == 2 and run.scheduler.running() == {"a": 2}
 
 
 def test_a_refused_task_leaves_no_trace(runner):

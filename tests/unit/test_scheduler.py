@@ -5,7 +5,7 @@ import random
 
 import pytest
 
-from kubeml.control.scheduler import Admit, Grant, Resize, Scheduler
+from kubeml.control.tasks.scheduler import Admit, Grant, Resize, Scheduler
 from kubeml.errors import CapacityError
 
 
@@ -69,10 +69,10 @@ def test_a_task_that_does_not_fit_takes_slots_back_from_elastic_tasks_at_their_n
     assert s.running() == {"a": 3} and s.queued() == ["b"]  # held until a shrinks
     assert s.submit("c", 1) == []  # b first, and a is already asked
     # a's next round boundary: b starts, and c is next, so a gives its last spare slot
-    assert s.settle("a", 2) == Grant(
+    assert s.answer("a", 2) == Grant(
         2, [Admit("b", 2), Resize("a", 1, "slots taken back for task c")]
     )
-    assert s.settle("a", 1) == Grant(1, [Admit("c", 1)])
+    assert s.answer("a", 1) == Grant(1, [Admit("c", 1)])
     assert s.running() == {"a": 1, "b": 2, "c": 1} and s.free == 0
 
 
@@ -84,8 +84,8 @@ def test_take_backs_come_from_the_largest_holder_and_never_from_static_tasks():
     reason = "slots taken back for task d"
     # 3 missing: big 3 -> 2, then the tie goes to the younger small 2 -> 1, then big 2 -> 1
     assert s.submit("d", 3) == [Resize("big", 1, reason), Resize("small", 1, reason)]
-    assert s.settle("big", 1) == Grant(1, [])  # one short: d starts only with all 3
-    assert s.settle("small", 1) == Grant(1, [Admit("d", 3)])
+    assert s.answer("big", 1) == Grant(1, [])  # one short: d starts only with all 3
+    assert s.answer("small", 1) == Grant(1, [Admit("d", 3)])
     assert s.running() == {"static": 2, "big": 1, "small": 1, "d": 3}
 
 
@@ -102,13 +102,13 @@ def test_freed_slots_grow_elastic_tasks_back_to_their_wish_the_oldest_first():
     s.submit("old", 2, elastic=True)
     s.submit("young", 2, elastic=True)
     s.submit("c", 2)
-    s.settle("old", 1)
-    assert s.settle("young", 1) == Grant(1, [Admit("c", 2)])
+    s.answer("old", 1)
+    assert s.answer("young", 1) == Grant(1, [Admit("c", 2)])
     assert s.submit("e", 1) == []  # nothing left to take back: e waits
     freed = "slots freed (task c ended)"
     # e starts first; of the two tasks at 1 function, the older grows into the last slot
     assert s.finished("c") == [Admit("e", 1), Resize("old", 2, freed)]
-    assert s.settle("old", 2) == Grant(2, [])
+    assert s.answer("old", 2) == Grant(2, [])
     assert s.finished("e") == [Resize("young", 2, "slots freed (task e ended)")]
 
 
@@ -127,17 +127,17 @@ def test_a_task_that_chose_fewer_functions_is_not_grown_past_its_choice():
     s.submit("b", 1)
     assert s.resize("a", 1) == Grant(1, [])  # its policy: one function was faster
     assert s.finished("b") == []
-    assert s.settle("a", 3) == Grant(1, [])  # a stale request does not grow it either
+    assert s.answer("a", 3) == Grant(1, [])  # a stale request does not grow it either
 
 
 def test_a_growth_asked_is_withdrawn_when_a_new_task_takes_the_slot():
     s = Scheduler(3)
     s.submit("a", 3, elastic=True)
     s.submit("b", 1)
-    s.settle("a", 2)
+    s.answer("a", 2)
     assert s.finished("b") == [Resize("a", 3, "slots freed (task b ended)")]
     assert s.submit("c", 1) == [Admit("c", 1), Resize("a", 2, "slots freed")]
-    assert s.settle("a", 3) == Grant(2, [])  # the request it saw first: nothing is free
+    assert s.answer("a", 3) == Grant(2, [])  # the request it saw first: nothing is free
     assert s.running() == {"a": 2, "c": 1}
 
 
@@ -147,7 +147,7 @@ def test_a_cancelled_task_releases_the_shrink_asked_for_it():
     assert s.submit("b", 1) == [Resize("a", 1, "slots taken back for task b")]
     assert s.cancel("b")
     assert s.finished("b") == [Resize("a", 2, "slots freed (task b ended)")]
-    assert s.settle("a", 2) == Grant(2, [])
+    assert s.answer("a", 2) == Grant(2, [])
 
 
 def test_random_traffic_never_oversubscribes_and_never_strands_the_queue():
@@ -185,13 +185,13 @@ def _random_traffic(rng: random.Random, s: Scheduler) -> None:
             act(s.resize(task_id, rng.randint(0, 6)).decisions)
         elif asked:
             task_id = rng.choice(sorted(asked))
-            act(s.settle(task_id, asked.pop(task_id)).decisions)
+            act(s.answer(task_id, asked.pop(task_id)).decisions)
         held = s.running()
         assert sum(held.values()) <= 5 and all(n >= 1 for n in held.values())
         assert started == list(submitted)[: len(started)]  # FIFO, each with all its N
     while asked:  # every job answers at its next round boundary
         task_id = sorted(asked)[0]
-        act(s.settle(task_id, asked.pop(task_id)).decisions)
+        act(s.answer(task_id, asked.pop(task_id)).decisions)
     if s.queued():  # the head waits only when even all spare slots would not do
         spare = sum(n - 1 for t, n in s.running().items() if submitted[t][1])
         assert submitted[s.queued()[0]][0] > s.free + spare

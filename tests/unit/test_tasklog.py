@@ -1,6 +1,6 @@
 """Task logs: indices that never repeat, and a cap that keeps the head and the tail."""
 
-from kubeml.control.tasklog import TaskLogs
+from kubeml.control.records.tasklog import TaskLogs
 
 
 def test_lines_are_read_back_in_order_from_an_index(tmp_path):

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from kubeml.api.schemas import EpochRecord, History, TaskInfo, TaskState, TrainRequest
-from kubeml.control.metadata import MetadataStore
-from kubeml.control.metrics import Metrics
-from kubeml.control.tasks import TaskRegistry
+from kubeml.control.records.metadata import MetadataStore
+from kubeml.control.tasks.metrics import Metrics
+from kubeml.control.tasks.registry import TaskRegistry
 
 
 def _task(task_id: str) -> tuple[TaskInfo, History]:
@@ -108,25 +108,15 @@ def test_finishing_sets_the_history_state_too(registry):
     assert metadata.get_task("t1").error == "stopped by the user"
 
 
-class _Job:
-    def __init__(self) -> None:
-        self.stopped = 0
-
-    def stop(self) -> None:
-        self.stopped += 1
-
-
-def test_a_stop_before_the_job_exists_reaches_the_job_when_it_is_attached(registry):
+def test_requests_before_the_job_exists_wait_in_the_task(registry):
+    """A stop or the scheduler's resize for an admitted task whose job is not built yet
+    waits in the task's `requests`, which its job is built with."""
     tasks, _ = registry
-    tasks.add(*_task("t1"))
-    tasks.stop("t1")  # admitted, job not built yet
-    job = _Job()
-    tasks.attach("t1", job)
-    assert job.stopped == 1
-    tasks.stop("t1")
-    assert job.stopped == 2
-    tasks.stop("unknown")  # not live: nothing to remember
-    later = _Job()
-    tasks.add(*_task("unknown"))
-    tasks.attach("unknown", later)
-    assert later.stopped == 0
+    recorder = tasks.add(*_task("t1"))
+    tasks.request_parallelism("t1", 3, "room freed")
+    recorder.requests.stop()
+    assert recorder.requests.stopping
+    assert recorder.requests.take_resize() == (3, "room freed")
+    assert recorder.requests.take_resize() is None  # taken once
+    tasks.request_parallelism("unknown", 2, "x")  # not live: nothing to remember
+    assert tasks.get("unknown") is None

@@ -126,7 +126,7 @@ class OptimizerState(str, Enum):
 
 
 class OuterOptimizerName(str, Enum):
-    """How the parameter server applies a round's average (see `kubeml.control.outer`)."""
+    """How the parameter server applies a round's average (see `kubeml.control.merge.outer`)."""
 
     AVERAGE = "average"  # the average becomes the reference (KubeML 2021)
     NESTEROV = "nesterov"  # the averaged change is a pseudo-gradient for Nesterov SGD
@@ -142,7 +142,7 @@ class LrScaling(str, Enum):
 
 
 class PolicyName(str, Enum):
-    """How N changes between epochs (see `kubeml.control.policy`)."""
+    """How N changes between epochs (see `kubeml.control.tasks.policy`)."""
 
     STATIC = "static"
     THROUGHPUT = "throughput"

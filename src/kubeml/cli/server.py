@@ -44,7 +44,7 @@ def start(
     if foreground:
         import logging
 
-        from kubeml.control.server import serve
+        from kubeml.control.edge.app import serve
 
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
         serve(settings)

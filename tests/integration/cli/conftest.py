@@ -14,8 +14,8 @@ from typer.testing import CliRunner, Result
 from kubeml.cli._context import CliState
 from kubeml.cli.app import app
 from kubeml.client import Client
-from kubeml.control.engine import Engine
-from kubeml.control.server import create_app
+from kubeml.control.edge.app import create_app
+from kubeml.control.tasks.engine import Engine
 from tests.conftest import function_source
 
 

@@ -7,7 +7,7 @@ import threading
 from pathlib import Path
 
 from kubeml.api.schemas import FunctionInfo
-from kubeml.control.metadata import MetadataStore
+from kubeml.control.records.metadata import MetadataStore
 from kubeml.errors import KubeMLError
 from kubeml.runtime.invocation import FunctionCode
 from kubeml.runtime.loader import check_source, code_sha256

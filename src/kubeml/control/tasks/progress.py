@@ -14,10 +14,10 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING
 
 from kubeml.api.schemas import EpochRecord, RoundPoint, TrainRequest
-from kubeml.control.chunks import assign_chunks, even_splits
+from kubeml.control.plan.chunks import assign_chunks, even_splits
 
 if TYPE_CHECKING:
-    from kubeml.control.job import JobListener
+    from kubeml.control.job.ports import JobListener
 
 MAX_POINTS = 5000  # per task: an hour of 1 s rounds; older points are dropped first
 MAX_TASKS = 64  # tasks whose points are kept; the least recently updated go first

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kubeml.api.schemas import EpochRecord
-from kubeml.control.position import Position
+from kubeml.control.plan.position import Position
 from kubeml.errors import KubeMLError, StorageError
 
 if TYPE_CHECKING:

@@ -2,7 +2,7 @@
 
 Handlers are plain `def`s, so FastAPI runs them in its threadpool and a slow engine call
 never blocks the event loop. Two are `async def`: the dataset upload streams its body to
-disk and does its work in the threadpool (`kubeml.control.uploads`), and inference awaits
+disk and does its work in the threadpool (`kubeml.control.edge.uploads`), and inference awaits
 its warm worker on the event loop itself, with no thread hand-off (`Engine.infer_async`).
 """
 
@@ -27,9 +27,9 @@ from kubeml.api.schemas import (
     TaskInfo,
     TrainRequest,
 )
-from kubeml.control import uploads
-from kubeml.control.edge import json_body, parse_json_body
-from kubeml.control.engine import Engine
+from kubeml.control.edge import uploads
+from kubeml.control.edge.guard import json_body, parse_json_body
+from kubeml.control.tasks.engine import Engine
 
 
 async def _engine(request: Request) -> Engine:

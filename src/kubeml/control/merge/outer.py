@@ -32,7 +32,7 @@ checkpoint can save it (`state_dict` / `load_state_dict`). The step runs in bloc
 `BLOCK` elements: each block is averaged into a small scratch buffer and stepped while it
 is in cache, so a round reads every published state, the reference and the momentum
 once and writes the reference and the momentum once. The blocks are spread over the
-cores (`kubeml.control.lanes`); a block's result does not depend on which lane computed
+cores (`kubeml.control.merge.stripes`); a block's result does not depend on which lane computed
 it, so the result is the same bits on one core or many.
 """
 
@@ -46,8 +46,12 @@ from typing import Any
 
 import torch
 
-from kubeml.control.lanes import Lanes, process_lanes
-from kubeml.control.merge import _running_mean_into, normalized_weights, weighted_average_into
+from kubeml.control.merge.average import (
+    _running_mean_into,
+    normalized_weights,
+    weighted_average_into,
+)
+from kubeml.control.merge.stripes import Lanes, process_lanes
 from kubeml.stores.flat import FlatLayout
 
 BLOCK = 1 << 18  # elements: 1 MB per float32 operand, ~5 MB for N=2, stays in L2/L3

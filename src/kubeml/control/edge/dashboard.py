@@ -1,6 +1,6 @@
 """The browser side of the control plane: /dashboard, local /docs, and task progress.
 
-Every asset ships in `kubeml/control/static` (package data): the page works with no
+Every asset ships in `kubeml/control/edge/static` (package data): the page works with no
 internet. The page and its assets are static and open; the data it shows comes from the
 REST routes, behind the API token like any client.
 """
@@ -16,10 +16,10 @@ from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 
 from kubeml.api.schemas import TaskProgress, TaskState
-from kubeml.control.engine import Engine
+from kubeml.control.tasks.engine import Engine
 
 STATIC_PREFIX = "/static"
-STATIC_DIR = Path(str(files("kubeml.control") / "static"))
+STATIC_DIR = Path(str(files("kubeml.control.edge") / "static"))
 
 router = APIRouter()
 

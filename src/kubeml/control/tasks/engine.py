@@ -29,17 +29,18 @@ from kubeml.api.schemas import (
     TaskState,
     TrainRequest,
 )
-from kubeml.control.checkpoint import CheckpointStore
-from kubeml.control.functions import FunctionStore
-from kubeml.control.job import JobServices, Slots, TrainJob
-from kubeml.control.metadata import MetadataStore
-from kubeml.control.metrics import Metrics
-from kubeml.control.policy import policy_for
-from kubeml.control.progress import ProgressBook, RecordingRounds
-from kubeml.control.runner import TaskRunner
-from kubeml.control.scheduler import Scheduler
-from kubeml.control.tasklog import TaskLogs
-from kubeml.control.tasks import TaskRecorder, TaskRegistry
+from kubeml.control.job.loop import TrainJob
+from kubeml.control.job.ports import JobServices, Slots
+from kubeml.control.records.checkpoints import CheckpointStore
+from kubeml.control.records.functions import FunctionStore
+from kubeml.control.records.metadata import MetadataStore
+from kubeml.control.records.tasklog import TaskLogs
+from kubeml.control.tasks.metrics import Metrics
+from kubeml.control.tasks.policy import policy_for
+from kubeml.control.tasks.progress import ProgressBook, RecordingRounds
+from kubeml.control.tasks.registry import TaskRecorder, TaskRegistry
+from kubeml.control.tasks.runner import TaskRunner
+from kubeml.control.tasks.scheduler import Scheduler
 from kubeml.errors import ConflictError, InvalidInputError, KubeMLError, NotFoundError
 from kubeml.runtime.invocation import FunctionCode, Invocation, LogSink, Mode
 from kubeml.settings import Settings
@@ -196,6 +197,7 @@ class Engine:
             policy_for(request.effective_policy.value),
             start_epoch=recorder.epochs_done,
             records=recorder.history().epochs,
+            requests=recorder.requests,
         )
 
     def get_task(self, task_id: str) -> TaskInfo:

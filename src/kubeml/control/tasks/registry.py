@@ -7,18 +7,19 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from kubeml.api.schemas import EpochRecord, History, TaskInfo
+from kubeml.control.job.state import Requests
 
 if TYPE_CHECKING:
-    from kubeml.control.job import TrainJob
-    from kubeml.control.metadata import MetadataStore
-    from kubeml.control.metrics import Metrics
+    from kubeml.control.records.metadata import MetadataStore
+    from kubeml.control.tasks.metrics import Metrics
 
 
 class TaskRecorder:
     """A live task's state and history; persists them at every epoch.
 
     It is the job's `JobListener`. Reads and writes of `info` and `history` go through
-    the registry's lock, so a reader never sees an epoch half recorded.
+    the registry's lock, so a reader never sees an epoch half recorded. `requests` is
+    where the task's stop and resize requests wait for its job, from admission on.
     """
 
     def __init__(
@@ -31,6 +32,7 @@ class TaskRecorder:
     ) -> None:
         self._info, self._history = info, history
         self._metadata, self._metrics, self._lock = metadata, metrics, lock
+        self.requests = Requests()
 
     @property
     def id(self) -> str:
@@ -115,15 +117,13 @@ class TaskRecorder:
 
 
 class TaskRegistry:
-    """The queued and running tasks: their recorders and jobs, and waiting for their end."""
+    """The queued and running tasks: their recorders (state, history, requests), and waiting
+    for their end."""
 
     def __init__(self, metadata: MetadataStore, metrics: Metrics) -> None:
         self._metadata, self._metrics = metadata, metrics
         self._changed = threading.Condition()
         self._recorders: dict[str, TaskRecorder] = {}
-        self._jobs: dict[str, TrainJob] = {}
-        self._stop_pending: set[str] = set()  # stopped after admission, before its job existed
-        self._resize_pending: dict[str, tuple[int, str]] = {}  # likewise, a scheduler's resize
 
     def add(self, info: TaskInfo, history: History) -> TaskRecorder:
         recorder = TaskRecorder(info, history, self._metadata, self._metrics, self._changed)
@@ -131,41 +131,16 @@ class TaskRegistry:
             self._recorders[info.id] = recorder
         return recorder
 
-    def attach(self, task_id: str, job: TrainJob) -> None:
-        """Register a task's job; one whose task was already asked to stop is stopped."""
-        with self._changed:
-            self._jobs[task_id] = job
-            if task_id in self._resize_pending:
-                job.request_parallelism(*self._resize_pending.pop(task_id))
-            if task_id in self._stop_pending:
-                self._stop_pending.discard(task_id)
-                job.stop()
-
-    def stop(self, task_id: str) -> None:
-        """Ask a live task's job to stop at its next round boundary, now or once it exists."""
-        with self._changed:
-            job = self._jobs.get(task_id)
-            if job is None and task_id in self._recorders:
-                self._stop_pending.add(task_id)
-        if job is not None:
-            job.stop()
-
     def request_parallelism(self, task_id: str, parallelism: int, reason: str) -> None:
-        """Pass the scheduler's resize to a live task's job, now or once it exists."""
-        with self._changed:
-            job = self._jobs.get(task_id)
-            if job is None and task_id in self._recorders:
-                self._resize_pending[task_id] = (parallelism, reason)
-        if job is not None:
-            job.request_parallelism(parallelism, reason)
+        """Pass the scheduler's resize to a live task, for its job's next round boundary."""
+        recorder = self.get(task_id)
+        if recorder is not None:
+            recorder.requests.resize(parallelism, reason)
 
     def remove(self, task_id: str) -> None:
         """The task has ended: forget it and wake everyone waiting for it."""
         with self._changed:
             self._recorders.pop(task_id, None)
-            self._jobs.pop(task_id, None)
-            self._stop_pending.discard(task_id)
-            self._resize_pending.pop(task_id, None)
             self._changed.notify_all()
 
     def get(self, task_id: str) -> TaskRecorder | None:
@@ -175,10 +150,6 @@ class TaskRegistry:
     def live(self) -> list[TaskRecorder]:
         with self._changed:
             return list(self._recorders.values())
-
-    def jobs(self) -> list[TrainJob]:
-        with self._changed:
-            return list(self._jobs.values())
 
     def __contains__(self, task_id: object) -> bool:
         with self._changed:

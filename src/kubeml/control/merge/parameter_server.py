@@ -6,7 +6,7 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
-from kubeml.control.outer import OuterConfig, OuterOptimizer
+from kubeml.control.merge.outer import OuterConfig, OuterOptimizer
 from kubeml.runtime.sync import RoundReport
 from kubeml.stores.interfaces import ServerModels
 
@@ -14,7 +14,7 @@ from kubeml.stores.interfaces import ServerModels
 class ParameterServer:
     """Owns the task's reference model between rounds; `merge` is the round's one update.
 
-    The update is the task's outer optimizer (`kubeml.control.outer`): the reference
+    The update is the task's outer optimizer (`kubeml.control.merge.outer`): the reference
     becomes the sample-weighted average of the weights the functions published (`average`,
     plain K-AVG) or takes a Nesterov step along the averaged change (`nesterov`, and
     `adaptive`, whose momentum follows how well the change agrees with it). The

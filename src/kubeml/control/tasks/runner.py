@@ -7,12 +7,14 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 
 from kubeml.api.schemas import History, PolicyName, TaskInfo, TaskState
-from kubeml.control.job import JobOutcome, Slots, TrainJob
-from kubeml.control.metadata import MetadataStore
-from kubeml.control.metrics import Metrics
-from kubeml.control.scheduler import Admit, Decision, Grant, Scheduler
-from kubeml.control.tasklog import TaskLogs
-from kubeml.control.tasks import TaskRecorder, TaskRegistry
+from kubeml.control.job.loop import TrainJob
+from kubeml.control.job.ports import JobOutcome, Slots
+from kubeml.control.job.state import StopCause
+from kubeml.control.records.metadata import MetadataStore
+from kubeml.control.records.tasklog import TaskLogs
+from kubeml.control.tasks.metrics import Metrics
+from kubeml.control.tasks.registry import TaskRecorder, TaskRegistry
+from kubeml.control.tasks.scheduler import Admit, Decision, Grant, Scheduler
 from kubeml.errors import KubeMLError
 
 # (the task's recorder, its parallelism, how it asks for slots) -> the job to run
@@ -39,8 +41,6 @@ class TaskRunner:
         self.tasks, self.scheduler = tasks, scheduler
         self._metadata, self._logs, self._metrics = metadata, logs, metrics
         self._make_job = make_job
-        self._interrupted: set[str] = set()  # tasks a shutdown stopped at a round boundary
-        self._stopped: set[str] = set()  # tasks their user stopped
 
     def enqueue(self, info: TaskInfo, history: History) -> None:
         """Persist a queued task and submit it; a refused one leaves no trace."""
@@ -64,17 +64,14 @@ class TaskRunner:
         recorder = self.tasks.get(task_id)
         if recorder is None:
             return
-        self._stopped.add(task_id)
+        recorder.requests.stop(StopCause.USER)  # admitted: its job stops, even one not built yet
         if self.scheduler.cancel(task_id):
             self._finish(recorder, JobOutcome(TaskState.STOPPED))
-        else:
-            self.tasks.stop(task_id)  # admitted: its job stops, even one not built yet
 
     def close(self, timeout_s: float = 30.0) -> None:
         # Tasks running now that their user did not stop are resumed at the next start.
-        self._interrupted = {r.id for r in self.tasks.live()} - self._stopped
-        for job in self.tasks.jobs():
-            job.stop()
+        for recorder in self.tasks.live():
+            recorder.requests.stop(StopCause.SHUTDOWN)
         for recorder in self.tasks.live():
             self.tasks.wait(recorder.id, timeout_s)
 
@@ -94,7 +91,6 @@ class TaskRunner:
             return
         task_id = recorder.id
         job = self._make_job(recorder, admit.parallelism, _TaskSlots(self, task_id))
-        self.tasks.attach(task_id, job)
         recorder.update(state=TaskState.RUNNING, started_at=_now())
         recorder.persist()  # the history's state follows the task's: running
         threading.Thread(
@@ -113,10 +109,10 @@ class TaskRunner:
             self._finish(recorder, outcome)
 
     def _finish(self, recorder: TaskRecorder, outcome: JobOutcome) -> None:
-        if recorder.id in self._interrupted and outcome.state is TaskState.STOPPED:
+        shutdown = recorder.requests.stop_cause is StopCause.SHUTDOWN
+        if shutdown and outcome.state is TaskState.STOPPED:
             # Shutdown, not the user, stopped it: left queued, the next start resumes it.
             outcome = JobOutcome(TaskState.QUEUED, "interrupted by a server shutdown")
-        self._stopped.discard(recorder.id)
         recorder.update(
             state=outcome.state,
             error=outcome.error,
@@ -140,9 +136,9 @@ class _TaskSlots:
         runner = self._runner
         return runner._granted(runner.scheduler.resize(self._task_id, parallelism))
 
-    def settle(self, parallelism: int) -> int:
+    def answer(self, parallelism: int) -> int:
         runner = self._runner
-        return runner._granted(runner.scheduler.settle(self._task_id, parallelism))
+        return runner._granted(runner.scheduler.answer(self._task_id, parallelism))
 
     def busy(self) -> int:
         return sum(self._runner.scheduler.running().values())

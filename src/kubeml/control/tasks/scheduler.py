@@ -21,7 +21,7 @@ class Admit:
 @dataclass(frozen=True)
 class Resize:
     """A decision: running task `task_id` should run `parallelism` functions from its next
-    round boundary, where it answers with `Scheduler.settle`; `reason` goes in its log."""
+    round boundary, where it answers with `Scheduler.answer`; `reason` goes in its log."""
 
     task_id: str
     parallelism: int
@@ -59,7 +59,7 @@ class Scheduler:
       gave back slots above one function each, they are asked to shrink: one slot at a
       time from the task holding the most (ties: the youngest gives first), just enough
       for the head. Their slots stay held until each shrinks at its next round boundary
-      (`settle`), so capacity is never oversubscribed; the head starts once all fit.
+      (`answer`), so capacity is never oversubscribed; the head starts once all fit.
     - When slots are free and nothing waits, elastic tasks below their wish (the N they
       asked for at submission or chose since) are asked to grow: one slot at a time to
       the task holding the fewest (ties: the oldest first).
@@ -122,7 +122,7 @@ class Scheduler:
                 granted = min(granted, task.asked)
             return self._apply(task_id, task, granted)
 
-    def settle(self, task_id: str, parallelism: int) -> Grant:
+    def answer(self, task_id: str, parallelism: int) -> Grant:
         """A task answers a `Resize` at its round boundary: a shrink frees its slots at
         once; a growth gets what is still free (up to its wish, after queued tasks)."""
         with self._lock:

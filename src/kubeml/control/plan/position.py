@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from kubeml.control.chunks import epoch_orders, resplit
+from kubeml.control.plan.chunks import epoch_orders, resplit
 
 
 @dataclass(eq=False)

@@ -1,4 +1,5 @@
-"""Parallelism policies (how many functions N the next epoch gets) and the lr that follows N.
+"""Parallelism policies: how many functions N the next epoch gets (the lr that follows N is
+`kubeml.control.job.resize`'s).
 
 Policies are pure: they see one `EpochRecord` per finished epoch and return a decision, so
 they are tested with scripted records and no processes.
@@ -25,28 +26,6 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 
 from kubeml.api.schemas import EpochRecord
-
-LR_WARMUP_ROUNDS = 4  # rounds of linear lr ramp after a resize (a quarter epoch for K=-1)
-
-
-def scaled_lr(lr: float, scaling: str, start_parallelism: int, parallelism: int) -> float:
-    """The lr at N functions for a task that started at `start_parallelism` with `lr`."""
-    ratio = parallelism / start_parallelism
-    if scaling == "linear":
-        return lr * ratio
-    if scaling == "sqrt":
-        return lr * math.sqrt(ratio)
-    if scaling == "none":
-        return lr
-    raise ValueError(f"lr scaling must be none, linear or sqrt, not {scaling!r}")
-
-
-def warmup_steps(k: int, batches_per_function: int) -> int:
-    """Local steps of the lr ramp after a resize: `LR_WARMUP_ROUNDS` rounds of K steps,
-    at most the epoch (a quarter of it when K=-1, where one round is the whole epoch)."""
-    if k > 0:
-        return min(batches_per_function, LR_WARMUP_ROUNDS * k)
-    return max(1, batches_per_function // LR_WARMUP_ROUNDS)
 
 
 class ParallelismPolicy(ABC):

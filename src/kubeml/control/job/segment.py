@@ -1,0 +1,219 @@
+"""A segment: the K-AVG rounds of one epoch at one N, until the epoch ends or N changes."""
+
+from __future__ import annotations
+
+from concurrent.futures import Future
+from typing import TYPE_CHECKING
+
+from kubeml.control.job.barrier import AttemptSync, RoundBarrier
+from kubeml.control.job.decisions import (
+    Decision,
+    Drop,
+    Event,
+    Fail,
+    Failed,
+    Forget,
+    Hung,
+    Lost,
+    NoReplacement,
+    NoWorkers,
+    Phase,
+    Replay,
+    Shrink,
+    Situation,
+)
+from kubeml.control.job.waiting import Finished, wait_for_the_rest, watch
+from kubeml.control.plan.position import Position
+from kubeml.errors import BackendError, FunctionError, KubeMLError
+from kubeml.runtime.invocation import InvocationResult
+from kubeml.runtime.sync import Release, RoundReport
+
+if TYPE_CHECKING:
+    from kubeml.control.job.loop import TrainJob
+
+
+class Segment:
+    """Runs the live lanes of `position` in rounds through a `RoundBarrier`: invokes the
+    functions, merges each round (`merge`, on the thread of the round's last function),
+    and carries out the job's decisions on lost, failed and hung functions. It ends at
+    the epoch's end, or at the first round boundary where N is to change (a resize, a
+    stop, a dropped function's re-split)."""
+
+    def __init__(self, job: TrainJob, position: Position) -> None:
+        self.job, self.position = job, position
+        self.func_ids = position.live()
+        self.barrier = RoundBarrier(self.func_ids, self.merge)
+        self.watched: dict[Future[InvocationResult], int] = {}
+        self.started = self.failed = 0
+
+    def run(self) -> None:
+        job, state, position = self.job, self.job.state, self.position
+        with state.lock:
+            state.segment_functions = len(self.func_ids)
+            threads = state.segment_threads = job.threads(len(self.func_ids))
+            for func_id in self.func_ids:
+                state.attempts[func_id] = state.attempts.get(func_id, -1) + 1
+        invocations = [job.train_invocation(position, f, threads) for f in self.func_ids]
+        sync = AttemptSync(self.barrier, state.attempts, self.func_ids)
+        try:
+            futures = job.services.backend.invoke(invocations, sync=sync, log=job.function_log)
+        except BackendError as exc:  # no workers for this N (a lost Ray node)
+            n = len(self.func_ids)
+            decision = job.decide(NoWorkers(n, exc), self._situation())
+            if not isinstance(decision, Shrink):
+                raise
+            granted = min(job.services.slots.want(decision.parallelism), decision.parallelism)
+            job.change_parallelism(granted, f"{at(position)}: no workers for N={n} ({exc})")
+            return
+        self.watched = dict(zip(futures, self.func_ids, strict=True))
+        self.started = len(invocations)
+        try:
+            self._watch()
+        finally:
+            job.listener.on_invocations(self.started, self.failed)
+        if state.resplit:  # a function was dropped: give its slot back now none runs
+            granted = job.services.slots.want(state.parallelism)  # a shrink asked still holds
+            job.change_parallelism(granted, f"{at(position)}: the scheduler's shrink")
+
+    def _watch(self) -> None:
+        services = self.job.services
+        timeout = services.round_timeout_s
+
+        def stalled() -> set[int]:
+            return self.barrier.stalled(timeout, services.start_timeout_s)
+
+        for status in watch(self.watched, stalled, timeout):
+            if isinstance(status, Finished):
+                continue
+            self.failed += int(not isinstance(status, Hung))
+            self._carry_out(status, self.job.decide(status, self._situation(status)))
+        if -1 in self.barrier.failed:
+            cause = self.barrier.failed[-1]
+            raise FunctionError(f"merging a round failed: {cause!r}") from cause
+
+    def _situation(self, event: Event | None = None) -> Situation:
+        job, state = self.job, self.job.state
+        lane_done = False
+        if isinstance(event, Lost):
+            lane = self.position.lanes[event.func_id]
+            lane_done = lane.finished and event.func_id not in self.barrier.live()
+        return Situation(
+            Phase.TRAIN,
+            parallelism=state.parallelism,
+            retries=state.retries,
+            max_retries=job.request.max_retries,
+            replaces_workers=job.services.backend.replaces_workers,
+            stopping=state.requests.stopping,
+            failing=bool(self.barrier.failed),
+            lane_done=lane_done,
+        )
+
+    def _carry_out(self, event: Event, decision: Decision) -> None:
+        job, state, position = self.job, self.job.state, self.position
+        if isinstance(decision, Fail):
+            if isinstance(event, Hung):
+                job.services.backend.cancel(job.task_id)
+            else:
+                func_id = event.func_id if isinstance(event, Lost | Failed) else -1
+                self.barrier.abort(func_id, decision.error)
+                wait_for_the_rest(self.watched, job.services.round_timeout_s)
+            raise decision.error
+        assert isinstance(event, Lost | NoReplacement)
+        func_id, error = event.func_id, event.error
+        if isinstance(event, Lost):
+            with state.lock:
+                position.failures += 1
+        if isinstance(decision, Forget):
+            job.log_lost(func_id, error, decision.why)
+            job.listener.on_function_lost(False)
+            if state.requests.stopping:
+                self.barrier.drop(func_id)
+        elif isinstance(decision, Replay):
+            self._replay(func_id, error)
+        elif isinstance(decision, Drop):
+            why = "past the retry budget" if isinstance(event, Lost) else "no worker to replay it"
+            self._drop(func_id, error, decision.survivors, why)
+
+    def _replay(self, func_id: int, error: BaseException) -> None:
+        job, state, position = self.job, self.job.state, self.position
+        retries = job.request.max_retries
+        job.log_lost(func_id, error, f"retry {state.retries + 1}/{retries}")
+        with state.lock:
+            state.attempts[func_id] += 1
+        self.barrier.join(func_id)
+        inv = job.train_invocation(position, func_id, state.segment_threads)
+        sync = AttemptSync(self.barrier, state.attempts, [func_id])
+        try:
+            [future] = job.services.backend.invoke([inv], sync=sync, log=job.function_log)
+        except KubeMLError as exc:  # no slot free (a lost Ray node): not a retry
+            job.log(f"function {func_id}: no worker for its replacement ({exc})")
+            event = NoReplacement(func_id, exc)
+            self._carry_out(event, job.decide(event, self._situation(event)))
+            return
+        with state.lock:
+            position.retries += 1
+            state.retries += 1
+        job.listener.on_function_lost(True)
+        lane = position.lanes[func_id]
+        job.log(
+            f"function {func_id}: replaying round {position.round + 1} from sample "
+            f"{lane.done} of {len(lane.order)} on a fresh worker"
+        )
+        self.watched[future] = func_id
+        self.started += 1
+
+    def _drop(self, func_id: int, error: BaseException, survivors: int, why: str) -> None:
+        job, position = self.job, self.position
+        job.log_lost(func_id, error, why)
+        job.listener.on_function_lost(False)
+        job.change_parallelism(survivors, f"{at(position)}: function {func_id} was dropped")
+        with job.state.lock:
+            job.state.resplit = True
+        job.log(
+            f"function {func_id} dropped: its {len(position.lanes[func_id].remaining)} samples "
+            f"are re-split over the {survivors} other function(s) from the next round"
+        )
+        self.barrier.drop(func_id)  # its slot goes back when the survivors stop (`run`)
+
+    def merge(self, round_index: int, reports: list[RoundReport]) -> Release:
+        """The parameter server's step, on the thread of the round's last function: merge
+        the round into the reference model, advance the position, and tell the functions
+        whether to go on (not when N is to change or the task stops)."""
+        job, state, position = self.job, self.job.state, self.position
+        with state.lock:
+            in_place = job.server.merge(reports)
+            before = position.samples
+            for r in reports:
+                position.advance(r.func_id, r.samples, r.loss_sum, r.batches)
+            position.round += 1
+            parallelism = state.parallelism
+        batches = sum(r.batches for r in reports)
+        loss = sum(r.loss_sum for r in reports) / batches if batches else float("nan")
+        samples = position.samples - before
+        job.listener.on_round(state.epoch + 1, position.round, loss, parallelism, samples)
+        if job.checkpoints.due():
+            job.checkpoint(position, background=True)
+        wanted = state.requests.peek_resize()
+        resize = wanted is not None and wanted[0] != parallelism
+        proceed = not (state.requests.stopping or state.resplit or resize)
+        threads = self._threads_now() if proceed else 0  # a last round needs none
+        return Release(proceed=proceed, in_place=in_place, threads=threads)
+
+    def _threads_now(self) -> int:
+        """A new thread share for the segment's functions, when another task started or
+        ended since it began (else 0: they keep theirs)."""
+        job, state = self.job, self.job.state
+        if not job.services.backend.takes_threads:
+            return 0
+        share = job.threads(state.segment_functions)
+        with state.lock:
+            if share == state.segment_threads:
+                return 0
+            old, state.segment_threads = state.segment_threads, share
+        job.log(f"torch threads per function {old} -> {share} (other tasks)")
+        return share
+
+
+def at(position: Position) -> str:
+    """Where a task stands, for the log: a round boundary."""
+    return f"at round {position.round} of epoch {position.epoch + 1}"

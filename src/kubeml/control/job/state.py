@@ -1,0 +1,94 @@
+"""What a job knows, as one value (`JobState`), and the requests other threads leave for it."""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from dataclasses import dataclass, field
+from enum import Enum
+
+from kubeml.api.schemas import EpochRecord
+from kubeml.control.job.decisions import Decision, Event
+from kubeml.control.job.resize import Resize
+from kubeml.control.plan.position import Position
+
+
+class StopCause(str, Enum):
+    USER = "user"  # `task stop`: the task ends as stopped
+    SHUTDOWN = "shutdown"  # the server is stopping: the next start resumes the task
+
+
+class Requests:
+    """A task's pending stop and resize: the one place where other threads (the API, the
+    scheduler, a shutdown) ask anything of a task, from its admission on, before its job
+    exists too. The job takes them at round boundaries."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._stop: StopCause | None = None
+        self._resize: tuple[int, str] | None = None
+
+    def stop(self, cause: StopCause = StopCause.USER) -> None:
+        """Stop at the next round boundary; a user's stop is never turned into a shutdown's."""
+        with self._lock:
+            if self._stop is not StopCause.USER:
+                self._stop = cause
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop is not None
+
+    @property
+    def stop_cause(self) -> StopCause | None:
+        return self._stop
+
+    def resize(self, parallelism: int, reason: str = "") -> None:
+        """Run `parallelism` functions from the next round boundary (the last ask wins)."""
+        with self._lock:
+            self._resize = (parallelism, reason)
+
+    def peek_resize(self) -> tuple[int, str] | None:
+        return self._resize
+
+    def take_resize(self) -> tuple[int, str] | None:
+        with self._lock:
+            resize, self._resize = self._resize, None
+            return resize
+
+
+@dataclass(eq=False)
+class JobState:
+    """Everything a running job knows and changes: N, the lr and its ramp, the epoch, the
+    `Position`, retries and attempts, the pending re-split, the running segment's shape.
+
+    Two threads write it, always holding `lock`: the job's own thread (between rounds, and
+    when it carries out a decision on a lost function), and the merge, which runs on the
+    thread of the round's last function (`TrainJob._merge`: it may advance `position` and
+    change `segment_threads`, nothing else). `requests` is written by other threads under
+    its own lock and read here. `log` keeps the last events and decisions, in order.
+    """
+
+    parallelism: int
+    lr: float
+    epoch: int
+    requests: Requests = field(default_factory=Requests)
+    position: Position | None = None
+    lr_from: float | None = None  # set by a resize: the next segment ramps from it
+    retries: int = 0  # replays started in this task (the retry budget's count)
+    attempts: dict[int, int] = field(default_factory=dict)  # func_id -> its current attempt
+    resplit: bool = False  # a function was dropped: re-split at the next round boundary
+    segment_functions: int = 1  # functions of the running segment
+    segment_threads: int = 1  # torch threads each of them runs
+    records: list[EpochRecord] = field(default_factory=list)
+    log: deque[tuple[Event | Resize | str, Decision | None]] = field(
+        default_factory=lambda: deque(maxlen=512)
+    )
+    lock: threading.RLock = field(default_factory=threading.RLock)
+
+    def apply(self, change: Resize | None) -> None:
+        """Take a new N and its lr (from `resize.resize`)."""
+        if change is None:
+            return
+        with self.lock:
+            self.parallelism, self.lr, self.lr_from = change.parallelism, change.lr, change.lr_from
+            self.log.append((change, None))

@@ -1,0 +1,1 @@
+"""The parameter server: averaging maths, the outer step, and the threads that merge a round."""

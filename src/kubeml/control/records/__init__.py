@@ -1,0 +1,1 @@
+"""What the control plane keeps on disk: metadata, checkpoints, task logs, function code."""

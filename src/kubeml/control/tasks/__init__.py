@@ -1,0 +1,1 @@
+"""The task service: the engine, the live-task registry, the runner, the scheduler, policies."""
