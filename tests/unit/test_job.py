@@ -2,190 +2,35 @@
 
 from __future__ import annotations
 
-import threading
 import time
 from collections import Counter
-from concurrent.futures import Future
 from dataclasses import replace
 
-import numpy as np
 import pytest
 import torch
 
-from kubeml.api.schemas import TaskState, TrainRequest
-from kubeml.backends.base import FunctionBackend
-from kubeml.control.job.loop import JobServices, TrainJob
+from kubeml.api.schemas import TaskState
 from kubeml.control.plan.chunks import epoch_orders
-from kubeml.control.records.checkpoints import CheckpointStore
 from kubeml.control.tasks.policy import StaticPolicy
 from kubeml.control.tasks.scheduler import Resize, Scheduler
 from kubeml.errors import BackendError, FunctionError
-from kubeml.runtime.invocation import FunctionCode, InvocationResult, Mode
-from kubeml.runtime.sync import RoundReport
-
-TRAIN_SIZE = 250  # four chunks, the last one short
-
-
-class ScriptedBackend(FunctionBackend):
-    """Functions train the samples the job gives them, in rounds of K batches, and publish
-    the weight `script(epoch, func_id, round)` returns; or raise what it returns, or
-    "hang", or "die" (a lost worker, once per (epoch, func_id, round))."""
-
-    def __init__(self, datasets, models, script, accuracy=50.0):
-        super().__init__(capacity=4)
-        self.datasets, self.models = datasets, models
-        self.script = script
-        self.accuracy = accuracy
-        self.cancelled = []
-        self.trained = Counter()  # (epoch, sample) -> times merged
-        self.invocations = []
-        self.died = set()
-
-    def invoke(self, invocations, *, sync, log):
-        futures = []
-        for inv in invocations:
-            self.invocations.append(inv)
-            future: Future = Future()
-            futures.append(future)
-            threading.Thread(target=self._run, args=(inv, sync, future), daemon=True).start()
-        return futures
-
-    def _run(self, inv, sync, future):
-        if inv.mode is Mode.INIT:
-            self.models.write_reference(inv.task_id, {"w": torch.zeros(2), "n": torch.tensor(0)})
-            future.set_result(InvocationResult(inv.func_id, inv.mode))
-            return
-        if inv.mode is Mode.VALIDATE:
-            future.set_result(
-                InvocationResult(inv.func_id, inv.mode, samples=5, loss=0.5, accuracy=self.accuracy)
-            )
-            return
-        shard = np.concatenate([np.arange(a, b) for a, b in inv.ranges])
-        samples = shard[list(inv.order)]
-        per_round = inv.batch_size * (inv.k if inv.k > 0 else len(samples))
-        done, round_index = 0, inv.round
-        while True:
-            step = self.script(inv.epoch, inv.func_id, round_index)
-            key = (inv.epoch, inv.func_id, round_index)
-            if step == "hang":
-                return  # never publishes, never returns
-            if step == "die" and key in self.died:
-                step = 1.0  # the replacement trains the round
-            elif step == "die":
-                self.died.add(key)
-                step = BackendError(f"the worker running function {inv.func_id} died")
-            if isinstance(step, Exception):
-                sync.fail(inv.func_id, step)
-                future.set_exception(step)
-                return
-            take = samples[done : done + per_round]
-            done += len(take)
-            state = {"w": torch.full((2,), float(step)), "n": torch.tensor(round_index + 1)}
-            self.models.publish(inv.task_id, inv.func_id, state)
-            batches = -(-len(take) // inv.batch_size)
-            final = done >= len(samples)
-            report = RoundReport(
-                inv.task_id, inv.func_id, round_index, len(take), 1.0 * batches, batches, final
-            )
-            release = sync.publish(report)
-            self.trained.update((inv.epoch, int(s)) for s in take)
-            round_index += 1
-            if final or not release.proceed:
-                break
-        future.set_result(InvocationResult(inv.func_id, inv.mode, samples=done, rounds=1))
-
-    def cancel(self, task_id):
-        self.cancelled.append(task_id)
-
-
-class GrantAll:
-    """Slots from a scheduler with room for any N; records what the job asked."""
-
-    def __init__(self):
-        self.asked = []
-
-    def want(self, parallelism):
-        self.asked.append(("want", parallelism))
-        return parallelism
-
-    def answer(self, parallelism):
-        self.asked.append(("answer", parallelism))
-        return parallelism
-
-    def busy(self):
-        return 0  # no other task runs
-
-
-class Recorder:
-    def __init__(self):
-        self.rounds, self.epochs, self.lost, self.invocations = [], [], [], [0, 0]
-        self.logs = []
-
-    def on_round(self, epoch, round_index, train_loss, parallelism, samples):
-        self.rounds.append((epoch, round_index))
-
-    def on_epoch(self, record):
-        self.epochs.append(record)
-
-    def on_invocations(self, started, failed):
-        self.invocations[0] += started
-        self.invocations[1] += failed
-
-    def on_function_lost(self, replaced):
-        self.lost.append(replaced)
-
-    def on_restore(self, records):
-        self.epochs = list(records)
+from kubeml.runtime.invocation import Mode
+from tests.unit.scripted import (
+    TRAIN_SIZE,
+    ScriptedBackend,
+    exactly_once,
+    make_job,
+    make_stores,
+)
 
 
 @pytest.fixture
 def stores(tmp_path):
-    from kubeml.stores.datasets import LocalDatasetStore
-    from kubeml.stores.models import LocalModelStore
-
-    datasets = LocalDatasetStore(tmp_path / "datasets")
-    x = np.zeros((TRAIN_SIZE, 2), dtype=np.float32)
-    y = np.zeros(TRAIN_SIZE, dtype=np.int64)
-    datasets.create("d", {"train_x": x, "train_y": y, "test_x": x[:10], "test_y": y[:10]})
-    models = LocalModelStore(tmp_path / "shm", tmp_path / "models")
-    return datasets, models, CheckpointStore(tmp_path / "checkpoints")
-
-
-def _job(
-    stores, script, *, parallelism=2, timeout_s=30.0, accuracy=50.0, backend=None, policy=None,
-    **request,
-):  # fmt: skip
-    datasets, models, checkpoints = stores
-    backend = backend or ScriptedBackend(datasets, models, script, accuracy)
-    services = JobServices(
-        backend,
-        datasets,
-        models,
-        log=lambda s, m: None,
-        slots=GrantAll(),
-        round_timeout_s=timeout_s,
-        checkpoints=checkpoints,
-        start_timeout_s=timeout_s,
-    )
-    request.setdefault("batch_size", 16)
-    request.setdefault("outer_optimizer", "average")  # the plain mean (the outer step: test_outer)
-    req = TrainRequest(function="f", dataset="d", parallelism=parallelism, **request)
-    recorder = Recorder()
-    services = replace(services, log=lambda source, message: recorder.logs.append(message))
-    job = TrainJob(
-        "task1", req, FunctionCode("f", "sha", "/nowhere"), parallelism, services, recorder,
-        policy or StaticPolicy(),
-    )  # fmt: skip
-    return job, recorder, backend
-
-
-def _exactly_once(backend, epochs):
-    expected = Counter({(e, s): 1 for e in range(epochs) for s in range(TRAIN_SIZE)})
-    assert backend.trained == expected
+    return make_stores(tmp_path)
 
 
 def test_rounds_merge_by_samples_and_the_final_model_persists(stores):
-    job, recorder, backend = _job(stores, lambda e, f, r: [1.0, 4.0][f], k=1, batch_size=128)
+    job, recorder, backend = make_job(stores, lambda e, f, r: [1.0, 4.0][f], k=1, batch_size=128)
     outcome = job.run()
     assert outcome.state is TaskState.SUCCEEDED, outcome.error
     assert recorder.rounds == [(1, 1)]
@@ -197,13 +42,13 @@ def test_rounds_merge_by_samples_and_the_final_model_persists(stores):
     assert final["n"].item() == 1 and final["n"].dtype == torch.int64
     assert recorder.epochs[0].accuracy == 50.0  # validated at the end
     assert recorder.invocations == [5, 0]  # init 1, train 2, validate 2
-    _exactly_once(backend, 1)
+    exactly_once(backend, 1)
 
 
 def test_init_runs_with_a_training_functions_share_of_the_cores(monkeypatch, stores):
     """A backend that sizes workers by threads (Ray) then reuses the init worker."""
     monkeypatch.setattr("os.cpu_count", lambda: 8)
-    job, _, backend = _job(stores, lambda e, f, r: 1.0, parallelism=4)
+    job, _, backend = make_job(stores, lambda e, f, r: 1.0, parallelism=4)
     assert job.run().state is TaskState.SUCCEEDED
     by_mode = {inv.mode: inv.threads for inv in backend.invocations}
     assert by_mode[Mode.INIT] == by_mode[Mode.TRAIN] == 2  # 8 cores over N=4
@@ -233,23 +78,25 @@ def test_the_policy_grows_n_up_to_the_cores_the_functions_run_on(
     monkeypatch.setattr("os.cpu_count", lambda: 2)
     datasets, models, _ = stores
     backend = backend_class(datasets, models, lambda e, f, r: 1.0)
-    job, recorder, _ = _job(stores, None, parallelism=1, epochs=4, backend=backend, policy=Grow())
+    job, recorder, _ = make_job(
+        stores, None, parallelism=1, epochs=4, backend=backend, policy=Grow()
+    )
     assert job.run().state is TaskState.SUCCEEDED
     assert [e.parallelism for e in recorder.epochs] == path
-    _exactly_once(backend, 4)
+    exactly_once(backend, 4)
 
 
 def test_every_sample_is_trained_once_per_epoch_in_k_rounds(stores):
-    job, recorder, backend = _job(stores, lambda e, f, r: 1.0, k=2, epochs=2)
+    job, recorder, backend = make_job(stores, lambda e, f, r: 1.0, k=2, epochs=2)
     assert job.run().state is TaskState.SUCCEEDED
     assert [e.rounds for e in recorder.epochs] == [4, 4]  # 125 samples = 8 batches = 4 rounds
-    _exactly_once(backend, 2)
+    exactly_once(backend, 2)
     assert not stores[2].load("task1")  # a finished task keeps no checkpoint
 
 
 def test_a_failed_function_is_never_averaged_and_fails_the_task(stores):
     error = FunctionError("user code raised", details="Traceback: ValueError in train")
-    job, recorder, _ = _job(stores, lambda e, f, r: error if (f, r) == (1, 1) else 1.0, k=2)
+    job, recorder, _ = make_job(stores, lambda e, f, r: error if (f, r) == (1, 1) else 1.0, k=2)
     outcome = job.run()
     assert outcome.state is TaskState.FAILED
     assert outcome.error == "user code raised"
@@ -261,7 +108,7 @@ def test_a_failed_function_is_never_averaged_and_fails_the_task(stores):
 
 
 def test_a_lost_worker_replays_its_round_and_nothing_is_trained_twice(stores):
-    job, recorder, backend = _job(
+    job, recorder, backend = make_job(
         stores, lambda e, f, r: "die" if (e, f, r) == (0, 1, 2) else 1.0, k=1, epochs=2
     )
     outcome = job.run()
@@ -276,11 +123,11 @@ def test_a_lost_worker_replays_its_round_and_nothing_is_trained_twice(stores):
     lane = epoch_orders(TRAIN_SIZE, 2, seed=0, epoch=0)[1]
     assert len(replay[0].order) == len(lane) - 2 * 16  # from the sample where the round began
     assert recorder.invocations[1] == 1  # counted as a failed invocation
-    _exactly_once(backend, 2)
+    exactly_once(backend, 2)
 
 
 def test_past_the_retry_budget_the_survivors_take_the_lost_samples(stores):
-    job, recorder, backend = _job(
+    job, recorder, backend = make_job(
         stores, lambda e, f, r: "die" if (f, r) == (0, 1) else 1.0, k=1, max_retries=0
     )
     outcome = job.run()
@@ -289,7 +136,7 @@ def test_past_the_retry_budget_the_survivors_take_the_lost_samples(stores):
     assert recorder.epochs[0].parallelism == 1 and recorder.epochs[0].failures == 1
     assert recorder.epochs[0].parallelism_path == [2, 1]
     assert job.services.slots.asked == [("want", 1)]  # its slot goes back to the scheduler
-    _exactly_once(backend, 1)
+    exactly_once(backend, 1)
 
 
 class SlowToStopBackend(ScriptedBackend):
@@ -366,7 +213,7 @@ def test_a_dropped_function_gives_its_slot_back_only_when_the_survivors_stop(sto
         return 1.0
 
     backend = SlowToStopBackend(datasets, models, script)
-    job, recorder, _ = _job(stores, None, parallelism=3, k=1, max_retries=0, backend=backend)
+    job, recorder, _ = make_job(stores, None, parallelism=3, k=1, max_retries=0, backend=backend)
     slots = SchedulerSlots(scheduler, backend)
     job.services = replace(job.services, slots=slots)
     jobs.append(job)
@@ -374,7 +221,7 @@ def test_a_dropped_function_gives_its_slot_back_only_when_the_survivors_stop(sto
     assert outcome.state is TaskState.SUCCEEDED, outcome.error
     assert slots.oversubscribed == []
     assert recorder.epochs[0].parallelism_path == [3, 1]
-    _exactly_once(backend, 1)
+    exactly_once(backend, 1)
 
 
 class FullBackend(ScriptedBackend):
@@ -394,13 +241,13 @@ def test_with_no_worker_for_a_replacement_the_survivors_take_the_samples(stores)
     backend = FullBackend(
         datasets, models, lambda e, f, r: "die" if (e, f, r) == (0, 1, 1) else 1.0
     )
-    job, recorder, _ = _job(stores, None, k=1, backend=backend)
+    job, recorder, _ = make_job(stores, None, k=1, backend=backend)
     outcome = job.run()
     assert outcome.state is TaskState.SUCCEEDED, outcome.error
     assert recorder.lost == [False]  # no retry is counted for a replacement that never ran
     record = recorder.epochs[0]
     assert (record.failures, record.retries, record.parallelism) == (1, 0, 1)
-    _exactly_once(backend, 1)
+    exactly_once(backend, 1)
 
 
 class OneSlotLeftBackend(FullBackend):
@@ -424,17 +271,19 @@ def test_a_larger_n_with_no_workers_for_it_shrinks_again_and_trains_on(stores):
         return 1.0
 
     backend = OneSlotLeftBackend(datasets, models, script)
-    job, recorder, _ = _job(stores, None, k=1, epochs=2, backend=backend)
+    job, recorder, _ = make_job(stores, None, k=1, epochs=2, backend=backend)
     jobs.append(job)
     outcome = job.run()
     assert outcome.state is TaskState.SUCCEEDED, outcome.error
     assert [e.parallelism for e in recorder.epochs] == [1, 1]
     assert any("no workers for N=2" in line for line in recorder.logs), recorder.logs
-    _exactly_once(backend, 2)
+    exactly_once(backend, 2)
 
 
 def test_the_last_function_lost_past_the_budget_fails_the_task(stores):
-    job, _, _ = _job(stores, lambda e, f, r: "die" if r == 0 else 1.0, parallelism=1, max_retries=0)
+    job, _, _ = make_job(
+        stores, lambda e, f, r: "die" if r == 0 else 1.0, parallelism=1, max_retries=0
+    )
     outcome = job.run()
     assert outcome.state is TaskState.FAILED and "every function" in outcome.error
 
@@ -452,7 +301,7 @@ class DiesInValidate(ScriptedBackend):
 def test_a_validation_that_always_loses_its_worker_fails_the_task_past_the_budget(stores):
     datasets, models, _ = stores
     backend = DiesInValidate(datasets, models, lambda e, f, r: 1.0)
-    job, recorder, _ = _job(stores, None, backend=backend, max_retries=2, epochs=1)
+    job, recorder, _ = make_job(stores, None, backend=backend, max_retries=2, epochs=1)
     outcome = job.run()
     assert outcome.state is TaskState.FAILED
     assert "lost during validate and the task's 2 retries are spent" in outcome.error
@@ -472,7 +321,7 @@ def test_n_changes_up_and_down_mid_epoch_and_every_sample_is_trained_once(stores
             jobs[0].request_parallelism(wanted, f"test wants {wanted}")
         return 1.0
 
-    job, recorder, backend = _job(stores, script, k=1, epochs=2)
+    job, recorder, backend = make_job(stores, script, k=1, epochs=2)
     jobs.append(job)
     assert job.run().state is TaskState.SUCCEEDED
     sizes = Counter(
@@ -485,7 +334,7 @@ def test_n_changes_up_and_down_mid_epoch_and_every_sample_is_trained_once(stores
     assert first.samples == second.samples == TRAIN_SIZE
     assert "N 3 -> 1 at round 4 of epoch 1: test wants 1" in recorder.logs
     assert job.services.slots.asked == [("answer", 3), ("answer", 1), ("answer", 2)]
-    _exactly_once(backend, 2)
+    exactly_once(backend, 2)
 
 
 def test_stop_checkpoints_the_exact_position_and_resume_continues_from_it(stores):
@@ -496,7 +345,7 @@ def test_stop_checkpoints_the_exact_position_and_resume_continues_from_it(stores
             jobs[0].stop()  # a `task stop` arriving during round 3 of epoch 2
         return 1.0
 
-    job, recorder, backend = _job(stores, script, epochs=2, k=1)
+    job, recorder, backend = make_job(stores, script, epochs=2, k=1)
     jobs.append(job)
     assert job.run().state is TaskState.STOPPED
     assert len(recorder.epochs) == 1 and recorder.rounds[-1] == (2, 3)
@@ -505,13 +354,13 @@ def test_stop_checkpoints_the_exact_position_and_resume_continues_from_it(stores
     assert len(checkpoint.records) == 1
     assert stores[1].has_final("task1")  # the model as it stopped, for inference
 
-    resumed, recorder2, _ = _job(stores, None, epochs=2, k=1, backend=backend)
+    resumed, recorder2, _ = make_job(stores, None, epochs=2, k=1, backend=backend)
     backend.script = lambda e, f, r: 1.0
     assert resumed.run().state is TaskState.SUCCEEDED
     assert len(recorder2.epochs) == 2 and recorder2.epochs[1].rounds == 8
     train = [i for i in backend.invocations if i.mode is Mode.TRAIN]
     assert [i.round for i in train[-2:]] == [3, 3]  # both lanes continue at round 4
-    _exactly_once(backend, 2)
+    exactly_once(backend, 2)
 
 
 def test_the_n_path_of_an_epoch_survives_a_stop_and_resume(stores):
@@ -526,19 +375,19 @@ def test_the_n_path_of_an_epoch_survives_a_stop_and_resume(stores):
             jobs[0].stop()
         return 1.0
 
-    job, recorder, backend = _job(stores, script, epochs=1, k=1)
+    job, recorder, backend = make_job(stores, script, epochs=1, k=1)
     jobs.append(job)
     assert job.run().state is TaskState.STOPPED
     assert recorder.epochs == []
-    resumed, recorder2, _ = _job(stores, None, epochs=1, k=1, backend=backend)
+    resumed, recorder2, _ = make_job(stores, None, epochs=1, k=1, backend=backend)
     backend.script = lambda e, f, r: 1.0
     assert resumed.run().state is TaskState.SUCCEEDED
     assert recorder2.epochs[0].parallelism_path == [2, 3, 2]
-    _exactly_once(backend, 1)
+    exactly_once(backend, 1)
 
 
 def test_goal_accuracy_ends_the_task_early(stores):
-    job, recorder, _ = _job(
+    job, recorder, _ = make_job(
         stores,
         lambda e, f, r: 1.0,
         epochs=5,
@@ -552,7 +401,9 @@ def test_goal_accuracy_ends_the_task_early(stores):
 
 
 def test_a_hung_function_fails_the_task_after_the_round_timeout(stores):
-    job, _, backend = _job(stores, lambda e, f, r: 1.0 if f == 0 else "hang", timeout_s=0.5, k=-1)
+    job, _, backend = make_job(
+        stores, lambda e, f, r: 1.0 if f == 0 else "hang", timeout_s=0.5, k=-1
+    )
     outcome = job.run()
     assert outcome.state is TaskState.FAILED
     assert "function(s) [1] made no progress" in outcome.error

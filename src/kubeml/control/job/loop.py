@@ -176,7 +176,6 @@ class TrainJob:
             if not path or path[-1] != state.parallelism:
                 path.append(state.parallelism)
             Segment(self, position).run()
-            state.lr_from = None  # the lr ramped up after a resize in that segment
         run_s = time.monotonic() - started
         return EpochRecord(
             epoch=position.epoch + 1,
@@ -274,11 +273,14 @@ class TrainJob:
             threads=threads,
         )
 
-    def train_invocation(self, position: Position, func_id: int, threads: int) -> Invocation:
+    def train_invocation(
+        self, position: Position, func_id: int, threads: int, lr_from: float | None
+    ) -> Invocation:
+        """A train invocation of `func_id`'s remaining lane; the lr ramps up from `lr_from`
+        when the segment is the first after a change of the lr."""
         ranges, order = shard_of(position.lanes[func_id].remaining)
         base = self.invocation(Mode.TRAIN, position.parallelism, threads)
-        lr_from = self.state.lr_from
-        if lr_from is not None:  # the first segment after a resize warms the lr up
+        if lr_from is not None:
             longest = max(len(lane.order) for lane in position.lanes)
             steps = warmup_steps(self.request.k, -(-longest // self.request.batch_size))
             base = replace(base, lr_warmup_from=lr_from, lr_warmup_steps=steps)

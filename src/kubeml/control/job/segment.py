@@ -45,15 +45,20 @@ class Segment:
         self.barrier = RoundBarrier(self.func_ids, self.merge)
         self.watched: dict[Future[InvocationResult], int] = {}
         self.started = self.failed = 0
+        self.lr_from: float | None = None
 
     def run(self) -> None:
         job, state, position = self.job, self.job.state, self.position
         with state.lock:
+            # This segment ramps the lr up after a change (a change during it: the next one).
+            self.lr_from, state.lr_from = state.lr_from, None
             state.segment_functions = len(self.func_ids)
             threads = state.segment_threads = job.threads(len(self.func_ids))
             for func_id in self.func_ids:
                 state.attempts[func_id] = state.attempts.get(func_id, -1) + 1
-        invocations = [job.train_invocation(position, f, threads) for f in self.func_ids]
+        invocations = [
+            job.train_invocation(position, f, threads, self.lr_from) for f in self.func_ids
+        ]
         sync = AttemptSync(self.barrier, state.attempts, self.func_ids)
         try:
             futures = job.services.backend.invoke(invocations, sync=sync, log=job.function_log)
@@ -141,7 +146,7 @@ class Segment:
         with state.lock:
             state.attempts[func_id] += 1
         self.barrier.join(func_id)
-        inv = job.train_invocation(position, func_id, state.segment_threads)
+        inv = job.train_invocation(position, func_id, state.segment_threads, self.lr_from)
         sync = AttemptSync(self.barrier, state.attempts, [func_id])
         try:
             [future] = job.services.backend.invoke([inv], sync=sync, log=job.function_log)

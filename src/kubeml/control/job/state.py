@@ -73,7 +73,7 @@ class JobState:
     epoch: int
     requests: Requests = field(default_factory=Requests)
     position: Position | None = None
-    lr_from: float | None = None  # set by a resize: the next segment ramps from it
+    lr_from: float | None = None  # set by a change of lr: the next segment ramps from it
     retries: int = 0  # replays started in this task (the retry budget's count)
     attempts: dict[int, int] = field(default_factory=dict)  # func_id -> its current attempt
     resplit: bool = False  # a function was dropped: re-split at the next round boundary
