@@ -135,7 +135,7 @@ def end_to_end_round_s(batches: int, reps: int) -> dict[str, Any]:
 def breakdown_s(reps: int) -> dict[str, float]:
     """Median seconds of each phase of a round, run serially in this process, as the
     process backend runs them: the functions' tensors live in their published files
-    (`share_into`), the merge runs on the control plane's lanes (every core; the
+    (`share_into`), the merge runs on the control plane's workers (every core; the
     functions wait meanwhile) and leaves the new model in the published files. For
     comparison: the adaptive step on one lane, and publishing / loading by copy (tensors
     that cannot be shared: a GPU's, or the Ray backend's)."""
@@ -145,7 +145,7 @@ def breakdown_s(reps: int) -> dict[str, float]:
     import torch
 
     from kubeml.control.merge.outer import OuterConfig, OuterOptimizer
-    from kubeml.control.merge.stripes import Lanes
+    from kubeml.control.merge.workers import MergeWorkers
     from kubeml.stores.models import LocalModelStore
 
     probe = _probe_module()
@@ -156,10 +156,10 @@ def breakdown_s(reps: int) -> dict[str, float]:
     task = "micro"
     saved = torch.get_num_threads()
     adaptive = OuterConfig("adaptive", 0.7, 0.9)
-    steps = {  # name: (outer optimizer, lanes: None for the control plane's)
+    steps = {  # name: (outer optimizer, workers: None for the control plane's)
         "merge (average)": (OuterConfig("average"), None),
         "merge + adaptive outer step": (adaptive, None),
-        "merge + adaptive outer step, one lane": (adaptive, Lanes(1)),
+        "merge + adaptive outer step, one worker thread": (adaptive, MergeWorkers(1)),
     }
     phases: dict[str, list[float]] = {
         "publish (one function)": [],
@@ -180,8 +180,8 @@ def breakdown_s(reps: int) -> dict[str, float]:
             store.share_into(task, func_id, network)
         states = [network.state_dict() for network in networks]
         optimizers = {
-            name: OuterOptimizer(config, store.layout(task), lanes)
-            for name, (config, lanes) in steps.items()
+            name: OuterOptimizer(config, store.layout(task), workers)
+            for name, (config, workers) in steps.items()
         }
         for _ in range(reps + 1):  # the first round touches fresh shared memory; dropped
             torch.set_num_threads(1)  # a function at N=2 on 2 cores has one thread

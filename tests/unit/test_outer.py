@@ -7,7 +7,7 @@ from torch import nn
 import kubeml.control.merge.outer as outer
 from kubeml.control.merge.average import weighted_average
 from kubeml.control.merge.outer import OuterConfig, OuterOptimizer, stepped_spans
-from kubeml.control.merge.stripes import Lanes
+from kubeml.control.merge.workers import MergeWorkers
 from kubeml.stores.flat import FlatLayout
 
 
@@ -199,13 +199,13 @@ def _round(layout: FlatLayout, ref: dict[str, torch.Tensor], seed: int) -> list:
 
 @pytest.mark.parametrize("name", ["average", "nesterov", "adaptive"])
 def test_the_result_is_the_same_bits_on_one_lane_or_several(monkeypatch, name):
-    monkeypatch.setattr(outer, "BLOCK", 4)  # many blocks, so the lanes share them out
+    monkeypatch.setattr(outer, "BLOCK", 4)  # many blocks, so the workers share them out
     net = _net()
     layout = FlatLayout.from_state(net.state_dict())
     results = []
-    for lanes in (Lanes(1), Lanes(3)):
+    for workers in (MergeWorkers(1), MergeWorkers(3)):
         ref = _groups(layout, net.state_dict())
-        opt = OuterOptimizer(OuterConfig(name, lr=0.7, momentum=0.9), layout, lanes)
+        opt = OuterOptimizer(OuterConfig(name, lr=0.7, momentum=0.9), layout, workers)
         scales = []
         for r in range(4):
             opt.step(ref, _round(layout, ref, 10 * r), [3, 1])
@@ -225,7 +225,7 @@ def test_adaptive_matches_the_straightforward_whole_tensor_computation(monkeypat
     net = _net()
     layout = FlatLayout.from_state(net.state_dict())
     ref = _groups(layout, net.state_dict())
-    opt = OuterOptimizer(OuterConfig("adaptive", lr=0.7, momentum=0.9), layout, Lanes(2))
+    opt = OuterOptimizer(OuterConfig("adaptive", lr=0.7, momentum=0.9), layout, MergeWorkers(2))
     mask = torch.zeros(ref["float32"].numel(), dtype=torch.bool)
     for a, b in stepped_spans(layout)["float32"]:
         mask[a:b] = True
@@ -252,8 +252,8 @@ def test_copies_get_the_merged_model_and_may_be_the_merged_states(monkeypatch, n
     net = _net()
     layout = FlatLayout.from_state(net.state_dict())
     plain_ref, copied_ref = _groups(layout, net.state_dict()), _groups(layout, net.state_dict())
-    plain = OuterOptimizer(OuterConfig(name, lr=0.7, momentum=0.9), layout, Lanes(2))
-    copied = OuterOptimizer(OuterConfig(name, lr=0.7, momentum=0.9), layout, Lanes(2))
+    plain = OuterOptimizer(OuterConfig(name, lr=0.7, momentum=0.9), layout, MergeWorkers(2))
+    copied = OuterOptimizer(OuterConfig(name, lr=0.7, momentum=0.9), layout, MergeWorkers(2))
     for r in range(3):
         states = _round(layout, plain_ref, 10 * r)
         plain.step(plain_ref, states, [3, 1])

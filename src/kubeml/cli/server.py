@@ -44,10 +44,10 @@ def start(
     if foreground:
         import logging
 
-        from kubeml.control.edge.app import serve
+        from kubeml.control.edge.app import run_server
 
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-        serve(settings)
+        run_server(settings)
         return
     from kubeml.client import local
 

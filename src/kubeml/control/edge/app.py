@@ -1,9 +1,9 @@
-"""The control plane's HTTP service: `create_app` builds it on an engine, `serve` runs it.
+"""The control plane's HTTP service: `create_app` builds it on an engine, `run_server` runs it.
 
     python -m kubeml.control.edge.app [--host H] [--port P] [--home DIR] [--backend B]
 
 Every error leaves as `{"error": {"code", "message", "details"}}` with the status of its
-`KubeMLError` class, so the client can raise the same class again. While it runs, `serve`
+`KubeMLError` class, so the client can raise the same class again. While it runs, `run_server`
 keeps `server.json` (pid and URL) in the kubeml home; `kubeml.client.local` reads it.
 """
 
@@ -82,7 +82,7 @@ def check_exposure(settings: Settings) -> None:
         )
 
 
-def serve(settings: Settings) -> None:
+def run_server(settings: Settings) -> None:
     """Run the control plane in the foreground until SIGINT or SIGTERM; then close the engine."""
     import uvicorn
 
@@ -119,7 +119,7 @@ class _StopOnSignal:
     """SIGINT and SIGTERM ask the server to stop, also before uvicorn has set its handlers.
 
     After its graceful shutdown uvicorn raises the signal it caught again; caught here, it
-    no longer kills the process before `serve` has closed the engine and removed its state.
+    no longer kills the process before `run_server` has closed the engine and removed its state.
     """
 
     def __init__(self) -> None:
@@ -210,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     try:
-        serve(Settings(**overrides))
+        run_server(Settings(**overrides))
     except KubeMLError as exc:
         print(f"Error: {exc}", file=sys.stderr)
         return 1

@@ -32,7 +32,7 @@ checkpoint can save it (`state_dict` / `load_state_dict`). The step runs in bloc
 `BLOCK` elements: each block is averaged into a small scratch buffer and stepped while it
 is in cache, so a round reads every published state, the reference and the momentum
 once and writes the reference and the momentum once. The blocks are spread over the
-cores (`kubeml.control.merge.stripes`); a block's result does not depend on which lane computed
+cores (`kubeml.control.merge.workers`); a block's result does not depend on which lane computed
 it, so the result is the same bits on one core or many.
 """
 
@@ -51,7 +51,7 @@ from kubeml.control.merge.average import (
     normalized_weights,
     weighted_average_into,
 )
-from kubeml.control.merge.stripes import Lanes, process_lanes
+from kubeml.control.merge.workers import MergeWorkers, merge_workers
 from kubeml.stores.flat import FlatLayout
 
 BLOCK = 1 << 18  # elements: 1 MB per float32 operand, ~5 MB for N=2, stays in L2/L3
@@ -155,12 +155,14 @@ class OuterOptimizer:
     """Merges a round's published states into the reference groups, in place.
 
     Args:
-        lanes: the threads the blocks run on (default: the process's, one per core).
+        workers: the threads the blocks run on (default: the process's, one per core).
     """
 
-    def __init__(self, config: OuterConfig, layout: FlatLayout, lanes: Lanes | None = None) -> None:
+    def __init__(
+        self, config: OuterConfig, layout: FlatLayout, workers: MergeWorkers | None = None
+    ) -> None:
         self.config = config
-        self._lanes = lanes
+        self._workers = workers
         self._spans = stepped_spans(layout)
         self._momentum: dict[str, torch.Tensor] = {}
         self._scratch = threading.local()  # nesterov: one block of the change per lane
@@ -183,7 +185,7 @@ class OuterOptimizer:
         each finished block is also copied into `copies` while it is in cache (they may be
         some of `states`: a block of them is read before it is overwritten).
 
-        The blocks run on every core (the lanes): the round's functions wait at the barrier
+        The blocks run on every core (the workers): the round's functions wait at the barrier
         meanwhile. Each block's result does not depend on the lane that computed it, and
         the adaptive step's dot products are summed in block order, so the result is the
         same bits on any number of cores."""
@@ -212,7 +214,7 @@ class OuterOptimizer:
             for start, stop in spans.get(dtype, [])
             for a, b in _split(start, stop)
         ]
-        lanes = self._lanes if self._lanes is not None else process_lanes()
+        workers = self._workers if self._workers is not None else merge_workers()
 
         def run(fn: Callable[[_Block], Any], blocks: list[_Block], last: bool = True) -> list:
             def block(blk: _Block) -> Any:
@@ -221,7 +223,7 @@ class OuterOptimizer:
                     _copy_block(floats[blk.dtype], copies, blk)
                 return out
 
-            return lanes.map(block, blocks)
+            return workers.map(block, blocks)
 
         run(lambda blk: _mean_block(floats[blk.dtype], pairs, blk), averaged)
         if not stepped:
@@ -232,7 +234,7 @@ class OuterOptimizer:
         # buffer, and no cache line fetched only to be overwritten), else in a buffer.
         in_first = any(copy is pairs[0][0] for copy in copies)
         change = pairs[0][0] if in_first else self._change
-        for dtype in dict.fromkeys(blk.dtype for blk in stepped):  # made here, not in lanes
+        for dtype in dict.fromkeys(blk.dtype for blk in stepped):  # made here, not in workers
             if mu > 0:
                 self._buffer(dtype, floats[dtype])
             have = self._change.get(dtype)

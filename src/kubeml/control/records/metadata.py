@@ -32,7 +32,8 @@ CREATE TABLE IF NOT EXISTS histories (task_id TEXT PRIMARY KEY, body TEXT NOT NU
 """
 
 
-def _now() -> datetime:
+def utc_now() -> datetime:
+    """The time every record of the control plane is stamped with (UTC, aware)."""
     return datetime.now(timezone.utc)
 
 
@@ -109,7 +110,7 @@ class MetadataStore:
 
     # -- functions ------------------------------------------------------------------------
     def put_function(self, name: str, sha256: str, *, update: bool) -> FunctionInfo:
-        now = _now().isoformat()
+        now = utc_now().isoformat()
         with self._lock:
             exists = self._db.execute("SELECT 1 FROM functions WHERE name=?", (name,)).fetchone()
             if update and not exists:

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from kubeml.api.schemas import LogLine
+from kubeml.control.records.metadata import utc_now
 
 
 @dataclass
@@ -73,7 +74,7 @@ class TaskLogs:
                     log.handle.seek(log.handle.tell() - 1)
                     if log.handle.read(1) != "\n":
                         log.handle.write("\n")
-            record = {"i": log.count, "t": _now(), "s": source, "m": message}
+            record = {"i": log.count, "t": utc_now().isoformat(), "s": source, "m": message}
             log.handle.write(json.dumps(record) + "\n")
             log.handle.flush()
             log.count += 1
@@ -122,10 +123,6 @@ class TaskLogs:
         if log.handle is not None:
             log.handle.close()
         log.handle, log.target = None, None
-
-
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat()
 
 
 def _damaged(index: int, out: list[LogLine]) -> LogLine:

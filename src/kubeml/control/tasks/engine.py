@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import secrets
 import threading
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -33,7 +32,7 @@ from kubeml.control.job.loop import TrainJob
 from kubeml.control.job.ports import JobServices, Slots
 from kubeml.control.records.checkpoints import CheckpointStore
 from kubeml.control.records.functions import FunctionStore
-from kubeml.control.records.metadata import MetadataStore
+from kubeml.control.records.metadata import MetadataStore, utc_now
 from kubeml.control.records.tasklog import TaskLogs
 from kubeml.control.tasks.metrics import Metrics
 from kubeml.control.tasks.policy import policy_for
@@ -51,10 +50,6 @@ if TYPE_CHECKING:
     import numpy as np
 
     from kubeml.backends.base import FunctionBackend
-
-
-def _now() -> datetime:
-    return datetime.now(timezone.utc)
 
 
 class Engine:
@@ -148,7 +143,7 @@ class Engine:
             state=TaskState.QUEUED,
             parallelism=request.parallelism,
             function_sha256=function.sha256,
-            created_at=_now(),
+            created_at=utc_now(),
         )
         history = History(
             task_id=task_id, request=request, state=TaskState.QUEUED,
@@ -329,7 +324,7 @@ class Engine:
                 info.model_copy(
                     update={
                         "state": TaskState.FAILED,
-                        "finished_at": _now(),
+                        "finished_at": utc_now(),
                         "error": f"interrupted: the control plane stopped during this task; "
                         f"`kubeml task resume --id {info.id}` continues after epoch {done}",
                     }

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from datetime import datetime, timezone
 
 from kubeml.api.schemas import History, PolicyName, TaskInfo, TaskState
 from kubeml.control.job.loop import TrainJob
 from kubeml.control.job.ports import JobOutcome, Slots
 from kubeml.control.job.state import StopCause
-from kubeml.control.records.metadata import MetadataStore
+from kubeml.control.records.metadata import MetadataStore, utc_now
 from kubeml.control.records.tasklog import TaskLogs
 from kubeml.control.tasks.metrics import Metrics
 from kubeml.control.tasks.registry import TaskRecorder, TaskRegistry
@@ -19,10 +18,6 @@ from kubeml.errors import KubeMLError
 
 # (the task's recorder, its parallelism, how it asks for slots) -> the job to run
 JobFactory = Callable[[TaskRecorder, int, Slots], TrainJob]
-
-
-def _now() -> datetime:
-    return datetime.now(timezone.utc)
 
 
 class TaskRunner:
@@ -91,7 +86,7 @@ class TaskRunner:
             return
         task_id = recorder.id
         job = self._make_job(recorder, admit.parallelism, _TaskSlots(self, task_id))
-        recorder.update(state=TaskState.RUNNING, started_at=_now())
+        recorder.update(state=TaskState.RUNNING, started_at=utc_now())
         recorder.persist()  # the history's state follows the task's: running
         threading.Thread(
             target=self._run, args=(job, recorder), daemon=True, name=f"kubeml-job-{task_id}"
@@ -117,7 +112,7 @@ class TaskRunner:
             state=outcome.state,
             error=outcome.error,
             traceback=outcome.traceback,
-            finished_at=_now(),
+            finished_at=utc_now(),
         )
         recorder.persist()
         self._metrics.task_finished(recorder.id, outcome.state.value)

@@ -1,14 +1,14 @@
-"""Lanes: the parameter server's threads for a round's merge, one per core.
+"""Merge workers: the parameter server's threads for a round's merge, one per core.
 
 A merge runs while the round's functions wait at the barrier, so the cores are free. Its
 work is memory-bound blocks of a few torch ops each; intra-op (OpenMP) threads would make
 every op wait at a barrier for a descheduled thread (measured: 1.3-4 s a round for
-ResNet-18 at load 8 on 2 cores, vs 0.08 s). Lanes instead pull whole blocks from a
+ResNet-18 at load 8 on 2 cores, vs 0.08 s). MergeWorkers instead pull whole blocks from a
 shared counter, each op on one thread: a descheduled lane holds up one block, not every
-op. torch ops release the GIL, so the lanes run in parallel.
+op. torch ops release the GIL, so the workers run in parallel.
 
 torch's thread count is per OS thread once set, but `torch.set_num_threads` also stores
-the count that threads started later begin with; the lanes set theirs to 1 and the
+the count that threads started later begin with; the workers set theirs to 1 and the
 count later threads inherit is put back.
 """
 
@@ -26,28 +26,28 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 
-class Lanes:
+class MergeWorkers:
     """`map(fn, items)` on `threads` background threads; the caller waits.
 
-    The caller's own torch settings are never touched: only the lanes run the blocks,
+    The caller's own torch settings are never touched: only the workers run the blocks,
     each with one torch thread, so a block's result is the same on any lane.
     """
 
     def __init__(self, threads: int) -> None:
         if threads < 1:
-            raise ValueError(f"lanes need at least one thread, not {threads}")
+            raise ValueError(f"workers need at least one thread, not {threads}")
         self.threads = threads
         self._jobs: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
         inherited = torch.get_num_threads()
         started = threading.Barrier(threads + 1)
         for index in range(threads):
             threading.Thread(
-                target=self._serve, args=(started,), name=f"kubeml-lane-{index}", daemon=True
+                target=self._work, args=(started,), name=f"kubeml-merge-{index}", daemon=True
             ).start()
         started.wait()
         torch.set_num_threads(inherited)  # the count threads started later begin with
 
-    def _serve(self, started: threading.Barrier) -> None:
+    def _work(self, started: threading.Barrier) -> None:
         # torch starts a thread's count from the stored one at its first parallel call:
         # make that call first, or it would undo the 1 set here once `inherited` is back.
         torch.get_num_threads()
@@ -57,7 +57,7 @@ class Lanes:
             self._jobs.get()()
 
     def map(self, fn: Callable[[T], R], items: Sequence[T]) -> list[R]:
-        """`[fn(item) for item in items]`, the items spread over the lanes; the first
+        """`[fn(item) for item in items]`, the items spread over the workers; the first
         error is raised once every lane has stopped."""
         results: list[R | None] = [None] * len(items)
         errors: list[BaseException] = []
@@ -89,16 +89,16 @@ class Lanes:
         return results  # type: ignore[return-value]  # every index was filled
 
 
-_lanes: Lanes | None = None
-_lanes_lock = threading.Lock()
+_workers: MergeWorkers | None = None
+_workers_lock = threading.Lock()
 
 
-def process_lanes() -> Lanes:
-    """The process's lanes: one per core it may run on (started at the first merge)."""
-    global _lanes
-    with _lanes_lock:
-        if _lanes is None:
+def merge_workers() -> MergeWorkers:
+    """The process's workers: one per core it may run on (started at the first merge)."""
+    global _workers
+    with _workers_lock:
+        if _workers is None:
             affinity = getattr(os, "sched_getaffinity", None)  # Linux: the cores it may use
             cores = len(affinity(0)) if affinity else os.cpu_count() or 1
-            _lanes = Lanes(cores)
-        return _lanes
+            _workers = MergeWorkers(cores)
+        return _workers
