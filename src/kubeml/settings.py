@@ -67,6 +67,11 @@ class Settings(BaseSettings):
         default=True, description="resume tasks a crash interrupted when the server restarts"
     )
     shm_dir: Path | None = Field(default=None, description="fast scratch for weights")
+    torch_threads: int = Field(
+        default=0, ge=0, le=1024,
+        description="torch threads per function; 0: its share of the cores, which follows "
+        "the other running tasks (pin it for bit-identical results whatever else runs)",
+    )  # fmt: skip
     max_upload_mb: int = Field(
         default=2048, ge=1, le=2**20, description="largest dataset upload accepted"
     )

@@ -101,7 +101,7 @@ def test_functions_share_the_cores_with_the_other_running_tasks(
     task: dict[str, Any] = dict(
         function="slow", dataset="digits", parallelism=1, static=True, k=2, lr=0.05
     )
-    a = engine.train(**task, epochs=3)
+    a = engine.train(**task, epochs=8)  # long enough for b to start on a loaded machine
     deadline = time.monotonic() + 60
     while engine.get_task(a).round < 3:
         assert time.monotonic() < deadline, "task a never reached round 3"

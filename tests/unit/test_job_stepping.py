@@ -154,7 +154,10 @@ def test_requests_from_other_threads_at_random_moments_keep_the_invariants(store
     meddler.start()
     outcome = job.run()
     meddler.join()
-    assert outcome.state in (TaskState.SUCCEEDED, TaskState.STOPPED), outcome.error
+    if outcome.state is TaskState.FAILED:  # the death hit the only function, past the budget
+        assert "every function of the task was lost" in outcome.error
+    else:
+        assert outcome.state in (TaskState.SUCCEEDED, TaskState.STOPPED)
     rule = LrRule(0.02, "linear", 2)
     for parallelism, granted, lr in backend.starts:
         assert parallelism <= granted

@@ -49,6 +49,10 @@ class Invocation:
     order: tuple[int, ...] = ()  # training order, as positions in the shard; () = shuffled
     round: int = 0  # the epoch's round this invocation starts in (a replay, a re-split)
     optimizer_state: str = "keep"
+    # Load the optimizer's state kept for `round` (a replay, a resume mid-epoch), so the
+    # function goes on with the momentum the lost one had.
+    restore_state: bool = False
+    first_batch: int = 0  # the batch index, within this function's epoch, of `order`'s first
     threads: int = 1
     infer_data: list[Any] | None = None
     model_version: str = ""  # of the final model an infer invocation serves; "" never caches

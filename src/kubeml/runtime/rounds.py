@@ -120,6 +120,8 @@ class RoundDriver:
             if model.optimizer is None or inv.optimizer_state == "reset":
                 self.hook = "configure_optimizers()"
                 model.optimizer = model.configure_optimizers()
+                if round_index == inv.round and inv.restore_state:
+                    self._restore_optimizer(model)
                 base_lrs = [group["lr"] for group in model.optimizer.param_groups]
             loss_sum, samples, start_index = 0.0, 0, batch_index
             while batch_index < n_batches and batch_index - start_index < k:
@@ -131,7 +133,7 @@ class RoundDriver:
                 batch = to_device(next(it), model.device)
                 sync.progress(inv.func_id)  # the heartbeat: a hook that never returns is hung
                 self.hook = "train()"
-                loss = float(train_step(batch, batch_index))
+                loss = float(train_step(batch, inv.first_batch + batch_index))
                 if not math.isfinite(loss):
                     raise FunctionError(
                         f"train() returned loss {loss} at epoch {inv.epoch}, batch "
@@ -143,6 +145,12 @@ class RoundDriver:
                 batch_index += 1
             self.hook = "main()"
             final = batch_index >= n_batches
+            if not final and inv.optimizer_state == "keep" and models.keeps_function_state:
+                # Before the round is published: once it is merged, a replay of the next
+                # round on a fresh worker starts from this.
+                models.save_function_state(
+                    inv.task_id, inv.func_id, round_index + 1, model.optimizer.state_dict()
+                )
             handle = models.publish(inv.task_id, inv.func_id, state)
             report = RoundReport(
                 inv.task_id,
@@ -170,6 +178,19 @@ class RoundDriver:
             loss=total_loss / batch_index if batch_index else None,
             rounds=round_index - inv.round,
         )
+
+    def _restore_optimizer(self, model: KubeModel) -> None:
+        """The optimizer's state the function had at the start of this round (a replay, a
+        resume), kept by the store; without it the round starts with a fresh optimizer."""
+        inv = self.ctx.invocation
+        kept = self.ctx.models.load_function_state(inv.task_id, inv.func_id, inv.round)
+        if kept is None:
+            self.ctx.logger.warning(
+                "no kept optimizer state for round %d: it starts afresh", inv.round + 1
+            )
+            return
+        assert model.optimizer is not None
+        model.optimizer.load_state_dict(kept)
 
     def _validate(self, model: KubeModel) -> InvocationResult:
         inv = self.ctx.invocation

@@ -67,6 +67,23 @@ class FunctionModels(ABC):
         the reference, which holds the same values."""
         self.load_reference_into(task_id, state)
 
+    # A function's own state between rounds (its optimizer's), kept so that a replay of a
+    # round, or a resume, starts from what the lost function had: the same bits.
+    keeps_function_state = False
+
+    def save_function_state(  # noqa: B027 - stores that cannot keep it keep nothing
+        self, task_id: str, func_id: int, round_index: int, state: dict[str, Any]
+    ) -> None:
+        """Keep `state` as what `func_id` starts round `round_index` with (this round's
+        and the previous one's are kept: a function lost after saving the next round's
+        state but before its round merged is replayed from the older one)."""
+
+    def load_function_state(
+        self, task_id: str, func_id: int, round_index: int
+    ) -> dict[str, Any] | None:
+        """What `save_function_state` kept for that round; None if nothing was."""
+        return None
+
 
 # -- what the parameter server uses -----------------------------------------------------------
 class ServerModels(ABC):
@@ -96,6 +113,17 @@ class ServerModels(ABC):
     @abstractmethod
     def clear_task(self, task_id: str) -> None:
         """Drop the transient weights of a task."""
+
+    def function_states(
+        self, task_id: str, round_index: int, func_ids: Sequence[int]
+    ) -> dict[int, dict[str, Any]]:
+        """The functions' states kept for `round_index` (for a checkpoint): all, or none."""
+        return {}
+
+    def restore_function_states(  # noqa: B027 - stores that keep none restore none
+        self, task_id: str, round_index: int, states: dict[int, dict[str, Any]]
+    ) -> None:
+        """Put states back (from a checkpoint) for the functions of `round_index`."""
 
 
 # -- trained models ---------------------------------------------------------------------------

@@ -12,6 +12,7 @@ import contextlib
 import os
 import shutil
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -33,6 +34,7 @@ class LocalModelStore(FunctionModels, ControlModels):
     model back there (`shares_published`)."""
 
     shares_published = True
+    keeps_function_state = True
 
     def __init__(self, scratch_dir: Path, models_dir: Path) -> None:
         self._open(Path(scratch_dir), Path(models_dir))
@@ -139,6 +141,54 @@ class LocalModelStore(FunctionModels, ControlModels):
                 if place is not None and _shareable(tensor, place):
                     place.copy_(tensor)
                     tensor.data = place
+
+    # -- functions' own state between rounds ----------------------------------------------
+    def _state_path(self, task_id: str, func_id: int, round_index: int) -> Path:
+        return self._task_dir(task_id) / f"state-{func_id}-{round_index % 2}.pt"
+
+    def save_function_state(
+        self, task_id: str, func_id: int, round_index: int, state: dict[str, Any]
+    ) -> None:
+        import torch
+
+        path = self._state_path(task_id, func_id, round_index)
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        try:
+            torch.save({"round": round_index, "state": state}, tmp)
+            tmp.replace(path)  # a function killed mid-write leaves the older state whole
+        except OSError as exc:
+            raise StorageError(f"cannot keep the state of function {func_id}: {exc}") from exc
+
+    def load_function_state(
+        self, task_id: str, func_id: int, round_index: int
+    ) -> dict[str, Any] | None:
+        import torch
+
+        path = self._state_path(task_id, func_id, round_index)
+        try:
+            kept = torch.load(path, weights_only=True, map_location="cpu")
+        except FileNotFoundError:
+            return None
+        except Exception as exc:
+            raise StorageError(
+                f"the kept state of function {func_id} is unreadable: {exc}"
+            ) from exc
+        return kept["state"] if kept.get("round") == round_index else None
+
+    def function_states(
+        self, task_id: str, round_index: int, func_ids: Sequence[int]
+    ) -> dict[int, dict[str, Any]]:
+        states = {f: self.load_function_state(task_id, f, round_index) for f in func_ids}
+        if any(state is None for state in states.values()):
+            return {}
+        return states  # type: ignore[return-value]
+
+    def restore_function_states(
+        self, task_id: str, round_index: int, states: dict[int, dict[str, Any]]
+    ) -> None:
+        self._task_dir(task_id).mkdir(parents=True, exist_ok=True)
+        for func_id, state in states.items():
+            self.save_function_state(task_id, func_id, round_index, state)
 
     # -- parameter-server side ----------------------------------------------------------
     def published_groups(self, task_id: str, func_id: int, handle: Any) -> Groups:

@@ -141,6 +141,11 @@ class TrainJob:
             position = checkpoint.position
             if position.round == 0 and position.samples == 0:
                 return self._fresh_position(position.epoch)  # with today's N
+            if checkpoint.function_states:  # the functions go on with their optimizers
+                models.restore_function_states(
+                    self.task_id, position.round, checkpoint.function_states
+                )
+                self.state.restore_at = position.round
             return position
         if self.start_epoch > 0 and models.has_final(self.task_id):
             # A task from before checkpoints: the model of its last completed epoch.
@@ -202,6 +207,7 @@ class TrainJob:
             self.state.resplit = False
             if position.parallelism != self.state.parallelism:
                 position.resplit(self.state.parallelism)
+                self.state.restore_at = None  # new lanes start with fresh optimizers
 
     def _validation_due(self, epoch: int) -> bool:
         every = self.request.validate_every
@@ -248,11 +254,17 @@ class TrainJob:
             return
         models = self.services.models
         views = models.layout(self.task_id).views(models.reference_groups(self.task_id))
+        keep = self.request.optimizer_state.value == "keep" and position.round > 0
         snapshot = Checkpoint(
             position=Position.from_state(position.to_state()),  # a copy, frozen now
             model={k: v.clone() for k, v in views.items()},
             records=list(self.state.records),
             outer_state=self.server.state_dict(),
+            function_states=(
+                models.function_states(self.task_id, position.round, position.live())
+                if keep
+                else {}
+            ),
         )
         self.checkpoints.write(snapshot, background=background)
 
@@ -274,12 +286,22 @@ class TrainJob:
         )
 
     def train_invocation(
-        self, position: Position, func_id: int, threads: int, lr_from: float | None
+        self,
+        position: Position,
+        func_id: int,
+        threads: int,
+        lr_from: float | None,
+        restore: bool = False,
     ) -> Invocation:
         """A train invocation of `func_id`'s remaining lane; the lr ramps up from `lr_from`
-        when the segment is the first after a change of the lr."""
-        ranges, order = shard_of(position.lanes[func_id].remaining)
+        when the segment is the first after a change of the lr; `restore`: the function
+        loads the optimizer state kept for this round (a replay, a resume)."""
+        lane = position.lanes[func_id]
+        ranges, order = shard_of(lane.remaining)
         base = self.invocation(Mode.TRAIN, position.parallelism, threads)
+        base = replace(
+            base, restore_state=restore, first_batch=lane.done // self.request.batch_size
+        )
         if lr_from is not None:
             longest = max(len(lane.order) for lane in position.lanes)
             steps = warmup_steps(self.request.k, -(-longest // self.request.batch_size))
@@ -289,7 +311,10 @@ class TrainJob:
     def threads(self, functions: int) -> int:
         """Torch threads for each of `functions` invocations starting now: their share of
         the cores, counting the functions of the other running tasks. Two tasks of N=1 on
-        2 cores each ran 2 threads, and their spinning thread pools trained 10x slower."""
+        2 cores each ran 2 threads, and their spinning thread pools trained 10x slower.
+        A pinned count (`Settings.torch_threads`) never changes."""
+        if self.services.torch_threads:
+            return self.services.torch_threads
         return threads_for(functions, self.services.slots.busy())
 
     def log_lost(self, func_id: int, error: BaseException, note: str) -> None:

@@ -63,6 +63,7 @@ class JobServices:
     round_timeout_s: float = 600.0
     checkpoints: CheckpointStore | None = None
     start_timeout_s: float = 120.0  # from invoke to a function's first sign of life
+    torch_threads: int = 0  # pinned torch threads per function; 0: the cores' share
 
 
 @dataclass(frozen=True)

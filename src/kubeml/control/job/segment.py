@@ -46,18 +46,24 @@ class Segment:
         self.watched: dict[Future[InvocationResult], int] = {}
         self.started = self.failed = 0
         self.lr_from: float | None = None
+        self.start_round = position.round
+        self.restored = False
 
     def run(self) -> None:
         job, state, position = self.job, self.job.state, self.position
         with state.lock:
             # This segment ramps the lr up after a change (a change during it: the next one).
             self.lr_from, state.lr_from = state.lr_from, None
+            # Resumed mid-epoch with the functions' states kept: they go on with them.
+            self.restored = state.restore_at == position.round
+            state.restore_at = None
             state.segment_functions = len(self.func_ids)
             threads = state.segment_threads = job.threads(len(self.func_ids))
             for func_id in self.func_ids:
                 state.attempts[func_id] = state.attempts.get(func_id, -1) + 1
         invocations = [
-            job.train_invocation(position, f, threads, self.lr_from) for f in self.func_ids
+            job.train_invocation(position, f, threads, self.lr_from, self.restored)
+            for f in self.func_ids
         ]
         sync = AttemptSync(self.barrier, state.attempts, self.func_ids)
         try:
@@ -146,7 +152,11 @@ class Segment:
         with state.lock:
             state.attempts[func_id] += 1
         self.barrier.join(func_id)
-        inv = job.train_invocation(position, func_id, state.segment_threads, self.lr_from)
+        # The replay starts with the optimizer the lost function had at this round: kept
+        # when it published the last one (none at the segment's first round, unless the
+        # segment itself started from kept states).
+        restore = position.round > self.start_round or self.restored
+        inv = job.train_invocation(position, func_id, state.segment_threads, self.lr_from, restore)
         sync = AttemptSync(self.barrier, state.attempts, [func_id])
         try:
             [future] = job.services.backend.invoke([inv], sync=sync, log=job.function_log)
@@ -208,8 +218,8 @@ class Segment:
         """A new thread share for the segment's functions, when another task started or
         ended since it began (else 0: they keep theirs)."""
         job, state = self.job, self.job.state
-        if not job.services.backend.takes_threads:
-            return 0
+        if not job.services.backend.takes_threads or job.services.torch_threads:
+            return 0  # the backend sizes them, or they are pinned
         share = job.threads(state.segment_functions)
         with state.lock:
             if share == state.segment_threads:

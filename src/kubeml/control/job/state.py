@@ -77,6 +77,7 @@ class JobState:
     retries: int = 0  # replays started in this task (the retry budget's count)
     attempts: dict[int, int] = field(default_factory=dict)  # func_id -> its current attempt
     resplit: bool = False  # a function was dropped: re-split at the next round boundary
+    restore_at: int | None = None  # a resumed mid-epoch round whose functions' states are kept
     segment_functions: int = 1  # functions of the running segment
     segment_threads: int = 1  # torch threads each of them runs
     records: list[EpochRecord] = field(default_factory=list)

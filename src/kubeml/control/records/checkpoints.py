@@ -24,13 +24,16 @@ class Checkpoint:
 
     `records` are the epochs completed so far (the history is rewritten from them on
     resume, so the two never disagree); `outer_state` is the state of a server-side
-    optimizer (tensors by name), empty when the merge is a plain average.
+    optimizer (tensors by name), empty when the merge is a plain average;
+    `function_states` are the live functions' optimizer states at the position (by
+    func_id; empty at an epoch's start, where every function starts afresh).
     """
 
     position: Position
     model: dict[str, torch.Tensor]
     records: list[EpochRecord]
     outer_state: dict[str, Any] = field(default_factory=dict)
+    function_states: dict[int, dict[str, Any]] = field(default_factory=dict)
     sequence: int = 0  # a later checkpoint of the same run has a larger sequence
 
     @property
@@ -65,6 +68,7 @@ class CheckpointStore:
             "model": checkpoint.model,
             "records": [r.model_dump(mode="json") for r in checkpoint.records],
             "outer_state": checkpoint.outer_state,
+            "function_states": checkpoint.function_states,
         }
         path = self._path(task_id)
         with self._lock:
@@ -105,6 +109,7 @@ class CheckpointStore:
             model=payload["model"],
             records=[EpochRecord.model_validate(r) for r in payload["records"]],
             outer_state=payload.get("outer_state", {}),
+            function_states=payload.get("function_states", {}),  # absent before 0.2
             sequence=int(payload.get("sequence", 0)),
         )
 

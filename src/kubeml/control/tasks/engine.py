@@ -181,6 +181,7 @@ class Engine:
             slots=slots,
             round_timeout_s=self.settings.round_timeout_s,
             checkpoints=self.checkpoints,
+            torch_threads=self.settings.torch_threads,
         )
         return TrainJob(
             task_id,
