@@ -24,6 +24,7 @@ measured round.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import signal
@@ -41,11 +42,11 @@ MB = 1e6
 
 
 def _rows_command(row: str, args: argparse.Namespace, lab: Any, data: Path) -> list[str]:
-    links = [f"{name}={node.netns}" for name, node in lab.nodes.items()]
+    nodes = json.dumps({name: dataclasses.asdict(node) for name, node in lab.nodes.items()})
     return [
         sys.executable, "-m", "benchmarks.cluster_rows", row, "--data", str(data),
         "--nodes", str(args.nodes), "--k", str(args.k), "--batch", str(args.batch),
-        "--links", *links,
+        "--lab", nodes,
     ]  # fmt: skip
 
 
@@ -86,8 +87,8 @@ def run_ddp(lab: Any, args: argparse.Namespace, data: Path) -> dict[str, Any]:
     procs = []
     for rank, node in enumerate(workers):
         argv = [*_rows_command("ddp", args, lab, data), "--rank", str(rank), "--master", master]
-        if rank:
-            argv = argv[: argv.index("--links")] + argv[argv.index("--rank") :]
+        if rank:  # rank 0 marks the rounds
+            argv = argv[: argv.index("--lab")] + argv[argv.index("--rank") :]
         procs.append(lab.popen(node, argv, env=env, cwd=ROOT, stdout=subprocess.PIPE, text=True))
     outputs = [p.communicate(timeout=args.timeout_s)[0] for p in procs]
     if any(p.returncode for p in procs):
@@ -106,13 +107,13 @@ def summarise(row: str, result: dict[str, Any], rate_bytes_s: float | None) -> d
     links = {
         node: {
             key: (last["links"][node][key] - first["links"][node][key]) / rounds
-            for key in ("tx_bytes", "rx_bytes")
+            for key in ("tx_bytes", "rx_bytes", "drops")
         }
         for node in last["links"]
     }
     busiest = max(links, key=lambda n: links[n]["tx_bytes"] + links[n]["rx_bytes"])
     both = links[busiest]["tx_bytes"] + links[busiest]["rx_bytes"]
-    one_way = max(max(v.values()) for v in links.values())
+    one_way = max(max(v["tx_bytes"], v["rx_bytes"]) for v in links.values())
     summary: dict[str, Any] = {
         "row": row,
         "rounds": rounds,
@@ -153,7 +154,7 @@ def report(summaries: list[dict[str, Any]], args: argparse.Namespace, p_bytes: i
         f"{args.profile} links, N={args.nodes}, K={args.k}, batch {args.batch}, "
         f"P = {p_bytes / MB:.1f} MB ({p_bytes // 4:,} parameters); per round:",
         f"{'row':14s} {'round s':>7s} {'sync s':>7s} {'model s':>7s} {'1-way s':>7s} "
-        f"{'rnd/mdl':>7s}  busiest link MB (tx+rx) | each link tx/rx MB",
+        f"{'rnd/mdl':>7s}  busiest link MB (tx+rx) | each link tx/rx MB (shaper drops)",
     ]
     for s in summaries:
         sync = s.get("sync_s")
@@ -162,6 +163,7 @@ def report(summaries: list[dict[str, Any]], args: argparse.Namespace, p_bytes: i
         model = s["model_s"]
         per_link = "  ".join(
             f"{n} {v['tx_bytes'] / MB:.1f}/{v['rx_bytes'] / MB:.1f}"
+            + (f" ({v['drops']:.0f})" if v.get("drops") else "")
             for n, v in s["links_per_round"].items()
         )
         lines.append(

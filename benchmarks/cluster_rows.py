@@ -19,18 +19,19 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.netlab import read_counters
+from benchmarks.netlab import Node, read_counters
 from benchmarks.reference import ROOT, free_port
 
 FUNCTION_FILE = ROOT / "benchmarks" / "functions" / "mlp_wide_fashion.py"
 FUNCTION, DATASET = "widemlp", "fashion"
 
 
-def _links(pairs: list[str]) -> dict[str, dict[str, int]]:
-    return {
-        node: read_counters(netns).as_dict()
-        for node, netns in (pair.split("=", 1) for pair in pairs)
-    }
+def _links(lab: str) -> dict[str, dict[str, int]]:
+    """Every link's counters now; `lab`: the JSON of the lab's nodes (`--lab`)."""
+    if not lab:
+        return {}
+    nodes = {name: Node(**fields) for name, fields in json.loads(lab).items()}
+    return {name: read_counters(node).as_dict() for name, node in nodes.items()}
 
 
 def _request(args: argparse.Namespace, k: int, **extra: Any) -> dict[str, Any]:
@@ -60,7 +61,7 @@ def kubeml_row(args: argparse.Namespace) -> dict[str, Any]:
             DATASET, *(data / f"{part}.npy" for part in ("train_x", "train_y", "test_x", "test_y"))
         )
         warm_up_task(client, _request(args, 1), timeout_s=900)  # actors warm, data on nodes
-        marks: list[dict[str, Any]] = [{"round": -1, "t": time.time(), "links": _links(args.links)}]
+        marks: list[dict[str, Any]] = [{"round": -1, "t": time.time(), "links": _links(args.lab)}]
         task_id = client.train(**_request(args, args.k))
         seen = None
         while True:
@@ -69,7 +70,7 @@ def kubeml_row(args: argparse.Namespace) -> dict[str, Any]:
                 seen = (info.epoch, info.round)
                 marks.append(
                     {"epoch": info.epoch, "round": info.round, "t": time.time(),
-                     "links": _links(args.links)}
+                     "links": _links(args.lab)}
                 )  # fmt: skip
             if info.state.finished:
                 break
@@ -120,11 +121,11 @@ def ddp_row(args: argparse.Namespace) -> dict[str, Any]:
     split = Split(data[0][first:stop], data[1][first:stop], FUNCTION_FILE)
     order = np.random.default_rng([args.seed, args.rank]).permutation(len(split))
     marks: list[dict[str, Any]] = []
-    mark = args.rank == 0 and args.links
+    mark = args.rank == 0 and args.lab
 
     def note(**fields: Any) -> None:
         if mark:
-            marks.append({"t": time.time(), "links": _links(args.links), **fields})
+            marks.append({"t": time.time(), "links": _links(args.lab), **fields})
 
     dist.barrier()
     note(round=0)
@@ -151,7 +152,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--lr", type=float, default=0.01)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--links", nargs="*", default=[], help="node=netns pairs to count")
+    parser.add_argument("--lab", default="", help="the lab's nodes as JSON, to count links")
     parser.add_argument("--address", help="kubeml: the Ray head's address")
     parser.add_argument("--home", help="kubeml: the server's home")
     parser.add_argument("--rank", type=int, default=0, help="ddp: this process's rank")

@@ -59,25 +59,26 @@ class Node:
     netns: str
     address: str
     device: str = NODE_DEVICE  # the node's end of its link
-    hub_device: str = ""  # the bridge's end, in the hub namespace
+    hub: str = ""  # the bridge's namespace
+    hub_device: str = ""  # the bridge's end of the link, in `hub`
+
+
+_FIELDS = ("tx_bytes", "rx_bytes", "tx_packets", "rx_packets", "drops")
 
 
 @dataclass(frozen=True)
 class LinkCounters:
-    """A link's counters, seen from its node: tx is what the node sent."""
+    """A link's counters, seen from its node: tx is what the node sent. `drops`: packets
+    the shaper dropped at either end (its queue holds 50 ms), which TCP sends again."""
 
     tx_bytes: int
     rx_bytes: int
     tx_packets: int
     rx_packets: int
+    drops: int = 0
 
     def __sub__(self, other: LinkCounters) -> LinkCounters:
-        return LinkCounters(
-            self.tx_bytes - other.tx_bytes,
-            self.rx_bytes - other.rx_bytes,
-            self.tx_packets - other.tx_packets,
-            self.rx_packets - other.rx_packets,
-        )
+        return LinkCounters(*(getattr(self, k) - getattr(other, k) for k in _FIELDS))
 
     @property
     def bytes(self) -> int:
@@ -85,7 +86,7 @@ class LinkCounters:
         return self.tx_bytes + self.rx_bytes
 
     def as_dict(self) -> dict[str, int]:
-        return {k: getattr(self, k) for k in ("tx_bytes", "rx_bytes", "tx_packets", "rx_packets")}
+        return {k: getattr(self, k) for k in _FIELDS}
 
 
 def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -269,7 +270,9 @@ class Netlab:
         self.hub = f"{tag}-hub"
         self.tmp = TMP_ROOT / tag
         self.nodes = {
-            name: Node(name, f"{tag}-{name}", f"{SUBNET}.{10 + i}", hub_device=f"to-{name}")
+            name: Node(
+                name, f"{tag}-{name}", f"{SUBNET}.{10 + i}", hub=self.hub, hub_device=f"to-{name}"
+            )
             for i, name in enumerate(nodes)
         }
         self._procs: list[subprocess.Popen[Any]] = []
@@ -378,18 +381,24 @@ class Netlab:
 
     def counters(self) -> dict[str, LinkCounters]:
         """Every node's link counters now (the node's end: tx is what it sent)."""
-        return {name: read_counters(n.netns, n.device) for name, n in self.nodes.items()}
+        return {name: read_counters(node) for name, node in self.nodes.items()}
 
     def rate_bytes_s(self) -> float | None:
         return None if self.rate_bits is None else self.rate_bits / 8
 
 
-def read_counters(netns: str, device: str = NODE_DEVICE) -> LinkCounters:
-    """One link's counters (`ip -s link`), readable from any namespace."""
-    out = _ip("-n", netns, "-j", "-s", "link", "show", "dev", device).stdout
+def read_counters(node: Node) -> LinkCounters:
+    """A node's link counters (`ip -s link`, `tc -s qdisc`), readable from any namespace."""
+    out = _ip("-n", node.netns, "-j", "-s", "link", "show", "dev", node.device).stdout
     stats = json.loads(out)[0]["stats64"]
     rx, tx = stats["rx"], stats["tx"]
-    return LinkCounters(tx["bytes"], rx["bytes"], tx["packets"], rx["packets"])
+    drops = _drops(node.netns, node.device) + (_drops(node.hub, node.hub_device) if node.hub else 0)
+    return LinkCounters(tx["bytes"], rx["bytes"], tx["packets"], rx["packets"], drops)
+
+
+def _drops(netns: str, device: str) -> int:
+    out = _run(["tc", "-n", netns, "-s", "-j", "qdisc", "show", "dev", device], True).stdout
+    return sum(int(q.get("drops", 0)) for q in json.loads(out))
 
 
 def delta(after: Mapping[str, LinkCounters], before: Mapping[str, LinkCounters]) -> dict:
