@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from kubeml.errors import NotFoundError, StorageError
 from kubeml.procs import pid_alive
 from kubeml.stores.flat import FlatLayout
+from kubeml.stores.function_state import FunctionStateFiles
 from kubeml.stores.interfaces import ControlModels, FunctionModels, Groups
 
 if TYPE_CHECKING:
@@ -42,6 +43,7 @@ class LocalModelStore(FunctionModels, ControlModels):
     def _open(self, scratch_dir: Path, models_dir: Path) -> None:
         self.scratch_dir, self.models_dir = scratch_dir, models_dir
         self.finals = FinalModelFiles(self.models_dir)
+        self.states = FunctionStateFiles()
         self._maps: dict[Path, Any] = {}
         self._inodes: dict[Path, int] = {}  # of each mapped file, to see it replaced
         self._layouts: dict[str, FlatLayout] = {}
@@ -143,37 +145,15 @@ class LocalModelStore(FunctionModels, ControlModels):
                     tensor.data = place
 
     # -- functions' own state between rounds ----------------------------------------------
-    def _state_path(self, task_id: str, func_id: int, round_index: int) -> Path:
-        return self._task_dir(task_id) / f"state-{func_id}-{round_index % 2}.pt"
-
     def save_function_state(
         self, task_id: str, func_id: int, round_index: int, state: dict[str, Any]
     ) -> None:
-        import torch
-
-        path = self._state_path(task_id, func_id, round_index)
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        try:
-            torch.save({"round": round_index, "state": state}, tmp)
-            tmp.replace(path)  # a function killed mid-write leaves the older state whole
-        except OSError as exc:
-            raise StorageError(f"cannot keep the state of function {func_id}: {exc}") from exc
+        self.states.save(self._task_dir(task_id), func_id, round_index, state)
 
     def load_function_state(
         self, task_id: str, func_id: int, round_index: int
     ) -> dict[str, Any] | None:
-        import torch
-
-        path = self._state_path(task_id, func_id, round_index)
-        try:
-            kept = torch.load(path, weights_only=True, map_location="cpu")
-        except FileNotFoundError:
-            return None
-        except Exception as exc:
-            raise StorageError(
-                f"the kept state of function {func_id} is unreadable: {exc}"
-            ) from exc
-        return kept["state"] if kept.get("round") == round_index else None
+        return self.states.load(self._task_dir(task_id), func_id, round_index)
 
     def function_states(
         self, task_id: str, round_index: int, func_ids: Sequence[int]
@@ -206,6 +186,7 @@ class LocalModelStore(FunctionModels, ControlModels):
                 del self._maps[path]
                 self._inodes.pop(path, None)
         self._layouts.pop(task_id, None)
+        self.states.forget(task_dir)
         shutil.rmtree(task_dir, ignore_errors=True)
 
     def begin(self, task_id: str) -> None:
