@@ -258,7 +258,7 @@ def test_every_command_shown_parses_against_the_code() -> None:
         for inline in re.findall(r"`(python -m benchmarks[^`]*)`", path.read_text()):
             problems += [f"{path.name}: {p}" for p in check_python(shlex.split(inline))]
     assert not problems, "\n".join(problems)
-    assert checked >= 30, f"only {checked} kubeml commands found: is the parser broken?"
+    assert checked >= 20, f"only {checked} kubeml commands found: is the parser broken?"
 
 
 def test_a_block_run_by_a_script_is_what_that_script_runs() -> None:
