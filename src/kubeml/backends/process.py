@@ -20,15 +20,16 @@ from pathlib import Path
 from typing import Any
 
 from kubeml.backends.base import FunctionBackend, SyncHandler
-from kubeml.backends.process_worker import Hello, PipeTransport, Setup
+from kubeml.backends.process_worker import Hello, Setup
 from kubeml.backends.relay import (
     Done,
     Failed,
+    PipeTransport,
     RelayHooks,
     Shutdown,
     drive,
     drive_async,
-    settle,
+    resolve,
     start_gang,
 )
 from kubeml.errors import BackendError
@@ -246,10 +247,10 @@ class ProcessBackend(FunctionBackend):
         try:
             outcome = drive(PipeTransport(worker.conn), inv, sync, log, _HOOKS)
         except (EOFError, OSError) as exc:
-            settle(future, sync, inv.func_id, self._lost(worker, inv, exc))
+            resolve(future, sync, inv.func_id, self._lost(worker, inv, exc))
             return
         self._settled(worker, outcome)
-        settle(future, sync, inv.func_id, outcome)
+        resolve(future, sync, inv.func_id, outcome)
 
     def _settled(self, worker: _Worker, outcome: Done | Failed) -> None:
         """A worker whose user code exited is replaced; any other goes back to the pool."""

@@ -2,7 +2,8 @@
 
 import time
 
-from kubeml.backends.relay import Endpoint, LogLines, Progress, _LineWriter
+from kubeml.backends.relay import Endpoint, LogLines, Progress
+from kubeml.backends.relay.endpoint import _LineWriter
 
 
 class Recording:

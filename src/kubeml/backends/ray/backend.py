@@ -46,19 +46,19 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kubeml.backends.base import FunctionBackend, SyncHandler
-from kubeml.backends.process_worker import PipeTransport
 from kubeml.backends.relay import (
     Done,
     Endpoint,
     Failed,
     FromFunction,
     Invoke,
+    PipeTransport,
     RelayHooks,
     ToFunction,
     drive,
     relay_rounds,
-    serve,
-    settle,
+    resolve,
+    run_invocation,
     start_gang,
 )
 from kubeml.errors import BackendError, FunctionError, KubeMLError, MissingDependencyError
@@ -140,7 +140,7 @@ class _FunctionActor:
         return ray.get_runtime_context().get_node_id(), os.getpid()
 
     def run(self, inv: Invocation, offer: RoundOffer | None = None) -> Iterator[FromFunction]:
-        """Serve one invocation, yielding its relay messages up to its `Done` or `Failed`;
+        """Run one invocation, yielding its relay messages up to its `Done` or `Failed`;
         with an `offer`, its rounds go over a direct socket (`kubeml.backends.ray.rounds`)."""
         transport = self._transport = _QueueTransport()
         self._endpoint.transport = transport
@@ -149,8 +149,8 @@ class _FunctionActor:
 
         def work() -> None:
             try:
-                serve(self._endpoint, inv, self._datasets, self._models)
-            except BaseException as exc:  # serve reports user errors itself; this is ours
+                run_invocation(self._endpoint, inv, self._datasets, self._models)
+            except BaseException as exc:  # user errors are reported already; this is ours
                 transport.send(Failed(BackendError(f"the Ray worker failed: {exc!r}")))
             finally:
                 self._endpoint.rounds = None
@@ -598,14 +598,14 @@ class RayBackend(FunctionBackend):
                 error = BackendError(f"relaying function {inv.func_id} failed: {exc!r}")
                 error.__cause__ = exc
             self._release(actor, healthy=False)
-            settle(future, sync, inv.func_id, error)
+            resolve(future, sync, inv.func_id, error)
             return
         finally:
             if offer is not None:
                 self._rounds.withdraw(offer)
         healthy = not (isinstance(outcome, Failed) and outcome.replace_worker)
         self._release(actor, healthy=healthy)  # an unhealthy actor is killed; a new one starts
-        settle(future, sync, inv.func_id, outcome)
+        resolve(future, sync, inv.func_id, outcome)
 
     def _offer_rounds(
         self, inv: Invocation, sync: SyncHandler | None, log: LogSink
