@@ -3,7 +3,7 @@
 import time
 
 from kubeml.backends.relay import Endpoint, LogLines, Progress
-from kubeml.backends.relay.endpoint import _LineWriter
+from kubeml.backends.relay.function_side import _LineWriter
 
 
 class Recording:

@@ -2,7 +2,7 @@
 
 - `backend`: `RayBackend`, the `FunctionBackend` that runs invocations in Ray actors
 - `function_actor`: the `FunctionActor`, what runs on a Ray worker
-- `driver`: the control plane's side of an actor's relay (transports, hooks, Ray errors)
+- `actor_relay`: the control plane's end of an actor's relay (transports, hooks, Ray errors)
 - `actor_pool`: the actors, started where they fit and kept warm in a `WorkerPool`
 - `placement`: where functions fit, pure arithmetic over a snapshot of the nodes
 - `cluster`: Ray start-up, and the calls that read that snapshot

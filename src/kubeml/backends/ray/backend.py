@@ -4,14 +4,15 @@ Each invocation runs in a `FunctionActor` (the serverless warm container: torch 
 user's module stay imported between invocations) reserving the CPUs, GPUs and custom
 resources the backend was configured with. The actor's `run` method is a streaming
 generator that yields the invocation's relay messages (`kubeml.backends.relay`), and a
-driver-side thread per invocation runs the relay's `drive` loop over them (`driver`): log lines to
-the task log, round reports to the job's `RoundBarrier`, requests for object refs of
-dataset splits and of the reference model, each answered through the actor's `deliver`
-method, then the result or the error. A train invocation of a model small enough to travel
-by value publishes its rounds over a direct socket to the control plane instead
-(`kubeml.backends.ray.rounds`: two Ray messages a round cost several ms). Weights and data
-move through the Ray object store (see `kubeml.backends.ray.stores`); nothing assumes a
-shared filesystem: the function's source travels with the invocation.
+thread of the control plane per invocation runs the relay's `drive` loop over them
+(`actor_relay`): log lines to the task log, round reports to the job's `RoundBarrier`,
+requests for object refs of dataset splits and of the reference model, each answered
+through the actor's `deliver` method, then the result or the error. A train invocation
+of a model small enough to travel by value publishes its rounds over a direct socket to
+the control plane instead (`kubeml.backends.ray.rounds`: two Ray messages a round cost
+several ms). Weights and data move through the Ray object store (see
+`kubeml.backends.ray.stores`); nothing assumes a shared filesystem: the function's source
+travels with the invocation.
 
 A lost actor (SIGKILLed, out of memory, its node gone) fails its invocation's future with
 a `BackendError` within milliseconds, and is forgotten; the job replays the function's
@@ -47,7 +48,7 @@ from ray.exceptions import RayError
 from kubeml.backends.base import FunctionBackend, SyncHandler
 from kubeml.backends.ray import cluster
 from kubeml.backends.ray.actor_pool import ActorPool, RayActor
-from kubeml.backends.ray.driver import (
+from kubeml.backends.ray.actor_relay import (
     ActorTransport,
     FunctionSources,
     RayHooks,

@@ -1,9 +1,9 @@
 """The relay between the control plane and a function, shared by every backend.
 
 Typed messages (`messages`) cross a backend's transport (a pipe, a Ray actor's stream):
-the control side's `drive` loop (`driver`) answers a function's log lines, round reports
+the control side's `drive` loop (`control_side`) answers a function's log lines, round reports
 and store requests until its `Done` or `Failed`; on the worker, `run_invocation`
-(`endpoint`) runs one invocation and sends them through its `Endpoint`; `start_gang`
+(`function_side`) runs one invocation and sends them through its `Endpoint`; `start_gang`
 starts the N invocations of a round at once. A backend supplies only its transport (`pipe`
 for a `multiprocessing` connection), its workers and, through `RelayHooks`, what its
 stores need.
@@ -12,7 +12,7 @@ Room to grow: a per-batch heartbeat (`Progress`) or batched log lines are new me
 types (or more `lines` per `LogLines`); `drive` hands each message kind to one branch.
 """
 
-from kubeml.backends.relay.driver import (
+from kubeml.backends.relay.control_side import (
     AsyncControlTransport,
     ControlTransport,
     RelayHooks,
@@ -22,7 +22,7 @@ from kubeml.backends.relay.driver import (
     resolve,
     start_gang,
 )
-from kubeml.backends.relay.endpoint import Endpoint, FunctionTransport, run_invocation
+from kubeml.backends.relay.function_side import Endpoint, FunctionTransport, run_invocation
 from kubeml.backends.relay.messages import (
     Answer,
     Done,
