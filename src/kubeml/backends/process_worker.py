@@ -29,7 +29,7 @@ class Hello:
 
 @dataclass(frozen=True)
 class Setup:
-    """The parent's answer to `Hello`: the stores to serve from (pickled as their paths)."""
+    """The parent's answer to `Hello`: the stores to read from (pickled as their paths)."""
 
     datasets: LocalDatasetStore
     models: LocalModelStore
