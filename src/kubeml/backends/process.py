@@ -205,7 +205,7 @@ class ProcessBackend(FunctionBackend):
         except BaseException:  # cancelled mid-call: the worker's state is unknown
             self._pool.release(worker, healthy=False)
             raise
-        self._settled(worker, outcome)
+        self._worker_done(worker, outcome)
         if isinstance(outcome, Failed):
             raise outcome.error
         return outcome.result
@@ -228,10 +228,10 @@ class ProcessBackend(FunctionBackend):
         except (EOFError, OSError) as exc:
             resolve(future, sync, inv.func_id, self._lost(worker, inv, exc))
             return
-        self._settled(worker, outcome)
+        self._worker_done(worker, outcome)
         resolve(future, sync, inv.func_id, outcome)
 
-    def _settled(self, worker: _Worker, outcome: Done | Failed) -> None:
+    def _worker_done(self, worker: _Worker, outcome: Done | Failed) -> None:
         """A worker whose user code exited is replaced; any other goes back to the pool."""
         if isinstance(outcome, Failed) and outcome.replace_worker:
             self._replace(worker)
