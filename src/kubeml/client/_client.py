@@ -31,7 +31,7 @@ from kubeml.api.schemas import (
     TaskProgress,
     TrainRequest,
 )
-from kubeml.client._keepalive import Answer, KeepAlive
+from kubeml.client._keepalive import KeepAlive, Reply
 from kubeml.client._upload import CHECK_UPLOADS_OVER, FIELDS, file_part, part_size
 from kubeml.client._wire import encode, error_from_body, failure_kind, is_loopback_url
 from kubeml.errors import (
@@ -262,7 +262,7 @@ class Client:
         params: dict[str, Any] | None = None,
         idempotent: bool | None = None,
         **upload: Any,
-    ) -> Answer:
+    ) -> Reply:
         """Send one call; `upload` (httpx's `data`/`files`) streams a multipart body.
         `idempotent` (default: GET and PUT are) lets a call the connection broke under be
         sent once more. (Not DELETE: a repeat of one that worked would answer 404.)"""
@@ -273,17 +273,17 @@ class Client:
             if idempotent is None:
                 idempotent = method in ("GET", "PUT")
             try:
-                answer = self._lean.request(method, path, body, idempotent=idempotent)
+                reply = self._lean.request(method, path, body, idempotent=idempotent)
             except (OSError, http.client.HTTPException) as exc:
                 raise self._unavailable(method, path, failure_kind(exc), exc) from exc
         else:
-            answer = self._via_httpx(method, path, body, upload)
-        if answer.status >= 400:
+            reply = self._via_httpx(method, path, body, upload)
+        if reply.status >= 400:
             url = f"{self.url}{path}"
-            raise error_from_body(answer.status, answer.reason, answer.body, url)
-        return answer
+            raise error_from_body(reply.status, reply.reason, reply.body, url)
+        return reply
 
-    def _via_httpx(self, method: str, path: str, body: bytes | None, upload: Any) -> Answer:
+    def _via_httpx(self, method: str, path: str, body: bytes | None, upload: Any) -> Reply:
         import httpx
 
         with self._httpx_lock:  # threads may race to the first upload
@@ -305,7 +305,7 @@ class Client:
             raise self._unavailable(method, path, "timeout", exc) from exc
         except httpx.TransportError as exc:
             raise self._unavailable(method, path, "lost", exc) from exc
-        return Answer(response.status_code, response.reason_phrase, response.content)
+        return Reply(response.status_code, response.reason_phrase, response.content)
 
     def _unavailable(
         self, method: str, path: str, kind: str, exc: Exception
