@@ -144,9 +144,7 @@ def _alive_actor_pids() -> set[int]:
 
     actors = state.actors().values()
     return {
-        a["Pid"]
-        for a in actors
-        if a["State"] == "ALIVE" and a["ActorClassName"] == "_FunctionActor"
+        a["Pid"] for a in actors if a["State"] == "ALIVE" and a["ActorClassName"] == "FunctionActor"
     }
 
 

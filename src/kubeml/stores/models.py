@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 class LocalModelStore(FunctionModels, ControlModels):
     """Model store on this machine: shared-memory scratch plus files under the home.
 
-    One object serves every side: functions (in worker processes that unpickle it) and
+    One object works on every side: functions (in worker processes that unpickle it) and
     the control plane map the same shared-memory files. A function's tensors live in its
     published file (`share_into`), so the merge reads them in place and writes the new
     model back there (`shares_published`)."""

@@ -4,7 +4,7 @@
 
 Every error leaves as `{"error": {"code", "message", "details"}}` with the status of its
 `KubeMLError` class, so the client can raise the same class again. While it runs, `run_server`
-keeps `server.json` (pid and URL) in the kubeml home; `kubeml.client.local` reads it.
+keeps `server.json` (pid and URL) in the kubeml home; `kubeml.client.local_server` reads it.
 """
 
 from __future__ import annotations
