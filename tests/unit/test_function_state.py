@@ -27,9 +27,9 @@ def test_the_state_comes_back_bit_for_bit_and_loads_into_a_fresh_optimizer(
     tmp_path, optimizer_class, kwargs
 ):
     net, optimizer = _trained(optimizer_class, **kwargs)
-    files = FunctionStateFiles()
-    files.save(tmp_path, 1, 3, optimizer.state_dict())
-    kept = files.load(tmp_path, 1, 3)
+    files = FunctionStateFiles(tmp_path)
+    files.save("t", 1, 3, optimizer.state_dict())
+    kept = files.load("t", 1, 3)
     assert kept is not None
     expected = optimizer.state_dict()
     assert kept["param_groups"] == expected["param_groups"]
@@ -52,20 +52,20 @@ def test_the_state_comes_back_bit_for_bit_and_loads_into_a_fresh_optimizer(
 
 def test_two_rounds_are_kept_and_a_round_asked_for_is_never_another(tmp_path):
     _, optimizer = _trained(torch.optim.SGD, lr=0.1, momentum=0.9)
-    files = FunctionStateFiles()
-    files.save(tmp_path, 0, 4, optimizer.state_dict())
-    files.save(tmp_path, 0, 5, optimizer.state_dict())
-    assert files.load(tmp_path, 0, 4) is not None and files.load(tmp_path, 0, 5) is not None
-    files.save(tmp_path, 0, 6, optimizer.state_dict())  # round 4's file now holds round 6
-    assert files.load(tmp_path, 0, 4) is None
-    assert files.load(tmp_path, 0, 7) is None and files.load(tmp_path, 1, 5) is None
+    files = FunctionStateFiles(tmp_path)
+    files.save("t", 0, 4, optimizer.state_dict())
+    files.save("t", 0, 5, optimizer.state_dict())
+    assert files.load("t", 0, 4) is not None and files.load("t", 0, 5) is not None
+    files.save("t", 0, 6, optimizer.state_dict())  # round 4's file now holds round 6
+    assert files.load("t", 0, 4) is None
+    assert files.load("t", 0, 7) is None and files.load("t", 1, 5) is None
 
 
 def test_a_save_cut_short_leaves_no_state_that_claims_the_new_round(tmp_path):
     """Killed after the data but before the skeleton: the round reads as not kept."""
     _, optimizer = _trained(torch.optim.SGD, lr=0.1, momentum=0.9)
-    files = FunctionStateFiles()
-    files.save(tmp_path, 0, 2, optimizer.state_dict())
-    (tmp_path / "state-0-0.meta").unlink()  # what a kill between the two writes leaves
-    assert files.load(tmp_path, 0, 2) is None
-    assert files.load(tmp_path, 0, 0) is None
+    files = FunctionStateFiles(tmp_path)
+    files.save("t", 0, 2, optimizer.state_dict())
+    (tmp_path / "t" / "state-0-0.meta").unlink()  # what a kill between the two writes leaves
+    assert files.load("t", 0, 2) is None
+    assert files.load("t", 0, 0) is None

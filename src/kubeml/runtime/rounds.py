@@ -145,10 +145,10 @@ class RoundDriver:
                 batch_index += 1
             self.hook = "main()"
             final = batch_index >= n_batches
-            if not final and inv.optimizer_state == "keep" and models.keeps_function_state:
+            if not final and inv.optimizer_state == "keep" and models.states is not None:
                 # Before the round is published: once it is merged, a replay of the next
                 # round on a fresh worker starts from this.
-                models.save_function_state(
+                models.states.save(
                     inv.task_id, inv.func_id, round_index + 1, model.optimizer.state_dict()
                 )
             handle = models.publish(inv.task_id, inv.func_id, state)
@@ -183,7 +183,8 @@ class RoundDriver:
         """The optimizer's state the function had at the start of this round (a replay, a
         resume), kept by the store; without it the round starts with a fresh optimizer."""
         inv = self.ctx.invocation
-        kept = self.ctx.models.load_function_state(inv.task_id, inv.func_id, inv.round)
+        states = self.ctx.models.states
+        kept = states.load(inv.task_id, inv.func_id, inv.round) if states is not None else None
         if kept is None:
             self.ctx.logger.warning(
                 "no kept optimizer state for round %d: it starts afresh", inv.round + 1

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from kubeml.errors import StorageError
 from kubeml.stores.flat import FlatLayout
+from kubeml.stores.interfaces import FunctionStates
 
 if TYPE_CHECKING:
     import torch
@@ -25,17 +26,19 @@ if TYPE_CHECKING:
 _TENSOR = "__kubeml_tensor__"
 
 
-class FunctionStateFiles:
+class FunctionStateFiles(FunctionStates):
     """`state-<func_id>-<parity>.bin` (the tensors) and `.meta` (round, layout, skeleton)
-    in a task's scratch folder."""
+    in a task's scratch folder under `scratch_dir`."""
 
-    def __init__(self) -> None:
+    def __init__(self, scratch_dir: Path) -> None:
+        self.scratch_dir = Path(scratch_dir)
         self._maps: dict[Path, tuple[Any, int]] = {}  # path -> (memmap, inode), per process
         self._lock = threading.Lock()
 
-    def save(self, task_dir: Path, func_id: int, round_index: int, state: dict[str, Any]) -> None:
+    def save(self, task_id: str, func_id: int, round_index: int, state: dict[str, Any]) -> None:
         import torch
 
+        task_dir = self.scratch_dir / task_id
         tensors: dict[str, torch.Tensor] = {}
         skeleton = _split(state, "", tensors)
         layout = FlatLayout.from_state(tensors)
@@ -55,9 +58,10 @@ class FunctionStateFiles:
                 f"cannot keep the state of function {func_id} in {base}: {exc}"
             ) from exc
 
-    def load(self, task_dir: Path, func_id: int, round_index: int) -> dict[str, Any] | None:
+    def load(self, task_id: str, func_id: int, round_index: int) -> dict[str, Any] | None:
         import torch
 
+        task_dir = self.scratch_dir / task_id
         base = task_dir / f"state-{func_id}-{round_index % 2}"
         try:
             meta = torch.load(base.with_suffix(".meta"), weights_only=True)
@@ -72,7 +76,9 @@ class FunctionStateFiles:
         # Copies: the function writes this file again two rounds on.
         return _join(meta["skeleton"], {k: v.clone() for k, v in views.items()})
 
-    def forget(self, task_dir: Path) -> None:
+    def forget(self, task_id: str) -> None:
+        """Unmap a task's files (its scratch is being removed)."""
+        task_dir = self.scratch_dir / task_id
         with self._lock:
             for path in [p for p in self._maps if p.parent == task_dir]:
                 del self._maps[path]

@@ -12,7 +12,6 @@ import contextlib
 import os
 import shutil
 import threading
-from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -35,7 +34,6 @@ class LocalModelStore(FunctionModels, ControlModels):
     model back there (`shares_published`)."""
 
     shares_published = True
-    keeps_function_state = True
 
     def __init__(self, scratch_dir: Path, models_dir: Path) -> None:
         self._open(Path(scratch_dir), Path(models_dir))
@@ -43,7 +41,8 @@ class LocalModelStore(FunctionModels, ControlModels):
     def _open(self, scratch_dir: Path, models_dir: Path) -> None:
         self.scratch_dir, self.models_dir = scratch_dir, models_dir
         self.finals = FinalModelFiles(self.models_dir)
-        self.states = FunctionStateFiles()
+        self._state_files = FunctionStateFiles(self.scratch_dir)
+        self.states = self._state_files
         self._maps: dict[Path, Any] = {}
         self._inodes: dict[Path, int] = {}  # of each mapped file, to see it replaced
         self._layouts: dict[str, FlatLayout] = {}
@@ -144,32 +143,6 @@ class LocalModelStore(FunctionModels, ControlModels):
                     place.copy_(tensor)
                     tensor.data = place
 
-    # -- functions' own state between rounds ----------------------------------------------
-    def save_function_state(
-        self, task_id: str, func_id: int, round_index: int, state: dict[str, Any]
-    ) -> None:
-        self.states.save(self._task_dir(task_id), func_id, round_index, state)
-
-    def load_function_state(
-        self, task_id: str, func_id: int, round_index: int
-    ) -> dict[str, Any] | None:
-        return self.states.load(self._task_dir(task_id), func_id, round_index)
-
-    def function_states(
-        self, task_id: str, round_index: int, func_ids: Sequence[int]
-    ) -> dict[int, dict[str, Any]]:
-        states = {f: self.load_function_state(task_id, f, round_index) for f in func_ids}
-        if any(state is None for state in states.values()):
-            return {}
-        return states  # type: ignore[return-value]
-
-    def restore_function_states(
-        self, task_id: str, round_index: int, states: dict[int, dict[str, Any]]
-    ) -> None:
-        self._task_dir(task_id).mkdir(parents=True, exist_ok=True)
-        for func_id, state in states.items():
-            self.save_function_state(task_id, func_id, round_index, state)
-
     # -- parameter-server side ----------------------------------------------------------
     def published_groups(self, task_id: str, func_id: int, handle: Any) -> Groups:
         path = self._task_dir(task_id) / f"function-{func_id}.bin"
@@ -186,7 +159,7 @@ class LocalModelStore(FunctionModels, ControlModels):
                 del self._maps[path]
                 self._inodes.pop(path, None)
         self._layouts.pop(task_id, None)
-        self.states.forget(task_dir)
+        self._state_files.forget(task_id)
         shutil.rmtree(task_dir, ignore_errors=True)
 
     def begin(self, task_id: str) -> None:
