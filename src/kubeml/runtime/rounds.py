@@ -53,13 +53,16 @@ class RoundDriver:
     # -- the SDK's Driver ------------------------------------------------------------------
     def attach(self, model: KubeModel) -> None:
         inv = self.ctx.invocation
-        model.lr, model.batch_size, model.epoch = inv.lr, inv.batch_size, inv.epoch
+        # The user's epochs count from 1, as the history, the job's log and the 2021
+        # library number them (an lr schedule `if self.epoch >= 100` means the 100th).
+        epoch = inv.epoch + 1 if inv.mode in (Mode.TRAIN, Mode.VALIDATE) else 0
+        model.lr, model.batch_size, model.epoch = inv.lr, inv.batch_size, epoch
         model.func_id, model.parallelism = inv.func_id, inv.parallelism
         model.task = _TASK_NAMES[inv.mode]
         model.args = KubeArgs(
             job_id=inv.task_id, task=model.task, func_id=inv.func_id,
             parallelism=inv.parallelism, k=inv.k, lr=inv.lr, batch_size=inv.batch_size,
-            epoch=inv.epoch,
+            epoch=epoch,
         )  # fmt: skip
         model.logger = self.ctx.logger
 

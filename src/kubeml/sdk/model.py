@@ -79,7 +79,8 @@ class KubeArgs:
 class KubeModel(ABC):
     """Base class of the user's model: wraps a torch network and its dataset.
 
-    Inside the hooks the user has `self.lr`, `self.batch_size`, `self.epoch`,
+    Inside the hooks the user has `self.lr`, `self.batch_size`, `self.epoch` (from 1, as
+    the history numbers epochs; 0 in `init` and `infer`),
     `self.optimizer` (built by `configure_optimizers` at the start of a round),
     `self.device`, `self.logger`, `self(x)` (the forward pass), `self.parameters()`,
     `self.apply(fn)` and `self.dataset.is_training()`; and, as the 2021 library offered

@@ -103,12 +103,13 @@ def test_batch_style_hooks_see_the_2021_attributes_while_training_and_validating
     assert len(trains) == 5 and {s[1] for s in trains} == {"train"}
     args = trains[0][2]
     assert (args.lr, args.batch_size, args.epoch, args._N, args._K, args._func_id) == (
-        0.1, BATCH, 4, 3, 2, 1,
+        0.1, BATCH, 5, 3, 2, 1,
     )  # fmt: skip
+    assert model.epoch == 5  # the job's 0-based epoch 4 is the history's (and 2021's) 5th
     # Rebuilt every round, each from the task's lr: the division does not compound.
     assert [g["lr"] for g in model.optimizer.param_groups] == [pytest.approx(0.01)]
     _, model, _ = _run(mode=Mode.VALIDATE)
-    assert {s[1] for s in model.seen if s[0] == "validate"} == {"val"}
+    assert {s[1] for s in model.seen if s[0] == "validate"} == {"val"} and model.epoch == 5
 
 
 def test_infer_with_the_network_argument_gets_the_network():
