@@ -1,6 +1,7 @@
-"""A K-AVG round of this tree against another checkout, interleaved in one run.
+"""This tree against another checkout, interleaved in one run: a K-AVG round, or the
+overhead and sync micro-benchmarks.
 
-    python -m benchmarks.ab_round --baseline DIR [--pairs 5] [--quick]
+    python -m benchmarks.ab_round --baseline DIR [--pairs 5] [--quick] [--micro]
 
 Each measurement is a fresh process whose `kubeml` comes from one tree (its `src` first on
 PYTHONPATH; the process backend's workers inherit it), in ABBA order, so a drift in the
@@ -11,6 +12,10 @@ step only steps the optimizer: the worst case for what a round carries besides w
 (each function keeps its 47 MB of momentum between rounds). A figure is the median
 interval between the task's merged rounds; the result is this tree / the baseline, the
 median over the pairs.
+
+With `--micro`, each side runs its own `python -m benchmarks micro --micro overhead sync`
+instead (each tree's own benchmark code and kubeml), and the figures compared are the
+overhead ratio (kubeml N=1 / a plain loop) and the sync round's seconds.
 """
 
 from __future__ import annotations
@@ -64,7 +69,9 @@ def measure(quick: bool) -> dict[str, float]:
                 info = engine.wait(task_id, 600)
                 assert info.state is TaskState.SUCCEEDED, info.error
                 points = engine.progress.rounds(task_id)
-                gaps = [b.elapsed_s - a.elapsed_s for a, b in pairwise(points) if b.epoch == a.epoch]
+                gaps = [
+                    b.elapsed_s - a.elapsed_s for a, b in pairwise(points) if b.epoch == a.epoch
+                ]
                 out[name] = statistics.median(gaps)
     return out
 
@@ -78,11 +85,29 @@ def _run(tree: Path, quick: bool) -> dict[str, float]:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+MICRO = ("overhead ratio", "sync round")
+
+
+def _run_micro(tree: Path, quick: bool) -> dict[str, float]:
+    """`python -m benchmarks micro --micro overhead sync` of `tree`, on its own code."""
+    with tempfile.TemporaryDirectory(prefix="kubeml-ab-micro-") as tmp:
+        out = Path(tmp) / "micro.json"
+        env = dict(os.environ, PYTHONPATH=f"{tree / 'src'}{os.pathsep}{tree}")
+        argv = [sys.executable, "-m", "benchmarks", "micro", "--micro", "overhead", "sync"]
+        argv += ["--out", str(out)] + (["--quick"] * quick)
+        done = subprocess.run(argv, env=env, cwd=tree, capture_output=True, text=True)
+        if done.returncode != 0 or not out.exists():
+            raise RuntimeError(f"the micro of {tree} failed:\n{done.stderr[-3000:]}")
+        micro = json.loads(out.read_text())["workloads"]["fashion"]["micro"]
+    return {"overhead ratio": micro["overhead"]["ratio"], "sync round": micro["sync"]["round_s"]}
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.ab_round", description=__doc__)
     parser.add_argument("--baseline", type=Path, help="another kubeml checkout")
     parser.add_argument("--pairs", type=int, default=5)
     parser.add_argument("--quick", action="store_true", help="half the rounds")
+    parser.add_argument("--micro", action="store_true", help="the overhead and sync micros")
     parser.add_argument("--measure", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.measure:
@@ -95,10 +120,11 @@ def main(argv: list[str]) -> int:
     for pair in range(args.pairs):
         order = ["this", "baseline"] if pair % 2 == 0 else ["baseline", "this"]
         for side in order:
-            runs[side].append(_run(trees[side], args.quick))
+            run = _run_micro if args.micro else _run
+            runs[side].append(run(trees[side], args.quick))
         print(f"pair {pair + 1}: this {runs['this'][-1]}, baseline {runs['baseline'][-1]}")
     result: dict[str, Any] = {"baseline": str(trees["baseline"]), "pairs": args.pairs}
-    for name in CASES:
+    for name in MICRO if args.micro else CASES:
         ratios = [a[name] / b[name] for a, b in zip(runs["this"], runs["baseline"], strict=True)]
         result[name] = {
             "this_s": statistics.median(r[name] for r in runs["this"]),
@@ -107,8 +133,8 @@ def main(argv: list[str]) -> int:
             "ratios": ratios,
         }
         print(
-            f"{name}: round {result[name]['this_s'] * 1e3:.1f} ms here, "
-            f"{result[name]['baseline_s'] * 1e3:.1f} ms in the baseline; this/baseline "
+            f"{name}: {result[name]['this_s']:.4g} here, "
+            f"{result[name]['baseline_s']:.4g} in the baseline; this/baseline "
             f"median {result[name]['ratio_median']:.3f} over {args.pairs} pairs "
             f"({', '.join(f'{r:.3f}' for r in ratios)})"
         )
