@@ -9,6 +9,7 @@ home and loaded with `weights_only=True`; they stay until the task's history is 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 import threading
@@ -18,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from kubeml.errors import NotFoundError, StorageError
 from kubeml.procs import pid_alive
+from kubeml.stores.files import disk_error, write_whole
 from kubeml.stores.flat import FlatLayout
 from kubeml.stores.interfaces import ControlModels, FunctionModels, Groups
 
@@ -65,9 +67,7 @@ class LocalModelStore(FunctionModels, ControlModels):
             mm = self._maps.get(path)
             if mm is None:
                 if create and not path.exists():
-                    path.parent.mkdir(parents=True, exist_ok=True)
-                    with open(path, "wb") as f:
-                        f.truncate(layout.nbytes)
+                    _allocate(path, layout.nbytes)
                 elif not path.exists():
                     raise NotFoundError(f"no weights at {path}: the task's transient state is gone")
                 mm = np.memmap(path, dtype=np.uint8, mode="r+", shape=(layout.nbytes,))
@@ -95,13 +95,11 @@ class LocalModelStore(FunctionModels, ControlModels):
     def write_reference(self, task_id: str, state: dict[str, torch.Tensor]) -> None:
         layout = FlatLayout.from_state(state)
         task_dir = self._task_dir(task_id)
-        try:
-            task_dir.mkdir(parents=True, exist_ok=True)
-            tmp = task_dir / f"layout.json.{os.getpid()}"
-            tmp.write_text(layout.to_json())
-            tmp.replace(task_dir / "layout.json")
-        except OSError as exc:
-            raise StorageError(f"cannot write the reference model of {task_id!r}: {exc}") from exc
+        write_whole(
+            task_dir / "layout.json",
+            lambda f: f.write(layout.to_json().encode()),
+            f"cannot write the reference model of task {task_id!r}",
+        )
         self._layouts[task_id] = layout
         layout.flatten_into(state, self._groups(task_dir / "reference.bin", layout, create=True))
 
@@ -151,13 +149,12 @@ class LocalModelStore(FunctionModels, ControlModels):
     ) -> None:
         import torch
 
-        path = self._state_path(task_id, func_id, round_index)
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        try:
-            torch.save({"round": round_index, "state": state}, tmp)
-            tmp.replace(path)  # a function killed mid-write leaves the older state whole
-        except OSError as exc:
-            raise StorageError(f"cannot keep the state of function {func_id}: {exc}") from exc
+        write_whole(  # a function killed mid-write leaves the older state whole
+            self._state_path(task_id, func_id, round_index),
+            lambda f: torch.save({"round": round_index, "state": state}, f),
+            f"cannot keep the optimizer state of function {func_id} of task {task_id!r}",
+            then=f"`kubeml task resume --id {task_id}` continues from the last checkpoint",
+        )
 
     def load_function_state(
         self, task_id: str, func_id: int, round_index: int
@@ -274,6 +271,35 @@ def _shareable(tensor: torch.Tensor, place: torch.Tensor) -> bool:
     )
 
 
+def _allocate(path: Path, nbytes: int) -> None:
+    """Create `path` with `nbytes` of space behind it. A file only truncated to its size
+    is sparse: on a full tmpfs, writing its pages through the memory map raises SIGBUS
+    and kills the process; allocated here, a full scratch is a `StorageError` instead."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o666)
+    except OSError as exc:
+        raise disk_error("cannot create a weights file of the model store", path, exc) from exc
+    try:
+        try:
+            os.posix_fallocate(fd, 0, nbytes)
+        except OSError as exc:
+            if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
+                raise
+            os.ftruncate(fd, nbytes)  # a filesystem that cannot allocate ahead: as before
+    except OSError as exc:
+        os.close(fd)
+        path.unlink(missing_ok=True)
+        raise disk_error(
+            "cannot create a weights file of the model store's scratch (its shared memory; "
+            "KUBEML_SHM_DIR moves it)",
+            path,
+            exc,
+            then="resume the task",
+        ) from exc
+    os.close(fd)
+
+
 def _same_file(path: Path, inode: int | None) -> bool:
     try:
         return os.stat(path).st_ino == inode
@@ -284,8 +310,9 @@ def _same_file(path: Path, inode: int | None) -> bool:
 class FinalModelFiles:
     """Trained models on disk, one `torch.save` file per task, for every control-plane store.
 
-    Files are written atomically and loaded with `weights_only=True`, so a model file can
-    never run code.
+    Files are written whole or not at all (`write_whole`: a full disk leaves the last
+    model as it was) and loaded with `weights_only=True`, so a model file can never run
+    code.
     """
 
     def __init__(self, root: Path) -> None:
@@ -299,14 +326,12 @@ class FinalModelFiles:
 
         # Clone: a view into a flat buffer would otherwise save the whole buffer each time.
         state = {k: v.clone() for k, v in state.items()}
-        path = self._path(task_id)
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".pt.tmp")
-            torch.save(state, tmp)
-            tmp.replace(path)
-        except OSError as exc:
-            raise StorageError(f"cannot save the model of task {task_id!r}: {exc}") from exc
+        write_whole(
+            self._path(task_id),
+            lambda f: torch.save(state, f),
+            f"cannot save the model of task {task_id!r}",
+            then=f"`kubeml task resume --id {task_id}` continues from the last checkpoint",
+        )
 
     def load(self, task_id: str) -> dict[str, torch.Tensor]:
         import torch
