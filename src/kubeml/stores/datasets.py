@@ -45,6 +45,7 @@ from kubeml.stores.arrays import (
     parse_header,
     read_header,
 )
+from kubeml.stores.files import disk_error, is_full
 from kubeml.stores.interfaces import ShardSource, Split
 
 if TYPE_CHECKING:
@@ -256,6 +257,8 @@ class StagedDataset:
         # A damaged, encrypted or exotically compressed archive fails in any of these ways.
         except (zipfile.BadZipFile, zlib.error, EOFError, OSError, RuntimeError,
                 NotImplementedError) as exc:  # fmt: skip
+            if is_full(exc):
+                raise  # the disk, not the archive (the caller names the folder)
             raise InvalidDatasetError(f"{source}: damaged .npz file ({exc})") from exc
         part.unlink()
 
@@ -334,6 +337,8 @@ class LocalDatasetStore(DatasetStore):
             for field in ARRAY_FIELDS:
                 staged.add_array(field, arrays[field])
             return staged.publish(name)
+        except OSError as exc:  # a full disk: the staged files go, the error says where
+            raise disk_error(f"cannot store dataset {name!r}", staged.dir, exc) from exc
         finally:
             staged.discard()
 
