@@ -46,7 +46,7 @@ def kubeml_row(args: argparse.Namespace) -> dict[str, Any]:
     """One epoch of K-AVG through a kubeml server on the lab's Ray; marks at every round."""
     from benchmarks.rows_kubeml import warm_up_task
     from kubeml.client import Client
-    from kubeml.client.local import ensure_server, stop_server
+    from kubeml.client.local_server import ensure_server, stop_server
     from kubeml.settings import Settings
 
     data = Path(args.data)

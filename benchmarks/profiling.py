@@ -42,7 +42,10 @@ def _fn(names: str, path: str = "") -> str:
 
 
 CATEGORIES: list[tuple[str, str]] = [
-    ("sync: waiting for the round's merge", _fn("publish", "kubeml/backends/relay.py")),
+    (
+        "sync: waiting for the round's merge",
+        _fn("publish", "kubeml/backends/relay/function_side.py"),
+    ),
     ("sync: publish weights", _fn("publish", "kubeml/stores/models.py")),
     ("sync: load the reference model", _fn("load_reference_into")),
     ("merge (server)", _fn("weighted_average_into|_merge", "kubeml/control/")),

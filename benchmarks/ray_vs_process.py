@@ -114,7 +114,7 @@ def _start_ray(nodes: int) -> Any:
     os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
     import ray
 
-    from kubeml.backends.ray.backend import LOCAL_RAY_CONFIG
+    from kubeml.backends.ray.cluster import LOCAL_RAY_CONFIG
 
     if not nodes:
         ray.init(

@@ -150,7 +150,7 @@ class Server:
 
     def __init__(self, workload: Workload, capacity: int = 2) -> None:
         from kubeml.client import Client
-        from kubeml.client.local import ensure_server
+        from kubeml.client.local_server import ensure_server
         from kubeml.settings import Settings
 
         started = now()
@@ -174,7 +174,7 @@ class Server:
         )
 
     def close(self) -> None:
-        from kubeml.client.local import stop_server
+        from kubeml.client.local_server import stop_server
 
         self.client.close()
         stop_server(self.settings)

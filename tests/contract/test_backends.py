@@ -56,8 +56,8 @@ def test_user_logs_reach_the_task_log(engine):
     task_id, info = _train(engine, function_source(), epochs=1)
     assert info.state is TaskState.SUCCEEDED
     messages = [(line.source, line.message) for line in engine.logs_of(task_id)]
-    assert any(s == "function-0" and "first batch of epoch 0" in m for s, m in messages)
-    assert any(s == "function-1" and "first batch of epoch 0" in m for s, m in messages)
+    assert any(s == "function-0" and "first batch of epoch 1" in m for s, m in messages)
+    assert any(s == "function-1" and "first batch of epoch 1" in m for s, m in messages)
     assert any(s == "job" and m.startswith("epoch 1:") for s, m in messages)
     if engine.backend.name != "inline":  # a worker captures print and logging too
         assert any("printed by function 0" in m for _, m in messages)

@@ -17,7 +17,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from kubeml.client import Client
-from kubeml.client.local import _health
+from kubeml.client.local_server import _health
 from kubeml.errors import InvalidInputError, NotFoundError, ServerUnavailableError
 
 
@@ -217,7 +217,7 @@ def test_json_calls_and_the_health_check_never_import_httpx(server: _Server) -> 
     code = (
         "import sys\n"
         "from kubeml.client import Client\n"
-        "from kubeml.client.local import _health\n"
+        "from kubeml.client.local_server import _health\n"
         f"assert _health({server.url!r})['version'] == 'test'\n"
         f"print(Client({server.url!r}, token='').infer('t1', [[1, 2]]))\n"
         "print(sorted(m for m in sys.modules if m.split('.')[0] in ('httpx', 'httpcore')))\n"

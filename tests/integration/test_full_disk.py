@@ -379,9 +379,12 @@ def test_a_home_that_fills_midway_fails_the_task_clearly_and_a_resume_finishes_i
     assert _same(engine.models.load_final(task_id), engine.models.load_final(earlier))
 
 
-def test_a_full_model_scratch_fails_the_task_clearly_and_a_resume_finishes_it(
+def test_a_full_model_scratch_stops_new_tasks_clearly_and_running_ones_train_on(
     small_disk, engines, digits, tmp_path
 ) -> None:
+    """A running task's scratch files (weights, each function's kept state) have their
+    space from the start: one that fills midway trains on, with the same bits. A task
+    started on the full scratch fails naming the file, and a resume once freed finishes."""
     shm = small_disk("shm", "4m")
     engine = _engine(engines, tmp_path / "home", shm.root, digits)
     earlier = engine.train(**TASK)
@@ -390,23 +393,22 @@ def test_a_full_model_scratch_fails_the_task_clearly_and_a_resume_finishes_it(
     wait_for(lambda: _midway(engine.checkpoints, task_id) is not None, 60)
     shm.fill()
     info = engine.wait(task_id, 60)
-    assert info.state is TaskState.FAILED, info
-    assert str(shm.root / task_id) in (info.error or "") and FULL in (info.error or ""), info.error
-    kept = engine.checkpoints.load(task_id)
-    assert kept is not None and kept.position.epoch == 1
+    assert info.state is TaskState.SUCCEEDED, info
+    assert _same(engine.models.load_final(task_id), engine.models.load_final(earlier))
+
+    shm.fill()  # the finished task's scratch was freed: take that too
+    other = engine.train(**TASK)  # a new task on the full scratch: an error, not a SIGBUS
+    failed = engine.wait(other, 60)
+    assert failed.state is TaskState.FAILED, failed
+    assert str(shm.root / other) in (failed.error or "") and FULL in (failed.error or "")
     assert len(engine.infer(earlier, digits["test_x"][:3].tolist())) == 3
     assert engine.get_task(earlier).state is TaskState.SUCCEEDED
 
-    other = engine.train(**TASK)  # a new task on the full scratch: an error, not a SIGBUS
-    failed = engine.wait(other, 60)
-    assert failed.state is TaskState.FAILED and FULL in (failed.error or ""), failed
-
     shm.free()
-    engine.resume_task(task_id)
-    info = engine.wait(task_id, 120)
+    engine.resume_task(other)
+    info = engine.wait(other, 120)
     assert info.state is TaskState.SUCCEEDED, info
-    assert _resumed_from(engine, task_id) == (2, kept.position.round)
-    assert _same(engine.models.load_final(task_id), engine.models.load_final(earlier))
+    assert _same(engine.models.load_final(other), engine.models.load_final(earlier))
 
 
 def test_a_server_restarted_on_a_full_home_serves_and_resumes_the_task_once_freed(

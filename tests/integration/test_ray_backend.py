@@ -133,7 +133,7 @@ def test_user_output_reaches_the_task_log(ray_engine, digits):
     task_id = ray_engine.train(function="mlp", dataset="digits", epochs=1, lr=0.05)
     assert ray_engine.wait(task_id, 60).state is TaskState.SUCCEEDED
     messages = [(line.source, line.message) for line in ray_engine.logs_of(task_id)]
-    assert any(s == "function-1" and "first batch of epoch 0" in m for s, m in messages)
+    assert any(s == "function-1" and "first batch of epoch 1" in m for s, m in messages)
     assert any("printed by function 0" in m for _, m in messages)
 
 
@@ -144,9 +144,7 @@ def _alive_actor_pids() -> set[int]:
 
     actors = state.actors().values()
     return {
-        a["Pid"]
-        for a in actors
-        if a["State"] == "ALIVE" and a["ActorClassName"] == "_FunctionActor"
+        a["Pid"] for a in actors if a["State"] == "ALIVE" and a["ActorClassName"] == "FunctionActor"
     }
 
 

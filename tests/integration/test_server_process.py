@@ -89,7 +89,7 @@ def test_refuses_to_listen_beyond_loopback_without_a_token(tmp_path: Path) -> No
 def test_importing_the_client_loads_no_heavy_module() -> None:
     heavy = ("torch", "fastapi", "uvicorn", "ray", "starlette", "kubeml.control")
     code = (
-        "import sys, kubeml.client, kubeml.client.local\n"
+        "import sys, kubeml.client, kubeml.client.local_server\n"
         f"print(sorted(m for m in sys.modules if m.split('.')[0] in {heavy!r} "
         f"or m.startswith('kubeml.control')))\n"
     )

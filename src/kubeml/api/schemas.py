@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import re
-from datetime import datetime
+from datetime import datetime, timezone
 from enum import Enum
 from typing import Annotated, Any
 
@@ -18,6 +18,14 @@ from pydantic import (
     StrictStr,
     model_validator,
 )
+
+from kubeml.errors import InvalidInputError
+
+
+def utc_now() -> datetime:
+    """The time stamps records carry (`created_at`, `started_at`, ...): aware, in UTC."""
+    return datetime.now(timezone.utc)
+
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 NAME_RULE = "use 1-64 letters, digits, '_', '.' or '-', starting with a letter or digit"
@@ -39,6 +47,14 @@ def name_error(kind: str, name: object) -> str | None:
     if isinstance(name, str) and _NAME.fullmatch(name):
         return None
     return f"invalid {kind} name {name!r}: {NAME_RULE}"
+
+
+def check_name(kind: str, name: str) -> str:
+    """Names are 1-64 characters of letters, digits, `_`, `.`, `-`, starting alphanumeric."""
+    problem = name_error(kind, name)
+    if problem:
+        raise InvalidInputError(problem)
+    return name
 
 
 def _named(kind: str) -> AfterValidator:

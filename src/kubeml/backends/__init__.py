@@ -14,7 +14,7 @@ __all__ = ["FunctionBackend", "SyncHandler", "create_backend"]
 
 
 def create_backend(settings: Settings) -> FunctionBackend:
-    """The backend `settings.backend` names, with the stores it serves functions from;
+    """The backend `settings.backend` names, with the stores its functions read from;
     optional backends are imported only here."""
     from kubeml.settings import BackendKind
 

@@ -34,7 +34,7 @@ class FunctionBackend(ABC):
     `BackendError` when the worker died. Before it fails, the backend tells the sync
     handler, so no round waits for a dead function.
 
-    A backend builds the control plane's stores it serves functions from (`datasets`,
+    A backend builds the control plane's stores its functions read from (`datasets`,
     `models`); the engine uses those and builds none of its own.
     """
 

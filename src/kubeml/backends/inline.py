@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from concurrent.futures import Future
 
 from kubeml.backends.base import FunctionBackend, SyncHandler
-from kubeml.backends.relay import Done, settle, start_gang
+from kubeml.backends.relay import Done, resolve, start_gang
 from kubeml.runtime.execute import execute
 from kubeml.runtime.invocation import Invocation, InvocationResult, LogSink
 from kubeml.stores.datasets import LocalDatasetStore
@@ -38,9 +38,9 @@ class InlineBackend(FunctionBackend):
             try:
                 result = execute(inv, shards=self.datasets, models=self.models, sync=sync, log=log)
             except BaseException as exc:
-                settle(future, sync, inv.func_id, exc)
+                resolve(future, sync, inv.func_id, exc)
             else:
-                settle(future, sync, inv.func_id, Done(result))
+                resolve(future, sync, inv.func_id, Done(result))
 
         return start_gang(invocations, run, "inline")
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextlib
+import functools
 import os
 import secrets
 import subprocess
@@ -20,15 +21,17 @@ from pathlib import Path
 from typing import Any
 
 from kubeml.backends.base import FunctionBackend, SyncHandler
-from kubeml.backends.process_worker import Hello, PipeTransport, Setup
+from kubeml.backends.pool import PooledWorker, WorkerPool
+from kubeml.backends.process_worker import Hello, Setup
 from kubeml.backends.relay import (
     Done,
     Failed,
+    PipeTransport,
     RelayHooks,
     Shutdown,
     drive,
     drive_async,
-    settle,
+    resolve,
     start_gang,
 )
 from kubeml.errors import BackendError
@@ -39,19 +42,19 @@ from kubeml.stores.datasets import LocalDatasetStore
 from kubeml.stores.models import LocalModelStore
 
 
-@dataclass
-class _Worker:
+@dataclass(eq=False)
+class _Worker(PooledWorker):
     process: Any
     conn: Any
-    task_id: str | None = None
-    started_at: float = field(default_factory=time.monotonic)
     served: list[str] = field(default_factory=list)  # tasks whose model it keeps, latest last
-    runs: int = 0  # invocations it ran: a worker that ran one has the user's modules loaded
 
     def alive(self) -> bool:
         return self.process.poll() is None
 
     def kill(self) -> None:
+        self.process.kill()  # its relay's thread sees EOF and fails the invocation
+
+    def close(self) -> None:
         if self.process.poll() is None:
             self.process.kill()
         with contextlib.suppress(subprocess.TimeoutExpired):
@@ -98,17 +101,15 @@ class ProcessBackend(FunctionBackend):
         self._listener = Listener(
             os.path.join(self._socket_dir, "sock"), family="AF_UNIX", authkey=self._authkey
         )
-        self._idle: list[_Worker] = []
-        self._busy: list[_Worker] = []
-        self._lock = threading.Lock()
-        self._closed = False
+        self._pool: WorkerPool[_Worker] = WorkerPool(self.name)
         self._serving = ThreadPoolExecutor(max_workers=64, thread_name_prefix="kubeml-serve")
         atexit.register(self.close)
 
     # -- pool -------------------------------------------------------------------------------
     def _spawn(self, count: int, background: bool = False) -> list[_Worker]:
-        """Start `count` workers at once and wait for each to connect. `background` ones
-        import torch at the lowest CPU priority (spares started beside a training task)."""
+        """Start `count` workers at once and wait for each to connect (with the pool's lock
+        held: each connects to the one listener). `background` ones import torch at the
+        lowest CPU priority (spares started beside a training task)."""
         env = {**os.environ, "KUBEML_WORKER_AUTHKEY": self._authkey.hex()}
         processes = {}
         for _ in range(count):
@@ -124,39 +125,29 @@ class ProcessBackend(FunctionBackend):
             conn = self._listener.accept()
             hello: Hello = conn.recv()
             conn.send(setup)
-            workers.append(_Worker(processes.pop(hello.pid), conn))
+            workers.append(_Worker(processes.pop(hello.pid), conn, pid=hello.pid))
         return workers
 
     def warm(self, count: int, background: bool = False) -> None:
         """Start workers ahead of demand, so the next task finds them warm."""
-        with self._lock:
-            if self._closed:
-                return
-            self._idle = [w for w in self._idle if w.alive()]
-            missing = max(0, count - len(self._idle))
-            self._idle.extend(self._spawn(missing, background))
+        self._pool.top_up(count, functools.partial(self._spawn, background=background))
 
     def _acquire(
         self, count: int, task_id: str, serving: bool = False, spawn: bool = True
     ) -> list[_Worker]:
         """`count` workers for a task; with `spawn` False only idle ones (maybe none)."""
-        with self._lock:
-            if self._closed:
-                raise BackendError("the process backend is closed")
-            alive = [w for w in self._idle if w.alive()]
-            for dead in (w for w in self._idle if not w.alive()):
-                dead.conn.close()
+
+        def choose(idle: list[_Worker], busy: list[_Worker]) -> tuple[list[_Worker], list[_Worker]]:
             # First the workers that hold this task's model loaded (serving), then those
             # that ran anything (the user's modules imported), the spares last.
-            alive.sort(key=lambda w: (serving and task_id not in w.served, w.runs == 0))
-            taken, self._idle = alive[:count], alive[count:]
-            if spawn:
-                taken += self._spawn(count - len(taken))
-            for worker in taken:
-                worker.task_id = task_id
-            self._busy.extend(taken)
-            refill = self.spare_workers > len(self._idle)
-        if refill:  # a lost worker's replacement then starts warm, not from `import torch`
+            idle.sort(key=lambda w: (serving and task_id not in w.served, w.runs == 0))
+            return idle[:count], []
+
+        taken = self._pool.acquire(
+            count, task_id, start=self._spawn if spawn else None, choose=choose
+        )
+        if self.spare_workers > self._pool.idle_count():
+            # a lost worker's replacement then starts warm, not from `import torch`
             threading.Thread(
                 target=self.warm,
                 args=(self.spare_workers, True),
@@ -164,17 +155,6 @@ class ProcessBackend(FunctionBackend):
                 name="kubeml-spare",
             ).start()
         return taken
-
-    def _release(self, worker: _Worker, healthy: bool) -> None:
-        with self._lock:
-            if worker in self._busy:
-                self._busy.remove(worker)
-            worker.task_id = None
-            worker.runs += 1
-            if healthy and not self._closed and worker.alive():
-                self._idle.append(worker)
-                return
-        worker.kill()
 
     # -- invocations ------------------------------------------------------------------------
     def invoke(
@@ -215,7 +195,7 @@ class ProcessBackend(FunctionBackend):
         except TimeoutError:  # before OSError, its base class
             # Killed (off the loop: it waits for the exit), so its late answer never
             # reaches the next call.
-            await asyncio.to_thread(self._release, worker, False)
+            await asyncio.to_thread(functools.partial(self._pool.release, worker, healthy=False))
             raise BackendError(
                 f"the inference of task {invocation.task_id} ran past {timeout_s:g} s; its "
                 "worker was stopped"
@@ -223,9 +203,9 @@ class ProcessBackend(FunctionBackend):
         except (EOFError, OSError) as exc:  # waiting for the dead process may block
             raise await asyncio.to_thread(self._lost, worker, invocation, exc) from exc
         except BaseException:  # cancelled mid-call: the worker's state is unknown
-            self._release(worker, healthy=False)
+            self._pool.release(worker, healthy=False)
             raise
-        self._settled(worker, outcome)
+        self._worker_done(worker, outcome)
         if isinstance(outcome, Failed):
             raise outcome.error
         return outcome.result
@@ -246,17 +226,17 @@ class ProcessBackend(FunctionBackend):
         try:
             outcome = drive(PipeTransport(worker.conn), inv, sync, log, _HOOKS)
         except (EOFError, OSError) as exc:
-            settle(future, sync, inv.func_id, self._lost(worker, inv, exc))
+            resolve(future, sync, inv.func_id, self._lost(worker, inv, exc))
             return
-        self._settled(worker, outcome)
-        settle(future, sync, inv.func_id, outcome)
+        self._worker_done(worker, outcome)
+        resolve(future, sync, inv.func_id, outcome)
 
-    def _settled(self, worker: _Worker, outcome: Done | Failed) -> None:
+    def _worker_done(self, worker: _Worker, outcome: Done | Failed) -> None:
         """A worker whose user code exited is replaced; any other goes back to the pool."""
         if isinstance(outcome, Failed) and outcome.replace_worker:
             self._replace(worker)
         else:
-            self._release(worker, healthy=True)
+            self._pool.release(worker, healthy=True)
 
     def _lost(self, worker: _Worker, inv: Invocation, exc: BaseException) -> BackendError:
         """A dead worker is dropped (the next task spawns what it lacks)."""
@@ -269,35 +249,29 @@ class ProcessBackend(FunctionBackend):
             f"(exit code {code}); it may have run out of memory or been killed"
         )
         error.__cause__ = exc
-        self._release(worker, healthy=False)
+        self._pool.release(worker, healthy=False)
         return error
 
     def _replace(self, worker: _Worker) -> None:
         """Kill a worker that cannot be trusted and start a warm one in its place."""
-        self._release(worker, healthy=False)
-        if not self._closed:
+        self._pool.release(worker, healthy=False)
+        if not self._pool.closed:
             threading.Thread(
                 target=self._warm_one, name="kubeml-replace-worker", daemon=True
             ).start()
 
     def _warm_one(self) -> None:
         # If this fails, the next task spawns the worker it lacks itself.
-        with contextlib.suppress(Exception), self._lock:
-            if not self._closed:
-                self._idle.extend(self._spawn(1))
+        with contextlib.suppress(Exception):
+            self._pool.add(1, self._spawn)
 
     def cancel(self, task_id: str) -> None:
-        with self._lock:
-            doomed = [w for w in self._busy if w.task_id == task_id]
-        for worker in doomed:
-            worker.process.kill()  # its driver thread sees EOF and fails the future
+        self._pool.cancel(task_id)
 
     def close(self) -> None:
-        with self._lock:
-            if self._closed:
-                return
-            self._closed = True
-            workers, self._idle, self._busy = self._idle + self._busy, [], []
+        workers = self._pool.close()
+        if workers is None:
+            return
         for worker in workers:
             with contextlib.suppress(OSError):
                 worker.conn.send(Shutdown())
@@ -305,7 +279,7 @@ class ProcessBackend(FunctionBackend):
         for worker in workers:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 worker.process.wait(timeout=max(0.01, deadline - time.monotonic()))
-            worker.kill()
+            worker.close()
         self._listener.close()
         self._serving.shutdown(wait=False)
         import shutil
@@ -314,18 +288,7 @@ class ProcessBackend(FunctionBackend):
         self.models.release_scratch()
 
     def describe(self) -> dict[str, Any]:
-        with self._lock:
-            idle = sum(1 for w in self._idle if w.alive())
-            busy = len(self._busy)
-            pids: dict[str, list[int]] = {}
-            for w in self._busy:
-                pids.setdefault(w.task_id or "", []).append(w.process.pid)
-        return {
-            **super().describe(),
-            "warm_workers": idle,
-            "busy_workers": busy,
-            "worker_pids": pids,  # by task: what an operator (or a chaos test) may kill
-        }
+        return {**super().describe(), **self._pool.describe()}
 
 
 _SOCKET_PREFIX = "kubeml-workers-"

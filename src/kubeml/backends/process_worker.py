@@ -1,13 +1,12 @@
 """The warm worker process of the process backend (the serverless "warm container").
 
-It imports torch once, then serves invocations sent over its pipe, keeping each user
+It imports torch once, then runs invocations sent over its pipe, keeping each user
 module imported, until it has been idle for `idle_timeout_s` (scale to zero), its parent
 goes away, or the backend replaces it (after user code exited: see `relay.Failed`).
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import os
@@ -15,9 +14,8 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any
 
-from kubeml.backends.relay import Endpoint, Invoke, Shutdown, serve
+from kubeml.backends.relay import Endpoint, Invoke, PipeTransport, Shutdown, run_invocation
 from kubeml.stores.datasets import LocalDatasetStore
 from kubeml.stores.models import LocalModelStore
 
@@ -31,7 +29,7 @@ class Hello:
 
 @dataclass(frozen=True)
 class Setup:
-    """The parent's answer to `Hello`: the stores to serve from (pickled as their paths)."""
+    """The parent's answer to `Hello`: the stores to read from (pickled as their paths)."""
 
     datasets: LocalDatasetStore
     models: LocalModelStore
@@ -59,37 +57,6 @@ def _import_runtime(background: bool) -> None:
     importer.join()
 
 
-class PipeTransport:
-    """One end of a worker's authenticated Unix socket, for the relay's messages."""
-
-    def __init__(self, conn: Any) -> None:
-        self.conn = conn
-
-    def send(self, message: Any) -> None:
-        self.conn.send(message)
-
-    def receive(self) -> Any:
-        return self.conn.recv()
-
-    async def readable(self) -> None:
-        """Resolves when a message has arrived, the event loop watching the socket."""
-        if self.conn.poll():
-            return
-        loop = asyncio.get_running_loop()
-        ready = loop.create_future()
-        fd = self.conn.fileno()
-
-        def wake() -> None:
-            if not ready.done():
-                ready.set_result(None)
-
-        loop.add_reader(fd, wake)
-        try:
-            await ready
-        finally:
-            loop.remove_reader(fd)
-
-
 def _exit_with_parent(parent: int, poll_s: float = 0.5) -> None:
     """Exit the moment the server is gone, even while user code runs (a worker stuck in a
     hook would otherwise live on as an orphan). Polling the parent pid, not
@@ -112,7 +79,7 @@ def worker_main(address: str, authkey: bytes) -> None:
     conn.send(Hello(os.getpid()))
     setup: Setup = conn.recv()
     _import_runtime(setup.background)
-    logging.getLogger().setLevel(logging.INFO)  # what `serve` sets: no per-call change
+    logging.getLogger().setLevel(logging.INFO)  # what `run_invocation` sets: no per-call change
 
     endpoint = Endpoint(PipeTransport(conn))
     while True:
@@ -124,7 +91,7 @@ def worker_main(address: str, authkey: bytes) -> None:
             return  # the parent is gone
         if isinstance(message, Shutdown) or not isinstance(message, Invoke):
             return
-        serve(endpoint, message.invocation, setup.datasets, setup.models)
+        run_invocation(endpoint, message.invocation, setup.datasets, setup.models)
 
 
 if __name__ == "__main__":

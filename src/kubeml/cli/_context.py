@@ -58,10 +58,12 @@ class CliState:
     def get_client(self) -> Client:
         """A client of the control plane; starts a local server when none answers."""
         if self.client is None:
-            from kubeml.client import Client, local
+            from kubeml.client import Client, local_server
 
             settings = self.get_settings()
-            url = local.ensure_server(settings)  # raises if a named KUBEML_URL does not answer
+            url = local_server.ensure_server(
+                settings
+            )  # raises if a named KUBEML_URL does not answer
             self.client = Client(url, token=settings.api_token, settings=settings)
         return self.client
 

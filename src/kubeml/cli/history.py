@@ -1,4 +1,5 @@
-"""`kubeml history get|list|delete|prune|plot`: what each epoch of a train task measured."""
+"""`kubeml history get|list|delete|prune|plot|export`: what each epoch of a train task
+measured."""
 
 from __future__ import annotations
 
@@ -147,6 +148,41 @@ def plot(
         raise InvalidInputError(f"task {task_id} has no finished epoch to plot yet")
     _plot(history, output)
     typer.echo(f"wrote {output}")
+
+
+@app.command()
+def export(
+    ctx: typer.Context,
+    task_id: TaskId,
+    output: Annotated[
+        Path | None,
+        typer.Option("--output", "-o", help="folder to write into [default: kubeml-history/ID]"),
+    ] = None,
+    tensorboard: Annotated[
+        bool | None,
+        typer.Option(
+            "--tensorboard/--no-tensorboard",
+            help="also write TensorBoard event files [default: when tensorboard is installed]",
+            show_default=False,
+        ),
+    ] = None,
+) -> None:
+    """Write a task's epochs and round points as CSV and TensorBoard event files."""
+    from kubeml.client.export import TENSORBOARD_HINT, default_directory, export_history
+
+    directory = output if output is not None else default_directory(task_id)
+    done = export_history(client(ctx), task_id, directory, tensorboard=tensorboard)
+    typer.echo(f"wrote {done.epochs} epoch(s) to {done.epochs_csv}")
+    if done.rounds_csv is not None:
+        typer.echo(f"wrote {done.rounds} round point(s) to {done.rounds_csv}")
+    else:
+        typer.echo("no round points: the server keeps them in memory, and has none of this task")
+    if done.event_file is not None:
+        typer.echo(f"wrote TensorBoard events to {done.event_file} "
+                   f"(view them: tensorboard --logdir {directory.parent})")  # fmt: skip
+    elif tensorboard is None:
+        typer.echo(f"tensorboard is not installed, so no event files: {TENSORBOARD_HINT}",
+                   err=True)  # fmt: skip
 
 
 def parallelism_path(history: History) -> str:

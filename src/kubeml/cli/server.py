@@ -49,23 +49,23 @@ def start(
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
         run_server(settings)
         return
-    from kubeml.client import local
+    from kubeml.client import local_server
 
-    status = local.server_status(settings)
+    status = local_server.server_status(settings)
     if status is not None:
         typer.echo(f"kubeml server already running at {settings.server_url}")
         return
-    url = local.ensure_server(settings, quiet=True)
+    url = local_server.ensure_server(settings, quiet=True)
     typer.echo(f"kubeml server started at {url} (home {settings.home})")
 
 
 @app.command()
 def stop(ctx: typer.Context) -> None:
     """Stop the background server."""
-    from kubeml.client import local
+    from kubeml.client import local_server
 
     settings = _settings(ctx)
-    if local.stop_server(settings):
+    if local_server.stop_server(settings):
         typer.echo(f"kubeml server at {settings.server_url} stopped")
     else:
         typer.echo(f"no kubeml server was running at {settings.server_url}")
@@ -74,10 +74,10 @@ def stop(ctx: typer.Context) -> None:
 @app.command()
 def status(ctx: typer.Context, json: Json = False) -> None:
     """Say whether a server answers, and what it runs; exits 1 when none does."""
-    from kubeml.client import local
+    from kubeml.client import local_server
 
     settings = _settings(ctx)
-    info = local.server_status(settings)
+    info = local_server.server_status(settings)
     if json:
         print_json(info)
     elif info is None:

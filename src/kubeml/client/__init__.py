@@ -4,6 +4,6 @@ Torch-free and server-free: importing it loads neither torch, fastapi, uvicorn n
 """
 
 from kubeml.client._client import Client
-from kubeml.client.local import ensure_server, server_status, stop_server
+from kubeml.client.local_server import ensure_server, server_status, stop_server
 
 __all__ = ["Client", "ensure_server", "server_status", "stop_server"]

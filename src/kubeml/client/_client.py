@@ -16,16 +16,11 @@ httpx is imported only for uploads, https, proxies and test transports.
 from __future__ import annotations
 
 import http.client
-import io
-import ipaddress
-import json as json_module
-import os
 import threading
 import time
 from contextlib import ExitStack
-from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
-from urllib.parse import quote, urlencode, urlsplit
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote, urlencode
 
 from kubeml.api.schemas import (
     DatasetInfo,
@@ -36,26 +31,18 @@ from kubeml.api.schemas import (
     TaskProgress,
     TrainRequest,
 )
-from kubeml.client._keepalive import Answer, ConnectFailed, KeepAlive
+from kubeml.client._keepalive import KeepAlive, Reply
+from kubeml.client._upload import CHECK_UPLOADS_OVER, FIELDS, file_part, part_size
+from kubeml.client._wire import encode, error_from_body, failure_kind, is_loopback_url
 from kubeml.errors import (
-    InternalError,
-    InvalidDatasetError,
-    InvalidInputError,
-    KubeMLError,
     PayloadTooLargeError,
     ServerUnavailableError,
-    error_class,
-    error_for_status,
 )
 
 if TYPE_CHECKING:
     import httpx
 
     from kubeml.settings import Settings
-
-_FIELDS = {"train_x": "traindata", "train_y": "trainlabels",
-           "test_x": "testdata", "test_y": "testlabels"}  # fmt: skip
-_CHECK_UPLOADS_OVER = 64 * 2**20  # ask the server's limit only for uploads this large
 
 
 class Client:
@@ -94,7 +81,7 @@ class Client:
         self._httpx_lock = threading.Lock()
         # Plain-HTTP JSON calls go through the standard library (see kubeml.client._keepalive).
         self._lean = (
-            KeepAlive.for_url(self.url, headers, timeout_s, loopback=_is_loopback_url(self.url))
+            KeepAlive.for_url(self.url, headers, timeout_s, loopback=is_loopback_url(self.url))
             if transport is None
             else None
         )
@@ -146,12 +133,12 @@ class Client:
     ) -> DatasetInfo:
         """Upload a dataset. Each part is a path to a .npy/.npz (.pkl with `allow_pickle`)
         file, or an array, sent as .npy bytes."""
-        sources = dict(zip(_FIELDS, (traindata, trainlabels, testdata, testlabels), strict=True))
+        sources = dict(zip(FIELDS, (traindata, trainlabels, testdata, testlabels), strict=True))
         with ExitStack() as stack:
             # Labels first: the server checks each header as it arrives, so features whose
             # length does not match are refused before their bulk is written anywhere.
             order = ("train_y", "test_y", "train_x", "test_x")
-            files = {field: _file_part(field, sources[field], stack) for field in order}
+            files = {field: file_part(field, sources[field], stack) for field in order}
             self._check_upload_size(files)
             form = {"name": name, "allow_pickle": "true" if allow_pickle else "false"}
             info = self._json("POST", "/datasets", data=form, files=files)
@@ -160,8 +147,8 @@ class Client:
     def _check_upload_size(self, files: dict[str, tuple[str, Any, str]]) -> None:
         # A server that refuses a big upload midway resets the connection, which would
         # read as "server unavailable"; asking for its limit first gives the real reason.
-        total = sum(_part_size(content) for _, content, _ in files.values())
-        if total <= _CHECK_UPLOADS_OVER:
+        total = sum(part_size(content) for _, content, _ in files.values())
+        if total <= CHECK_UPLOADS_OVER:
             return
         limit = int(self.health().get("max_upload_bytes") or 0)
         if limit and total > limit:
@@ -275,28 +262,28 @@ class Client:
         params: dict[str, Any] | None = None,
         idempotent: bool | None = None,
         **upload: Any,
-    ) -> Answer:
+    ) -> Reply:
         """Send one call; `upload` (httpx's `data`/`files`) streams a multipart body.
         `idempotent` (default: GET and PUT are) lets a call the connection broke under be
         sent once more. (Not DELETE: a repeat of one that worked would answer 404.)"""
-        body = None if json is None else _encode(json, f"{method} {path}")
+        body = None if json is None else encode(json, f"{method} {path}")
         if params:
             path = f"{path}?{urlencode(params)}"
         if self._lean is not None and not upload:
             if idempotent is None:
                 idempotent = method in ("GET", "PUT")
             try:
-                answer = self._lean.request(method, path, body, idempotent=idempotent)
+                reply = self._lean.request(method, path, body, idempotent=idempotent)
             except (OSError, http.client.HTTPException) as exc:
-                raise self._unavailable(method, path, _failure_kind(exc), exc) from exc
+                raise self._unavailable(method, path, failure_kind(exc), exc) from exc
         else:
-            answer = self._via_httpx(method, path, body, upload)
-        if answer.status >= 400:
+            reply = self._via_httpx(method, path, body, upload)
+        if reply.status >= 400:
             url = f"{self.url}{path}"
-            raise _error_from_body(answer.status, answer.reason, answer.body, url)
-        return answer
+            raise error_from_body(reply.status, reply.reason, reply.body, url)
+        return reply
 
-    def _via_httpx(self, method: str, path: str, body: bytes | None, upload: Any) -> Answer:
+    def _via_httpx(self, method: str, path: str, body: bytes | None, upload: Any) -> Reply:
         import httpx
 
         with self._httpx_lock:  # threads may race to the first upload
@@ -307,7 +294,7 @@ class Client:
                     transport=self._transport,
                     timeout=httpx.Timeout(self._timeout_s, connect=5.0),
                     # An HTTP_PROXY from the environment must not catch 127.0.0.1 or a test app.
-                    trust_env=self._transport is None and not _is_loopback_url(self.url),
+                    trust_env=self._transport is None and not is_loopback_url(self.url),
                 )
         headers = {"content-type": "application/json"} if body is not None else None
         try:
@@ -318,7 +305,7 @@ class Client:
             raise self._unavailable(method, path, "timeout", exc) from exc
         except httpx.TransportError as exc:
             raise self._unavailable(method, path, "lost", exc) from exc
-        return Answer(response.status_code, response.reason_phrase, response.content)
+        return Reply(response.status_code, response.reason_phrase, response.content)
 
     def _unavailable(
         self, method: str, path: str, kind: str, exc: Exception
@@ -338,71 +325,5 @@ class Client:
         )
 
 
-def _failure_kind(exc: BaseException) -> str:
-    """connect, timeout or lost, for an `http.client` call that got no answer."""
-    if isinstance(exc, ConnectFailed):  # also a host name that does not resolve
-        return "connect"
-    return "timeout" if isinstance(exc, TimeoutError) else "lost"
-
-
-def _encode(value: Any, call: str) -> bytes:
-    try:
-        return json_module.dumps(value, separators=(",", ":"), allow_nan=False).encode()
-    except (TypeError, ValueError) as exc:  # NaN, inf, or objects JSON cannot hold
-        raise InvalidInputError(f"{call}: the data cannot be sent as JSON ({exc})") from exc
-
-
-def _error_from_body(status: int, reason: str, body: bytes, url: str) -> KubeMLError:
-    """The `KubeMLError` the server raised, rebuilt from its JSON error body."""
-    try:
-        error = json_module.loads(body)["error"]
-        code, message, details = error["code"], str(error["message"]), error.get("details")
-    except (ValueError, KeyError, TypeError):
-        cls = error_for_status(status) or InternalError
-        text = body.decode("utf-8", "replace").strip()[:300] or reason
-        return cls(f"HTTP {status} from {url}: {text}")
-    if details is not None and not isinstance(details, str):
-        details = str(details)
-    cls = error_class(code) or error_for_status(status) or InternalError
-    return cls(message, details=details)
-
-
 def _q(segment: str) -> str:
     return quote(str(segment), safe="")
-
-
-def _is_loopback_url(url: str) -> bool:
-    host = urlsplit(url).hostname or ""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def _file_part(field: str, source: Any, stack: ExitStack) -> tuple[str, Any, str]:
-    """A multipart file part: an open file for a path, .npy bytes for an array."""
-    flag = _FIELDS[field]
-    if isinstance(source, (str, os.PathLike)):
-        path = Path(source).expanduser()
-        if not path.is_file():
-            raise InvalidInputError(f"{flag}: no such file {str(path)!r}")
-        handle: IO[bytes] = stack.enter_context(open(path, "rb"))  # noqa: SIM115 - stack closes
-        return path.name, handle, "application/octet-stream"
-    import numpy as np
-
-    array = np.asarray(source)
-    if array.dtype.kind not in "biuf":
-        raise InvalidDatasetError(
-            f"{flag}: unsupported dtype {array.dtype}; use a numeric (int, uint, float, bool) array"
-        )
-    buffer = io.BytesIO()
-    np.save(buffer, array, allow_pickle=False)
-    return f"{field}.npy", buffer.getvalue(), "application/octet-stream"
-
-
-def _part_size(content: Any) -> int:
-    if isinstance(content, bytes):
-        return len(content)
-    return os.fstat(content.fileno()).st_size

@@ -31,8 +31,8 @@ _BROKEN = (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError
 
 
 @dataclass(frozen=True)
-class Answer:
-    """A server's answer: what `Client` reads of a response, from either transport."""
+class Reply:
+    """A server's HTTP reply: what `Client` reads of a response, from either transport."""
 
     status: int
     reason: str
@@ -103,8 +103,8 @@ class KeepAlive:
         body: bytes | None = None,
         *,
         idempotent: bool = False,
-    ) -> Answer:
-        """The server's answer to `method target`. Raises `OSError` or
+    ) -> Reply:
+        """The server's reply to `method target`. Raises `OSError` or
         `http.client.HTTPException` when the server cannot be reached, does not answer in
         time, or the connection breaks mid-call."""
         headers = dict(self._headers)
@@ -113,18 +113,18 @@ class KeepAlive:
         connection, reused = self._take()
         try:
             try:
-                answer = self._send(connection, method, target, body, headers)
+                reply = self._send(connection, method, target, body, headers)
             except _BROKEN:
                 connection.close()
                 if not (reused and idempotent):
                     raise
                 connection = self._new()  # once more, on a fresh connection
-                answer = self._send(connection, method, target, body, headers)
+                reply = self._send(connection, method, target, body, headers)
         except BaseException:
             connection.close()
             raise
         self._give_back(connection)
-        return answer
+        return reply
 
     @staticmethod
     def _send(
@@ -133,13 +133,13 @@ class KeepAlive:
         target: str,
         body: bytes | None,
         headers: dict[str, str],
-    ) -> Answer:
+    ) -> Reply:
         connection.request(method, target, body=body, headers=headers)
         response = connection.getresponse()
-        answer = Answer(response.status, response.reason, response.read())
+        reply = Reply(response.status, response.reason, response.read())
         if response.will_close:
             connection.close()
-        return answer
+        return reply
 
     def _new(self) -> http.client.HTTPConnection:
         return _Connection(self._host, self._port, timeout=self._timeout_s)

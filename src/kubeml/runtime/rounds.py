@@ -4,8 +4,10 @@ invocation (init, an epoch of rounds, validation or inference)."""
 from __future__ import annotations
 
 import inspect
+import json
 import logging
 import math
+import reprlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -20,8 +22,11 @@ from kubeml.runtime.seeds import derive_seed
 from kubeml.runtime.serving import served_models
 from kubeml.runtime.sync import RoundReport, SyncChannel
 from kubeml.sdk.dataset import KubeDataset
-from kubeml.sdk.model import KubeModel
+from kubeml.sdk.model import KubeArgs, KubeModel
 from kubeml.stores.interfaces import FunctionModels, ShardSource
+
+# `self.task` in the hooks: the 2021 library's names for what an invocation does.
+_TASK_NAMES = {Mode.INIT: "init", Mode.TRAIN: "train", Mode.VALIDATE: "val", Mode.INFER: "infer"}
 
 
 @dataclass(frozen=True)
@@ -48,8 +53,17 @@ class RoundDriver:
     # -- the SDK's Driver ------------------------------------------------------------------
     def attach(self, model: KubeModel) -> None:
         inv = self.ctx.invocation
-        model.lr, model.batch_size, model.epoch = inv.lr, inv.batch_size, inv.epoch
+        # The user's epochs count from 1, as the history, the job's log and the 2021
+        # library number them (an lr schedule `if self.epoch >= 100` means the 100th).
+        epoch = inv.epoch + 1 if inv.mode in (Mode.TRAIN, Mode.VALIDATE) else 0
+        model.lr, model.batch_size, model.epoch = inv.lr, inv.batch_size, epoch
         model.func_id, model.parallelism = inv.func_id, inv.parallelism
+        model.task = _TASK_NAMES[inv.mode]
+        model.args = KubeArgs(
+            job_id=inv.task_id, task=model.task, func_id=inv.func_id,
+            parallelism=inv.parallelism, k=inv.k, lr=inv.lr, batch_size=inv.batch_size,
+            epoch=epoch,
+        )  # fmt: skip
         model.logger = self.ctx.logger
 
     def run(self, model: KubeModel) -> InvocationResult:
@@ -82,7 +96,10 @@ class RoundDriver:
     def _init(self, model: KubeModel) -> InvocationResult:
         inv = self.ctx.invocation
         self.hook = "init()"
-        model.init(model.network)
+        if positional_count(model.init) == 0:  # the 2021 library's `init(self)`
+            model.init()
+        else:
+            model.init(model.network)
         self.hook = "main()"
         self.ctx.models.write_reference(inv.task_id, model.network.state_dict())
         return InvocationResult(inv.func_id, Mode.INIT)
@@ -119,6 +136,9 @@ class RoundDriver:
             torch.manual_seed(derive_seed(inv.seed, inv.epoch, inv.func_id, "round", round_index))
             if model.optimizer is None or inv.optimizer_state == "reset":
                 self.hook = "configure_optimizers()"
+                # Each build starts from the task's lr: a hook that scales `self.lr` (as the
+                # 2021 experiments do per epoch) must not compound it round after round.
+                model.lr = inv.lr
                 model.optimizer = model.configure_optimizers()
                 if round_index == inv.round and inv.restore_state:
                     self._restore_optimizer(model)
@@ -145,10 +165,10 @@ class RoundDriver:
                 batch_index += 1
             self.hook = "main()"
             final = batch_index >= n_batches
-            if not final and inv.optimizer_state == "keep" and models.keeps_function_state:
+            if not final and inv.optimizer_state == "keep" and models.states is not None:
                 # Before the round is published: once it is merged, a replay of the next
                 # round on a fresh worker starts from this.
-                models.save_function_state(
+                models.states.save(
                     inv.task_id, inv.func_id, round_index + 1, model.optimizer.state_dict()
                 )
             handle = models.publish(inv.task_id, inv.func_id, state)
@@ -183,7 +203,8 @@ class RoundDriver:
         """The optimizer's state the function had at the start of this round (a replay, a
         resume), kept by the store; without it the round starts with a fresh optimizer."""
         inv = self.ctx.invocation
-        kept = self.ctx.models.load_function_state(inv.task_id, inv.func_id, inv.round)
+        states = self.ctx.models.states
+        kept = states.load(inv.task_id, inv.func_id, inv.round) if states is not None else None
         if kept is None:
             self.ctx.logger.warning(
                 "no kept optimizer state for round %d: it starts afresh", inv.round + 1
@@ -234,9 +255,15 @@ class RoundDriver:
         self.attach(model)
         model.network.eval()
         self.hook = "infer()"
+        data = list(inv.infer_data or [])
         try:
             with torch.no_grad():
-                output = model.infer(list(inv.infer_data or []))
+                if positional_count(model.infer) >= 2:  # the 2021 library's (network, data)
+                    output = model.infer(model.network, data)
+                else:
+                    output = model.infer(data)
+        except FunctionError:
+            raise  # the model defines no infer(): not the input's fault
         except Exception as exc:
             import traceback
 
@@ -246,7 +273,7 @@ class RoundDriver:
                 details=traceback.format_exc(),
             ) from None
         self.hook = "main()"
-        return InvocationResult(inv.func_id, Mode.INFER, output=jsonable(output))
+        return InvocationResult(inv.func_id, Mode.INFER, output=predictions(output))
 
 
 def warmup_factor(inv: Invocation, step: int) -> float:
@@ -272,19 +299,22 @@ def resolve_device(gpu: bool, func_id: int) -> torch.device:
     return torch.device(f"cuda:{func_id % count}")
 
 
+def positional_count(hook: Callable[..., Any]) -> int:
+    """How many positional arguments a bound hook names (`*args` counts as one: the
+    SDK's defaults take the seed's form)."""
+    params = inspect.signature(hook).parameters.values()
+    named = sum(p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) for p in params)
+    return named or int(any(p.kind is p.VAR_POSITIONAL for p in params))
+
+
 def hook_arity(hook: Callable[..., Any], name: str) -> int:
     """2 for `(batch, batch_index)`, 3 for `(x, y, batch_index)` (the seed's form)."""
-    params = [
-        p
-        for p in inspect.signature(hook).parameters.values()
-        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
-    ]
-    if len(params) not in (2, 3):
+    count = positional_count(hook)
+    if count not in (2, 3):
         raise FunctionError(
-            f"{name}() must take (x, y, batch_index) or (batch, batch_index), "
-            f"not {len(params)} arguments"
+            f"{name}() must take (x, y, batch_index) or (batch, batch_index), not {count} arguments"
         )
-    return len(params)
+    return count
 
 
 def step_fn(hook: Callable[..., Any], name: str) -> Callable[[Any, int], Any]:
@@ -292,6 +322,31 @@ def step_fn(hook: Callable[..., Any], name: str) -> Callable[[Any, int], Any]:
     if hook_arity(hook, name) == 3:
         return lambda batch, index: hook(batch[0], batch[1], index)
     return hook
+
+
+_SHORT = reprlib.Repr()  # what an error shows of a returned value: a line, not a dump
+_SHORT.maxother = _SHORT.maxstring = 80
+
+
+def predictions(output: Any) -> Any:
+    """What `infer()` returned, as JSON values; a clear error, naming the hook and what it
+    returned, for None or anything JSON cannot hold (the answer must cross HTTP)."""
+    hint = (
+        "infer() must return the predictions as a tensor, a numpy array, a list, a dict "
+        "or a number, holding only finite numbers, strings, booleans or None"
+    )
+    if output is None:
+        raise FunctionError("infer() returned None: return the predictions", details=hint)
+    value = jsonable(output)
+    try:
+        json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        shown = _SHORT.repr(output)
+        raise FunctionError(
+            f"infer() returned {type(output).__name__} {shown}, which cannot become JSON: {exc}",
+            details=hint,
+        ) from None
+    return value
 
 
 def jsonable(value: Any) -> Any:

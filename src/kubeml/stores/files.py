@@ -95,3 +95,32 @@ class _Sink:
         except OSError as exc:
             self.error = self.error or exc
             raise
+
+
+def allocate(path: Path, nbytes: int) -> None:
+    """Create `path` with `nbytes` of space behind it. A file only truncated to its size
+    is sparse: on a full tmpfs, writing its pages through the memory map raises SIGBUS
+    and kills the process; allocated here, a full scratch is a `StorageError` instead."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o666)
+    except OSError as exc:
+        raise disk_error("cannot create a weights file of the model store", path, exc) from exc
+    try:
+        try:
+            os.posix_fallocate(fd, 0, nbytes)
+        except OSError as exc:
+            if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
+                raise
+            os.ftruncate(fd, nbytes)  # a filesystem that cannot allocate ahead: as before
+    except OSError as exc:
+        os.close(fd)
+        path.unlink(missing_ok=True)
+        raise disk_error(
+            "cannot create a weights file of the model store's scratch (its shared memory; "
+            "KUBEML_SHM_DIR moves it)",
+            path,
+            exc,
+            then="resume the task",
+        ) from exc
+    os.close(fd)

@@ -18,6 +18,35 @@ Groups = dict[str, "torch.Tensor"]  # flat per-dtype buffers of one model state
 
 
 # -- what a function uses ---------------------------------------------------------------------
+class FunctionStates(ABC):
+    """A function's own state between rounds (its optimizer's), kept so that a round
+    replayed on a fresh worker, or resumed from a checkpoint, starts from the same bits.
+    Two rounds are kept per function: a function lost after keeping the next round's
+    state, but before its round merged, is replayed from the older one."""
+
+    @abstractmethod
+    def save(self, task_id: str, func_id: int, round_index: int, state: dict[str, Any]) -> None:
+        """Keep `state` as what `func_id` starts round `round_index` with."""
+
+    @abstractmethod
+    def load(self, task_id: str, func_id: int, round_index: int) -> dict[str, Any] | None:
+        """What `save` kept for that round; None if nothing was."""
+
+    def gather(
+        self, task_id: str, round_index: int, func_ids: Sequence[int]
+    ) -> dict[int, dict[str, Any]]:
+        """Every one of `func_ids`' states for `round_index` (a checkpoint), or none."""
+        states = {f: self.load(task_id, f, round_index) for f in func_ids}
+        if any(state is None for state in states.values()):
+            return {}
+        return states  # type: ignore[return-value]
+
+    def restore(self, task_id: str, round_index: int, states: dict[int, dict[str, Any]]) -> None:
+        """Put states back (from a checkpoint) for the functions of `round_index`."""
+        for func_id, state in states.items():
+            self.save(task_id, func_id, round_index, state)
+
+
 class ShardSource(ABC):
     """Where a function reads the samples of its shard."""
 
@@ -67,22 +96,8 @@ class FunctionModels(ABC):
         the reference, which holds the same values."""
         self.load_reference_into(task_id, state)
 
-    # A function's own state between rounds (its optimizer's), kept so that a replay of a
-    # round, or a resume, starts from what the lost function had: the same bits.
-    keeps_function_state = False
-
-    def save_function_state(  # noqa: B027 - stores that cannot keep it keep nothing
-        self, task_id: str, func_id: int, round_index: int, state: dict[str, Any]
-    ) -> None:
-        """Keep `state` as what `func_id` starts round `round_index` with (this round's
-        and the previous one's are kept: a function lost after saving the next round's
-        state but before its round merged is replayed from the older one)."""
-
-    def load_function_state(
-        self, task_id: str, func_id: int, round_index: int
-    ) -> dict[str, Any] | None:
-        """What `save_function_state` kept for that round; None if nothing was."""
-        return None
+    # Where the function keeps its optimizer's state between rounds; None: nowhere.
+    states: FunctionStates | None = None
 
 
 # -- what the parameter server uses -----------------------------------------------------------
@@ -114,16 +129,8 @@ class ServerModels(ABC):
     def clear_task(self, task_id: str) -> None:
         """Drop the transient weights of a task."""
 
-    def function_states(
-        self, task_id: str, round_index: int, func_ids: Sequence[int]
-    ) -> dict[int, dict[str, Any]]:
-        """The functions' states kept for `round_index` (for a checkpoint): all, or none."""
-        return {}
-
-    def restore_function_states(  # noqa: B027 - stores that keep none restore none
-        self, task_id: str, round_index: int, states: dict[int, dict[str, Any]]
-    ) -> None:
-        """Put states back (from a checkpoint) for the functions of `round_index`."""
+    # The same functions' states, for checkpoints and resumes; None: not kept.
+    states: FunctionStates | None = None
 
 
 # -- trained models ---------------------------------------------------------------------------

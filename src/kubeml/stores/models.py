@@ -9,18 +9,17 @@ home and loaded with `weights_only=True`; they stay until the task's history is 
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
 import shutil
 import threading
-from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from kubeml.errors import NotFoundError, StorageError
+from kubeml.errors import NotFoundError
 from kubeml.procs import pid_alive
-from kubeml.stores.files import disk_error, write_whole
+from kubeml.stores.files import allocate, write_whole
 from kubeml.stores.flat import FlatLayout
+from kubeml.stores.function_state import FunctionStateFiles
 from kubeml.stores.interfaces import ControlModels, FunctionModels, Groups
 
 if TYPE_CHECKING:
@@ -30,13 +29,12 @@ if TYPE_CHECKING:
 class LocalModelStore(FunctionModels, ControlModels):
     """Model store on this machine: shared-memory scratch plus files under the home.
 
-    One object serves every side: functions (in worker processes that unpickle it) and
+    One object works on every side: functions (in worker processes that unpickle it) and
     the control plane map the same shared-memory files. A function's tensors live in its
     published file (`share_into`), so the merge reads them in place and writes the new
     model back there (`shares_published`)."""
 
     shares_published = True
-    keeps_function_state = True
 
     def __init__(self, scratch_dir: Path, models_dir: Path) -> None:
         self._open(Path(scratch_dir), Path(models_dir))
@@ -44,6 +42,8 @@ class LocalModelStore(FunctionModels, ControlModels):
     def _open(self, scratch_dir: Path, models_dir: Path) -> None:
         self.scratch_dir, self.models_dir = scratch_dir, models_dir
         self.finals = FinalModelFiles(self.models_dir)
+        self._state_files = FunctionStateFiles(self.scratch_dir)
+        self.states = self._state_files
         self._maps: dict[Path, Any] = {}
         self._inodes: dict[Path, int] = {}  # of each mapped file, to see it replaced
         self._layouts: dict[str, FlatLayout] = {}
@@ -67,7 +67,7 @@ class LocalModelStore(FunctionModels, ControlModels):
             mm = self._maps.get(path)
             if mm is None:
                 if create and not path.exists():
-                    _allocate(path, layout.nbytes)
+                    allocate(path, layout.nbytes)
                 elif not path.exists():
                     raise NotFoundError(f"no weights at {path}: the task's transient state is gone")
                 mm = np.memmap(path, dtype=np.uint8, mode="r+", shape=(layout.nbytes,))
@@ -140,53 +140,6 @@ class LocalModelStore(FunctionModels, ControlModels):
                     place.copy_(tensor)
                     tensor.data = place
 
-    # -- functions' own state between rounds ----------------------------------------------
-    def _state_path(self, task_id: str, func_id: int, round_index: int) -> Path:
-        return self._task_dir(task_id) / f"state-{func_id}-{round_index % 2}.pt"
-
-    def save_function_state(
-        self, task_id: str, func_id: int, round_index: int, state: dict[str, Any]
-    ) -> None:
-        import torch
-
-        write_whole(  # a function killed mid-write leaves the older state whole
-            self._state_path(task_id, func_id, round_index),
-            lambda f: torch.save({"round": round_index, "state": state}, f),
-            f"cannot keep the optimizer state of function {func_id} of task {task_id!r}",
-            then=f"`kubeml task resume --id {task_id}` continues from the last checkpoint",
-        )
-
-    def load_function_state(
-        self, task_id: str, func_id: int, round_index: int
-    ) -> dict[str, Any] | None:
-        import torch
-
-        path = self._state_path(task_id, func_id, round_index)
-        try:
-            kept = torch.load(path, weights_only=True, map_location="cpu")
-        except FileNotFoundError:
-            return None
-        except Exception as exc:
-            raise StorageError(
-                f"the kept state of function {func_id} is unreadable: {exc}"
-            ) from exc
-        return kept["state"] if kept.get("round") == round_index else None
-
-    def function_states(
-        self, task_id: str, round_index: int, func_ids: Sequence[int]
-    ) -> dict[int, dict[str, Any]]:
-        states = {f: self.load_function_state(task_id, f, round_index) for f in func_ids}
-        if any(state is None for state in states.values()):
-            return {}
-        return states  # type: ignore[return-value]
-
-    def restore_function_states(
-        self, task_id: str, round_index: int, states: dict[int, dict[str, Any]]
-    ) -> None:
-        self._task_dir(task_id).mkdir(parents=True, exist_ok=True)
-        for func_id, state in states.items():
-            self.save_function_state(task_id, func_id, round_index, state)
-
     # -- parameter-server side ----------------------------------------------------------
     def published_groups(self, task_id: str, func_id: int, handle: Any) -> Groups:
         path = self._task_dir(task_id) / f"function-{func_id}.bin"
@@ -203,6 +156,7 @@ class LocalModelStore(FunctionModels, ControlModels):
                 del self._maps[path]
                 self._inodes.pop(path, None)
         self._layouts.pop(task_id, None)
+        self._state_files.forget(task_id)
         shutil.rmtree(task_dir, ignore_errors=True)
 
     def begin(self, task_id: str) -> None:
@@ -269,35 +223,6 @@ def _shareable(tensor: torch.Tensor, place: torch.Tensor) -> bool:
         and tensor.is_contiguous()
         and not tensor.is_quantized
     )
-
-
-def _allocate(path: Path, nbytes: int) -> None:
-    """Create `path` with `nbytes` of space behind it. A file only truncated to its size
-    is sparse: on a full tmpfs, writing its pages through the memory map raises SIGBUS
-    and kills the process; allocated here, a full scratch is a `StorageError` instead."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o666)
-    except OSError as exc:
-        raise disk_error("cannot create a weights file of the model store", path, exc) from exc
-    try:
-        try:
-            os.posix_fallocate(fd, 0, nbytes)
-        except OSError as exc:
-            if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
-                raise
-            os.ftruncate(fd, nbytes)  # a filesystem that cannot allocate ahead: as before
-    except OSError as exc:
-        os.close(fd)
-        path.unlink(missing_ok=True)
-        raise disk_error(
-            "cannot create a weights file of the model store's scratch (its shared memory; "
-            "KUBEML_SHM_DIR moves it)",
-            path,
-            exc,
-            then="resume the task",
-        ) from exc
-    os.close(fd)
 
 
 def _same_file(path: Path, inode: int | None) -> bool:

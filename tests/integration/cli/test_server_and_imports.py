@@ -16,7 +16,7 @@ from kubeml.settings import Settings
 
 
 class FakeLocal:
-    """Stands in for `kubeml.client.local`: records calls, keeps a pretend server."""
+    """Stands in for `kubeml.client.local_server`: records calls, keeps a pretend server."""
 
     def __init__(self) -> None:
         self.running: dict[str, Any] | None = None
@@ -37,7 +37,7 @@ class FakeLocal:
 
 @pytest.fixture
 def local(monkeypatch: pytest.MonkeyPatch) -> FakeLocal:
-    import kubeml.client.local as module
+    import kubeml.client.local_server as module
 
     fake = FakeLocal()
     for name in ("ensure_server", "stop_server", "server_status"):

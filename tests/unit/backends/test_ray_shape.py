@@ -6,7 +6,7 @@ import pytest
 
 pytest.importorskip("ray", reason="the ray extra is not installed")
 
-from kubeml.backends.ray.backend import slot_cpus
+from kubeml.backends.ray.placement import slot_cpus
 
 
 @pytest.mark.parametrize(

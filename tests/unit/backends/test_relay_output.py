@@ -2,7 +2,8 @@
 
 import time
 
-from kubeml.backends.relay import Endpoint, LogLines, Progress, _LineWriter
+from kubeml.backends.relay import Endpoint, LogLines, Progress
+from kubeml.backends.relay.function_side import _LineWriter
 
 
 class Recording:

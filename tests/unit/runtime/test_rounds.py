@@ -179,7 +179,7 @@ def test_every_round_trains_away_from_the_reference_and_the_loss_falls():
     assert models.published[0]["weight"].item() > 0.1  # moved towards 3 from 0
     assert model.losses[-1] < model.losses[0]
     assert sync.reports[0].loss_sum == pytest.approx(sum(model.losses))
-    assert model.epoch == 3 and model.lr == 0.1 and model.batch_size == BATCH
+    assert model.epoch == 4 and model.lr == 0.1 and model.batch_size == BATCH  # from 1
 
 
 def test_a_stop_release_ends_the_invocation_after_that_round():

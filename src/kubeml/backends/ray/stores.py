@@ -115,7 +115,7 @@ def _flatten(layout: FlatLayout, state: dict[str, torch.Tensor], out: np.ndarray
 
 # -- control plane side ------------------------------------------------------------------------
 class RayDatasetStore(DatasetStore):
-    """The control plane's datasets (files under the home), served through the object store."""
+    """The control plane's datasets (files under the home), sent to functions by object ref."""
 
     def __init__(self, local: LocalDatasetStore) -> None:
         self.local = local

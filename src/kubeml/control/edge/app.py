@@ -1,10 +1,10 @@
 """The control plane's HTTP service: `create_app` builds it on an engine, `run_server` runs it.
 
-    python -m kubeml.control.edge.app [--host H] [--port P] [--home DIR] [--backend B]
+    python -m kubeml.control.server [--host H] [--port P] [--home DIR] [--backend B]
 
 Every error leaves as `{"error": {"code", "message", "details"}}` with the status of its
 `KubeMLError` class, so the client can raise the same class again. While it runs, `run_server`
-keeps `server.json` (pid and URL) in the kubeml home; `kubeml.client.local` reads it.
+keeps `server.json` (pid and URL) in the kubeml home; `kubeml.client.local_server` reads it.
 """
 
 from __future__ import annotations
@@ -194,9 +194,9 @@ def _remove_state(path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of `python -m kubeml.control.edge.app`; flags override KUBEML_* variables."""
+    """Entry point of `python -m kubeml.control.server`; flags override KUBEML_* variables."""
     parser = argparse.ArgumentParser(
-        prog="python -m kubeml.control.edge.app", description="Run the kubeml control plane."
+        prog="python -m kubeml.control.server", description="Run the kubeml control plane."
     )
     parser.add_argument("--host", help="address to bind (default 127.0.0.1)")
     parser.add_argument("--port", type=int, help="port to bind (default 10100)")

@@ -141,10 +141,9 @@ class TrainJob:
             position = checkpoint.position
             if position.round == 0 and position.samples == 0:
                 return self._fresh_position(position.epoch)  # with today's N
-            if checkpoint.function_states:  # the functions go on with their optimizers
-                models.restore_function_states(
-                    self.task_id, position.round, checkpoint.function_states
-                )
+            if checkpoint.function_states and models.states is not None:
+                # The functions go on with the optimizers they had.
+                models.states.restore(self.task_id, position.round, checkpoint.function_states)
                 self.state.restore_at = position.round
             return position
         if self.start_epoch > 0 and models.has_final(self.task_id):
@@ -254,6 +253,7 @@ class TrainJob:
             return
         models = self.services.models
         views = models.layout(self.task_id).views(models.reference_groups(self.task_id))
+        states = models.states
         keep = self.request.optimizer_state.value == "keep" and position.round > 0
         snapshot = Checkpoint(
             position=Position.from_state(position.to_state()),  # a copy, frozen now
@@ -261,8 +261,8 @@ class TrainJob:
             records=list(self.state.records),
             outer_state=self.server.state_dict(),
             function_states=(
-                models.function_states(self.task_id, position.round, position.live())
-                if keep
+                states.gather(self.task_id, position.round, position.live())
+                if keep and states is not None
                 else {}
             ),
         )

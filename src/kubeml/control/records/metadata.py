@@ -12,13 +12,12 @@ from __future__ import annotations
 import logging
 import sqlite3
 import threading
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from kubeml.api.schemas import FunctionInfo, History, TaskInfo
+from kubeml.api.schemas import FunctionInfo, History, TaskInfo, utc_now
 from kubeml.errors import AlreadyExistsError, DamagedRecordError, NotFoundError, StorageError
 
 log = logging.getLogger("kubeml.metadata")
@@ -32,11 +31,6 @@ CREATE TABLE IF NOT EXISTS tasks (
     id TEXT PRIMARY KEY, created_at TEXT NOT NULL, body TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS histories (task_id TEXT PRIMARY KEY, body TEXT NOT NULL);
 """
-
-
-def utc_now() -> datetime:
-    """The time every record of the control plane is stamped with (UTC, aware)."""
-    return datetime.now(timezone.utc)
 
 
 class MetadataStore:

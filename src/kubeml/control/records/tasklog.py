@@ -12,8 +12,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import IO, Any
 
-from kubeml.api.schemas import LogLine
-from kubeml.control.records.metadata import utc_now
+from kubeml.api.schemas import LogLine, utc_now
 
 _PENDING_MAX = 10_000  # lines a log keeps in memory while its disk is full
 

@@ -27,12 +27,13 @@ from kubeml.api.schemas import (
     TaskInfo,
     TaskState,
     TrainRequest,
+    utc_now,
 )
 from kubeml.control.job.loop import TrainJob
 from kubeml.control.job.ports import JobServices, Slots
 from kubeml.control.records.checkpoints import CheckpointStore
 from kubeml.control.records.functions import FunctionStore
-from kubeml.control.records.metadata import MetadataStore, utc_now
+from kubeml.control.records.metadata import MetadataStore
 from kubeml.control.records.tasklog import TaskLogs
 from kubeml.control.tasks.metrics import Metrics
 from kubeml.control.tasks.policy import policy_for

@@ -5,11 +5,11 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 
-from kubeml.api.schemas import History, PolicyName, TaskInfo, TaskState
+from kubeml.api.schemas import History, PolicyName, TaskInfo, TaskState, utc_now
 from kubeml.control.job.loop import TrainJob
 from kubeml.control.job.ports import JobOutcome, Slots
 from kubeml.control.job.state import StopCause
-from kubeml.control.records.metadata import MetadataStore, utc_now
+from kubeml.control.records.metadata import MetadataStore
 from kubeml.control.records.tasklog import TaskLogs
 from kubeml.control.tasks.metrics import Metrics
 from kubeml.control.tasks.registry import TaskRecorder, TaskRegistry

@@ -127,6 +127,30 @@ const CHARTS = {
   },
 };
 
+// y axes: tick labels with the decimals their step needs (uPlot's default keeps three, so
+// ticks 0.00025 apart all read "0.001"), on an axis as wide as its widest label (uPlot's
+// default of 50 px cut "10,000" to "0,000"). uPlot measures its font in device pixels.
+const AXIS_MARGIN = 4;
+function stepDecimals(step) {
+  for (let d = 0; d < 12; d++) {
+    const scaled = step * 10 ** d;
+    if (Math.abs(scaled - Math.round(scaled)) <= 1e-6 * scaled) return d;
+  }
+  return 12;
+}
+function tickLabels(u, splits, axisIndex, space, step) {
+  const digits = stepDecimals(step);
+  const format = { minimumFractionDigits: digits, maximumFractionDigits: digits };
+  return splits.map((v) => (v === null ? null : v.toLocaleString(undefined, format)));
+}
+function axisWidth(u, values, axisIndex) {
+  const axis = u.axes[axisIndex];
+  u.ctx.font = axis.font[0];
+  const widths = (values || []).map((v) => (v === null ? 0 : u.ctx.measureText(String(v)).width));
+  const ticks = axis.ticks && axis.ticks.show ? axis.ticks.size : 0;
+  return Math.ceil(Math.max(0, ...widths) / uPlot.pxRatio + ticks + axis.gap + AXIS_MARGIN);
+}
+
 function drawCharts() {
   for (const [name, spec] of Object.entries(CHARTS)) {
     const element = $("chart-" + name);
@@ -142,7 +166,7 @@ function drawCharts() {
         width, height: 220,
         // The x axis spans the whole run (0 to the task's epochs), ticks on whole epochs.
         scales: { x: { time: false, range: (u, lo, hi) => [0, Math.max(hi || 1, state.task ? state.task.request.epochs : 1)] } },
-        axes: [{ label: "epoch", incrs: [1, 2, 5, 10, 20, 50, 100, 200, 500] }, {}],
+        axes: [{ label: "epoch", incrs: [1, 2, 5, 10, 20, 50, 100, 200, 500] }, { values: tickLabels, size: axisWidth }],
         series: [{ label: "epoch", value: (u, v) => (v === null ? "-" : v.toFixed(2)) },
           ...spec.labels.map((label, i) => ({
             label, stroke: spec.colors[i], width: i === 0 && spec.labels.length > 1 ? 1 : 2,

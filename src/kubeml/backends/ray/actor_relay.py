@@ -1,0 +1,138 @@
+"""The control plane's side of a Ray actor's relay: its transport, its round socket, the
+hooks through which the object-store stores answer, the function source that travels with
+an invocation, and what a Ray error means."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from concurrent.futures import CancelledError, Future
+from pathlib import Path
+from typing import Any
+
+import ray
+
+from kubeml.backends.base import SyncHandler
+from kubeml.backends.ray.rounds import RoundOffer
+from kubeml.backends.ray.stores import RayDatasetStore, RayModelStore, answer
+from kubeml.backends.relay import (
+    FromFunction,
+    Invoke,
+    PipeTransport,
+    RelayHooks,
+    ToFunction,
+    relay_rounds,
+)
+from kubeml.errors import BackendError, FunctionError
+from kubeml.runtime.invocation import FunctionCode, Invocation, LogSink
+from kubeml.runtime.sync import Release, RoundReport
+
+
+class ActorTransport:
+    """The control plane's end of one actor's relay: `Invoke` starts the actor's `run`
+    stream, anything else goes through its `deliver`."""
+
+    def __init__(self, actor: Any, offer: RoundOffer | None = None) -> None:
+        self.actor, self.offer = actor, offer
+        self.stream: Any = None
+
+    def send(self, message: ToFunction) -> None:
+        if isinstance(message, Invoke):
+            self.stream = iter(self.actor.run.remote(message.invocation, self.offer))
+        else:
+            self.actor.deliver.remote(message)
+
+    def receive(self) -> FromFunction:
+        try:
+            ref = next(self.stream)
+        except StopIteration:
+            raise BackendError("the Ray actor ended the invocation without a result") from None
+        message: FromFunction = ray.get(ref)
+        return message
+
+
+class RoundRelay:
+    """The control plane's side of one invocation's round socket, on its own thread:
+    answers each `Publish` with its `Released` until the function closes the socket."""
+
+    def __init__(
+        self,
+        arrival: Future[Any],
+        end: Callable[[], None],
+        inv: Invocation,
+        sync: SyncHandler,
+        log: LogSink,
+        hooks: RelayHooks,
+    ) -> None:
+        self.arrival, self.end = arrival, end  # end: shut the socket down
+        self.inv, self.sync, self.log, self.hooks = inv, sync, log, hooks
+        self.failed: Exception | None = None  # what broke the relay, for the invocation
+
+    def run(self) -> None:
+        try:
+            conn = self.arrival.result()
+        except CancelledError:
+            return  # the invocation ended (or published through Ray) before it connected
+        try:
+            relay_rounds(PipeTransport(conn), self.inv, self.sync, self.log, self.hooks)
+        except (EOFError, OSError):
+            pass  # closed: the invocation is over, or its actor died (Ray says which)
+        except Exception as exc:
+            self.failed = exc
+            self.end()  # the function's publish fails, and its invocation with it
+        finally:
+            conn.close()
+
+
+class RayHooks(RelayHooks):
+    """Object refs for the functions' stores: the reference travels with each release."""
+
+    def __init__(self, datasets: RayDatasetStore, models: RayModelStore) -> None:
+        self.datasets, self.models = datasets, models
+
+    def before_merge(self, inv: Invocation, report: RoundReport) -> None:
+        self.models.prefetch(inv.task_id, report.func_id, report.handle)
+
+    def with_release(self, inv: Invocation, release: Release) -> Any:
+        return self.models.reference_for_function(inv.task_id) if release.proceed else None
+
+    def answer(self, inv: Invocation, what: Any) -> Any:
+        return answer(self.datasets, self.models, what)
+
+
+class FunctionSources:
+    """Each function's source, read once from the control plane's files, to travel with
+    its invocations: no node needs those files."""
+
+    def __init__(self) -> None:
+        self._sources: dict[str, str] = {}
+
+    def carried(self, code: FunctionCode) -> FunctionCode:
+        """`code` with its source."""
+        source = self._sources.get(code.sha256)
+        if source is None:
+            try:
+                source = Path(code.path).read_text()
+            except OSError as exc:
+                raise FunctionError(
+                    f"function {code.name!r}: cannot read its code {code.path}"
+                ) from exc
+            self._sources[code.sha256] = source
+        return FunctionCode(code.name, code.sha256, code.path, source)
+
+
+def lost(node_id: str, inv: Invocation, exc: BaseException) -> BackendError:
+    """The error of an invocation whose actor (on `node_id`) or node died."""
+    text = str(exc)
+    if "node has died" in text or "NodeDiedError" in type(exc).__name__:
+        why = f"its Ray node {node_id[:12]} left the cluster"
+    else:
+        first_line = text.strip().splitlines()[0] if text.strip() else "no details"
+        why = (
+            f"its Ray actor on node {node_id[:12]} died ({first_line}); it may have run "
+            "out of memory or been killed"
+        )
+    error = BackendError(
+        f"function {inv.func_id} of task {inv.task_id} was lost: {why} ({type(exc).__name__})"
+    )
+    error.__cause__ = exc
+    return error

@@ -1,0 +1,136 @@
+"""Functions' own state between rounds (their optimizers'), in shared memory, so a round
+replayed on a fresh worker or resumed from a checkpoint starts from the same bits.
+
+A state dict is split into its tensors, copied into one flat file (a memcpy per dtype,
+like published weights), and a small skeleton (everything else, with the tensors' places
+marked) saved beside it after the data, so a function killed while writing leaves the
+older skeleton, which does not name this round. Each function keeps two rounds by parity:
+the state for round r+1 is written while round r is still unmerged, and a replay of round
+r reads the other file.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from kubeml.errors import StorageError
+from kubeml.stores.files import allocate, write_whole
+from kubeml.stores.flat import FlatLayout
+from kubeml.stores.interfaces import FunctionStates
+
+if TYPE_CHECKING:
+    import torch
+
+_TENSOR = "__kubeml_tensor__"
+
+
+class FunctionStateFiles(FunctionStates):
+    """`state-<func_id>-<parity>.bin` (the tensors) and `.meta` (round, layout, skeleton)
+    in a task's scratch folder under `scratch_dir`."""
+
+    def __init__(self, scratch_dir: Path) -> None:
+        self.scratch_dir = Path(scratch_dir)
+        self._maps: dict[Path, tuple[Any, int]] = {}  # path -> (memmap, inode), per process
+        self._lock = threading.Lock()
+
+    def save(self, task_id: str, func_id: int, round_index: int, state: dict[str, Any]) -> None:
+        import torch
+
+        task_dir = self.scratch_dir / task_id
+        tensors: dict[str, torch.Tensor] = {}
+        skeleton = _split(state, "", tensors)
+        layout = FlatLayout.from_state(tensors)
+        base = task_dir / f"state-{func_id}-{round_index % 2}"
+        meta = base.with_suffix(".meta")
+        meta.unlink(missing_ok=True)  # the data below is not whole until the new meta
+        groups = self._groups(base.with_suffix(".bin"), layout)
+        layout.flatten_into(tensors, groups)
+        kept = {"round": round_index, "layout": layout.to_json(), "skeleton": skeleton}
+        write_whole(
+            meta,
+            lambda f: torch.save(kept, f),
+            f"cannot keep the optimizer state of function {func_id} of task {task_id!r}",
+            then=f"`kubeml task resume --id {task_id}` continues from the last checkpoint",
+        )
+
+    def load(self, task_id: str, func_id: int, round_index: int) -> dict[str, Any] | None:
+        import torch
+
+        task_dir = self.scratch_dir / task_id
+        base = task_dir / f"state-{func_id}-{round_index % 2}"
+        try:
+            meta = torch.load(base.with_suffix(".meta"), weights_only=True)
+        except FileNotFoundError:
+            return None
+        except Exception as exc:
+            raise StorageError(f"the kept state at {base} is unreadable: {exc}") from exc
+        if meta.get("round") != round_index:
+            return None
+        layout = FlatLayout.from_json(meta["layout"])
+        views = layout.views(self._groups(base.with_suffix(".bin"), layout))
+        # Copies: the function writes this file again two rounds on.
+        return _join(meta["skeleton"], {k: v.clone() for k, v in views.items()})
+
+    def forget(self, task_id: str) -> None:
+        """Unmap a task's files (its scratch is being removed)."""
+        task_dir = self.scratch_dir / task_id
+        with self._lock:
+            for path in [p for p in self._maps if p.parent == task_dir]:
+                del self._maps[path]
+
+    def _groups(self, path: Path, layout: FlatLayout) -> dict[str, torch.Tensor]:
+        import numpy as np
+        import torch
+
+        with self._lock:
+            mapped = self._maps.get(path)
+            try:
+                st = os.stat(path)
+            except FileNotFoundError:
+                st = None
+            if st is None or st.st_size != layout.nbytes:
+                allocate(path, layout.nbytes)  # space behind it: no SIGBUS on a full scratch
+                st, mapped = os.stat(path), None
+            if mapped is None or mapped[1] != st.st_ino:  # new, or re-created since mapped
+                mapped = (
+                    np.memmap(path, dtype=np.uint8, mode="r+", shape=(layout.nbytes,)),
+                    st.st_ino,
+                )
+                self._maps[path] = mapped
+            mm = mapped[0]
+        groups = {}
+        for dtype, offset, numel in layout.byte_spans():
+            tdtype = getattr(torch, dtype)
+            groups[dtype] = torch.from_numpy(mm[offset : offset + numel * tdtype.itemsize]).view(
+                tdtype
+            )
+        return groups
+
+
+def _split(value: Any, path: str, tensors: dict[str, torch.Tensor]) -> Any:
+    """`value` with every tensor moved to `tensors` under its path and marked in place."""
+    import torch
+
+    if isinstance(value, torch.Tensor):
+        tensors[path] = value.detach().cpu()
+        return (_TENSOR, path)
+    if isinstance(value, dict):
+        return {k: _split(v, f"{path}/{k}", tensors) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        items = [_split(v, f"{path}/{i}", tensors) for i, v in enumerate(value)]
+        return items if isinstance(value, list) else tuple(items)
+    return value
+
+
+def _join(skeleton: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    if isinstance(skeleton, tuple) and len(skeleton) == 2 and skeleton[0] == _TENSOR:
+        return tensors[skeleton[1]]
+    if isinstance(skeleton, dict):
+        return {k: _join(v, tensors) for k, v in skeleton.items()}
+    if isinstance(skeleton, list | tuple):
+        items = [_join(v, tensors) for v in skeleton]
+        return items if isinstance(skeleton, list) else tuple(items)
+    return skeleton

@@ -1,0 +1,1 @@
+"""Test-only stand-in for torchvision.models (see tests/stubs/README.md)."""
