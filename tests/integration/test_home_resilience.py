@@ -146,11 +146,12 @@ def test_an_upload_larger_than_the_free_disk_is_refused_before_it_is_read(
     http = TestClient(create_app(engine, engine.settings))
     files = {f: (f"{f}.npy", _npy(digits[f]), "application/octet-stream") for f in FIELDS}
     free = shutil.disk_usage(engine.home).free
-    monkeypatch.setattr(uploads, "DISK_RESERVE_BYTES", free)  # as if the disk were full
+    monkeypatch.setattr(uploads, "disk_reserve", lambda total: free)  # as if the disk were full
     refused = http.post("/datasets", data={"name": "digits"}, files=files)
     assert refused.status_code == 413, refused.text
-    assert "disk has 0 MiB to spare" in refused.json()["error"]["message"]
-    monkeypatch.setattr(uploads, "DISK_RESERVE_BYTES", 0)
+    message = refused.json()["error"]["message"]
+    assert f"the disk of {engine.home / 'datasets'} has 0.0 MiB to spare" in message, message
+    monkeypatch.setattr(uploads, "disk_reserve", lambda total: 0)
     assert http.post("/datasets", data={"name": "digits"}, files=files).status_code == 201
     assert [p.name for p in (engine.home / "datasets").iterdir()] == ["digits"]
 

@@ -26,6 +26,7 @@ from kubeml.errors import (
     StorageError,
 )
 from kubeml.stores.arrays import ARRAY_FIELDS
+from kubeml.stores.files import disk_error
 from kubeml.stores.interfaces import ShardSource, Split
 from kubeml.stores.staging import StagedDataset
 
@@ -116,6 +117,8 @@ class LocalDatasetStore(DatasetStore):
             for field in ARRAY_FIELDS:
                 staged.add_array(field, arrays[field])
             return staged.publish(name)
+        except OSError as exc:  # a full disk: the staged files go, the error says where
+            raise disk_error(f"cannot store dataset {name!r}", staged.dir, exc) from exc
         finally:
             staged.discard()
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kubeml.errors import StorageError
+from kubeml.stores.files import allocate, write_whole
 from kubeml.stores.flat import FlatLayout
 from kubeml.stores.interfaces import FunctionStates
 
@@ -44,19 +45,16 @@ class FunctionStateFiles(FunctionStates):
         layout = FlatLayout.from_state(tensors)
         base = task_dir / f"state-{func_id}-{round_index % 2}"
         meta = base.with_suffix(".meta")
-        try:
-            meta.unlink(missing_ok=True)  # the data below is not whole until the new meta
-            groups = self._groups(base.with_suffix(".bin"), layout)
-            layout.flatten_into(tensors, groups)
-            tmp = meta.with_suffix(f".tmp{os.getpid()}")
-            torch.save(
-                {"round": round_index, "layout": layout.to_json(), "skeleton": skeleton}, tmp
-            )
-            tmp.replace(meta)
-        except OSError as exc:
-            raise StorageError(
-                f"cannot keep the state of function {func_id} in {base}: {exc}"
-            ) from exc
+        meta.unlink(missing_ok=True)  # the data below is not whole until the new meta
+        groups = self._groups(base.with_suffix(".bin"), layout)
+        layout.flatten_into(tensors, groups)
+        kept = {"round": round_index, "layout": layout.to_json(), "skeleton": skeleton}
+        write_whole(
+            meta,
+            lambda f: torch.save(kept, f),
+            f"cannot keep the optimizer state of function {func_id} of task {task_id!r}",
+            then=f"`kubeml task resume --id {task_id}` continues from the last checkpoint",
+        )
 
     def load(self, task_id: str, func_id: int, round_index: int) -> dict[str, Any] | None:
         import torch
@@ -94,9 +92,7 @@ class FunctionStateFiles(FunctionStates):
             except FileNotFoundError:
                 st = None
             if st is None or st.st_size != layout.nbytes:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                with open(path, "wb") as f:
-                    f.truncate(layout.nbytes)
+                allocate(path, layout.nbytes)  # space behind it: no SIGBUS on a full scratch
                 st, mapped = os.stat(path), None
             if mapped is None or mapped[1] != st.st_ino:  # new, or re-created since mapped
                 mapped = (

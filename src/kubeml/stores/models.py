@@ -15,8 +15,9 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from kubeml.errors import NotFoundError, StorageError
+from kubeml.errors import NotFoundError
 from kubeml.procs import pid_alive
+from kubeml.stores.files import allocate, write_whole
 from kubeml.stores.flat import FlatLayout
 from kubeml.stores.function_state import FunctionStateFiles
 from kubeml.stores.interfaces import ControlModels, FunctionModels, Groups
@@ -66,9 +67,7 @@ class LocalModelStore(FunctionModels, ControlModels):
             mm = self._maps.get(path)
             if mm is None:
                 if create and not path.exists():
-                    path.parent.mkdir(parents=True, exist_ok=True)
-                    with open(path, "wb") as f:
-                        f.truncate(layout.nbytes)
+                    allocate(path, layout.nbytes)
                 elif not path.exists():
                     raise NotFoundError(f"no weights at {path}: the task's transient state is gone")
                 mm = np.memmap(path, dtype=np.uint8, mode="r+", shape=(layout.nbytes,))
@@ -96,13 +95,11 @@ class LocalModelStore(FunctionModels, ControlModels):
     def write_reference(self, task_id: str, state: dict[str, torch.Tensor]) -> None:
         layout = FlatLayout.from_state(state)
         task_dir = self._task_dir(task_id)
-        try:
-            task_dir.mkdir(parents=True, exist_ok=True)
-            tmp = task_dir / f"layout.json.{os.getpid()}"
-            tmp.write_text(layout.to_json())
-            tmp.replace(task_dir / "layout.json")
-        except OSError as exc:
-            raise StorageError(f"cannot write the reference model of {task_id!r}: {exc}") from exc
+        write_whole(
+            task_dir / "layout.json",
+            lambda f: f.write(layout.to_json().encode()),
+            f"cannot write the reference model of task {task_id!r}",
+        )
         self._layouts[task_id] = layout
         layout.flatten_into(state, self._groups(task_dir / "reference.bin", layout, create=True))
 
@@ -238,8 +235,9 @@ def _same_file(path: Path, inode: int | None) -> bool:
 class FinalModelFiles:
     """Trained models on disk, one `torch.save` file per task, for every control-plane store.
 
-    Files are written atomically and loaded with `weights_only=True`, so a model file can
-    never run code.
+    Files are written whole or not at all (`write_whole`: a full disk leaves the last
+    model as it was) and loaded with `weights_only=True`, so a model file can never run
+    code.
     """
 
     def __init__(self, root: Path) -> None:
@@ -253,14 +251,12 @@ class FinalModelFiles:
 
         # Clone: a view into a flat buffer would otherwise save the whole buffer each time.
         state = {k: v.clone() for k, v in state.items()}
-        path = self._path(task_id)
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".pt.tmp")
-            torch.save(state, tmp)
-            tmp.replace(path)
-        except OSError as exc:
-            raise StorageError(f"cannot save the model of task {task_id!r}: {exc}") from exc
+        write_whole(
+            self._path(task_id),
+            lambda f: torch.save(state, f),
+            f"cannot save the model of task {task_id!r}",
+            then=f"`kubeml task resume --id {task_id}` continues from the last checkpoint",
+        )
 
     def load(self, task_id: str) -> dict[str, torch.Tensor]:
         import torch

@@ -27,6 +27,7 @@ from kubeml.stores.arrays import (
     parse_header,
     read_header,
 )
+from kubeml.stores.files import is_full
 
 _PREFIX_BYTES = 8 + 4 + MAX_HEADER_BYTES
 _COPY_BYTES = 2**20
@@ -191,6 +192,8 @@ class StagedDataset:
         # A damaged, encrypted or exotically compressed archive fails in any of these ways.
         except (zipfile.BadZipFile, zlib.error, EOFError, OSError, RuntimeError,
                 NotImplementedError) as exc:  # fmt: skip
+            if is_full(exc):
+                raise  # the disk, not the archive (the caller names the folder)
             raise InvalidDatasetError(f"{source}: damaged .npz file ({exc})") from exc
         part.unlink()
 

@@ -26,6 +26,7 @@ from kubeml.errors import (
     PayloadTooLargeError,
 )
 from kubeml.stores.datasets import ARRAY_FIELDS, DatasetStore, check_name
+from kubeml.stores.files import disk_error
 
 TEXT_FIELDS = ("name", "allow_pickle")
 MAX_TEXT_BYTES = 1024
@@ -85,6 +86,12 @@ async def receive_dataset(request: Request, datasets: DatasetStore) -> DatasetIn
         await run_in_threadpool(receiver.close)
 
 
+def disk_reserve(total_bytes: int) -> int:
+    """Bytes an upload leaves free on the home's disk: 256 MiB, or a sixteenth of a disk
+    too small for that (a fixed 256 MiB would refuse every upload to a small home)."""
+    return min(DISK_RESERVE_BYTES, total_bytes // 16)
+
+
 class DatasetReceiver:
     """Multipart parts -> a `StagedDataset`; remembers the first refusal and ignores the rest."""
 
@@ -109,13 +116,18 @@ class DatasetReceiver:
         self._ended = False
 
     def open(self, declared_bytes: int = 0) -> None:
-        self._staged = self.datasets.stage()
-        free = shutil.disk_usage(self._staged.dir).free - DISK_RESERVE_BYTES
-        if declared_bytes > free:  # a full disk would break the home's SQLite file too
+        try:
+            self._staged = self.datasets.stage()
+            disk = shutil.disk_usage(self._staged.dir)
+        except OSError as exc:
+            raise disk_error("cannot stage the upload", exc.filename or "", exc) from exc
+        reserve = disk_reserve(disk.total)  # a full disk would break the home's SQLite too
+        free = disk.free - reserve
+        if declared_bytes > free:
             raise PayloadTooLargeError(
-                f"the upload is {declared_bytes / 2**20:.0f} MiB but the server's disk has "
-                f"{max(0, free) / 2**20:.0f} MiB to spare (it keeps "
-                f"{DISK_RESERVE_BYTES // 2**20} MiB free); free space on the kubeml home"
+                f"the upload is {declared_bytes / 2**20:.1f} MiB but the disk of "
+                f"{self._staged.root} has {max(0, free) / 2**20:.1f} MiB to spare (it keeps "
+                f"{reserve / 2**20:.0f} MiB free); free space there and send it again"
             )
         self._parser = MultipartParser(
             self._boundary,
@@ -138,6 +150,9 @@ class DatasetReceiver:
             self._parser.write(data)
         except KubeMLError as exc:
             self._refuse(exc)
+        except OSError as exc:  # the disk filled while the body streamed in
+            what = f"cannot store the upload's {self._field or 'file'}"
+            self._refuse(disk_error(what, self._staged.dir, exc, "send it again"))
         except MultipartParseError as exc:
             self._refuse(InvalidInputError(f"body: not a valid multipart form ({exc})"))
 
@@ -152,7 +167,11 @@ class DatasetReceiver:
         if flag not in ("true", "false", "1", "0"):
             raise InvalidInputError(f"allow_pickle: must be true or false (got {flag!r})")
         self._check_new(self.text["name"])
-        return self._staged.publish(self.text["name"], allow_pickle=flag in ("true", "1"))
+        try:
+            return self._staged.publish(self.text["name"], allow_pickle=flag in ("true", "1"))
+        except OSError as exc:  # unpacking a pickle or an archive ran out of room
+            what = f"cannot store dataset {self.text['name']!r}"
+            raise disk_error(what, self._staged.dir, exc, "send it again") from exc
 
     def close(self) -> None:
         if self._staged is not None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from collections.abc import Callable
@@ -13,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from kubeml.api.schemas import EpochRecord
 from kubeml.control.plan.position import Position
 from kubeml.errors import KubeMLError, StorageError
+from kubeml.stores.files import write_whole
 
 if TYPE_CHECKING:
     import torch
@@ -46,7 +46,8 @@ class Checkpoint:
 
 class CheckpointStore:
     """One checkpoint file per task under the home: written to a temporary file, fsynced,
-    then renamed over the old one, so a crash leaves the old or the new one, never half.
+    then renamed over the old one, so a crash or a full disk leaves the old or the new
+    one, never half (and no temporary file).
     Loaded with `weights_only=True`, so a checkpoint can never run code."""
 
     def __init__(self, root: Path) -> None:
@@ -74,23 +75,13 @@ class CheckpointStore:
         with self._lock:
             if self._written.get(task_id, -1) > checkpoint.sequence:
                 return False
-            try:
-                self.root.mkdir(parents=True, exist_ok=True)
-                tmp = path.with_suffix(f".tmp{os.getpid()}")
-                with open(tmp, "wb") as f:
-                    torch.save(payload, f)
-                    f.flush()
-                    os.fsync(f.fileno())
-                tmp.replace(path)
-                dir_fd = os.open(self.root, os.O_RDONLY)
-                try:
-                    os.fsync(dir_fd)  # the rename itself survives a power cut
-                finally:
-                    os.close(dir_fd)
-            except OSError as exc:
-                raise StorageError(
-                    f"cannot write the checkpoint of task {task_id!r}: {exc}"
-                ) from exc
+            write_whole(
+                path,
+                lambda f: torch.save(payload, f),
+                f"cannot write the checkpoint of task {task_id!r}",
+                durable=True,  # the rename itself survives a power cut
+                then=f"`kubeml task resume --id {task_id}` continues from the last checkpoint",
+            )
             self._written[task_id] = checkpoint.sequence
             return True
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import threading
 from pathlib import Path
 
 from kubeml.api.schemas import FunctionInfo
@@ -12,6 +10,7 @@ from kubeml.errors import KubeMLError
 from kubeml.runtime.invocation import FunctionCode
 from kubeml.runtime.loader import check_source, code_sha256
 from kubeml.stores.datasets import check_name
+from kubeml.stores.files import write_whole
 
 
 class FunctionStore:
@@ -28,7 +27,7 @@ class FunctionStore:
             # Homes from before this layout kept the code in SQLite as well.
             path = self._path(name, sha)
             if not path.exists():
-                self._write(path, code)
+                self._write(path, code, f"cannot move the code of function {name!r} to a file")
         metadata.clear_legacy_code()
 
     def put(self, name: str, code: str, *, update: bool) -> FunctionInfo:
@@ -37,7 +36,8 @@ class FunctionStore:
         sha = code_sha256(code)
         path = self._path(name, sha)
         new = not path.exists()
-        self._write(path, code)  # before the row, so no row ever names a missing file
+        # Before the row, so no row ever names a missing file.
+        self._write(path, code, f"cannot store the code of function {name!r}")
         try:
             return self.metadata.put_function(name, sha, update=update)
         except KubeMLError:
@@ -62,8 +62,6 @@ class FunctionStore:
         return self.root / name / f"{sha256}.py"
 
     @staticmethod
-    def _write(path: Path, code: str) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        staging = path.with_name(f"{path.stem}.{os.getpid()}.{threading.get_ident()}.tmp")
-        staging.write_text(code)
-        staging.replace(path)  # a reader never sees half a file
+    def _write(path: Path, code: str, what: str) -> None:
+        # A reader never sees half a file; a full disk leaves no staging file behind.
+        write_whole(path, lambda f: f.write(code.encode()), what, then="deploy it again")

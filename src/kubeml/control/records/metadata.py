@@ -2,7 +2,9 @@
 
 Every record is checked by its pydantic model before it is written, and a stored record
 that does not parse (damaged, or written by another version) is skipped and reported by
-`damaged()`, never allowed to fail a whole listing or the server's start.
+`damaged()`, never allowed to fail a whole listing or the server's start. A write that
+fails (a full disk) raises `StorageError` naming the database file and the cause; a live
+task's own state is instead kept in memory, read back, and written once there is room.
 """
 
 from __future__ import annotations
@@ -35,14 +37,24 @@ class MetadataStore:
     """One SQLite file; safe to share between the server's threads."""
 
     def __init__(self, path: Path) -> None:
+        self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.executescript(_SCHEMA)
+        try:
+            self._db = _connect(path)
+        except sqlite3.OperationalError as exc:
+            # WAL needs a small -shm file beside the database, which a full disk cannot
+            # take: the server opens it alone (in heap memory instead), to serve reads.
+            try:
+                self._db = _connect(path, exclusive=True)
+            except sqlite3.Error:
+                raise self._error(exc) from exc
+            log.warning("%s opened for this server alone: %s", path, self._error(exc))
         columns = {row[1] for row in self._db.execute("PRAGMA table_info(functions)")}
         self._legacy_code = "code" in columns  # homes from before FunctionStore's files
         self._lock = threading.Lock()
         self._damaged: dict[tuple[str, str], str] = {}
+        # (kind, key) -> the write that did not fit, in the order they failed
+        self._unwritten: dict[tuple[str, str], tuple[str, tuple[Any, ...]]] = {}
         for read_all in (self.list_functions, self.list_tasks, self.list_histories):
             read_all()  # log any damaged record now, at the server's start
 
@@ -100,7 +112,56 @@ class MetadataStore:
 
     def close(self) -> None:
         with self._lock:
+            self._write_kept()
+            for kind, key in self._unwritten:
+                log.warning("the %s %r was not written to %s: the disk was full", kind, key,
+                            self.path)  # fmt: skip
             self._db.close()
+
+    # -- writes -----------------------------------------------------------------------------
+    def _execute(self, sql: str, args: tuple[Any, ...] = ()) -> sqlite3.Cursor:
+        """Run one write (under the lock); a failure is a `StorageError` naming the file."""
+        self._write_kept()
+        try:
+            return self._db.execute(sql, args)
+        except sqlite3.Error as exc:
+            raise self._error(exc) from exc
+
+    def _put(self, kind: str, key: str, sql: str, args: tuple[Any, ...], keep: bool) -> None:
+        with self._lock:
+            try:
+                self._execute(sql, args)
+            except StorageError as exc:
+                if not keep:
+                    raise
+                if not self._unwritten:
+                    log.warning("%s; kept in memory until there is room", exc)
+                self._unwritten.pop((kind, key), None)
+                self._unwritten[(kind, key)] = (sql, args)
+                return
+            self._unwritten.pop((kind, key), None)  # a newer write of it went through
+
+    def _write_kept(self) -> None:
+        """Write what did not fit before, oldest first; what still does not fit stays."""
+        for item, (sql, args) in list(self._unwritten.items()):
+            try:
+                self._db.execute(sql, args)
+            except sqlite3.Error:
+                return
+            del self._unwritten[item]
+            if not self._unwritten:
+                log.warning("the records kept in memory are written to %s", self.path)
+
+    def _kept(self, kind: str, key: str) -> Any:
+        """The body of a record that waits in memory, or None."""
+        with self._lock:
+            item = self._unwritten.get((kind, key))
+        return None if item is None else item[1][-1]
+
+    def _error(self, exc: sqlite3.Error) -> StorageError:
+        full = getattr(exc, "sqlite_errorcode", None) == 13 or "full" in str(exc)  # SQLITE_FULL
+        hint = "; free space on that disk" if full else ""
+        return StorageError(f"cannot write the metadata database {self.path}: {exc}{hint}")
 
     # -- functions ------------------------------------------------------------------------
     def put_function(self, name: str, sha256: str, *, update: bool) -> FunctionInfo:
@@ -114,7 +175,7 @@ class MetadataStore:
                     f"function {name!r} already exists; use `function update` to change its code"
                 )
             if update:
-                self._db.execute(
+                self._execute(
                     "UPDATE functions SET sha256=?, updated_at=? WHERE name=?", (sha256, now, name)
                 )
             else:
@@ -126,7 +187,7 @@ class MetadataStore:
                     else "INSERT INTO functions (name, sha256, created_at, updated_at) "
                     "VALUES (?, ?, ?, ?)"
                 )
-                self._db.execute(insert, (name, sha256, now, now))
+                self._execute(insert, (name, sha256, now, now))
         return self.get_function(name)
 
     def get_function(self, name: str) -> FunctionInfo:
@@ -153,7 +214,7 @@ class MetadataStore:
     def clear_legacy_code(self) -> None:
         if self._legacy_code:
             with self._lock:
-                self._db.execute("UPDATE functions SET code=''")
+                self._execute("UPDATE functions SET code=''")
 
     def list_functions(self) -> list[FunctionInfo]:
         with self._lock:
@@ -167,48 +228,58 @@ class MetadataStore:
 
     def delete_function(self, name: str) -> None:
         with self._lock:
-            if self._db.execute("DELETE FROM functions WHERE name=?", (name,)).rowcount == 0:
+            if self._execute("DELETE FROM functions WHERE name=?", (name,)).rowcount == 0:
                 raise NotFoundError(f"function {name!r} not found")
         self._forget_damage("function", name)
 
     # -- tasks ------------------------------------------------------------------------------
-    def put_task(self, task: TaskInfo) -> None:
+    def put_task(self, task: TaskInfo, *, keep: bool = False) -> None:
+        """Store `task`. `keep`: it is a live task's own state, which must not be lost to a
+        full disk: a write that fails is kept in memory, read back, and written before the
+        next write (or at close), instead of raising."""
         body = self._checked("task", task.id, task)
-        with self._lock:
-            self._db.execute(
-                "INSERT OR REPLACE INTO tasks VALUES (?, ?, ?)",
-                (task.id, task.created_at.isoformat(), body),
-            )
+        sql = "INSERT OR REPLACE INTO tasks VALUES (?, ?, ?)"
+        self._put("task", task.id, sql, (task.id, task.created_at.isoformat(), body), keep)
         self._forget_damage("task", task.id)
 
     def get_task(self, task_id: str) -> TaskInfo:
-        row = self._one("SELECT body FROM tasks WHERE id=?", task_id)
+        kept = self._kept("task", task_id)
+        row = (kept,) if kept else self._one("SELECT body FROM tasks WHERE id=?", task_id)
         if row is None:
             raise NotFoundError(f"task {task_id!r} not found")
         return self._one_record(TaskInfo, "task", task_id, row)
 
     def list_tasks(self) -> list[TaskInfo]:
         with self._lock:
-            rows = self._db.execute("SELECT id, body FROM tasks ORDER BY created_at").fetchall()
+            rows = self._db.execute(
+                "SELECT id, body, created_at FROM tasks ORDER BY created_at"
+            ).fetchall()
+            kept = {k: a for (kind, k), (_, a) in self._unwritten.items() if kind == "task"}
+        if kept:
+            rows = [r for r in rows if r[0] not in kept] + [
+                (a[0], a[2], a[1]) for a in kept.values()
+            ]
+            rows.sort(key=lambda r: str(r[2]))
         parsed = (self._parse(TaskInfo, "task", str(r[0]), r[1]) for r in rows)
         return [info for info in parsed if info is not None]
 
     def delete_task(self, task_id: str) -> None:
         with self._lock:
-            self._db.execute("DELETE FROM tasks WHERE id=?", (task_id,))
+            self._unwritten.pop(("task", task_id), None)
+            self._execute("DELETE FROM tasks WHERE id=?", (task_id,))
         self._forget_damage("task", task_id)
 
     # -- histories --------------------------------------------------------------------------
-    def put_history(self, history: History) -> None:
+    def put_history(self, history: History, *, keep: bool = False) -> None:
+        """Store `history`; `keep` as for `put_task`."""
         body = self._checked("history", history.task_id, history)
-        with self._lock:
-            self._db.execute(
-                "INSERT OR REPLACE INTO histories VALUES (?, ?)", (history.task_id, body)
-            )
+        sql = "INSERT OR REPLACE INTO histories VALUES (?, ?)"
+        self._put("history", history.task_id, sql, (history.task_id, body), keep)
         self._forget_damage("history", history.task_id)
 
     def get_history(self, task_id: str) -> History:
-        row = self._one("SELECT body FROM histories WHERE task_id=?", task_id)
+        kept = self._kept("history", task_id)
+        row = (kept,) if kept else self._one("SELECT body FROM histories WHERE task_id=?", task_id)
         if row is None:
             raise NotFoundError(f"no history for task {task_id!r}")
         return self._one_record(History, "history", task_id, row)
@@ -216,18 +287,37 @@ class MetadataStore:
     def list_histories(self) -> list[History]:
         with self._lock:
             rows = self._db.execute("SELECT task_id, body FROM histories ORDER BY rowid").fetchall()
+            kept = {k: a for (kind, k), (_, a) in self._unwritten.items() if kind == "history"}
+        if kept:
+            rows = [(r[0], kept.pop(r[0])[1]) if r[0] in kept else r for r in rows]
+            rows += [(a[0], a[1]) for a in kept.values()]
         parsed = (self._parse(History, "history", str(r[0]), r[1]) for r in rows)
         return [history for history in parsed if history is not None]
 
     def delete_history(self, task_id: str) -> None:
         with self._lock:
-            if self._db.execute("DELETE FROM histories WHERE task_id=?", (task_id,)).rowcount == 0:
+            kept = self._unwritten.pop(("history", task_id), None)
+            deleted = self._execute("DELETE FROM histories WHERE task_id=?", (task_id,)).rowcount
+            if deleted == 0 and kept is None:
                 raise NotFoundError(f"no history for task {task_id!r}")
         self._forget_damage("history", task_id)
 
     def _one(self, sql: str, *args: object) -> Any:
         with self._lock:
             return self._db.execute(sql, args).fetchone()
+
+
+def _connect(path: Path, *, exclusive: bool = False) -> sqlite3.Connection:
+    db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+    try:
+        if exclusive:
+            db.execute("PRAGMA locking_mode=EXCLUSIVE")
+        db.execute("PRAGMA journal_mode=WAL")
+        db.executescript(_SCHEMA)
+    except sqlite3.Error:
+        db.close()
+        raise
+    return db
 
 
 def _function_fields(row: Any) -> dict[str, Any]:

@@ -2,22 +2,31 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
+import os
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import IO, Any
 
 from kubeml.api.schemas import LogLine, utc_now
 
+_PENDING_MAX = 10_000  # lines a log keeps in memory while its disk is full
+
+log = logging.getLogger("kubeml.tasklog")
+
 
 @dataclass
 class _Log:
     count: int  # lines appended over the task's life
     tail_lines: int  # lines in the newest tail file
-    handle: IO[str] | None = None
+    handle: IO[bytes] | None = None
     target: Path | None = None
+    pending: list[dict[str, Any]] = field(default_factory=list)  # not on disk yet
+    unwritable: bool = False  # the last write failed (said once in the server's log)
 
 
 class TaskLogs:
@@ -28,6 +37,10 @@ class TaskLogs:
     function that prints without end costs bounded disk. Reading says how many lines were
     dropped in between. Every line keeps its index in the task's whole output, so a
     follower polling `since` never sees a line twice.
+
+    A line that cannot be written (a full disk) never fails the task that logs it: it
+    waits in memory (up to `_PENDING_MAX` lines), is read with the others, and is written
+    before the next line once there is room; a failed write leaves no half line behind.
     """
 
     def __init__(self, root: Path, max_lines: int = 100_000) -> None:
@@ -44,39 +57,82 @@ class TaskLogs:
         return base.with_suffix(".jsonl"), base.with_suffix(".tail1"), base.with_suffix(".tail2")
 
     def _log(self, task_id: str) -> _Log:
-        log = self._logs.get(task_id)
-        if log is None:  # first line since this server started: count what is on disk
+        entry = self._logs.get(task_id)
+        if entry is None:  # first line since this server started: count what is on disk
             head, older, newer = self._paths(task_id)
             lines = [_count(p) for p in (head, older, newer)]
             last = _last_index(newer) if lines[2] else _last_index(older) if lines[1] else None
             count = lines[0] if last is None else last + 1
-            log = self._logs[task_id] = _Log(count=count, tail_lines=lines[2])
-        return log
+            entry = self._logs[task_id] = _Log(count=count, tail_lines=lines[2])
+        return entry
 
     def append(self, task_id: str, source: str, message: str) -> None:
         with self._lock:
-            log = self._log(task_id)
-            head, older, newer = self._paths(task_id)
-            if log.count < self.head_cap:
-                target = head
-            else:
-                if log.tail_lines >= self.tail_cap:  # rotate: the older tail is dropped
-                    self._close(log)
-                    newer.replace(older)
-                    log.tail_lines = 0
-                target = newer
-                log.tail_lines += 1
-            if log.target != target or log.handle is None:
-                self._close(log)
-                log.handle, log.target = open(target, "a+"), target  # noqa: SIM115 - kept open
-                if log.handle.tell() > 0:  # a killed server may have left half a line
-                    log.handle.seek(log.handle.tell() - 1)
-                    if log.handle.read(1) != "\n":
-                        log.handle.write("\n")
-            record = {"i": log.count, "t": utc_now().isoformat(), "s": source, "m": message}
-            log.handle.write(json.dumps(record) + "\n")
-            log.handle.flush()
-            log.count += 1
+            entry = self._log(task_id)
+            record = {"i": entry.count, "t": utc_now().isoformat(), "s": source, "m": message}
+            entry.count += 1
+            if len(entry.pending) < _PENDING_MAX:  # past it, a line is dropped (a gap)
+                entry.pending.append(record)
+            self._flush(task_id, entry)
+
+    def _flush(self, task_id: str, entry: _Log) -> None:
+        """Write the pending lines in order; stop at the first that does not fit."""
+        while entry.pending:
+            try:
+                self._write(task_id, entry, entry.pending[0])
+            except OSError as exc:
+                if not entry.unwritable:
+                    entry.unwritable = True
+                    log.warning(
+                        "cannot write the log of task %s (%s): %s; its lines wait in memory "
+                        "(up to %d) until there is room",
+                        task_id, exc.filename or entry.target or self.root,
+                        exc.strerror or exc, _PENDING_MAX,
+                    )  # fmt: skip
+                return
+            del entry.pending[0]
+        if entry.unwritable:
+            entry.unwritable = False
+            log.warning("the log of task %s is written again", task_id)
+
+    def _write(self, task_id: str, entry: _Log, record: dict[str, Any]) -> None:
+        head, older, newer = self._paths(task_id)
+        if record["i"] < self.head_cap:
+            target = head
+        else:
+            if entry.tail_lines >= self.tail_cap:  # rotate: the older tail is dropped
+                self._close(entry)
+                newer.replace(older)
+                entry.tail_lines = 0
+            target = newer
+        handle = self._open(entry, target)
+        line = (json.dumps(record) + "\n").encode()
+        end = os.fstat(handle.fileno()).st_size
+        try:
+            _write_all(handle, line)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                os.ftruncate(handle.fileno(), end)  # the part that fitted goes
+            exc.filename = exc.filename or str(target)
+            raise
+        if target != head:
+            entry.tail_lines += 1
+
+    def _open(self, entry: _Log, target: Path) -> IO[bytes]:
+        if entry.target == target and entry.handle is not None:
+            return entry.handle
+        self._close(entry)
+        handle = open(target, "a+b", buffering=0)  # noqa: SIM115 - kept open
+        try:
+            end = os.fstat(handle.fileno()).st_size
+            if end and os.pread(handle.fileno(), 1, end - 1) != b"\n":
+                _write_all(handle, b"\n")  # a killed server may have left half a line
+        except OSError as exc:
+            handle.close()
+            exc.filename = exc.filename or str(target)
+            raise
+        entry.handle, entry.target = handle, target
+        return handle
 
     def read(self, task_id: str, since: int = 0, limit: int | None = None) -> list[LogLine]:
         items: list[tuple[int, dict[str, Any] | None]] = []
@@ -90,6 +146,8 @@ class TaskLogs:
                                 items.append((item.get("i", position), item))
                             except (ValueError, AttributeError):  # cut short by a killed server
                                 items.append((items[-1][0] + 1 if items else position, None))
+            entry = self._logs.get(task_id)
+            items += [(r["i"], r) for r in entry.pending] if entry is not None else []
         out: list[LogLine] = []
         expected = 0
         for index, item in items:
@@ -111,17 +169,23 @@ class TaskLogs:
 
     def delete(self, task_id: str) -> None:
         with self._lock:
-            log = self._logs.pop(task_id, None)
-            if log is not None:
-                self._close(log)
+            entry = self._logs.pop(task_id, None)
+            if entry is not None:
+                self._close(entry)
             for path in self._paths(task_id):
                 path.unlink(missing_ok=True)
 
     @staticmethod
-    def _close(log: _Log) -> None:
-        if log.handle is not None:
-            log.handle.close()
-        log.handle, log.target = None, None
+    def _close(entry: _Log) -> None:
+        if entry.handle is not None:
+            entry.handle.close()
+        entry.handle, entry.target = None, None
+
+
+def _write_all(handle: IO[bytes], data: bytes) -> None:
+    view = memoryview(data)
+    while view:  # an unbuffered write may take only a part
+        view = view[handle.write(view) or 0 :]
 
 
 def _damaged(index: int, out: list[LogLine]) -> LogLine:

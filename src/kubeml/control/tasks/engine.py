@@ -41,7 +41,13 @@ from kubeml.control.tasks.progress import ProgressBook, RecordingRounds
 from kubeml.control.tasks.registry import TaskRecorder, TaskRegistry
 from kubeml.control.tasks.runner import TaskRunner
 from kubeml.control.tasks.scheduler import Scheduler
-from kubeml.errors import ConflictError, InvalidInputError, KubeMLError, NotFoundError
+from kubeml.errors import (
+    ConflictError,
+    InvalidInputError,
+    KubeMLError,
+    NotFoundError,
+    StorageError,
+)
 from kubeml.runtime.invocation import FunctionCode, Invocation, LogSink, Mode
 from kubeml.settings import Settings
 from kubeml.stores.datasets import ARRAY_FIELDS, DatasetStore
@@ -315,8 +321,17 @@ class Engine:
                 )
                 history = self.metadata.get_history(info.id)
                 n = min(info.parallelism, self.scheduler.capacity)  # the job re-splits to it
-                info = info.model_copy(update={"state": TaskState.QUEUED, "parallelism": n})
-                self.runner.enqueue(info, history.model_copy(update={"state": TaskState.QUEUED}))
+                queued = info.model_copy(update={"state": TaskState.QUEUED, "parallelism": n})
+                try:
+                    self.runner.enqueue(
+                        queued, history.model_copy(update={"state": TaskState.QUEUED})
+                    )
+                except StorageError as exc:  # a full home: the server still starts
+                    failed = {"state": TaskState.FAILED, "finished_at": utc_now(), "error":
+                              f"interrupted, and not resumed at this start: {exc}; "
+                              f"`kubeml task resume --id {info.id}` continues from the last "
+                              "checkpoint"}  # fmt: skip
+                    self.metadata.put_task(info.model_copy(update=failed), keep=True)
                 continue
             try:
                 done = len(self.metadata.get_history(info.id).epochs)
@@ -330,7 +345,8 @@ class Engine:
                         "error": f"interrupted: the control plane stopped during this task; "
                         f"`kubeml task resume --id {info.id}` continues after epoch {done}",
                     }
-                )
+                ),
+                keep=True,  # a full home must not stop the server's start
             )
 
     def close(self) -> None:

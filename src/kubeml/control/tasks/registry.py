@@ -64,8 +64,10 @@ class TaskRecorder:
     def persist(self) -> None:
         with self._lock:
             info, history = self._info, self._history.model_copy(deep=True)
-        self._metadata.put_history(history)
-        self._metadata.put_task(info)
+        # The live task's own state: kept in memory, not raised, when the disk is full
+        # (the job goes on; its checkpoints say what a resume needs).
+        self._metadata.put_history(history, keep=True)
+        self._metadata.put_task(info, keep=True)
 
     # -- JobListener ------------------------------------------------------------------------
     def on_round(
