@@ -44,9 +44,7 @@ from kubeml.control.tasks.scheduler import Scheduler
 from kubeml.errors import (
     ConflictError,
     InvalidInputError,
-    KubeMLError,
     NotFoundError,
-    StorageError,
 )
 from kubeml.runtime.invocation import FunctionCode, Invocation, LogSink, Mode
 from kubeml.settings import Settings
@@ -86,7 +84,7 @@ class Engine:
         # model: a warm call skips reading and parsing the whole history (every epoch).
         self._serving: dict[str, tuple[str, FunctionCode, str]] = {}
         self._closed = False
-        self._mark_interrupted()
+        self.runner.recover(self.settings.auto_resume)
 
     def warm_up(self) -> None:
         """Start the backend's workers in the background, so the first task finds them warm."""
@@ -308,46 +306,6 @@ class Engine:
 
     def metrics_text(self) -> str:
         return self.metrics.render(running=len(self.scheduler.running()))
-
-    def _mark_interrupted(self) -> None:
-        """Tasks that were running when the control plane went down: resumed from their
-        last checkpoint (`auto_resume`), or marked resumable by hand."""
-        for info in self.metadata.list_tasks():
-            if info.state.finished:
-                continue
-            if self.settings.auto_resume:
-                self.logs.append(
-                    info.id, "job", "the control plane restarted: resuming from the last checkpoint"
-                )
-                history = self.metadata.get_history(info.id)
-                n = min(info.parallelism, self.scheduler.capacity)  # the job re-splits to it
-                queued = info.model_copy(update={"state": TaskState.QUEUED, "parallelism": n})
-                try:
-                    self.runner.enqueue(
-                        queued, history.model_copy(update={"state": TaskState.QUEUED})
-                    )
-                except StorageError as exc:  # a full home: the server still starts
-                    failed = {"state": TaskState.FAILED, "finished_at": utc_now(), "error":
-                              f"interrupted, and not resumed at this start: {exc}; "
-                              f"`kubeml task resume --id {info.id}` continues from the last "
-                              "checkpoint"}  # fmt: skip
-                    self.metadata.put_task(info.model_copy(update=failed), keep=True)
-                continue
-            try:
-                done = len(self.metadata.get_history(info.id).epochs)
-            except KubeMLError:  # no history, or a damaged one: the start must not fail
-                done = 0
-            self.metadata.put_task(
-                info.model_copy(
-                    update={
-                        "state": TaskState.FAILED,
-                        "finished_at": utc_now(),
-                        "error": f"interrupted: the control plane stopped during this task; "
-                        f"`kubeml task resume --id {info.id}` continues after epoch {done}",
-                    }
-                ),
-                keep=True,  # a full home must not stop the server's start
-            )
 
     def close(self) -> None:
         if self._closed:

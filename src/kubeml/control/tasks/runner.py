@@ -14,7 +14,7 @@ from kubeml.control.records.tasklog import TaskLogs
 from kubeml.control.tasks.metrics import Metrics
 from kubeml.control.tasks.registry import TaskRecorder, TaskRegistry
 from kubeml.control.tasks.scheduler import Admit, Decision, Grant, Scheduler
-from kubeml.errors import KubeMLError
+from kubeml.errors import KubeMLError, StorageError
 
 # (the task's recorder, its parallelism, how it asks for slots) -> the job to run
 JobFactory = Callable[[TaskRecorder, int, Slots], TrainJob]
@@ -62,6 +62,44 @@ class TaskRunner:
         recorder.requests.stop(StopCause.USER)  # admitted: its job stops, even one not built yet
         if self.scheduler.cancel(task_id):
             self._finish(recorder, JobOutcome(TaskState.STOPPED))
+
+    def recover(self, auto_resume: bool) -> None:
+        """Tasks that were running when the control plane went down: resumed from their
+        last checkpoint (`auto_resume`), or marked resumable by hand."""
+        for info in self._metadata.list_tasks():
+            if info.state.finished:
+                continue
+            if auto_resume:
+                self._logs.append(
+                    info.id, "job", "the control plane restarted: resuming from the last checkpoint"
+                )
+                history = self._metadata.get_history(info.id)
+                n = min(info.parallelism, self.scheduler.capacity)  # the job re-splits to it
+                queued = info.model_copy(update={"state": TaskState.QUEUED, "parallelism": n})
+                try:
+                    self.enqueue(queued, history.model_copy(update={"state": TaskState.QUEUED}))
+                except StorageError as exc:  # a full home: the server still starts
+                    failed = {"state": TaskState.FAILED, "finished_at": utc_now(), "error":
+                              f"interrupted, and not resumed at this start: {exc}; "
+                              f"`kubeml task resume --id {info.id}` continues from the last "
+                              "checkpoint"}  # fmt: skip
+                    self._metadata.put_task(info.model_copy(update=failed), keep=True)
+                continue
+            try:
+                done = len(self._metadata.get_history(info.id).epochs)
+            except KubeMLError:  # no history, or a damaged one: the start must not fail
+                done = 0
+            self._metadata.put_task(
+                info.model_copy(
+                    update={
+                        "state": TaskState.FAILED,
+                        "finished_at": utc_now(),
+                        "error": f"interrupted: the control plane stopped during this task; "
+                        f"`kubeml task resume --id {info.id}` continues after epoch {done}",
+                    }
+                ),
+                keep=True,  # a full home must not stop the server's start
+            )
 
     def close(self, timeout_s: float = 30.0) -> None:
         # Tasks running now that their user did not stop are resumed at the next start.
