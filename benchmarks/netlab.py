@@ -41,6 +41,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from kubeml.procs import pid_alive
+
 PREFIX = "kubeml-netlab-"
 TMP_ROOT = Path("/tmp")
 SUBNET = "10.213.0"  # private, and only inside the lab's own namespaces (the hub is isolated)
@@ -115,16 +117,6 @@ def _pids_in(netns: str) -> list[int]:
     return [int(p) for p in out.split()]
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _kill_all(netnses: Sequence[str], grace_s: float = 3.0) -> None:
     """SIGTERM every process in `netnses`, then SIGKILL what is still there."""
     for sig in (signal.SIGTERM, signal.SIGKILL):
@@ -134,7 +126,7 @@ def _kill_all(netnses: Sequence[str], grace_s: float = 3.0) -> None:
                 os.kill(pid, sig)
         deadline = time.monotonic() + grace_s
         while pids and time.monotonic() < deadline:
-            pids = [pid for pid in pids if _alive(pid) and not _zombie(pid)]
+            pids = [pid for pid in pids if pid_alive(pid) and not _zombie(pid)]
             time.sleep(0.05)
         if not pids:
             return
@@ -167,7 +159,7 @@ def sweep(everything: bool = False) -> list[str]:
         owner = _owner(name)
         if owner is None:
             return False
-        return everything or (owner != os.getpid() and not _alive(owner))
+        return everything or (owner != os.getpid() and not pid_alive(owner))
 
     namespaces = [ns for ns in netns_names() if stale(ns)]
     _remove(namespaces, None)

@@ -3,30 +3,14 @@ network (11.7M parameters) whose train step only steps SGD with momentum (consta
 gradients, no forward pass), so a round's cost is what it moves, momentum included."""
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 from torch.optim import SGD
 
+from benchmarks.functions.lenet_fashion_default import LeNet
 from benchmarks.functions.resnet18_probe import ResNet18
 from kubeml import KubeDataset, KubeModel
 
 MODEL = "lenet"  # or "resnet18"
-
-
-class LeNet(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.conv1 = nn.Conv2d(1, 6, 5, padding=2)
-        self.conv2 = nn.Conv2d(6, 16, 5)
-        self.fc1 = nn.Linear(16 * 5 * 5, 120)
-        self.fc2 = nn.Linear(120, 84)
-        self.fc3 = nn.Linear(84, 10)
-
-    def forward(self, x):
-        x = F.max_pool2d(F.relu(self.conv1(x)), 2)
-        x = F.max_pool2d(F.relu(self.conv2(x)), 2)
-        x = F.relu(self.fc1(torch.flatten(x, 1)))
-        return self.fc3(F.relu(self.fc2(x)))
 
 
 class Random(KubeDataset):
