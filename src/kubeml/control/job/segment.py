@@ -125,7 +125,7 @@ class Segment:
             if isinstance(event, Hung):
                 job.services.backend.cancel(job.task_id)
             else:
-                func_id = event.func_id if isinstance(event, Lost | Failed) else -1
+                func_id = event.func_id if isinstance(event, Lost | Failed | NoReplacement) else -1
                 self.barrier.abort(func_id, decision.error)
                 wait_for_the_rest(self.watched, job.services.round_timeout_s)
             raise decision.error
