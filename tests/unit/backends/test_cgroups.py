@@ -293,3 +293,30 @@ def test_a_parent_swept_from_under_a_live_server_is_made_again():
     cgroup = limits.confine(7, 256)
     assert cgroup is not None and cgroup.path.parent == limits.parent
     assert kernel.read(cgroup.path / "memory.max") == str(256 * MB)
+
+
+def test_a_backend_that_bounds_nothing_says_so_in_status_and_in_the_task_log():
+    from kubeml.backends.base import FunctionBackend, note_unbounded
+    from kubeml.runtime.invocation import FunctionCode, Invocation, Mode
+
+    class Unbounding(FunctionBackend):
+        def invoke(self, invocations, *, sync, log):
+            return []
+
+    backend = Unbounding(capacity=1)
+    assert backend.describe()["memory_limit"].startswith("not enforced: ")
+    lines: list[tuple[str, str]] = []
+    code = FunctionCode("f", "0" * 64, "f.py")
+    for mode, asked, default in [
+        (Mode.INIT, 512, 0),
+        (Mode.TRAIN, 512, 0),  # said once, as the task starts
+        (Mode.INIT, 0, 0),  # nothing asked, nothing to say
+        (Mode.INIT, 0, 256),  # the server's default
+    ]:
+        inv = Invocation(mode, "t1", code, "d", memory_mb=asked)
+        note_unbounded(backend, inv, lambda source, line: lines.append((source, line)), default)
+    assert [line.split(":")[0] for _, line in lines] == [
+        "memory limit 512 MB per function",
+        "memory limit 256 MB per function",
+    ]
+    assert all(source == "job" and "not enforced" in line for source, line in lines)
