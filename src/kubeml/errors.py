@@ -16,7 +16,8 @@
     ├── MethodNotAllowedError      405  method_not_allowed  an HTTP method a route lacks
     ├── FunctionError              500  function_error      the user's code raised or hung
     │   ├── FunctionTimeoutError   500  function_timeout    no next round in time
-    │   └── FunctionExitError      500  function_exit       user code exited (SystemExit...)
+    │   ├── FunctionExitError      500  function_exit       user code exited (SystemExit...)
+    │   └── FunctionMemoryError    500  function_out_of_memory  over its memory limit
     ├── DeviceError                500  device_error        gpu=True without a usable CUDA
     ├── BackendError               503  backend_error       a worker died, a backend unusable
     ├── StorageError               500  storage_error       the dataset or model store failed
@@ -139,6 +140,13 @@ class FunctionExitError(FunctionError):
     code = "function_exit"
 
 
+class FunctionMemoryError(FunctionError):
+    """A function went over its memory limit and the kernel killed its worker (the cgroup
+    recorded the kill): a fault of the user's code, which would recur, so never replayed."""
+
+    code = "function_out_of_memory"
+
+
 class DeviceError(KubeMLError):
     code = "device_error"
 
@@ -189,6 +197,7 @@ HTTP_STATUS: dict[type[KubeMLError], int] = {
     FunctionError: 500,
     FunctionTimeoutError: 500,
     FunctionExitError: 500,
+    FunctionMemoryError: 500,
     DeviceError: 500,
     StorageError: 500,
     MissingDependencyError: 500,

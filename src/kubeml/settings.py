@@ -72,6 +72,12 @@ class Settings(BaseSettings):
         description="torch threads per function; 0: its share of the cores, which follows "
         "the other running tasks (pin it for bit-identical results whatever else runs)",
     )  # fmt: skip
+    function_memory_mb: int = Field(
+        default=0, ge=0, le=2**20,  # 1 TiB, as api.schemas.MAX_MEMORY_MB
+        description="the most memory a function may use, in MB, when its task sets none "
+        "(`train --memory-mb`); 0: unlimited. Enforced by a memory cgroup per worker on the "
+        "process backend where the server may create one (`server status` says)",
+    )  # fmt: skip
     max_upload_mb: int = Field(
         default=2048, ge=1, le=2**20, description="largest dataset upload accepted"
     )

@@ -279,6 +279,9 @@ BAD_INPUTS = {
     "K a bool": Bad(_train(k=True), 422, ("k:", "K must be -1")),
     "static 1": Bad(_train(static=1), 422, ("static", "boolean")),
     "goal accuracy 101": Bad(_train(goal_accuracy=101), 422, ("goal_accuracy", "(0, 100]")),
+    "memory 0 MB": Bad(_train(memory_mb=0), 422, ("memory_mb", "integer from 1 to 1048576")),
+    "memory above 1 TiB": Bad(_train(memory_mb=2**20 + 1), 422, ("memory_mb", "1048576")),
+    "memory as a string": Bad(_train(memory_mb="1G"), 422, ("memory_mb", "integer", "'1G'")),
     "function name a number": Bad(_train(function=7), 422, ("function", "string")),
     "function name with newline": Bad(_train(function="mlp\n"), 422, ("function", "invalid")),
     "function code nested too deep": Bad(

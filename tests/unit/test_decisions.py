@@ -19,10 +19,11 @@ from kubeml.control.job.decisions import (
     Situation,
     decide,
 )
-from kubeml.errors import BackendError, FunctionError, FunctionTimeoutError
+from kubeml.errors import BackendError, FunctionError, FunctionMemoryError, FunctionTimeoutError
 
 DIED = BackendError("the worker running function 1 died")
 RAISED = FunctionError("user code raised")
+OVER = FunctionMemoryError("out of memory: function 1 used more than 1024 MB")
 
 
 def _s(phase=Phase.TRAIN, parallelism=3, retries=0, max_retries=2, **kw) -> Situation:
@@ -47,6 +48,7 @@ ROWS = [
      "lost during validate and the task's 0 retries are spent"),
     ("an error that is not a lost worker", Failed(1, RAISED), _s(), Fail(RAISED)),
     ("user code raised, even with budget", Failed(1, RAISED), _s(Phase.VALIDATE), Fail(RAISED)),
+    ("over its memory limit: never replayed", Failed(1, OVER), _s(), Fail(OVER)),
     ("a backend that does not replace workers", Lost(1, DIED), _s(replaces_workers=False),
      Fail(DIED)),
     ("lost while another function's failure ends the epoch", Lost(1, DIED), _s(failing=True),

@@ -40,6 +40,7 @@ MAX_K = 1_000_000
 MAX_SEED = 2**63 - 1  # torch.manual_seed takes a signed 64-bit integer
 MAX_CODE_CHARS = 2**20  # a function file of 1 MiB is already far larger than any real one
 MAX_INFER_SAMPLES = 65_536
+MAX_MEMORY_MB = 2**20  # 1 TiB: the most a function's memory limit (`memory_mb`) may be
 
 
 def name_error(kind: str, name: object) -> str | None:
@@ -124,6 +125,7 @@ LocalSteps = Annotated[
     int, Field(json_schema_extra={"minimum": -1, "maximum": MAX_K}), BeforeValidator(_check_k)
 ]
 Seed = Annotated[(int, *_int_range(0, MAX_SEED))]
+MemoryMb = Annotated[(int, *_int_range(1, MAX_MEMORY_MB, " (megabytes)"))]
 
 
 class OptimizerState(str, Enum):
@@ -231,6 +233,11 @@ class TrainRequest(BaseModel):
     )
     checkpoint_every_s: float = Field(
         default=60.0, ge=0, description="seconds between mid-epoch checkpoints; 0 = epoch ends only"
+    )
+    memory_mb: MemoryMb | None = Field(
+        default=None,
+        description="the most memory each function may use, in MB, enforced by the operating "
+        "system where the server can (`server status`); null = the server's default",
     )
 
     @model_validator(mode="after")

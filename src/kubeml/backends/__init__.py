@@ -37,5 +37,9 @@ def create_backend(settings: Settings) -> FunctionBackend:
     from kubeml.backends.process import ProcessBackend
 
     return ProcessBackend(
-        datasets, models, capacity=settings.capacity, idle_timeout_s=settings.worker_idle_timeout_s
+        datasets,
+        models,
+        capacity=settings.capacity,
+        idle_timeout_s=settings.worker_idle_timeout_s,
+        memory_mb=settings.function_memory_mb,
     )

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from concurrent.futures import Future
 from typing import Any, Protocol
 
-from kubeml.runtime.invocation import Invocation, InvocationResult, LogSink
+from kubeml.runtime.invocation import Invocation, InvocationResult, LogSink, Mode
 from kubeml.runtime.sync import Release, RoundReport
 from kubeml.stores.datasets import DatasetStore
 from kubeml.stores.interfaces import ControlModels
@@ -45,6 +45,8 @@ class FunctionBackend(ABC):
     # Functions run the torch threads the job gives them (`Invocation.threads`, and a
     # round's `Release.threads`); False: the backend sizes them itself (Ray: its actors).
     takes_threads: bool = True
+    # What bounds a function's memory, as `server status` says it.
+    memory_limit: str = "not enforced: this backend runs functions in no process of their own"
     datasets: DatasetStore
     models: ControlModels
 
@@ -86,4 +88,13 @@ class FunctionBackend(ABC):
         return os.cpu_count() or 1
 
     def describe(self) -> dict[str, Any]:
-        return {"backend": self.name, "capacity": self.capacity}
+        return {"backend": self.name, "capacity": self.capacity, "memory_limit": self.memory_limit}
+
+
+def note_unbounded(
+    backend: FunctionBackend, inv: Invocation, log: LogSink, default_mb: int = 0
+) -> None:
+    """Say in the task's log, once as it starts, that its memory limit is not enforced."""
+    limit = inv.memory_mb or default_mb
+    if inv.mode is Mode.INIT and limit:
+        log("job", f"memory limit {limit} MB per function: {backend.memory_limit}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from concurrent.futures import Future
 
-from kubeml.backends.base import FunctionBackend, SyncHandler
+from kubeml.backends.base import FunctionBackend, SyncHandler, note_unbounded
 from kubeml.backends.relay import Done, resolve, start_gang
 from kubeml.runtime.execute import execute
 from kubeml.runtime.invocation import Invocation, InvocationResult, LogSink
@@ -31,9 +31,14 @@ class InlineBackend(FunctionBackend):
         super().__init__(capacity)
         self.datasets, self.models = datasets, models
 
+    memory_limit = "not enforced: the inline backend runs functions in the server's own process"
+
     def invoke(
         self, invocations: Sequence[Invocation], *, sync: SyncHandler | None, log: LogSink
     ) -> list[Future[InvocationResult]]:
+        if invocations:
+            note_unbounded(self, invocations[0], log)
+
         def run(_: int, inv: Invocation, future: Future[InvocationResult]) -> None:
             try:
                 result = execute(inv, shards=self.datasets, models=self.models, sync=sync, log=log)

@@ -9,20 +9,21 @@ import functools
 import os
 import secrets
 import subprocess
-import sys
 import tempfile
 import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
 from multiprocessing.connection import Listener
 from pathlib import Path
 from typing import Any
 
-from kubeml.backends.base import FunctionBackend, SyncHandler
-from kubeml.backends.pool import PooledWorker, WorkerPool
-from kubeml.backends.process_worker import Hello, Setup
+from kubeml.backends.base import FunctionBackend, SyncHandler, note_unbounded
+from kubeml.backends.cgroups import MemoryLimits
+from kubeml.backends.pool import WorkerPool
+from kubeml.backends.process_handles import ProcessWorker as _Worker
+from kubeml.backends.process_handles import bound_workers, start_workers
+from kubeml.backends.process_worker import Setup
 from kubeml.backends.relay import (
     Done,
     Failed,
@@ -34,32 +35,12 @@ from kubeml.backends.relay import (
     resolve,
     start_gang,
 )
-from kubeml.errors import BackendError
+from kubeml.errors import BackendError, KubeMLError
 from kubeml.procs import pid_alive
 from kubeml.runtime.invocation import Invocation, InvocationResult, LogSink, Mode
 from kubeml.runtime.serving import MAX_SERVED_MODELS
 from kubeml.stores.datasets import LocalDatasetStore
 from kubeml.stores.models import LocalModelStore
-
-
-@dataclass(eq=False)
-class _Worker(PooledWorker):
-    process: Any
-    conn: Any
-    served: list[str] = field(default_factory=list)  # tasks whose model it keeps, latest last
-
-    def alive(self) -> bool:
-        return self.process.poll() is None
-
-    def kill(self) -> None:
-        self.process.kill()  # its relay's thread sees EOF and fails the invocation
-
-    def close(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.process.wait(timeout=5)
-        self.conn.close()
 
 
 class ProcessBackend(FunctionBackend):
@@ -77,6 +58,10 @@ class ProcessBackend(FunctionBackend):
     An inference goes to a worker that served the task before, if one is idle: it keeps
     the model loaded (`kubeml.runtime.serving`). Its relay runs on a reused thread, not a
     new one per call.
+
+    Where the server may create memory cgroups, each worker runs in its own
+    (`kubeml.backends.cgroups`), bound at each invocation to the task's `memory_mb` (or
+    the default here; 0: none); a warm worker holding more than that is replaced.
     """
 
     name = "process"
@@ -90,10 +75,16 @@ class ProcessBackend(FunctionBackend):
         capacity: int = 2,
         idle_timeout_s: float = 300.0,
         spare_workers: int = 1,
+        memory_mb: int = 0,
+        memory: MemoryLimits | None = None,
     ) -> None:
         super().__init__(capacity)
         self.datasets, self.models = datasets, models
         self.idle_timeout_s = idle_timeout_s
+        self.memory_mb = memory_mb  # a function's bound when its task sets none; 0: none
+        self._memory = memory if memory is not None else MemoryLimits.detect()
+        default = f"{memory_mb} MB" if memory_mb else "unlimited"
+        self.memory_limit = f"{self._memory.describe()}; default {default}"
         self.spare_workers = spare_workers  # idle beside the busy ones: costs memory, no CPU
         self._authkey = secrets.token_bytes(32)
         _sweep_socket_dirs()
@@ -106,46 +97,37 @@ class ProcessBackend(FunctionBackend):
         atexit.register(self.close)
 
     # -- pool -------------------------------------------------------------------------------
-    def _spawn(self, count: int, background: bool = False) -> list[_Worker]:
+    def _spawn(
+        self, count: int, background: bool = False, memory_mb: int | None = None
+    ) -> list[_Worker]:
         """Start `count` workers at once and wait for each to connect (with the pool's lock
         held: each connects to the one listener). `background` ones import torch at the
-        lowest CPU priority (spares started beside a training task)."""
-        env = {**os.environ, "KUBEML_WORKER_AUTHKEY": self._authkey.hex()}
-        processes = {}
-        for _ in range(count):
-            process = subprocess.Popen(
-                [sys.executable, "-m", "kubeml.backends.process_worker", self._listener.address],
-                env=env,
-                stdin=subprocess.DEVNULL,
-            )
-            processes[process.pid] = process
-        workers = []
+        lowest CPU priority (spares started beside a training task). Each joins its memory
+        cgroup, bound to `memory_mb` (None: the default), before it is told to go on."""
+        limit = self.memory_mb if memory_mb is None else memory_mb
         setup = Setup(self.datasets, self.models, self.idle_timeout_s, background)
-        for _ in range(count):
-            conn = self._listener.accept()
-            hello: Hello = conn.recv()
-            conn.send(setup)
-            workers.append(_Worker(processes.pop(hello.pid), conn, pid=hello.pid))
-        return workers
+        confine = functools.partial(self._memory.confine, limit_mb=limit)
+        return start_workers(count, self._listener, self._authkey, setup, confine)
 
     def warm(self, count: int, background: bool = False) -> None:
         """Start workers ahead of demand, so the next task finds them warm."""
         self._pool.top_up(count, functools.partial(self._spawn, background=background))
 
     def _acquire(
-        self, count: int, task_id: str, serving: bool = False, spawn: bool = True
+        self, count: int, inv: Invocation, serving: bool = False, spawn: bool = True
     ) -> list[_Worker]:
-        """`count` workers for a task; with `spawn` False only idle ones (maybe none)."""
+        """`count` workers for `inv`'s task, bound to its memory limit; with `spawn` False
+        only idle ones (maybe none)."""
+        task_id, limit = inv.task_id, inv.memory_mb or self.memory_mb
 
         def choose(idle: list[_Worker], busy: list[_Worker]) -> tuple[list[_Worker], list[_Worker]]:
             # First the workers that hold this task's model loaded (serving), then those
             # that ran anything (the user's modules imported), the spares last.
             idle.sort(key=lambda w: (serving and task_id not in w.served, w.runs == 0))
-            return idle[:count], []
+            return bound_workers(idle, count, limit)
 
-        taken = self._pool.acquire(
-            count, task_id, start=self._spawn if spawn else None, choose=choose
-        )
+        start = functools.partial(self._spawn, memory_mb=limit) if spawn else None
+        taken = self._pool.acquire(count, task_id, start=start, choose=choose)
         if self.spare_workers > self._pool.idle_count():
             # a lost worker's replacement then starts warm, not from `import torch`
             threading.Thread(
@@ -164,7 +146,9 @@ class ProcessBackend(FunctionBackend):
             return []
         task_id = invocations[0].task_id
         serving = len(invocations) == 1 and invocations[0].mode is Mode.INFER
-        workers = self._acquire(len(invocations), task_id, serving)
+        if not self._memory.enforced:
+            note_unbounded(self, invocations[0], log, self.memory_mb)
+        workers = self._acquire(len(invocations), invocations[0], serving)
         if serving:
             self._serves(workers[0], task_id)
             future: Future[InvocationResult] = Future()
@@ -183,7 +167,7 @@ class ProcessBackend(FunctionBackend):
         """An inference relayed on the event loop itself, which watches the worker's socket:
         no thread hand-off on the way in or out (about 1 ms of a warm call). Starting a
         worker blocks, so with none idle the call goes the threaded way."""
-        taken = self._acquire(1, invocation.task_id, serving=True, spawn=False)
+        taken = self._acquire(1, invocation, serving=True, spawn=False)
         if not taken:
             return await super().serve(invocation, log=log, timeout_s=timeout_s)
         worker = taken[0]
@@ -238,16 +222,10 @@ class ProcessBackend(FunctionBackend):
         else:
             self._pool.release(worker, healthy=True)
 
-    def _lost(self, worker: _Worker, inv: Invocation, exc: BaseException) -> BackendError:
-        """A dead worker is dropped (the next task spawns what it lacks)."""
-        try:
-            code = worker.process.wait(timeout=1)
-        except subprocess.TimeoutExpired:
-            code = None
-        error = BackendError(
-            f"the worker running function {inv.func_id} of task {inv.task_id} died "
-            f"(exit code {code}); it may have run out of memory or been killed"
-        )
+    def _lost(self, worker: _Worker, inv: Invocation, exc: BaseException) -> KubeMLError:
+        """A dead worker is dropped (the next task spawns what it lacks); its invocation
+        failed with what killed it (`ProcessWorker.death`)."""
+        error = worker.death(inv)
         error.__cause__ = exc
         self._pool.release(worker, healthy=False)
         return error
@@ -285,6 +263,7 @@ class ProcessBackend(FunctionBackend):
         import shutil
 
         shutil.rmtree(self._socket_dir, ignore_errors=True)
+        self._memory.close()
         self.models.release_scratch()
 
     def describe(self) -> dict[str, Any]:

@@ -31,6 +31,7 @@ _FLAGS = {
     "policy": "--policy",
     "max_retries": "--max-retries",
     "checkpoint_every_s": "--checkpoint-every",
+    "memory_mb": "--memory-mb",
 }
 
 
@@ -111,6 +112,14 @@ def train(
             "--checkpoint-every", help="seconds between mid-epoch checkpoints; 0 = epoch ends"
         ),
     ] = 60.0,
+    memory_mb: Annotated[
+        int | None,
+        typer.Option(
+            "--memory-mb",
+            help="the most memory each function may use, in MB; past it the task fails "
+            "[default: the server's KUBEML_FUNCTION_MEMORY_MB, 0 = unlimited]",
+        ),
+    ] = None,
     watch: Annotated[
         bool, typer.Option("--watch", "-w", help="show live progress until the task ends")
     ] = False,
@@ -130,6 +139,7 @@ def train(
     optional = {
         "seed": seed, "k": k, "outer_optimizer": outer_optimizer, "outer_lr": outer_lr,
         "outer_momentum": outer_momentum, "lr_scaling": lr_scaling, "policy": policy,
+        "memory_mb": memory_mb,
     }  # fmt: skip
     fields.update({name: value for name, value in optional.items() if value is not None})
     request = _request(fields)

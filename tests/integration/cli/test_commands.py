@@ -146,6 +146,8 @@ def test_dataset_create_rejects_bad_files(
         (["--lr-scaling", "cubic"], "'--lr-scaling'"),
         (["--policy", "pollux"], "'--policy'"),
         (["--static", "--policy", "goodput"], "contradicts policy 'goodput'"),
+        (["--memory-mb", "0"], "'--memory-mb'"),
+        (["--memory-mb", "2000000"], "'--memory-mb'"),
     ],
 )
 def test_train_rejects_bad_numbers_naming_the_flag(cli: Cli, flags: list[str], named: str) -> None:
@@ -163,11 +165,12 @@ def test_train_rejects_unknown_names(cli: Cli) -> None:
 
 def test_train_sends_every_option(cli: Cli) -> None:
     options = "-e 2 -b 32 --lr 0.05 --parallelism 1 --static --sparse-avg --validate-every 1 "
-    options += "--goal-accuracy 99 --seed 7 --optimizer-state reset"
+    options += "--goal-accuracy 99 --seed 7 --optimizer-state reset --memory-mb 1536"
     result = cli.ok("train", "-f", "mlp", "-d", "digits", *options.split())
     task_id = result.stdout.strip()
     request = cli.engine.get_task(task_id).request
     assert (request.epochs, request.batch_size, request.lr, request.parallelism) == (2, 32, 0.05, 1)
+    assert request.memory_mb == 1536
     assert (request.static, request.k, request.validate_every) == (True, -1, 1)
     assert (request.goal_accuracy, request.seed, request.optimizer_state.value) == (99, 7, "reset")
     cli.engine.stop_task(task_id)
@@ -195,6 +198,7 @@ def test_train_defaults_are_the_2021_ones_but_k_and_the_outer_step(cli: Cli) -> 
     assert (request.outer_optimizer.value, request.outer_lr, request.outer_momentum) == (
         "adaptive", 0.7, 0.9)  # fmt: skip
     assert (request.lr_scaling.value, request.effective_policy.value) == ("none", "throughput")
+    assert request.memory_mb is None  # the server's KUBEML_FUNCTION_MEMORY_MB
 
 
 def test_train_watch_follows_the_task_to_its_accuracy(cli: Cli) -> None:

@@ -45,7 +45,7 @@ from typing import TYPE_CHECKING, Any
 
 from ray.exceptions import RayError
 
-from kubeml.backends.base import FunctionBackend, SyncHandler
+from kubeml.backends.base import FunctionBackend, SyncHandler, note_unbounded
 from kubeml.backends.ray import cluster
 from kubeml.backends.ray.actor_pool import ActorPool, RayActor
 from kubeml.backends.ray.actor_relay import (
@@ -65,6 +65,14 @@ from kubeml.stores.datasets import LocalDatasetStore
 
 if TYPE_CHECKING:
     from kubeml.settings import Settings
+
+
+# An actor's `memory` resource only schedules; bounding the actor's process would take a
+# cgroup made, and removed, on its node from there (docs/cluster.md).
+_NOT_BOUNDED = (
+    "not enforced: Ray functions are not bounded (an actor's memory resource only "
+    "schedules; Ray's memory monitor kills workers only when a node runs low)"
+)
 
 
 class RayBackend(FunctionBackend):
@@ -90,6 +98,7 @@ class RayBackend(FunctionBackend):
     """
 
     name = "ray"
+    memory_limit = _NOT_BOUNDED
     takes_threads = False  # torch runs the CPUs its actor reserved
     datasets: RayDatasetStore
     models: RayModelStore
@@ -198,6 +207,7 @@ class RayBackend(FunctionBackend):
     ) -> list[Future[InvocationResult]]:
         if not invocations:
             return []
+        note_unbounded(self, invocations[0], log)
         code = self._sources.carried(invocations[0].function)
         light = len(invocations) == 1 and invocations[0].mode in (Mode.INIT, Mode.INFER)
         shape = self._shape(invocations[0])

@@ -86,6 +86,10 @@ class Health(BaseModel):
     capacity: int
     running_tasks: int
     max_upload_bytes: int
+    memory_limit: str = Field(
+        default="not enforced",
+        description="what bounds a function's memory: a cgroup per function, or why nothing",
+    )
     damaged_records: list[str] = Field(
         default_factory=list, description="stored records that do not parse and are skipped"
     )
@@ -244,5 +248,6 @@ def health(request: Request, engine: EngineDep) -> Health:
         capacity=engine.backend.capacity,
         running_tasks=len(engine.scheduler.running()),
         max_upload_bytes=request.app.state.max_upload_bytes,
+        memory_limit=str(described.get("memory_limit", "not enforced")),
         damaged_records=[*engine.metadata.damaged(), *engine.datasets.damaged()],
     )

@@ -7,7 +7,7 @@ a table in the unit tests.
 
 | event | when | decision |
 | --- | --- | --- |
-| `Failed` (user code raised, NaN, a merge error) | always | `Fail` |
+| `Failed` (user code raised, NaN, a merge error, over its memory limit) | always | `Fail` |
 | `Hung` (no heartbeat for the round timeout) | always | `Fail` (the job cancels) |
 | `Lost` (a worker died) | the backend does not replace workers, or the task is failing | `Fail` |
 | `Lost` in a train round | its lane was already done | `Forget` |

@@ -283,6 +283,7 @@ class TrainJob:
             seed=req.seed,
             optimizer_state=req.optimizer_state.value,
             threads=threads,
+            memory_mb=req.memory_mb or 0,
         )
 
     def train_invocation(
