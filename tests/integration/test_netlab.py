@@ -18,6 +18,7 @@ import pytest
 
 from benchmarks import netlab
 from benchmarks.netlab import Netlab, delta, leftovers
+from kubeml.procs import pid_alive
 from tests.conftest import ROOT
 
 _REASON = netlab.unavailable()
@@ -115,7 +116,7 @@ def test_a_sigkilled_builder_leaves_things_that_the_next_lab_sweeps_away():
     assert leftovers(proc.pid) == left  # SIGKILL runs no cleanup: the sweep must
     with Netlab(["c"], profile="unshaped"):
         assert leftovers(proc.pid) == {"netns": [], "pids": [], "files": []}
-    assert not any(netlab._alive(pid) and not netlab._zombie(pid) for pid in left["pids"])
+    assert not any(pid_alive(pid) and not netlab._zombie(pid) for pid in left["pids"])
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])

@@ -95,7 +95,10 @@ def test_dashboard_charts_fill_while_a_task_trains(
     assert chart.find_elements(By.CSS_SELECTOR, "canvas")  # uPlot drew it
     log = browser.find_element(By.ID, "log").text
     assert "task stopped on request" in log and "epoch 1: train loss" in log
-    assert browser.find_element(By.ID, "stop").get_attribute("disabled") is not None
+    # The page reads the task's state before its log, so the log may show the stop one
+    # poll before the state does.
+    _wait(lambda: browser.find_element(By.ID, "stop").get_attribute("disabled") is not None,
+          what="the stop button disabled")  # fmt: skip
     browser.save_screenshot(str(tmp_path / "finished.png"))
     severe = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
     assert not severe, severe
