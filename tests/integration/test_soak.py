@@ -5,8 +5,14 @@ on, fed records that must fail it.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import tempfile
+from pathlib import Path
+
 import pytest
 
+from benchmarks.soak_chaos import leftovers
 from benchmarks.soak_records import Batch, check_exactly_once
 
 K = 1  # local steps per round: every batch is a round of its own, unless a test says
@@ -71,6 +77,26 @@ def test_a_resume_that_counts_batches_from_zero_again_fails_the_check():
     )  # fmt: skip
     assert not check.ok
     assert any("never trained: 4, 5" in p for p in check.problems), check.problems
+
+
+def test_what_a_server_leaves_behind_is_found(tmp_path: Path) -> None:
+    from kubeml.settings import Settings
+
+    settings = Settings(home=tmp_path / "home", shm_dir=tmp_path / "shm")
+    env = {**os.environ, "KUBEML_HOME": str((tmp_path / "home").resolve())}
+    orphan = subprocess.Popen(["sleep", "60"], env=env)  # a worker that outlived its server
+    sockets = Path(tempfile.mkdtemp(prefix=f"kubeml-workers-{orphan.pid}-"))
+    (tmp_path / "shm").mkdir()
+    try:
+        found = leftovers(settings, {orphan.pid}, wait_s=0.2)
+        assert any(f"process {orphan.pid}" in f for f in found), found
+        assert any("scratch" in f for f in found) and any("socket" in f for f in found)
+    finally:
+        orphan.kill()
+        orphan.wait()
+        sockets.rmdir()
+    (tmp_path / "shm").rmdir()
+    assert leftovers(settings, {orphan.pid}, wait_s=0.2) == []
 
 
 @pytest.mark.slow
