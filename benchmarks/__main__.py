@@ -67,6 +67,7 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--epochs", type=int, help="epoch cap (default: the workload's)")
     parser.add_argument("--goal", type=float, help="goal accuracy %% (default: the workload's)")
     parser.add_argument("--minutes", type=float, default=20.0, help="soak: how long to kill")
+    parser.add_argument("--keep", action="store_true", help="soak: keep its home and records")
     return parser.parse_args(argv)
 
 
@@ -146,7 +147,7 @@ def main(argv: list[str]) -> int:
 def _soak(args: argparse.Namespace, out: Path) -> int:
     from benchmarks.soak import SoakConfig, run_soak, soak_lines
 
-    config = SoakConfig(duration_s=args.minutes * 60)
+    config = SoakConfig(duration_s=args.minutes * 60, keep=args.keep)
     if args.epochs:
         config = replace(config, epochs=args.epochs)
     _echo(f"soak: {args.minutes:g} minutes, {config.epochs} epochs a task; {os.getloadavg()}")

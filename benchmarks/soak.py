@@ -63,6 +63,7 @@ class SoakConfig:
     threads: int = 1  # KUBEML_TORCH_THREADS: pinned, so the bits do not follow the load
     pair_timeout_s: float = 900.0
     seed: int = 0  # the killer's and the traffic's draws
+    keep: bool = False  # keep the home, its logs and the records even when the soak passed
 
 
 def run_soak(config: SoakConfig, echo: Callable[[str], None] = print) -> dict[str, Any]:
@@ -134,7 +135,7 @@ def run_soak(config: SoakConfig, echo: Callable[[str], None] = print) -> dict[st
         result["server_pids"] = sorted(server.pids)
     result["figures"] = figures(result)
     result["ok"] = not problems
-    if result["ok"]:
+    if result["ok"] and not config.keep:
         shutil.rmtree(tmp, ignore_errors=True)
     return result
 
@@ -296,6 +297,6 @@ def soak_lines(result: dict[str, Any]) -> str:
               for key, value in f.items()]  # fmt: skip
     lines += [f"  traffic: {result.get('traffic')}"]
     lines += [f"  problem: {p}" for p in result["problems"][:40]]
-    if not result["ok"]:
+    if not result["ok"] or result["config"]["keep"]:
         lines.append(f"  kept for a look: {result['home']}")
     return "\n".join(lines)
