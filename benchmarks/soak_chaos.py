@@ -26,6 +26,7 @@ from kubeml.procs import children, pid_alive
 from kubeml.settings import Settings
 
 T = TypeVar("T")
+CGROUPS = Path("/sys/fs/cgroup")
 
 
 class LocalServer:
@@ -195,7 +196,7 @@ class Traffic(threading.Thread):
 def leftovers(settings: Settings, server_pids: set[int], wait_s: float = 10.0) -> list[str]:
     """What this run's servers left behind, once stopped: processes (anything whose
     environment names this home: servers and workers), the home's shared-memory scratch,
-    the servers' socket folders."""
+    the servers' socket folders and their workers' memory cgroups."""
     home = f"KUBEML_HOME={Path(settings.home).expanduser().resolve()}\0".encode()
     deadline = time.monotonic() + wait_s
     while True:
@@ -214,4 +215,6 @@ def leftovers(settings: Settings, server_pids: set[int], wait_s: float = 10.0) -
     for pid in sorted(server_pids):
         for path in Path(tempfile.gettempdir()).glob(f"kubeml-workers-{pid}-*"):
             found.append(f"socket folder {path}")
+        for root in (CGROUPS / "memory", CGROUPS):  # v1, v2: the workers' memory cgroups
+            found += [f"memory cgroup {path}" for path in root.glob(f"kubeml-{pid}-*")]
     return found
