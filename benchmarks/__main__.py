@@ -7,9 +7,11 @@
     python -m benchmarks all --quick     # a smoke test of both (a cut, one seed)
     python -m benchmarks profile         # py-spy profiles of kubeml's workers and server
     python -m benchmarks recovery        # a worker SIGKILLed mid-epoch: kubeml vs Ray Train
+    python -m benchmarks soak            # 20 minutes of kills; --minutes 1.5 for a short one
 
 Options: --out FILE.json (default benchmarks/results/<command>-<time>.json), --workloads,
---seeds, --rows KEY..., --micro NAME..., --epochs, --goal. Run from the repository root.
+--seeds, --rows KEY..., --micro NAME..., --epochs, --goal; soak: --minutes, --epochs.
+Run from the repository root.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import os
 import signal
 import sys
 import tempfile
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 
@@ -45,7 +48,7 @@ def _parse(argv: list[str]) -> argparse.Namespace:
         "command",
         nargs="?",
         default="workload",
-        choices=["workload", "micro", "all", "profile", "recovery"],
+        choices=["workload", "micro", "all", "profile", "recovery", "soak"],
     )
     parser.add_argument("--quick", action="store_true", help="a cut that runs in minutes")
     parser.add_argument("--out", type=Path, help="where to write the JSON results")
@@ -63,11 +66,12 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     )
     parser.add_argument("--epochs", type=int, help="epoch cap (default: the workload's)")
     parser.add_argument("--goal", type=float, help="goal accuracy %% (default: the workload's)")
+    parser.add_argument("--minutes", type=float, default=20.0, help="soak: how long to kill")
+    parser.add_argument("--keep", action="store_true", help="soak: keep its home and records")
     return parser.parse_args(argv)
 
 
 def _workload(args: argparse.Namespace, name: str, data_dir: Path) -> Workload:
-    from dataclasses import replace
 
     from benchmarks.specs import prepare
 
@@ -98,6 +102,8 @@ def main(argv: list[str]) -> int:
         _echo("\n" + recovery_lines(result))
         _echo(f"\nload average at the end {os.getloadavg()}; results written to {out}")
         return 0
+    if args.command == "soak":
+        return _soak(args, out)
     names = ["fashion"] if args.command in ("micro", "profile") else args.workloads
     results: dict[str, dict[str, object]] = {}
     with tempfile.TemporaryDirectory(prefix="kubeml-bench-data-") as tmp:
@@ -136,6 +142,21 @@ def main(argv: list[str]) -> int:
             write_json(out, results, args.quick)
     _echo(f"\nload average at the end {os.getloadavg()}; results written to {out}")
     return 0
+
+
+def _soak(args: argparse.Namespace, out: Path) -> int:
+    from benchmarks.soak import SoakConfig, run_soak, soak_lines
+
+    config = SoakConfig(duration_s=args.minutes * 60, keep=args.keep)
+    if args.epochs:
+        config = replace(config, epochs=args.epochs)
+    _echo(f"soak: {args.minutes:g} minutes, {config.epochs} epochs a task; {os.getloadavg()}")
+    result = run_soak(config, _echo)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1, default=str))
+    _echo("\n" + soak_lines(result))
+    _echo(f"\nload average at the end {os.getloadavg()}; results written to {out}")
+    return 0 if result["ok"] else 1
 
 
 if __name__ == "__main__":

@@ -30,3 +30,5 @@ def test_the_durable_form_round_trips():
     assert back.loss_sum == 2.5 and back.batches == 4
     for a, b in zip(position.lanes, back.lanes, strict=True):
         assert a.remaining.tolist() == b.remaining.tolist()
+        # How far each lane got survives too: a resumed function's batch_index goes on.
+        assert (a.done, a.order.tolist()) == (b.done, b.order.tolist())

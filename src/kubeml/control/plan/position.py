@@ -101,12 +101,19 @@ class Position:
             "failures": self.failures,
             "retries": self.retries,
             "path": list(self.path),
-            "lanes": [torch.from_numpy(lane.remaining.astype(np.int32)) for lane in self.lanes],
+            # Whole lanes and how far each got: a resumed function's hooks go on counting
+            # their batches from where the lane stood (`first_batch`), not from 0.
+            "lanes": [torch.from_numpy(lane.order.astype(np.int32)) for lane in self.lanes],
+            "done": [lane.done for lane in self.lanes],
         }
 
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> Position:
-        lanes = [Lane(t.numpy().astype(np.int64)) for t in state["lanes"]]
+        done = state.get("done") or [0] * len(state["lanes"])  # older: remaining samples only
+        lanes = [
+            Lane(t.numpy().astype(np.int64), int(d))
+            for t, d in zip(state["lanes"], done, strict=True)
+        ]
         fields = ("round", "samples", "loss_sum", "batches", "elapsed_s", "failures", "retries")
         return cls(
             epoch=int(state["epoch"]),
