@@ -97,3 +97,35 @@ def test_a_dropped_function_lets_the_round_complete_without_it():
     t.join(2)
     assert merged == [[0]] and out[0][1].proceed
     assert barrier.live() == {0}
+
+
+def test_a_lost_attempts_late_report_never_merges():
+    """Ray answers a function's publish on another thread than its failure: a report that
+    arrives after the attempt failed is refused, by the attempt and by the barrier (a
+    report that passed the attempt's check just before the failure), until the
+    replacement joins."""
+    from kubeml.control.job.barrier import AttemptSync
+    from kubeml.errors import BackendError
+
+    merged = []
+    barrier = RoundBarrier(
+        [0, 1], lambda r, reports: merged.append([x.samples for x in reports]) or Release(True)
+    )
+    attempts = {0: 0, 1: 0}
+    first = AttemptSync(barrier, attempts, [0, 1])
+    out = []
+    t = _publish_in_thread(barrier, _report(0, 0), out)
+    first.fail(1, BackendError("the worker running function 1 died"))
+    assert not first.publish(_report(1, 0, samples=99)).proceed  # late: refused
+    # One that passed the attempt's check just before the failure, and reaches the barrier
+    # after it:
+    stale = _publish_in_thread(barrier, _report(1, 0, samples=77), out)
+    stale.join(2)
+    assert merged == [] and not out[-1][1].proceed  # refused: function 1 is lost
+    attempts[1] += 1
+    barrier.join(1)  # the replacement takes the place, the stale report goes
+    replay = AttemptSync(barrier, attempts, [1])
+    assert replay.publish(_report(1, 0, samples=10)).proceed
+    t.join(2)
+    stale.join(2)
+    assert merged == [[10, 10]]

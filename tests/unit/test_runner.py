@@ -17,7 +17,7 @@ from kubeml.control.tasks.metrics import Metrics
 from kubeml.control.tasks.registry import TaskRecorder, TaskRegistry
 from kubeml.control.tasks.runner import TaskRunner
 from kubeml.control.tasks.scheduler import Scheduler
-from kubeml.errors import CapacityError
+from kubeml.errors import CapacityError, NotFoundError
 
 
 class FakeJob:
@@ -41,6 +41,8 @@ def runner(tmp_path: Path):
     started: dict[str, FakeJob] = {}
 
     def make_job(recorder: TaskRecorder, parallelism: int, slots: Slots):
+        if recorder.id.startswith("broken"):
+            raise NotFoundError(f"dataset {recorder.info.request.dataset!r} not found")
         job = FakeJob(recorder.id, parallelism, slots, recorder.requests)
         started[recorder.id] = job
         return job
@@ -119,3 +121,28 @@ def test_a_refused_task_leaves_no_trace(runner):
         _queue(run, "big", 3)
     assert metadata.list_tasks() == [] and metadata.list_histories() == []
     assert "big" not in run.tasks and started == {}
+
+
+def test_a_job_that_cannot_be_built_fails_its_task_and_frees_its_slots(runner):
+    """A resumed task whose dataset was deleted since: it fails saying why, its slots go
+    to the next task, and nothing is left queued or running."""
+    run, started, metadata = runner
+    _queue(run, "a", 2)
+    _queue(run, "broken", 2)  # waits for a's slots
+    run.stop("a")
+    assert run.tasks.wait("broken", timeout_s=10)
+    info = metadata.get_task("broken")
+    assert info.state is TaskState.FAILED and "cannot start" in info.error and "'d'" in info.error
+    assert run.scheduler.running() == {} and "broken" not in run.tasks
+    _queue(run, "c", 2)
+    assert "c" in started
+
+
+def test_a_shutdown_starts_no_queued_task_and_leaves_it_queued(runner):
+    run, started, metadata = runner
+    _queue(run, "a", 2)
+    _queue(run, "b", 2)  # queued behind a
+    run.close(timeout_s=5)  # a stops at its round boundary; its slots free, b must not start
+    assert list(started) == ["a"]
+    assert metadata.get_task("a").state is TaskState.QUEUED  # resumed at the next start
+    assert metadata.get_task("b").state is TaskState.QUEUED

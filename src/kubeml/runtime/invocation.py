@@ -42,6 +42,7 @@ class Invocation:
     # After a resize the lr ramps linearly from `lr_warmup_from` to `lr` over this many steps.
     lr_warmup_from: float | None = None
     lr_warmup_steps: int = 0
+    lr_warmup_offset: int = 0  # steps of the ramp already taken (a replayed round's)
     batch_size: int = 64
     epoch: int = 0
     seed: int = 0

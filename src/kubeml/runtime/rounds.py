@@ -140,13 +140,15 @@ class RoundDriver:
                 # 2021 experiments do per epoch) must not compound it round after round.
                 model.lr = inv.lr
                 model.optimizer = model.configure_optimizers()
+                # Before a restore: the kept state holds the lr its last step used (a ramp's).
+                base_lrs = [group["lr"] for group in model.optimizer.param_groups]
                 if round_index == inv.round and inv.restore_state:
                     self._restore_optimizer(model)
-                base_lrs = [group["lr"] for group in model.optimizer.param_groups]
             loss_sum, samples, start_index = 0.0, 0, batch_index
             while batch_index < n_batches and batch_index - start_index < k:
-                if batch_index <= inv.lr_warmup_steps:  # after a resize: ramp to the new lr
-                    factor = warmup_factor(inv, batch_index)
+                step = inv.lr_warmup_offset + batch_index  # a replay goes on with the ramp
+                if step <= inv.lr_warmup_steps:  # after a resize: ramp to the new lr
+                    factor = warmup_factor(inv, step)
                     for group, base_lr in zip(model.optimizer.param_groups, base_lrs, strict=True):
                         group["lr"] = base_lr * factor
                 self.hook = "__getitem__()"

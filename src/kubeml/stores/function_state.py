@@ -47,6 +47,7 @@ class FunctionStateFiles(FunctionStates):
         meta = base.with_suffix(".meta")
         meta.unlink(missing_ok=True)  # the data below is not whole until the new meta
         groups = self._groups(base.with_suffix(".bin"), layout)
+        assert groups is not None  # created
         layout.flatten_into(tensors, groups)
         kept = {"round": round_index, "layout": layout.to_json(), "skeleton": skeleton}
         write_whole(
@@ -70,18 +71,27 @@ class FunctionStateFiles(FunctionStates):
         if meta.get("round") != round_index:
             return None
         layout = FlatLayout.from_json(meta["layout"])
-        views = layout.views(self._groups(base.with_suffix(".bin"), layout))
+        groups = self._groups(base.with_suffix(".bin"), layout, create=False)
+        if groups is None:
+            return None
+        views = layout.views(groups)
         # Copies: the function writes this file again two rounds on.
         return _join(meta["skeleton"], {k: v.clone() for k, v in views.items()})
 
-    def forget(self, task_id: str) -> None:
-        """Unmap a task's files (its scratch is being removed)."""
+    def forget(self, task_id: str, *, others: bool = False) -> None:
+        """Unmap a task's files (its scratch is being removed); `others`: every task's
+        but this one's (a warm worker starting an invocation of `task_id`), so their
+        shared-memory pages go with their files."""
         task_dir = self.scratch_dir / task_id
         with self._lock:
-            for path in [p for p in self._maps if p.parent == task_dir]:
+            for path in [p for p in self._maps if (p.parent == task_dir) != others]:
                 del self._maps[path]
 
-    def _groups(self, path: Path, layout: FlatLayout) -> dict[str, torch.Tensor]:
+    def _groups(
+        self, path: Path, layout: FlatLayout, *, create: bool = True
+    ) -> dict[str, torch.Tensor] | None:
+        """The file's flat groups, mapped once per process; `create`: (re)allocate it to
+        the layout's size, else None when it is missing or of another size."""
         import numpy as np
         import torch
 
@@ -92,9 +102,12 @@ class FunctionStateFiles(FunctionStates):
             except FileNotFoundError:
                 st = None
             if st is None or st.st_size != layout.nbytes:
+                if not create:
+                    return None
                 allocate(path, layout.nbytes)  # space behind it: no SIGBUS on a full scratch
                 st, mapped = os.stat(path), None
-            if mapped is None or mapped[1] != st.st_ino:  # new, or re-created since mapped
+            # New, re-created, or resized (same inode) since it was mapped here.
+            if mapped is None or mapped[1] != st.st_ino or len(mapped[0]) != layout.nbytes:
                 mapped = (
                     np.memmap(path, dtype=np.uint8, mode="r+", shape=(layout.nbytes,)),
                     st.st_ino,

@@ -174,6 +174,7 @@ class LocalModelStore(FunctionModels, ControlModels):
                     self._inodes.pop(path, None)
         for other in [t for t in self._layouts if t != task_id or replaced]:
             del self._layouts[other]
+        self._state_files.forget(task_id, others=True)  # its own re-map when re-created
 
     # -- scratch ownership --------------------------------------------------------------
     def claim_scratch(self) -> None:

@@ -43,7 +43,7 @@ class RoundBarrier:
 
     def publish(self, report: RoundReport) -> Release:
         with self._cond:
-            if self.failed:
+            if self.failed or report.func_id in self.lost:  # a lost attempt's late report
                 return Release(proceed=False)
             self.last_progress = self._seen[report.func_id] = time.monotonic()
             self._alive.add(report.func_id)
@@ -88,9 +88,13 @@ class RoundBarrier:
         self._cond.notify_all()
 
     def join(self, func_id: int) -> None:
-        """A replacement takes over a lost function's place, in the round still open."""
+        """A replacement takes over a lost function's place, in the round still open; a
+        report of the lost attempt that slipped in after its failure is forgotten."""
         with self._cond:
             self.lost.pop(func_id, None)
+            for round_index, reports in self._pending.items():
+                if round_index not in self._released:
+                    reports[:] = [r for r in reports if r.func_id != func_id]
             self._seen[func_id] = time.monotonic()
             self._alive.discard(func_id)  # a fresh worker: it may take time to start
 
@@ -159,9 +163,10 @@ class AttemptSync:
     def __init__(self, barrier: RoundBarrier, current: dict[int, int], func_ids: Sequence[int]):
         self.barrier, self._current = barrier, current
         self._mine = {f: current[f] for f in func_ids}
+        self._dead: set[int] = set()  # failed: whatever it still sends is ignored
 
     def _valid(self, func_id: int) -> bool:
-        return self._current.get(func_id) == self._mine.get(func_id)
+        return func_id not in self._dead and self._current.get(func_id) == self._mine.get(func_id)
 
     def publish(self, report: RoundReport) -> Release:
         if not self._valid(report.func_id):
@@ -170,6 +175,7 @@ class AttemptSync:
 
     def fail(self, func_id: int, error: BaseException) -> None:
         if self._valid(func_id):
+            self._dead.add(func_id)  # a report still in flight (Ray's round socket) is late
             self.barrier.fail(func_id, error)
 
     def progress(self, func_id: int) -> None:

@@ -6,22 +6,21 @@ import os
 import time
 import traceback
 from collections.abc import Sequence
-from dataclasses import replace
 
 from kubeml.api.schemas import EpochRecord, TaskState, TrainRequest
 from kubeml.control.job.decisions import Decision, Event, Situation, decide
 from kubeml.control.job.plain import run_plain
 from kubeml.control.job.ports import JobListener, JobOutcome, JobServices, NextParallelism
-from kubeml.control.job.resize import LrRule, resize, warmup_steps
+from kubeml.control.job.resize import LrRule, resize
 from kubeml.control.job.segment import Segment, at
 from kubeml.control.job.state import JobState, Requests
 from kubeml.control.merge.outer import OuterConfig
 from kubeml.control.merge.parameter_server import ParameterServer
-from kubeml.control.plan.chunks import shard_of, validation_slices
+from kubeml.control.plan.chunks import validation_slices
 from kubeml.control.plan.position import Position
 from kubeml.control.records.checkpoints import Checkpoint, CheckpointWriter
 from kubeml.errors import KubeMLError
-from kubeml.runtime.invocation import FunctionCode, Invocation, Mode
+from kubeml.runtime.invocation import FunctionCode, Mode
 
 
 class _Stopped(Exception):
@@ -207,6 +206,10 @@ class TrainJob:
             if position.parallelism != self.state.parallelism:
                 position.resplit(self.state.parallelism)
                 self.state.restore_at = None  # new lanes start with fresh optimizers
+            elif position.round > 0 and self.request.optimizer_state.value == "keep":
+                # The same lanes go on (a resize granted no change): with the optimizer
+                # states their functions kept for this round.
+                self.state.restore_at = position.round
 
     def _validation_due(self, epoch: int) -> bool:
         every = self.request.validate_every
@@ -267,47 +270,6 @@ class TrainJob:
             ),
         )
         self.checkpoints.write(snapshot, background=background)
-
-    def invocation(self, mode: Mode, parallelism: int, threads: int) -> Invocation:
-        req = self.request
-        return Invocation(
-            mode=mode,
-            task_id=self.task_id,
-            function=self.function,
-            dataset=req.dataset,
-            parallelism=parallelism,
-            k=req.k,
-            lr=self.state.lr,
-            batch_size=req.batch_size,
-            epoch=self.state.epoch,
-            seed=req.seed,
-            optimizer_state=req.optimizer_state.value,
-            threads=threads,
-            memory_mb=req.memory_mb or 0,
-        )
-
-    def train_invocation(
-        self,
-        position: Position,
-        func_id: int,
-        threads: int,
-        lr_from: float | None,
-        restore: bool = False,
-    ) -> Invocation:
-        """A train invocation of `func_id`'s remaining lane; the lr ramps up from `lr_from`
-        when the segment is the first after a change of the lr; `restore`: the function
-        loads the optimizer state kept for this round (a replay, a resume)."""
-        lane = position.lanes[func_id]
-        ranges, order = shard_of(lane.remaining)
-        base = self.invocation(Mode.TRAIN, position.parallelism, threads)
-        base = replace(
-            base, restore_state=restore, first_batch=lane.done // self.request.batch_size
-        )
-        if lr_from is not None:
-            longest = max(len(lane.order) for lane in position.lanes)
-            steps = warmup_steps(self.request.k, -(-longest // self.request.batch_size))
-            base = replace(base, lr_warmup_from=lr_from, lr_warmup_steps=steps)
-        return replace(base, func_id=func_id, ranges=ranges, order=order, round=position.round)
 
     def threads(self, functions: int) -> int:
         """Torch threads for each of `functions` invocations starting now: their share of

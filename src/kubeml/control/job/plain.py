@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 from kubeml.control.job.barrier import PlainSync
 from kubeml.control.job.decisions import Fail, Hung, Lost, Phase, Replay, Situation
+from kubeml.control.job.invocations import plain_invocation
 from kubeml.control.job.waiting import Finished, wait_for_the_rest, watch
 from kubeml.runtime.invocation import InvocationResult, Mode
 
@@ -29,7 +30,7 @@ def run_plain(
     services, state = job.services, job.state
     timeout = services.round_timeout_s
     threads = threads or job.threads(len(shards))
-    base = job.invocation(mode, len(shards), threads)
+    base = plain_invocation(job, mode, len(shards), threads)
     pending = {i: replace(base, func_id=i, ranges=r) for i, r in enumerate(shards)}
     results: dict[int, InvocationResult] = {}
     while pending:

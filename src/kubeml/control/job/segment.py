@@ -22,6 +22,7 @@ from kubeml.control.job.decisions import (
     Shrink,
     Situation,
 )
+from kubeml.control.job.invocations import train_invocation
 from kubeml.control.job.waiting import Finished, wait_for_the_rest, watch
 from kubeml.control.plan.position import Position
 from kubeml.errors import BackendError, FunctionError, KubeMLError
@@ -47,6 +48,7 @@ class Segment:
         self.started = self.failed = 0
         self.lr_from: float | None = None
         self.start_round = position.round
+        self.start_done = {f: position.lanes[f].done for f in self.func_ids}
         self.restored = False
 
     def run(self) -> None:
@@ -62,7 +64,7 @@ class Segment:
             for func_id in self.func_ids:
                 state.attempts[func_id] = state.attempts.get(func_id, -1) + 1
         invocations = [
-            job.train_invocation(position, f, threads, self.lr_from, self.restored)
+            train_invocation(job, position, f, threads, self.lr_from, self.restored)
             for f in self.func_ids
         ]
         sync = AttemptSync(self.barrier, state.attempts, self.func_ids)
@@ -123,6 +125,7 @@ class Segment:
         job, state, position = self.job, self.job.state, self.position
         if isinstance(decision, Fail):
             if isinstance(event, Hung):
+                self.barrier.abort(event.func_ids[0], decision.error)  # release the waiters
                 job.services.backend.cancel(job.task_id)
             else:
                 func_id = event.func_id if isinstance(event, Lost | Failed | NoReplacement) else -1
@@ -155,8 +158,13 @@ class Segment:
         # The replay starts with the optimizer the lost function had at this round: kept
         # when it published the last one (none at the segment's first round, unless the
         # segment itself started from kept states).
-        restore = position.round > self.start_round or self.restored
-        inv = job.train_invocation(position, func_id, state.segment_threads, self.lr_from, restore)
+        keep = job.request.optimizer_state.value == "keep"
+        restore = keep and (position.round > self.start_round or self.restored)
+        lane = position.lanes[func_id]
+        ramp_done = (lane.done - self.start_done[func_id]) // job.request.batch_size
+        inv = train_invocation(
+            job, position, func_id, state.segment_threads, self.lr_from, restore, ramp_done
+        )
         sync = AttemptSync(self.barrier, state.attempts, [func_id])
         try:
             [future] = job.services.backend.invoke([inv], sync=sync, log=job.function_log)
@@ -169,7 +177,6 @@ class Segment:
             position.retries += 1
             state.retries += 1
         job.listener.on_function_lost(True)
-        lane = position.lanes[func_id]
         job.log(
             f"function {func_id}: replaying round {position.round + 1} from sample "
             f"{lane.done} of {len(lane.order)} on a fresh worker"

@@ -36,6 +36,7 @@ class TaskRunner:
         self.tasks, self.scheduler = tasks, scheduler
         self._metadata, self._logs, self._metrics = metadata, logs, metrics
         self._make_job = make_job
+        self._closing = False
 
     def enqueue(self, info: TaskInfo, history: History) -> None:
         """Persist a queued task and submit it; a refused one leaves no trace."""
@@ -102,11 +103,15 @@ class TaskRunner:
             )
 
     def close(self, timeout_s: float = 30.0) -> None:
-        # Tasks running now that their user did not stop are resumed at the next start.
-        for recorder in self.tasks.live():
+        # Tasks running now that their user did not stop are resumed at the next start;
+        # queued ones stay queued, and none starts from here on (a slot freed meanwhile).
+        self._closing = True
+        live = self.tasks.live()
+        for recorder in live:
             recorder.requests.stop(StopCause.SHUTDOWN)
-        for recorder in self.tasks.live():
-            self.tasks.wait(recorder.id, timeout_s)
+        for recorder in live:
+            if recorder.info.state is TaskState.RUNNING:
+                self.tasks.wait(recorder.id, timeout_s)
 
     def _act(self, decisions: list[Decision]) -> None:
         for decision in decisions:
@@ -122,8 +127,14 @@ class TaskRunner:
         if recorder is None:  # gone between its admission and now: free its slots
             self._act(self.scheduler.finished(admit.task_id))
             return
+        if self._closing:
+            return  # left queued: the next start resumes it
         task_id = recorder.id
-        job = self._make_job(recorder, admit.parallelism, _TaskSlots(self, task_id))
+        try:
+            job = self._make_job(recorder, admit.parallelism, _TaskSlots(self, task_id))
+        except KubeMLError as exc:  # e.g. a resumed task whose dataset was deleted since
+            self._finish(recorder, JobOutcome(TaskState.FAILED, f"the task cannot start: {exc}"))
+            return
         recorder.update(state=TaskState.RUNNING, started_at=utc_now())
         recorder.persist()  # the history's state follows the task's: running
         threading.Thread(
