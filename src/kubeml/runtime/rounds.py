@@ -167,12 +167,11 @@ class RoundDriver:
                 batch_index += 1
             self.hook = "main()"
             final = batch_index >= n_batches
-            if not final and inv.optimizer_state == "keep" and models.states is not None:
+            states = models.states if inv.optimizer_state == "keep" else None
+            if not final and states is not None and model.optimizer.state:  # (plain SGD: none)
                 # Before the round is published: once it is merged, a replay of the next
                 # round on a fresh worker starts from this.
-                models.states.save(
-                    inv.task_id, inv.func_id, round_index + 1, model.optimizer.state_dict()
-                )
+                states.save(inv.task_id, inv.func_id, round_index + 1, model.optimizer.state_dict())
             handle = models.publish(inv.task_id, inv.func_id, state)
             report = RoundReport(
                 inv.task_id,
@@ -207,10 +206,8 @@ class RoundDriver:
         inv = self.ctx.invocation
         states = self.ctx.models.states
         kept = states.load(inv.task_id, inv.func_id, inv.round) if states is not None else None
-        if kept is None:
-            self.ctx.logger.warning(
-                "no kept optimizer state for round %d: it starts afresh", inv.round + 1
-            )
+        if kept is None:  # the optimizer kept nothing (plain SGD), or it was not kept
+            self.ctx.logger.debug("no kept optimizer state for round %d", inv.round + 1)
             return
         assert model.optimizer is not None
         model.optimizer.load_state_dict(kept)
