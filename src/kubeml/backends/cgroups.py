@@ -321,14 +321,16 @@ def _refusal(version: _Version, hierarchy: Path, exc: OSError) -> str:
     return why
 
 
-def sweep(hierarchy: Path, fs: CgroupFs) -> None:
-    """Remove the cgroups of kubeml servers that died without removing theirs; a cgroup
-    still holding a process (a worker on its way out) stays for the next sweep."""
+def sweep(hierarchy: Path, fs: CgroupFs, wait_s: float = 3.0) -> None:
+    """Remove the cgroups of kubeml servers that died without removing theirs. A dead
+    server's workers leave within half a second (their watchdog), so a cgroup still
+    holding one is waited for up to `wait_s` (a restart right after a kill), then left
+    for the next sweep."""
     with suppress(OSError):
         for path in fs.subdirs(hierarchy):
             pid = path.name.removeprefix(PREFIX).split("-")[0]
             if path.name.startswith(PREFIX) and pid.isdigit() and not pid_alive(int(pid)):
-                _remove(path, fs, 0)
+                _remove(path, fs, wait_s)
 
 
 def _remove(path: Path, fs: CgroupFs, wait_s: float) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -277,7 +278,9 @@ def test_leftovers_of_dead_servers_are_swept_and_nothing_else():
         kernel.mkdir(hierarchy / name / "function-1")
     busy = hierarchy / f"{PREFIX}{DEAD_PID}-bbbbbb" / "function-1"
     kernel.files[busy / "cgroup.procs"] = "4242"  # a worker still on its way out
-    sweep(hierarchy, kernel)
+    started = time.monotonic()
+    sweep(hierarchy, kernel, wait_s=0.3)
+    assert time.monotonic() - started >= 0.3  # it waited for the worker to leave
     assert set(_leftovers(kernel, hierarchy)) == {
         f"{PREFIX}{DEAD_PID}-bbbbbb",  # next time
         f"{PREFIX}{os.getpid()}-cccccc",  # alive
