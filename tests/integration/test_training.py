@@ -187,8 +187,8 @@ def _simulate_crash(engine) -> None:
     """Leave the task RUNNING in the metadata, as a killed control plane would."""
     # The dying process writes nothing more: silenced before the stop, which a fast round
     # would otherwise record as STOPPED before the crash.
-    engine.metadata.put_task = lambda task: None
-    engine.metadata.put_history = lambda history: None
+    engine.metadata.put_task = lambda task, **_: None
+    engine.metadata.put_history = lambda history, **_: None
     for recorder in engine.tasks.live():
         recorder.requests.stop()
     engine.close()
