@@ -155,6 +155,12 @@ class BackendError(KubeMLError):
     code = "backend_error"
 
 
+class RoundLostError(BackendError):
+    """A round could not be merged (a parameter shard was lost); the job trains it again."""
+
+    code = "round_lost"
+
+
 class StorageError(KubeMLError):
     code = "storage_error"
 
@@ -204,6 +210,7 @@ HTTP_STATUS: dict[type[KubeMLError], int] = {
     TaskFailedError: 500,
     ServerUnavailableError: 503,
     BackendError: 503,
+    RoundLostError: 503,
     KubeMLError: 500,
 }
 

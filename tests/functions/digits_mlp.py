@@ -21,6 +21,7 @@ SLEEP_PER_BATCH_S = 0.0
 USE_GPU = False
 BATCH_STYLE = False  # train(self, batch, batch_index) instead of (x, y, batch_index)
 PRINT_THREADS = False  # print torch's thread count whenever it changed since the last batch
+MOMENTUM = 0.9  # 0.0: plain SGD, an optimizer with no state between rounds
 _threads_seen = None
 
 
@@ -52,7 +53,7 @@ class Model(KubeModel):
         super().__init__(network, dataset, gpu=USE_GPU)
 
     def configure_optimizers(self):
-        return SGD(self.parameters(), lr=self.lr, momentum=0.9)
+        return SGD(self.parameters(), lr=self.lr, momentum=MOMENTUM)
 
     def init(self, model):
         for m in model.modules():

@@ -15,6 +15,7 @@ from pydantic import (
     ConfigDict,
     Field,
     StrictBool,
+    StrictInt,
     StrictStr,
     model_validator,
 )
@@ -151,6 +152,20 @@ class OuterOptimizerName(str, Enum):
     ADAPTIVE = "adaptive"  # nesterov, momentum scaled by max(0, cos(change, momentum))
 
 
+class SyncPrecision(str, Enum):
+    """How a sharded round's changes travel (see `kubeml.stores.codecs`)."""
+
+    FP32 = "fp32"
+    BF16 = "bf16"
+    INT8 = "int8"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+MAX_SHARDS = 1024
+
+
 class LrScaling(str, Enum):
     """How the learning rate follows N, relative to the N a task started with."""
 
@@ -238,6 +253,18 @@ class TrainRequest(BaseModel):
         default=None,
         description="the most memory each function may use, in MB, enforced by the operating "
         "system where the server can (`server status`); null = the server's default",
+    )
+    shards: StrictInt | None = Field(
+        default=None,
+        ge=0,
+        le=MAX_SHARDS,
+        description="parameter shards (ray backend): null = one per node that runs functions "
+        "when there are several, else the central merge; 0 = the central merge; S = S shards",
+    )
+    sync_precision: SyncPrecision = Field(
+        default=SyncPrecision.FP32,
+        description="how a sharded round's changes travel: fp32, bf16, or int8 with a scale "
+        "per 256 values; the shards keep the model in fp32",
     )
 
     @model_validator(mode="after")

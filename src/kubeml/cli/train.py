@@ -32,6 +32,8 @@ _FLAGS = {
     "max_retries": "--max-retries",
     "checkpoint_every_s": "--checkpoint-every",
     "memory_mb": "--memory-mb",
+    "shards": "--shards",
+    "sync_precision": "--sync-precision",
 }
 
 
@@ -120,6 +122,20 @@ def train(
             "[default: the server's KUBEML_FUNCTION_MEMORY_MB, 0 = unlimited]",
         ),
     ] = None,
+    shards: Annotated[
+        int | None,
+        typer.Option(
+            "--shards",
+            help="parameter shards on a Ray cluster; 0 = merge in the control plane "
+            "[default: one per node that runs functions, when there are several]",
+        ),
+    ] = None,
+    sync_precision: Annotated[
+        Literal["fp32", "bf16", "int8"],
+        typer.Option(
+            "--sync-precision", help="how a sharded round's changes travel: fp32, bf16 or int8"
+        ),
+    ] = "fp32",
     watch: Annotated[
         bool, typer.Option("--watch", "-w", help="show live progress until the task ends")
     ] = False,
@@ -134,12 +150,12 @@ def train(
         "lr": lr, "parallelism": parallelism, "static": static,
         "validate_every": validate_every, "goal_accuracy": goal_accuracy,
         "optimizer_state": optimizer_state, "max_retries": max_retries,
-        "checkpoint_every_s": checkpoint_every,
+        "checkpoint_every_s": checkpoint_every, "sync_precision": sync_precision,
     }  # fmt: skip
     optional = {
         "seed": seed, "k": k, "outer_optimizer": outer_optimizer, "outer_lr": outer_lr,
         "outer_momentum": outer_momentum, "lr_scaling": lr_scaling, "policy": policy,
-        "memory_mb": memory_mb,
+        "memory_mb": memory_mb, "shards": shards,
     }  # fmt: skip
     fields.update({name: value for name, value in optional.items() if value is not None})
     request = _request(fields)

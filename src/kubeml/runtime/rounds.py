@@ -215,7 +215,7 @@ class RoundDriver:
     def _validate(self, model: KubeModel) -> InvocationResult:
         inv = self.ctx.invocation
         validate_step = step_fn(model.validate, "validate")
-        self.ctx.models.load_reference_into(inv.task_id, model.network.state_dict())
+        self.ctx.models.load_model_into(inv.task_id, model.network.state_dict())
         batches = BatchReader(model.dataset, model.batch_size, np.arange(len(model.dataset)))
         model.network.eval()
         acc_sum = loss_sum = 0.0

@@ -4,7 +4,8 @@ trained models. A backend builds the implementations it needs (`create_backend`)
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
@@ -79,6 +80,11 @@ class FunctionModels(ABC):
     def load_final(self, task_id: str) -> dict[str, torch.Tensor]:
         """The task's trained model (inference)."""
 
+    def load_model_into(self, task_id: str, state: dict[str, torch.Tensor]) -> None:
+        """The task's model as it stands (validation). The reference, except where the
+        functions train from a compressed copy of it (a sharded task's `view`)."""
+        self.load_reference_into(task_id, state)
+
     def begin(self, task_id: str) -> None:  # noqa: B027 - only caching stores need it
         """An invocation of `task_id` starts here: drop what other tasks left mapped."""
 
@@ -101,6 +107,35 @@ class FunctionModels(ABC):
 
 
 # -- what the parameter server uses -----------------------------------------------------------
+@dataclass(frozen=True)
+class ShardRequest:
+    """The parameter plane a task asks for: `shards` None (the store's choice), 0 (the
+    central merge) or S; the precision its rounds travel in; its outer optimizer."""
+
+    shards: int | None
+    precision: str
+    outer_name: str
+    outer_lr: float
+    outer_momentum: float
+
+
+class RemoteMerge(ABC):
+    """A task whose model lives on parameter shards: the merge, and the outer optimizer's
+    state, are theirs."""
+
+    @abstractmethod
+    def merge(self, reports: Sequence[Any]) -> None:
+        """Merge the round of `reports` (`RoundReport`s of the functions that trained, by
+        func_id); raises
+        `RoundLostError` when it cannot, having put everything back as it was."""
+
+    @abstractmethod
+    def outer_state(self) -> dict[str, torch.Tensor]: ...
+
+    @abstractmethod
+    def load_outer_state(self, state: Mapping[str, torch.Tensor]) -> None: ...
+
+
 class ServerModels(ABC):
     """The parameter server's view: the reference it merges into, the published weights."""
 
@@ -128,6 +163,14 @@ class ServerModels(ABC):
     @abstractmethod
     def clear_task(self, task_id: str) -> None:
         """Drop the transient weights of a task."""
+
+    def request_shards(self, task_id: str, request: ShardRequest) -> None:  # noqa: B027
+        """The job's wish for its parameter plane, before the task's model exists; a
+        store that cannot shard merges centrally (the default)."""
+
+    def remote_merge(self, task_id: str) -> RemoteMerge | None:
+        """The task's sharded merge, once its model is on its shards; None: central."""
+        return None
 
     # The same functions' states, for checkpoints and resumes; None: not kept.
     states: FunctionStates | None = None

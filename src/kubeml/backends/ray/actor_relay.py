@@ -93,7 +93,9 @@ class RayHooks(RelayHooks):
         self.models.prefetch(inv.task_id, report.func_id, report.handle)
 
     def with_release(self, inv: Invocation, release: Release) -> Any:
-        return self.models.reference_for_function(inv.task_id) if release.proceed else None
+        if not release.proceed or self.models.sharded.plane(inv.task_id) is not None:
+            return None  # a sharded task's functions fetch their update from the shards
+        return self.models.reference_for_function(inv.task_id)
 
     def answer(self, inv: Invocation, what: Any) -> Any:
         return answer(self.datasets, self.models, what)

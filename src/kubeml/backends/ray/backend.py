@@ -258,14 +258,15 @@ class RayBackend(FunctionBackend):
         self, inv: Invocation, sync: SyncHandler | None, log: LogSink
     ) -> tuple[RoundOffer | None, RoundRelay | None]:
         """A direct socket for a train invocation's rounds, when its weights travel by
-        value (messages with object refs must stay in Ray's serialisation)."""
+        value or not at all (messages with object refs must stay in Ray's serialisation)."""
         if inv.mode is not Mode.TRAIN or sync is None:
             return None, None
         try:
             small = self.models.layout(inv.task_id).nbytes <= INLINE_BYTES
         except KubeMLError:
             return None, None
-        if not small:
+        # A sharded task's reports carry a token, not weights: they always may.
+        if not small and self.models.sharded.plane(inv.task_id) is None:
             return None, None
         offer, arrival = self._rounds.offer()
         end = functools.partial(self._rounds.withdraw, offer)

@@ -36,10 +36,21 @@ import numpy as np
 import ray
 
 from kubeml.api.schemas import DatasetInfo
+from kubeml.backends.ray.shard_client import ShardedWeights
+from kubeml.backends.ray.shard_plane import ShardDeposit, ShardRoute
+from kubeml.backends.ray.sharded_tasks import ShardedMerge, ShardedTasks
 from kubeml.errors import BackendError, NotFoundError, StorageError
 from kubeml.stores.datasets import DatasetStore, LocalDatasetStore, StagedDataset
 from kubeml.stores.flat import FlatLayout
-from kubeml.stores.interfaces import ControlModels, FunctionModels, Groups, ShardSource, Split
+from kubeml.stores.interfaces import (
+    ControlModels,
+    FunctionModels,
+    Groups,
+    RemoteMerge,
+    ShardRequest,
+    ShardSource,
+    Split,
+)
 from kubeml.stores.models import FinalModelFiles
 
 if TYPE_CHECKING:
@@ -57,6 +68,7 @@ ReferenceRef = tuple[FlatLayout, Any]  # the buffer, or its object ref
 @dataclass(frozen=True)
 class WantReference:
     task_id: str
+    repair: bool = False  # a sharded task: replace shard servers that do not answer
 
 
 @dataclass(frozen=True)
@@ -82,7 +94,7 @@ class WantFinal:
 def answer(datasets: RayDatasetStore, models: RayModelStore, request: Any) -> Any:
     """The control plane's answer to a function's request (the relay's `Request.what`)."""
     if isinstance(request, WantReference):
-        return models.reference_for_function(request.task_id)
+        return models.reference_for_function(request.task_id, request.repair)
     if isinstance(request, AdoptReference):
         models.adopt_reference(request.task_id, request.layout, request.ref)
         return None
@@ -184,6 +196,7 @@ class RayModelStore(ControlModels):
         self.finals = FinalModelFiles(self.models_dir)
         self._references: dict[str, _Reference] = {}
         self._fetched: dict[tuple[str, int], tuple[str, np.ndarray]] = {}  # see `prefetch`
+        self.sharded = ShardedTasks()
         self._lock = threading.Lock()
 
     def _reference(self, task_id: str) -> _Reference:
@@ -193,8 +206,20 @@ class RayModelStore(ControlModels):
         return reference
 
     def _install(self, task_id: str, layout: FlatLayout, buffer: np.ndarray) -> None:
+        reference = _Reference(layout, buffer, _groups(buffer, layout))
         with self._lock:
-            self._references[task_id] = _Reference(layout, buffer, _groups(buffer, layout))
+            self._references[task_id] = reference
+        self.sharded.install(task_id, layout, reference.groups)
+
+    # -- sharded tasks (`kubeml.backends.ray.sharded_tasks`) --------------------------------
+    def request_shards(self, task_id: str, request: ShardRequest) -> None:
+        self.sharded.request(task_id, request)
+
+    def remote_merge(self, task_id: str) -> RemoteMerge | None:
+        plane = self.sharded.plane(task_id)
+        if plane is None:
+            return None
+        return ShardedMerge(plane, self._reference(task_id).groups)
 
     def adopt_reference(self, task_id: str, layout: FlatLayout, ref: Any) -> None:
         """Take the reference a function wrote (init) into the control plane's memory.
@@ -212,10 +237,17 @@ class RayModelStore(ControlModels):
                 reference.ref = ray.put(reference.buffer)
             return reference.layout, reference.ref
 
-    def reference_for_function(self, task_id: str) -> ReferenceRef:
+    def reference_for_function(
+        self, task_id: str, repair: bool = False
+    ) -> ReferenceRef | ShardRoute:
         """The reference as a function receives it (with a release, or asked for): a small
         one by value (serialised by the `.remote()` call that sends it, before the next
-        merge can change it), a large one by ref."""
+        merge can change it), a large one by ref; for a sharded task, where its shards are."""
+        plane = self.sharded.plane(task_id)
+        if plane is not None:
+            if repair:
+                plane.repair()
+            return plane.route()
         with self._lock:
             reference = self._reference(task_id)
             if reference.layout.nbytes <= INLINE_BYTES:
@@ -236,8 +268,8 @@ class RayModelStore(ControlModels):
     def prefetch(self, task_id: str, func_id: int, handle: Any) -> None:
         """Fetch published weights as soon as they are announced, while the round waits
         for slower functions, so the merge finds all but the last one here already."""
-        if isinstance(handle, np.ndarray):
-            return  # sent by value with the report: already here
+        if isinstance(handle, np.ndarray | ShardDeposit):
+            return  # sent by value with the report, or deposited at the shards
         buffer = self._fetch(task_id, func_id, handle)
         with self._lock:
             self._fetched[(task_id, func_id)] = (handle.hex(), buffer)
@@ -268,23 +300,28 @@ class RayModelStore(ControlModels):
         with self._lock:
             reference = self._reference(task_id)
             reference.ref = None  # handed out writable: the merge is about to change it
-            return reference.groups
+        plane = self.sharded.plane(task_id)
+        if plane is not None:  # a checkpoint, an epoch's end: the model from its shards
+            plane.gather(reference.groups)
+        return reference.groups
 
     def clear_task(self, task_id: str) -> None:
         with self._lock:
             self._references.pop(task_id, None)
             for key in [k for k in self._fetched if k[0] == task_id]:
                 del self._fetched[key]
+        self.sharded.clear(task_id)
 
     def close(self) -> None:
         with self._lock:
             self._references.clear()
             self._fetched.clear()
+        self.sharded.close()
 
     # -- durable models -----------------------------------------------------------------
     def save_final(self, task_id: str) -> None:
         reference = self._reference(task_id)
-        self.finals.save(task_id, reference.layout.views(reference.groups))
+        self.finals.save(task_id, reference.layout.views(self.reference_groups(task_id)))
 
     def load_final(self, task_id: str) -> dict[str, torch.Tensor]:
         return self.finals.load(task_id)
@@ -340,8 +377,9 @@ class RemoteModelStore(FunctionModels):
 
     def __init__(self, ask: Ask) -> None:
         self._ask = ask
-        self._references: dict[str, ReferenceRef] = {}
+        self._references: dict[str, ReferenceRef | ShardRoute] = {}
         self._scratch: dict[str, np.ndarray] = {}
+        self._sharded: dict[str, ShardedWeights] = {}
 
     def begin(self, task_id: str) -> None:
         """A new invocation: the reference may have moved on since the last one, and other
@@ -349,12 +387,31 @@ class RemoteModelStore(FunctionModels):
         self._references.clear()
         for other in [t for t in self._scratch if t != task_id]:
             del self._scratch[other]
+        self._sharded = {t: w for t, w in self._sharded.items() if t == task_id}
+        for weights in self._sharded.values():
+            weights.forget()
+
+    def _weights(self, task_id: str) -> ShardedWeights | None:
+        """The task's weights on this actor, if the task is sharded."""
+        weights = self._sharded.get(task_id)
+        if weights is None:
+            current = self._current(task_id)
+            if not isinstance(current, ShardRoute):
+                return None
+
+            def route(repair: bool) -> ShardRoute:
+                answer = self._ask(WantReference(task_id, repair))
+                assert isinstance(answer, ShardRoute)
+                return answer
+
+            weights = self._sharded[task_id] = ShardedWeights(task_id, current, route)
+        return weights
 
     def receive_reference(self, task_id: str, reference: ReferenceRef) -> None:
         """The merged reference of the round just released (sent with the release)."""
         self._references[task_id] = reference
 
-    def _current(self, task_id: str) -> ReferenceRef:
+    def _current(self, task_id: str) -> ReferenceRef | ShardRoute:
         current = self._references.get(task_id)
         if current is None:
             current = self._references[task_id] = self._ask(WantReference(task_id))
@@ -366,12 +423,26 @@ class RemoteModelStore(FunctionModels):
         self._ask(AdoptReference(task_id, layout, ray.put(buffer)))
 
     def load_reference_into(self, task_id: str, state: dict[str, torch.Tensor]) -> None:
-        layout, ref = self._current(task_id)
+        weights = self._weights(task_id)
+        if weights is not None:
+            weights.load_into(state)
+            return
+        layout, ref = cast("ReferenceRef", self._current(task_id))
         buffer = ref if isinstance(ref, np.ndarray) else cast("np.ndarray", ray.get(ref))
         layout.unflatten_into(_groups(buffer, layout), state)
 
+    def load_model_into(self, task_id: str, state: dict[str, torch.Tensor]) -> None:
+        weights = self._weights(task_id)
+        if weights is not None:
+            weights.model_into(state)
+        else:
+            self.load_reference_into(task_id, state)
+
     def publish(self, task_id: str, func_id: int, state: dict[str, torch.Tensor]) -> Any:
-        layout = self._current(task_id)[0]
+        weights = self._weights(task_id)
+        if weights is not None:
+            return weights.publish(state)
+        layout = cast("ReferenceRef", self._current(task_id))[0]
         if layout.nbytes <= INLINE_BYTES:  # travels by value with the round report
             return _flatten(layout, state, np.empty(layout.nbytes, np.uint8))
         scratch = self._scratch.get(task_id)

@@ -21,6 +21,7 @@ from kubeml.control.plan.position import Position
 from kubeml.control.records.checkpoints import Checkpoint, CheckpointWriter
 from kubeml.errors import KubeMLError
 from kubeml.runtime.invocation import FunctionCode, Mode
+from kubeml.stores.interfaces import ShardRequest
 
 
 class _Stopped(Exception):
@@ -64,6 +65,7 @@ class TrainJob:
         )
         self.lr_rule = LrRule(request.lr, request.lr_scaling.value, parallelism)
         self.server = ParameterServer(task_id, services.models, _outer_config(request))
+        services.models.request_shards(task_id, _shard_request(request))
         self.checkpoints = CheckpointWriter(
             services.checkpoints, task_id, request.checkpoint_every_s, self.log
         )
@@ -307,6 +309,13 @@ def _describe(record: EpochRecord) -> str:
     if record.accuracy is not None:
         text += f", val loss {record.val_loss:.4f}, accuracy {record.accuracy:.2f}%"
     return text
+
+
+def _shard_request(request: TrainRequest) -> ShardRequest:
+    outer = _outer_config(request)
+    return ShardRequest(
+        request.shards, request.sync_precision.value, outer.name, outer.lr, outer.momentum
+    )
 
 
 def _outer_config(request: TrainRequest) -> OuterConfig:

@@ -25,7 +25,7 @@ from kubeml.control.job.decisions import (
 from kubeml.control.job.invocations import train_invocation
 from kubeml.control.job.waiting import Finished, wait_for_the_rest, watch
 from kubeml.control.plan.position import Position
-from kubeml.errors import BackendError, FunctionError, KubeMLError
+from kubeml.errors import BackendError, FunctionError, KubeMLError, RoundLostError
 from kubeml.runtime.invocation import InvocationResult
 from kubeml.runtime.sync import Release, RoundReport
 
@@ -203,7 +203,10 @@ class Segment:
         whether to go on (not when N is to change or the task stops)."""
         job, state, position = self.job, self.job.state, self.position
         with state.lock:
-            in_place = job.server.merge(reports)
+            try:
+                in_place = job.server.merge(reports)
+            except RoundLostError as exc:
+                return self._lost_round(exc)
             before = position.samples
             for r in reports:
                 position.advance(r.func_id, r.samples, r.loss_sum, r.batches)
@@ -220,6 +223,22 @@ class Segment:
         proceed = not (state.requests.stopping or state.resplit or resize)
         threads = self._threads_now() if proceed else 0  # a last round needs none
         return Release(proceed=proceed, in_place=in_place, threads=threads)
+
+    def _lost_round(self, error: RoundLostError) -> Release:
+        """The round could not be merged (a parameter shard was lost, and is back as the
+        last merged round left it): end the segment without it; the next one trains it
+        again from the same position, with the optimizer states kept for it. It counts
+        against the retry budget. Called under the state's lock."""
+        job, state, position = self.job, self.job.state, self.position
+        if state.retries >= job.request.max_retries:
+            raise error  # the barrier fails the epoch with it
+        state.retries += 1
+        position.retries += 1
+        job.log(
+            f"{at(position)}: round {position.round + 1} lost ({error}); retry "
+            f"{state.retries}/{job.request.max_retries}"
+        )
+        return Release(proceed=False)
 
     def _threads_now(self) -> int:
         """A new thread share for the segment's functions, when another task started or

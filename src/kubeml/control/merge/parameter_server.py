@@ -40,6 +40,10 @@ class ParameterServer:
         trained = [r for r in reports if r.samples > 0]
         if not trained:
             return False  # nobody trained (every shard was empty): the reference stays
+        remote = self.models.remote_merge(self.task_id)
+        if remote is not None:  # the model lives on parameter shards: they merge
+            remote.merge(trained)
+            return False
         states = [self.models.published_groups(self.task_id, r.func_id, r.handle) for r in trained]
         shared = self.models.shares_published
         copies = [s for s, r in zip(states, trained, strict=True) if shared and not r.final]
@@ -60,13 +64,25 @@ class ParameterServer:
         return self._outer
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        """The outer optimizer's state (momentum buffers), plain tensors."""
+        """The outer optimizer's state (momentum buffers), plain tensors; a sharded task's
+        also holds the functions' view of a compressed model (`view.<dtype>`)."""
+        remote = self.models.remote_merge(self.task_id)
+        if remote is not None:
+            return remote.outer_state()
         if self._outer is None:
             return {k: v.clone() for k, v in (self._pending_state or {}).items()}
         return self._outer.state_dict()
 
     def load_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:
-        """Restore the outer optimizer's state (applied at the next merge if not built)."""
+        """Restore the outer optimizer's state (applied at the next merge if not built).
+
+        A sharded task's shards take it now, before any function reads their view."""
+        remote = self.models.remote_merge(self.task_id)
+        if remote is not None:
+            remote.load_outer_state(state)
+            return
+        # A central merge has no view: a sharded checkpoint's, resumed here, is dropped.
+        state = {k: v for k, v in state.items() if not k.startswith("view.")}
         if self._outer is None:
             self._pending_state = dict(state)
         else:

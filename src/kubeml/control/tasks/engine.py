@@ -139,6 +139,7 @@ class Engine:
     def train(self, request: TrainRequest | None = None, **fields: Any) -> str:
         """Queue a train task; returns its id. Fields are those of `TrainRequest`."""
         request = request or TrainRequest(**fields)
+        self._check_plane(request)
         function = self.functions.get(request.function)
         self.datasets.get(request.dataset)
         task_id = self._new_task_id()
@@ -156,6 +157,22 @@ class Engine:
         )  # fmt: skip
         self.runner.enqueue(info, history)
         return task_id
+
+    def _check_plane(self, request: TrainRequest) -> None:
+        """Shards and a sync precision need a backend whose functions can reach shards."""
+        if self.backend.name == "ray":
+            return
+        if request.shards:
+            raise InvalidInputError(
+                f"shards={request.shards}: parameter shards need the ray backend; the "
+                f"{self.backend.name} backend merges in shared memory (use 0 or leave it unset)"
+            )
+        if request.sync_precision.value != "fp32":
+            raise InvalidInputError(
+                f"sync_precision={request.sync_precision.value}: a compressed sync needs "
+                f"parameter shards (the ray backend); the {self.backend.name} backend merges "
+                "in shared memory at fp32"
+            )
 
     def resume_task(self, task_id: str) -> None:
         """Continue an interrupted or failed task from its last completed epoch."""

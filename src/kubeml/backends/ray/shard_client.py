@@ -1,0 +1,137 @@
+"""A function's side of a sharded task: the model as it holds it (the shards' `view`),
+its change deposited at every shard, and each round's update applied.
+
+Per round a function sends each shard its piece of `weights - view` in the task's sync
+precision, and after the release receives each shard's update: the new values at
+`fp32`, else the view's change in that precision, which it adds to its own view as the
+shard added it to its own (the same bits). A function that missed an update (a fresh
+invocation, a shard replaced) reads the whole view again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import ray
+import torch
+from ray.exceptions import RayError
+
+from kubeml.backends.ray.shard_plane import ShardDeposit, ShardRoute, new_token
+from kubeml.errors import BackendError
+from kubeml.stores.codecs import Encoded, decode, encode
+from kubeml.stores.interfaces import Groups
+
+Route = Callable[[bool], ShardRoute]  # (repair) -> the task's route, from the control plane
+
+
+class ShardedWeights:
+    """One task's weights on one function actor."""
+
+    def __init__(self, task_id: str, route: ShardRoute, ask_route: Route) -> None:
+        self.task_id, self.route, self._ask_route = task_id, route, ask_route
+        layout = route.layout
+        self.view: Groups = {
+            d: torch.zeros(n, dtype=getattr(torch, d)) for d, n in layout.group_numel
+        }
+        self._weights: Groups = {d: torch.empty_like(t) for d, t in self.view.items()}
+        self._fresh = False  # the view holds the shards' view
+        self._token: bytes | None = None  # deposited in the round just released
+
+    def forget(self) -> None:
+        """A new invocation: the shards may have moved on, or back (a lost round)."""
+        self._fresh, self._token = False, None
+
+    # -- in ------------------------------------------------------------------------------
+    def load_into(self, state: dict[str, torch.Tensor]) -> None:
+        """The functions' view of the model into `state` (at each round's start)."""
+        if not (self._fresh and self._token is not None and self._apply_updates(self._token)):
+            self._reload()
+        self._token = None
+        self.route.layout.unflatten_into(self.view, state)
+
+    def model_into(self, state: dict[str, torch.Tensor]) -> None:
+        """The model itself (validation): the shards' masters."""
+        refs = [srv.model.remote(self.task_id, s.index) for s, srv in self._pairs()]
+        parts = self._get(refs, "reading the model from its shards")
+        groups = {d: torch.empty_like(t) for d, t in self.view.items()}
+        for (spec, _), part in zip(self._pairs(), parts, strict=True):
+            for dtype, a, b in spec.ranges:
+                groups[dtype][a:b].copy_(torch.from_numpy(np.array(part[dtype])))
+        self.route.layout.unflatten_into(groups, state)
+
+    def _pairs(self) -> list[tuple[Any, Any]]:
+        return list(zip(self.route.specs, self.route.servers, strict=True))
+
+    def _apply_updates(self, token: bytes) -> bool:
+        try:
+            updates = ray.get(
+                [srv.update.remote(self.task_id, s.index, token) for s, srv in self._pairs()]
+            )
+        except RayError:
+            return False
+        if any(u is None for u in updates):
+            return False
+        with torch.no_grad():
+            for (spec, _), update in zip(self._pairs(), updates, strict=True):
+                for dtype, a, b in spec.ranges:
+                    part, target = update[dtype], self.view[dtype][a:b]
+                    if not isinstance(part, Encoded):
+                        target.copy_(torch.from_numpy(np.array(part)))
+                    elif part.precision == "fp32":
+                        decode(part, target)
+                    else:
+                        target.add_(decode(part))
+        return True
+
+    def _reload(self) -> None:
+        """The whole view again, from every shard (repairing lost ones once)."""
+        for attempt in range(2):
+            try:
+                parts = ray.get(
+                    [srv.functions_view.remote(self.task_id, s.index) for s, srv in self._pairs()]
+                )
+                if len({merged for merged, _ in parts}) > 1:
+                    raise BackendError("the shards are at different rounds")
+                break
+            except (RayError, BackendError):
+                if attempt:
+                    raise
+                self.route = self._ask_route(True)
+        with torch.no_grad():
+            for (spec, _), (_, part) in zip(self._pairs(), parts, strict=True):
+                for dtype, a, b in spec.ranges:
+                    self.view[dtype][a:b].copy_(torch.from_numpy(np.array(part[dtype])))
+        self._fresh = True
+
+    # -- out -----------------------------------------------------------------------------
+    def publish(self, state: dict[str, torch.Tensor]) -> ShardDeposit:
+        """Deposit this round's change at every shard; the handle for the round report."""
+        layout, precision = self.route.layout, self.route.precision
+        layout.flatten_into(state, self._weights)
+        token = new_token()
+        calls = []
+        with torch.no_grad():
+            for spec, server in self._pairs():
+                payload: dict[str, Any] = {}
+                for dtype, a, b in spec.ranges:
+                    mine = self._weights[dtype][a:b]
+                    if mine.is_floating_point():
+                        payload[dtype] = encode(mine.float() - self.view[dtype][a:b], precision)
+                    else:
+                        payload[dtype] = mine.numpy().copy()
+                calls.append(server.deposit.remote(self.task_id, spec.index, token, payload))
+        try:
+            ray.get(calls)
+        except RayError:
+            self._fresh = False
+            return ShardDeposit(token, ok=False)
+        self._token = token
+        return ShardDeposit(token)
+
+    def _get(self, refs: list[Any], what: str) -> list[Any]:
+        try:
+            return list(ray.get(refs))
+        except RayError as exc:
+            raise BackendError(f"task {self.task_id}: {what} failed: {exc!r}") from exc

@@ -1,0 +1,315 @@
+"""The control plane's side of a sharded parameter server: where a task's shards are,
+each round's merge as a few small messages, and the repair of a lost shard server.
+
+Per round the control plane sends each shard the list of (token, samples) of the
+functions that reported, and receives three floats per shard (`adaptive`'s sums) and an
+acknowledgement: no weight bytes. Weights cross its link only when the task starts or
+resumes (the model pushed to the shards), at checkpoints and epoch ends (the model, and
+the outer optimizer's state, gathered from them).
+
+A shard server lost during a round (its node left, its actor was killed) costs that
+round: the servers it held are replaced on live nodes, each of its shards restored from
+its replica on another server (and each replica it held copied again from its primary),
+every shard that took the round's step rolls it back, and the merge raises
+`RoundLostError`: the job trains the round again from the same model, as after a stop
+at that round.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import secrets
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import ray
+import torch
+from ray.exceptions import RayError
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+from kubeml.backends.ray import cluster
+from kubeml.backends.ray.shard_server import CONCURRENCY, ShardServer
+from kubeml.errors import RoundLostError, StorageError
+from kubeml.runtime.sync import RoundReport
+from kubeml.stores.flat import FlatLayout
+from kubeml.stores.interfaces import Groups
+from kubeml.stores.shard_core import (
+    OuterStep,
+    ShardSpec,
+    adaptive_kept,
+    plan_shards,
+)
+
+_PING_S = 10.0
+
+
+@dataclass(frozen=True)
+class ShardDeposit:
+    """A function's round report handle on a sharded task: the token its change was
+    deposited under at every shard, or `ok=False` if a shard could not be reached."""
+
+    token: bytes
+    ok: bool = True
+
+
+@dataclass(frozen=True)
+class ShardRoute:
+    """What a function needs to reach a task's shards (the answer to `WantReference`)."""
+
+    layout: FlatLayout
+    specs: tuple[ShardSpec, ...]
+    servers: tuple[Any, ...]  # the primary of shard i is servers[i]
+    precision: str
+
+
+def new_token() -> bytes:
+    return secrets.token_bytes(16)
+
+
+class ServerPool:
+    """The backend's shard servers, one per node that runs functions, shared by tasks;
+    a lost one is replaced once, whichever task finds it."""
+
+    def __init__(self) -> None:
+        self._remote = ray.remote(ShardServer)
+        self._servers: list[tuple[str, Any]] = []  # (node id, handle)
+        self._replaced: dict[Any, Any] = {}  # a lost handle -> its successor
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def nodes() -> list[str]:
+        """Live nodes with CPUs (where functions run), in a stable order."""
+        return sorted(n for n, r in cluster.live_nodes().items() if r.get("CPU", 0.0) > 0)
+
+    def _start(self, node: str | None) -> Any:
+        options: dict[str, Any] = {"num_cpus": 0, "max_concurrency": CONCURRENCY}
+        if node is not None:
+            options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(node, soft=True)
+        return self._remote.options(**options).remote()
+
+    def servers(self, count: int) -> list[Any]:
+        """`count` servers, on distinct nodes while there are enough."""
+        with self._lock:
+            nodes: list[str | None] = [*self.nodes()] or [None]
+            while len(self._servers) < count:
+                used = {node for node, _ in self._servers}
+                free = [n for n in nodes if n not in used] or nodes
+                node = free[len(self._servers) % len(free)]
+                self._servers.append((node or "?", self._start(node)))
+            return [handle for _, handle in self._servers[:count]]
+
+    def replace(self, lost: Any) -> Any:
+        """The server standing in for `lost` (started on first ask)."""
+        with self._lock:
+            if lost in self._replaced:
+                return self._replaced[lost]
+            index = next((i for i, (_, h) in enumerate(self._servers) if h is lost), None)
+            used = {node for node, h in self._servers if h is not lost}
+            nodes: list[str | None] = [*self.nodes()] or [None]
+            node = next((n for n in nodes if n not in used), nodes[0])
+            handle = self._start(node)
+            if index is not None:
+                self._servers[index] = (node or "?", handle)
+            self._replaced[lost] = handle
+            return handle
+
+    def close(self) -> None:
+        with self._lock:
+            for _, handle in self._servers:
+                with contextlib.suppress(Exception):  # Ray shutting down
+                    ray.kill(handle, no_restart=True)
+            self._servers.clear()
+
+
+class ShardPlane:
+    """One task's shards: primaries on `servers[i]`, replicas on `servers[i + 1]`."""
+
+    def __init__(
+        self,
+        task_id: str,
+        layout: FlatLayout,
+        specs: Sequence[ShardSpec],
+        pool: ServerPool,
+    ) -> None:
+        self.task_id, self.layout, self.specs, self.pool = task_id, layout, list(specs), pool
+        count = len(self.specs) + (1 if len(self.specs) == 1 else 0)  # a replica elsewhere
+        self.servers = pool.servers(count)
+        self.merged = 0
+        self._lock = threading.Lock()
+
+    @classmethod
+    def create(
+        cls,
+        task_id: str,
+        layout: FlatLayout,
+        shards: int,
+        outer: OuterStep,
+        precision: str,
+        pool: ServerPool,
+    ) -> ShardPlane:
+        return cls(task_id, layout, plan_shards(layout, shards, outer, precision), pool)
+
+    @property
+    def precision(self) -> str:
+        return self.specs[0].precision
+
+    def _buddy(self, index: int) -> int:
+        return (index + 1) % len(self.servers)
+
+    def route(self) -> ShardRoute:
+        with self._lock:
+            servers = tuple(self.servers[s.index] for s in self.specs)
+            return ShardRoute(self.layout, tuple(self.specs), servers, self.precision)
+
+    # -- state in and out ----------------------------------------------------------------
+    def load(
+        self,
+        model: Groups,
+        view: Groups | None = None,
+        momentum: Groups | None = None,
+    ) -> None:
+        """Put a model (and the functions' view and the outer momentum, resuming) on the
+        shards and their replicas; the next round is the plane's first."""
+        with self._lock:
+            calls = []
+            for spec in self.specs:
+                state = {
+                    "master": _slice_present(spec, model),
+                    "view": _slice_present(spec, view or {}),
+                    "momentum": _slice_present(spec, momentum or {}),
+                    "merged": 0,
+                }
+                ref = ray.put(state)
+                primary, buddy = self.servers[spec.index], self.servers[self._buddy(spec.index)]
+                calls.append(primary.hold.remote(self.task_id, spec, ref, buddy))
+                calls.append(buddy.hold_replica.remote(self.task_id, spec, ref))
+            self._wait(calls, "loading the model onto its shards")
+            self.merged = 0
+
+    def gather(self, into: Groups) -> None:
+        """The model, from every shard, into full flat groups."""
+        with self._lock:
+            refs = [self.servers[s.index].model.remote(self.task_id, s.index) for s in self.specs]
+            parts = self._wait(refs, "gathering the model from its shards")
+        for spec, part in zip(self.specs, parts, strict=True):
+            for dtype, a, b in spec.ranges:
+                into[dtype][a:b].copy_(torch.from_numpy(np.array(part[dtype])))
+
+    def outer_state(self) -> dict[str, torch.Tensor]:
+        """The outer momentum and, compressed, the functions' view, as full tensors keyed
+        `momentum.<dtype>` and `view.<dtype>` (a checkpoint's outer state)."""
+        with self._lock:
+            refs = [self.servers[s.index].state.remote(self.task_id, s.index) for s in self.specs]
+            states = self._wait(refs, "gathering the outer state from the shards")
+        out: dict[str, torch.Tensor] = {}
+        for kind in ("momentum", "view"):
+            for dtype, numel in self.layout.group_numel:
+                if not any(dtype in st[kind] for st in states):
+                    continue
+                full = torch.zeros(numel, dtype=torch.float32)
+                for spec, st in zip(self.specs, states, strict=True):
+                    for d, a, b in spec.ranges:
+                        if d == dtype and dtype in st[kind]:
+                            full[a:b].copy_(st[kind][dtype])
+                out[f"{kind}.{dtype}"] = full
+        return out
+
+    def drop(self) -> None:
+        for server in set(self.servers):
+            with contextlib.suppress(RayError):
+                server.drop.remote(self.task_id)
+
+    # -- a round -------------------------------------------------------------------------
+    def merge(self, reports: Sequence[RoundReport]) -> None:
+        """Merge the round whose functions reported `reports` (those that trained)."""
+        with self._lock:
+            deposits = [r.handle for r in reports]
+            if not all(isinstance(h, ShardDeposit) and h.ok for h in deposits):
+                self._lose_round("a function could not reach a parameter shard")
+            contributions = [(h.token, r.samples) for h, r in zip(deposits, reports, strict=True)]
+            outer = self.specs[0].outer
+            kept = None if outer.adaptive else (outer.momentum if not outer.plain else 0.0)
+            task = self.task_id
+            try:
+                sums = ray.get(
+                    [
+                        self.servers[s.index].merge.remote(task, s.index, contributions, kept)
+                        for s in self.specs
+                    ]
+                )
+                if kept is None:
+                    kept = adaptive_kept(outer.momentum, sums)
+                    ray.get(
+                        [
+                            self.servers[s.index].finish.remote(self.task_id, s.index, kept)
+                            for s in self.specs
+                        ]
+                    )
+            except (RayError, KeyError) as exc:
+                self._lose_round(f"a parameter shard failed ({type(exc).__name__})")
+            self.merged += 1
+
+    def _lose_round(self, why: str) -> None:
+        """Repair what was lost, undo the open round where it was taken, and say so."""
+        repaired = self._repair()
+        round_index = self.merged + 1
+        calls = []
+        for spec in self.specs:
+            for server in (self.servers[spec.index], self.servers[self._buddy(spec.index)]):
+                calls.append(server.rollback.remote(self.task_id, spec.index, round_index))
+        self._wait(calls, "rolling the lost round back")
+        what = f"; {repaired} shard server(s) replaced" if repaired else ""
+        raise RoundLostError(f"{why}{what}: the round is trained again")
+
+    def repair(self) -> int:
+        with self._lock:
+            return self._repair()
+
+    def _repair(self) -> int:
+        """Replace every server that does not answer, restoring the shards it held from
+        the others; returns how many were replaced."""
+        dead = [i for i, server in enumerate(self.servers) if not _alive(server)]
+        if not dead:
+            return 0
+        for i in dead:
+            lost = self.servers[i]
+            self.servers[i] = self.pool.replace(lost)
+        calls = []
+        for spec in self.specs:
+            p, b = spec.index, self._buddy(spec.index)
+            primary, buddy = self.servers[p], self.servers[b]
+            if p in dead and b in dead:
+                raise StorageError(
+                    f"task {self.task_id}: parameter shard {p} and its replica were both "
+                    "lost; resume the task from its last checkpoint"
+                )
+            if p in dead:
+                state = buddy.state.remote(self.task_id, p, True)
+                calls.append(primary.hold.remote(self.task_id, spec, state, buddy))
+            if b in dead:
+                state = primary.state.remote(self.task_id, p)
+                calls.append(buddy.hold_replica.remote(self.task_id, spec, state))
+                calls.append(primary.set_buddy.remote(self.task_id, p, buddy))
+        self._wait(calls, "restoring lost parameter shards from their replicas")
+        return len(dead)
+
+    def _wait(self, refs: list[Any], what: str) -> list[Any]:
+        try:
+            return list(ray.get(refs))
+        except RayError as exc:
+            raise StorageError(f"task {self.task_id}: {what} failed: {exc!r}") from exc
+
+
+def _alive(server: Any) -> bool:
+    try:
+        return bool(ray.get(server.ping.remote(), timeout=_PING_S))
+    except (RayError, TimeoutError):
+        return False
+
+
+def _slice_present(spec: ShardSpec, groups: Groups) -> dict[str, torch.Tensor]:
+    """Copies of the shard's pieces (a pickled view would carry its whole storage)."""
+    return {dtype: groups[dtype][a:b].clone() for dtype, a, b in spec.ranges if dtype in groups}

@@ -1,0 +1,146 @@
+"""What runs on a Ray node for a sharded parameter server: `ShardServer`, an actor holding
+shards of the tasks' models (`kubeml.stores.shard_core`), each as a primary (merging
+the functions' deposits) or as the replica of another server's primary.
+
+A primary's step is not finished until its replica took the same one (`merge`, `finish`
+call the replica's `replicate` and wait), so a server lost at any moment leaves every
+shard it held as the last merged round left it on another server. Threaded (Ray's
+`max_concurrency`): a primary waiting for its replica must not block the replica's own
+primary on the same server. Ray does the transport: deposits and updates are numpy
+arrays in Ray's object store, moved between the nodes that hold them.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+import ray
+import torch
+
+from kubeml.stores.shard_core import Payload, ShardCore, ShardSpec
+
+Key = tuple[str, int]  # (task id, shard index)
+CONCURRENCY = 16
+
+
+class ShardServer:
+    """Shards of task models on one node (used as `ray.remote(ShardServer)`)."""
+
+    def __init__(self) -> None:
+        torch.set_num_threads(1)  # beside a function that owns the node's CPUs
+        self._primaries: dict[Key, ShardCore] = {}
+        self._replicas: dict[Key, ShardCore] = {}
+        self._buddies: dict[Key, Any] = {}  # the server holding each primary's replica
+        self._locks: dict[Key, threading.Lock] = {}
+        self._guard = threading.Lock()
+
+    def where(self) -> tuple[str, int]:
+        return ray.get_runtime_context().get_node_id(), os.getpid()
+
+    def _lock(self, key: Key) -> threading.Lock:
+        with self._guard:
+            return self._locks.setdefault(key, threading.Lock())
+
+    # -- set-up --------------------------------------------------------------------------
+    def hold(self, task_id: str, spec: ShardSpec, state: dict[str, Any], buddy: Any) -> None:
+        """Hold shard `spec.index` of `task_id` as its primary, from `state`
+        (`ShardCore.state`), with its replica on `buddy` (None: no replica)."""
+        key = (task_id, spec.index)
+        with self._lock(key):
+            self._primaries[key] = ShardCore.from_state(spec, state)
+            self._buddies[key] = buddy
+
+    def set_buddy(self, task_id: str, index: int, buddy: Any) -> None:
+        key = (task_id, index)
+        with self._lock(key):
+            self._buddies[key] = buddy
+
+    def hold_replica(self, task_id: str, spec: ShardSpec, state: dict[str, Any]) -> None:
+        key = (task_id, spec.index)
+        with self._lock(key):
+            self._replicas[key] = ShardCore.from_state(spec, state)
+
+    def state(self, task_id: str, index: int, replica: bool = False) -> dict[str, Any]:
+        """Everything the shard holds after its last merged round (a checkpoint, a new
+        replica, or the primary a replica stands in for)."""
+        key = (task_id, index)
+        with self._lock(key):
+            return (self._replicas if replica else self._primaries)[key].state()
+
+    def drop(self, task_id: str) -> None:
+        with self._guard:
+            for held in (self._primaries, self._replicas, self._buddies, self._locks):
+                for key in [k for k in held if k[0] == task_id]:
+                    del held[key]
+
+    # -- a round -------------------------------------------------------------------------
+    def deposit(self, task_id: str, index: int, token: bytes, payload: Payload) -> int:
+        """A function's change for the open round; returns the rounds merged so far."""
+        key = (task_id, index)
+        with self._lock(key):
+            core = self._primaries[key]
+            core.deposit(token, payload)
+            return core.merged
+
+    def merge(
+        self,
+        task_id: str,
+        index: int,
+        contributions: Sequence[tuple[bytes, int]],
+        kept: float | None,
+    ) -> tuple[float, float, float]:
+        """Reduce the listed deposits; with `kept` (a step that needs no sums over every
+        shard) also take the step and have the replica take it."""
+        key = (task_id, index)
+        with self._lock(key):
+            core = self._primaries[key]
+            sums = core.reduce(contributions)
+            if kept is not None:
+                self._finish(key, core, kept)
+            return sums
+
+    def finish(self, task_id: str, index: int, kept: float) -> None:
+        key = (task_id, index)
+        with self._lock(key):
+            self._finish(key, self._primaries[key], kept)
+
+    def _finish(self, key: Key, core: ShardCore, kept: float) -> None:
+        message = core.finish(kept)
+        buddy = self._buddies.get(key)
+        if buddy is not None:
+            ray.get(buddy.replicate.remote(key[0], key[1], message))
+
+    def replicate(self, task_id: str, index: int, message: Payload) -> None:
+        key = (task_id, index)
+        with self._lock(key):
+            self._replicas[key].replicate(message)
+
+    def rollback(self, task_id: str, index: int, merged: int) -> None:
+        """Undo round `merged` on the primary and the replica held here, if they took it."""
+        key = (task_id, index)
+        with self._lock(key):
+            for held in (self._primaries, self._replicas):
+                if key in held:
+                    held[key].rollback(merged)
+
+    def update(self, task_id: str, index: int, token: bytes) -> Payload | None:
+        key = (task_id, index)
+        with self._lock(key):
+            return self._primaries[key].update(token)
+
+    def functions_view(self, task_id: str, index: int) -> tuple[int, Payload]:
+        key = (task_id, index)
+        with self._lock(key):
+            core = self._primaries[key]
+            return core.merged, core.functions_view()
+
+    def model(self, task_id: str, index: int) -> Payload:
+        key = (task_id, index)
+        with self._lock(key):
+            return self._primaries[key].model()
+
+    def ping(self) -> bool:
+        return True

@@ -1,0 +1,101 @@
+"""Which of the Ray model store's tasks are sharded, and their planes.
+
+A task asks for its parameter plane when its job starts (`ShardRequest`: S and the sync
+precision); the plane is made when the task's model first exists (init, or a resume),
+and from then on the store answers for it from the shards: the functions get a
+`ShardRoute` instead of the model, the parameter server merges through the plane
+(`ShardedMerge`), and checkpoints and the final model gather from it.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping, Sequence
+
+import torch
+
+from kubeml.backends.ray.shard_plane import ServerPool, ShardPlane
+from kubeml.runtime.sync import RoundReport
+from kubeml.stores.flat import FlatLayout
+from kubeml.stores.interfaces import Groups, RemoteMerge, ShardRequest
+from kubeml.stores.shard_core import OuterStep
+
+
+class ShardedMerge(RemoteMerge):
+    """The parameter server's merge of one sharded task."""
+
+    def __init__(self, plane: ShardPlane, model: Groups) -> None:
+        self.plane, self._model = plane, model
+
+    def merge(self, reports: Sequence[RoundReport]) -> None:
+        self.plane.merge(reports)
+
+    def outer_state(self) -> dict[str, torch.Tensor]:
+        return self.plane.outer_state()
+
+    def load_outer_state(self, state: Mapping[str, torch.Tensor]) -> None:
+        """Resume the shards with the checkpoint's momentum (and the functions' view)."""
+        momentum: dict[str, torch.Tensor] = {}
+        view: dict[str, torch.Tensor] = {}
+        for key, tensor in state.items():
+            kind, _, dtype = key.partition(".")
+            (view if kind == "view" else momentum)[dtype] = tensor.reshape(-1)
+        self.plane.gather(self._model)
+        self.plane.load(self._model, view or None, momentum)
+
+
+class ShardedTasks:
+    """The sharded tasks of one Ray model store, and the shard servers they share."""
+
+    def __init__(self) -> None:
+        self._requests: dict[str, ShardRequest] = {}
+        self._planes: dict[str, ShardPlane] = {}
+        self._pool: ServerPool | None = None
+        self._lock = threading.Lock()
+
+    def request(self, task_id: str, request: ShardRequest) -> None:
+        with self._lock:
+            self._requests[task_id] = request
+
+    def install(self, task_id: str, layout: FlatLayout, model: Groups) -> None:
+        """The task's model now exists (init, resume): put it on its shards, if sharded."""
+        with self._lock:
+            request = self._requests.get(task_id)
+            if request is None:
+                return
+            if self._pool is None:
+                self._pool = ServerPool()
+            shards = request.shards
+            if shards is None:  # one per node that runs functions; none on one node
+                nodes = len(ServerPool.nodes())
+                shards = nodes if nodes > 1 else 0
+            if shards == 0:
+                self._requests.pop(task_id)
+                return
+            outer = OuterStep(request.outer_name, request.outer_lr, request.outer_momentum)
+            old = self._planes.pop(task_id, None)
+            plane = ShardPlane.create(task_id, layout, shards, outer, request.precision, self._pool)
+        if old is not None:
+            old.drop()
+        plane.load(model)
+        with self._lock:
+            self._planes[task_id] = plane
+
+    def plane(self, task_id: str) -> ShardPlane | None:
+        with self._lock:
+            return self._planes.get(task_id)
+
+    def clear(self, task_id: str) -> None:
+        with self._lock:
+            self._requests.pop(task_id, None)
+            plane = self._planes.pop(task_id, None)
+        if plane is not None:
+            plane.drop()
+
+    def close(self) -> None:
+        with self._lock:
+            pool, self._pool = self._pool, None
+            self._planes.clear()
+            self._requests.clear()
+        if pool is not None:
+            pool.close()

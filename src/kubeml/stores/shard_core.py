@@ -1,0 +1,416 @@
+"""One shard of a task's parameter server: its slice of the model, of the outer
+optimizer's state and of what the functions hold, and the round's merge. No I/O.
+
+A sharded task splits every floating dtype group of its flat layout (`FlatLayout`) into
+S contiguous element ranges (`plan_shards`; the few integer elements, BatchNorm's
+counters, stay with shard 0). A shard keeps, in float32 whatever travels:
+
+- `master`: the model, which checkpoints, validation and the final model read;
+- `view`: the model as the functions hold it. At `fp32` it is `master` itself. At `bf16`
+  and `int8` the functions receive each round the change `master - view` in that
+  precision, and the shard adds the same decoded change to its `view`: both hold the
+  same bits, and the error of one round's rounding is carried into the next round's
+  change rather than lost;
+- `momentum`: the outer optimizer's buffer over the spans that take the outer step.
+
+A round: each function deposits its change (its weights minus the `view` it started
+from), encoded (`codecs`), under a token of its own; `reduce` takes the sample-weighted
+mean `d` of the listed tokens' changes, rounds it to the sync precision (`d~`, the
+outer step's input: what a replica receives, so the replica's state stays the same
+bits as the shard's), and for `adaptive` returns the shard's share of the sums that
+the cosine of the whole change needs; `finish(kept)` takes the step:
+
+    stepped spans:   v <- kept * v + d~;   master <- master + lr * (d~ + kept * v)
+    other spans:     master <- view + d~   (BatchNorm statistics: the plain average)
+
+with `kept` the momentum the step keeps (`adaptive`: momentum x the cosine, clamped
+to [0, 1], summed over every shard by the control plane; `nesterov`: the momentum;
+`average`: no stepped spans). The state before the step is kept until the next one:
+a round that one shard could not merge is rolled back on all (`rollback`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from kubeml.stores.codecs import Encoded, check_precision, decode, encode
+from kubeml.stores.flat import FlatLayout
+
+ALIGN = 1024  # elements: shard boundaries fall on multiples of this
+BUFFER_SUFFIXES = ("running_mean", "running_var", "num_batches_tracked")
+Span = tuple[str, int, int]  # (dtype, start, stop) in elements
+Payload = dict[str, Any]  # dtype -> Encoded (floats) or np.ndarray (integers, raw)
+
+
+def stepped_spans(layout: FlatLayout) -> dict[str, list[tuple[int, int]]]:
+    """Per floating dtype group, the (start, stop) element ranges that take the outer step:
+    every entry except BatchNorm buffers, adjacent entries joined into one range."""
+    spans: dict[str, list[tuple[int, int]]] = {}
+    for entry in sorted(layout.entries, key=lambda e: (e.dtype, e.offset)):
+        if not getattr(torch, entry.dtype).is_floating_point:
+            continue
+        if entry.name.rsplit(".", 1)[-1] in BUFFER_SUFFIXES:
+            continue
+        runs = spans.setdefault(entry.dtype, [])
+        stop = entry.offset + entry.numel
+        if runs and runs[-1][1] == entry.offset:
+            runs[-1] = (runs[-1][0], stop)
+        else:
+            runs.append((entry.offset, stop))
+    return spans
+
+
+@dataclass(frozen=True)
+class OuterStep:
+    """The outer optimizer as a shard applies it (`OuterConfig`'s three numbers)."""
+
+    name: str = "average"
+    lr: float = 1.0
+    momentum: float = 0.0
+
+    @property
+    def plain(self) -> bool:
+        return self.name == "average" or (self.lr == 1.0 and self.momentum == 0.0)
+
+    @property
+    def adaptive(self) -> bool:
+        return self.name == "adaptive" and self.momentum > 0
+
+
+@dataclass(frozen=True)
+class ShardSpec:
+    """What one shard owns: an element range of each dtype group it holds, and the spans
+    of those (from the range's start) that take the outer step."""
+
+    index: int
+    ranges: tuple[Span, ...]
+    stepped: tuple[Span, ...]
+    outer: OuterStep
+    precision: str
+
+    @property
+    def numel(self) -> int:
+        return sum(stop - start for _, start, stop in self.ranges)
+
+
+def plan_shards(
+    layout: FlatLayout, shards: int, outer: OuterStep, precision: str
+) -> list[ShardSpec]:
+    """`shards` specs covering every element of `layout` once; fewer when the model has
+    fewer than `shards` aligned pieces (no shard is empty)."""
+    check_precision(precision)
+    if shards < 1:
+        raise ValueError(f"a sharded task needs at least 1 shard, not {shards}")
+    floats = [(d, n) for d, n in layout.group_numel if getattr(torch, d).is_floating_point]
+    largest = max((n for _, n in floats), default=0)
+    count = max(1, min(shards, -(-largest // ALIGN)))
+    ranges: list[list[Span]] = [[] for _ in range(count)]
+    for dtype, numel in layout.group_numel:
+        if not getattr(torch, dtype).is_floating_point:
+            ranges[0].append((dtype, 0, numel))
+            continue
+        cuts = [min(numel, round(i * numel / count / ALIGN) * ALIGN) for i in range(count)]
+        for i in range(count):
+            stop = cuts[i + 1] if i + 1 < count else numel
+            if stop > cuts[i]:
+                ranges[i].append((dtype, cuts[i], stop))
+    spans = {} if outer.plain else stepped_spans(layout)
+    specs = []
+    for i, own in enumerate(ranges):
+        stepped = [
+            (dtype, max(a, start) - start, min(b, stop) - start)
+            for dtype, start, stop in own
+            for a, b in spans.get(dtype, [])
+            if min(b, stop) > max(a, start)
+        ]
+        specs.append(ShardSpec(i, tuple(own), tuple(stepped), outer, precision))
+    return [s for s in specs if s.ranges]
+
+
+def slice_groups(spec: ShardSpec, groups: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The shard's pieces of full flat groups (views, no copy)."""
+    return {dtype: groups[dtype][a:b] for dtype, a, b in spec.ranges}
+
+
+class MissingDepositError(KeyError):
+    """A token the control plane listed never reached this shard."""
+
+
+@dataclass
+class _Round:
+    """A reduced round waiting for its step."""
+
+    change: dict[str, torch.Tensor]  # d~ per float dtype
+    integers: dict[str, torch.Tensor]  # the new integer values
+    wire: Payload  # d~ as it travels to the replica
+    sums: tuple[float, float, float] = (0.0, 0.0, 0.0)
+
+
+@dataclass
+class _Kept:
+    master: dict[str, torch.Tensor]
+    view: dict[str, torch.Tensor]
+    momentum: dict[str, torch.Tensor]
+    merged: int
+
+
+@dataclass
+class ShardCore:
+    """One shard of one task (on a shard server, primary or replica)."""
+
+    spec: ShardSpec
+    master: dict[str, torch.Tensor]
+    view: dict[str, torch.Tensor] = field(default_factory=dict)
+    momentum: dict[str, torch.Tensor] = field(default_factory=dict)
+    merged: int = 0  # rounds merged since the task (re)started
+    deposits: dict[bytes, Payload] = field(default_factory=dict)
+    outgoing: tuple[frozenset[bytes], Payload] = (frozenset(), {})
+    _round: _Round | None = None
+    _before: _Kept | None = None
+    _sent: Payload = field(default_factory=dict)  # the view's last change, encoded
+
+    @classmethod
+    def start(
+        cls,
+        spec: ShardSpec,
+        master: Mapping[str, torch.Tensor],
+        view: Mapping[str, torch.Tensor] | None = None,
+        momentum: Mapping[str, torch.Tensor] | None = None,
+        merged: int = 0,
+    ) -> ShardCore:
+        """A shard holding copies of `master` (and the functions' `view`, when it differs:
+        a compressed task resumed; and the outer `momentum`)."""
+        core = cls(spec, {d: t.detach().clone().reshape(-1) for d, t in master.items()})
+        core.view = core.master if spec.precision == "fp32" else {}
+        if spec.precision != "fp32":
+            source = view if view is not None else core.master
+            core.view = {d: source[d].detach().clone().reshape(-1) for d in core._floats()}
+        for dtype, tensor in (momentum or {}).items():
+            core.momentum[dtype] = tensor.detach().clone().reshape(-1)
+        core.merged = merged
+        return core
+
+    def _floats(self) -> list[str]:
+        return [d for d, t in self.master.items() if t.is_floating_point()]
+
+    # -- a round -----------------------------------------------------------------------
+    def deposit(self, token: bytes, payload: Payload) -> None:
+        self.deposits[token] = payload
+
+    def reduce(self, contributions: Sequence[tuple[bytes, int]]) -> tuple[float, float, float]:
+        """Average the listed deposits' changes (weighted by samples); returns the shard's
+        (d.v, d.d, v.v) for the adaptive cosine (zeros when no step needs it)."""
+        missing = [t.hex()[:8] for t, _ in contributions if t not in self.deposits]
+        if missing:
+            raise MissingDepositError(f"shard {self.spec.index} has no deposit {missing}")
+        total = sum(samples for _, samples in contributions)
+        if total <= 0:
+            raise ValueError("cannot merge: no function trained any samples")
+        precision = self.spec.precision
+        change: dict[str, torch.Tensor] = {}
+        integers: dict[str, torch.Tensor] = {}
+        wire: Payload = {}
+        with torch.no_grad():
+            for dtype in self.master:
+                payloads = [(self.deposits[t][dtype], s / total) for t, s in contributions if s]
+                if not self.master[dtype].is_floating_point():
+                    votes = torch.zeros(self.master[dtype].numel(), dtype=torch.float64)
+                    for p, w in payloads:
+                        votes.add_(torch.from_numpy(np.array(p)).double(), alpha=w)
+                    integers[dtype] = torch.round(votes).to(self.master[dtype].dtype)
+                    continue
+                d = torch.zeros(self.master[dtype].numel(), dtype=torch.float32)
+                part = torch.empty_like(d)
+                for payload, weight in payloads:
+                    d.add_(decode(payload, part), alpha=weight)
+                wire[dtype] = encode(d, precision)
+                change[dtype] = d if precision == "fp32" else decode(wire[dtype])
+        self._round = _Round(change, integers, wire)
+        if self.spec.outer.adaptive:
+            self._round.sums = self._sums(change)
+        return self._round.sums
+
+    def _sums(self, change: Mapping[str, torch.Tensor]) -> tuple[float, float, float]:
+        dv = dd = vv = 0.0
+        for dtype, a, b in self.spec.stepped:
+            d = change[dtype][a:b]
+            v = self._buffer(dtype)[a:b]
+            dv += float(torch.dot(d, v))
+            dd += float(torch.dot(d, d))
+            vv += float(torch.dot(v, v))
+        return dv, dd, vv
+
+    def finish(self, kept: float) -> Payload:
+        """Take the reduced round's step with momentum `kept`; returns what a replica
+        needs to take the same step (`replicate`)."""
+        if self._round is None:
+            raise RuntimeError(f"shard {self.spec.index}: finish without a reduced round")
+        pending, self._round = self._round, None
+        self._step(pending.change, pending.integers, kept)
+        tokens = frozenset(self.deposits)
+        self.deposits.clear()
+        self.outgoing = (tokens, self._outgoing())
+        return {"change": pending.wire, "integers": pending.integers, "kept": kept}
+
+    def replicate(self, message: Payload) -> None:
+        """Take, as a replica, the step its primary took (the same bits)."""
+        change = {d: decode(e) for d, e in message["change"].items()}
+        self._step(change, dict(message["integers"]), float(message["kept"]))
+        self.deposits.clear()
+
+    def _step(
+        self, change: Mapping[str, torch.Tensor], integers: Mapping[str, torch.Tensor], kept: float
+    ) -> None:
+        outer = self.spec.outer
+        if outer.momentum > 0:
+            for dtype, _, _ in self.spec.stepped:
+                self._buffer(dtype)  # before the copy `rollback` restores
+        self._keep_before()
+        self._sent = {}
+        with torch.no_grad():
+            for dtype, values in integers.items():
+                self.master[dtype].copy_(values)
+            stepped: dict[str, list[tuple[int, int]]] = {}
+            for dtype, a, b in self.spec.stepped:
+                stepped.setdefault(dtype, []).append((a, b))
+            for dtype, d in change.items():
+                master, view = self.master[dtype], self.view[dtype]
+                runs = stepped.get(dtype, [])
+                for a, b in _gaps(runs, d.numel()):  # the plain average: view + d~
+                    if view is master:
+                        master[a:b].add_(d[a:b].to(master.dtype))
+                    else:
+                        torch.add(view[a:b], d[a:b], out=master[a:b])
+                for a, b in runs:
+                    step = d[a:b]
+                    if outer.momentum > 0:
+                        v = self._buffer(dtype)[a:b]
+                        v.mul_(kept).add_(step)
+                        step = step + kept * v
+                    master[a:b].add_(step.to(master.dtype), alpha=outer.lr)
+            if self.spec.precision != "fp32":
+                for dtype in change:
+                    view = self.view[dtype]
+                    sent = encode(self.master[dtype] - view, self.spec.precision)
+                    view.add_(decode(sent))
+                    self._sent[dtype] = sent
+        self.merged += 1
+
+    def _outgoing(self) -> Payload:
+        """The round's update as the functions receive it: the new values at fp32, else
+        the view's change (what `_step` added to it), and integers raw."""
+        out: Payload = {}
+        for dtype, master in self.master.items():
+            if not master.is_floating_point():
+                out[dtype] = master.numpy().copy()
+            elif self.spec.precision == "fp32":
+                out[dtype] = encode(master, "fp32")
+            else:
+                out[dtype] = self._sent[dtype]  # what the functions add to their view
+        return out
+
+    def _keep_before(self) -> None:
+        kept = self._before
+        if kept is None:
+            kept = self._before = _Kept({}, {}, {}, 0)
+        for source, target in (
+            (self.master, kept.master),
+            (self.view, kept.view),
+            (self.momentum, kept.momentum),
+        ):
+            for dtype, tensor in source.items():
+                if dtype not in target or target[dtype].numel() != tensor.numel():
+                    target[dtype] = torch.empty_like(tensor)
+                target[dtype].copy_(tensor)
+        kept.merged = self.merged
+
+    def rollback(self, merged: int) -> bool:
+        """Undo the last step if it made `merged` rounds (a round another shard could not
+        merge); True if it did."""
+        self.deposits.clear()
+        self._round = None
+        if self.merged != merged or self._before is None or self._before.merged != merged - 1:
+            return False
+        before = self._before
+        for dtype, tensor in before.master.items():
+            self.master[dtype].copy_(tensor)
+        if self.view is not self.master:
+            for dtype, tensor in before.view.items():
+                self.view[dtype].copy_(tensor)
+        for dtype, tensor in before.momentum.items():
+            self.momentum[dtype].copy_(tensor)
+        self.merged, self._before = before.merged, None
+        self.outgoing = (frozenset(), {})
+        return True
+
+    def _buffer(self, dtype: str) -> torch.Tensor:
+        buffer = self.momentum.get(dtype)
+        if buffer is None:
+            buffer = torch.zeros_like(self.master[dtype], dtype=torch.float32)
+            self.momentum[dtype] = buffer
+        return buffer
+
+    # -- what others read --------------------------------------------------------------
+    def update(self, token: bytes) -> Payload | None:
+        """The last round's update for the function that deposited `token` in it; None if
+        that deposit was not part of the last merged round (the function reloads)."""
+        tokens, payload = self.outgoing
+        return payload if token in tokens else None
+
+    def state(self) -> dict[str, Any]:
+        """Copies of everything the shard holds after its last merged round."""
+        view = {} if self.view is self.master else self.view
+        return {
+            "master": {d: t.clone() for d, t in self.master.items()},
+            "view": {d: t.clone() for d, t in view.items()},
+            "momentum": {d: t.clone() for d, t in self.momentum.items()},
+            "merged": self.merged,
+        }
+
+    @classmethod
+    def from_state(cls, spec: ShardSpec, state: Mapping[str, Any]) -> ShardCore:
+        return cls.start(
+            spec, state["master"], state["view"] or None, state["momentum"], state["merged"]
+        )
+
+    def functions_view(self) -> Payload:
+        """The model as the functions start from it (a fresh invocation)."""
+        out: Payload = {}
+        for dtype, master in self.master.items():
+            source = self.view.get(dtype, master) if master.is_floating_point() else master
+            out[dtype] = source.numpy().copy()
+        return out
+
+    def model(self) -> Payload:
+        return {dtype: master.numpy().copy() for dtype, master in self.master.items()}
+
+
+def adaptive_kept(momentum: float, sums: Sequence[tuple[float, float, float]]) -> float:
+    """The momentum an adaptive step keeps: `momentum` x cos(d, v) over every shard,
+    clamped to [0, 1] (1 before there is any momentum)."""
+    dv = sum(s[0] for s in sums)
+    dd = sum(s[1] for s in sums)
+    vv = sum(s[2] for s in sums)
+    cosine = dv / math.sqrt(dd * vv) if dd > 0 and vv > 0 else 1.0
+    return momentum * max(0.0, min(1.0, cosine))
+
+
+def _gaps(runs: list[tuple[int, int]], numel: int) -> list[tuple[int, int]]:
+    gaps, pos = [], 0
+    for start, stop in sorted(runs):
+        if start > pos:
+            gaps.append((pos, start))
+        pos = stop
+    if pos < numel:
+        gaps.append((pos, numel))
+    return gaps
+
+
+def encoded_bytes(payload: Payload) -> int:
+    return sum(v.nbytes if isinstance(v, Encoded | np.ndarray) else 0 for v in payload.values())

@@ -1,0 +1,214 @@
+"""The sharded parameter server on a local multi-node Ray cluster: two 1-CPU worker nodes
+(a shard server on each), a head with no CPUs as the control plane's node.
+
+Every guarantee of the central merge holds on the sharded path: the task trains (loss
+falls, accuracy rises) at every sync precision, every sample is merged once per epoch,
+a killed function's round is replayed, N changes at a round boundary, a stop and resume
+ends with the uninterrupted run's weights, and a shard server SIGKILLed mid-epoch costs
+at most the round in flight: the task ends with the same weights as a run that lost
+nothing. The function trains with plain SGD: a Ray function's optimizer state is not
+kept off its actor (a replayed round starts a fresh optimizer), so only a stateless one
+makes a replay the same bits.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from kubeml.api.schemas import TaskState
+from tests.conftest import function_source
+from tests.integration.conftest import wait_for
+from tests.integration.test_recovery import TASK
+
+STATELESS_MLP = function_source(SLEEP_PER_BATCH_S=0.01, MOMENTUM=0.0)
+
+ray = pytest.importorskip("ray", reason="the ray extra is not installed")
+
+pytestmark = pytest.mark.ray
+
+NODE_RESOURCES = {"kubeml": 1.0}
+MB = 1024 * 1024
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[Any]:
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(
+        initialize_head=True,
+        head_node_args={"num_cpus": 0, "include_dashboard": False, "object_store_memory": 80 * MB},
+    )
+    try:
+        for _ in range(2):
+            cluster.add_node(num_cpus=1, resources=NODE_RESOURCES, object_store_memory=80 * MB)
+        ray.init(address=cluster.address, namespace="kubeml-shard-tests")
+        cluster.wait_for_nodes()
+        yield cluster
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+
+
+@pytest.fixture
+def engine(cluster: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, digits) -> Iterator[Any]:
+    from kubeml.backends.ray import RayBackend
+    from kubeml.control.tasks.engine import Engine
+    from kubeml.settings import Settings
+
+    monkeypatch.delenv("KUBEML_CAPACITY", raising=False)
+    settings = Settings(home=tmp_path / "ray-home", backend="ray", round_timeout_s=60)
+    backend = RayBackend.from_settings(settings, resources_per_function=NODE_RESOURCES)
+    engine = Engine(settings, backend=backend)
+    add_mlp_and_digits(engine, digits)
+    try:
+        yield engine
+    finally:
+        engine.close()
+
+
+def add_mlp_and_digits(engine: Any, digits: dict[str, Any]) -> None:
+    engine.create_function("mlp", STATELESS_MLP)
+    engine.create_dataset(
+        "digits", digits["train_x"], digits["train_y"], digits["test_x"], digits["test_y"]
+    )
+
+
+def _weights(engine: Any, task_id: str) -> dict[str, torch.Tensor]:
+    return engine.backend.models.load_final(task_id)
+
+
+def _log(engine: Any, task_id: str) -> str:
+    return "\n".join(line.message for line in engine.logs_of(task_id))
+
+
+def _same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_the_default_on_two_nodes_is_two_shards_and_trains(engine):
+    task_id = engine.train(**TASK)
+    info = engine.wait(task_id, 120)
+    assert info.state is TaskState.SUCCEEDED, info.error
+    plane_servers = engine.backend.models.sharded._pool
+    assert plane_servers is not None and len(plane_servers._servers) == 2
+    epochs = engine.get_history(task_id).epochs
+    assert epochs[-1].train_loss < epochs[0].train_loss * 0.7
+    assert info.accuracy > 85.0
+    assert all(e.samples == 1497 for e in epochs)  # every sample once per epoch
+
+
+@pytest.fixture(scope="module")
+def sharded_baseline(cluster: Any, digits, tmp_path_factory) -> dict[str, torch.Tensor]:
+    """The final weights of the uninterrupted sharded run (fp32, two shards)."""
+    from kubeml.backends.ray import RayBackend
+    from kubeml.control.tasks.engine import Engine
+    from kubeml.settings import Settings
+
+    home = tmp_path_factory.mktemp("sharded-baseline") / "home"
+    settings = Settings(home=home, backend="ray", round_timeout_s=60)
+    backend = RayBackend.from_settings(settings, resources_per_function=NODE_RESOURCES)
+    with Engine(settings, backend=backend) as engine:
+        add_mlp_and_digits(engine, digits)
+        info = engine.wait(engine.train(**TASK, shards=2), 120)
+        assert info.state is TaskState.SUCCEEDED, info.error
+        return _weights(engine, info.id)
+
+
+def _mid_epoch_2(engine: Any, task_id: str) -> bool:
+    task = engine.get_task(task_id)
+    assert not task.state.finished, task.error
+    return task.epoch == 2 and task.round >= 3
+
+
+def _shard_pids(engine: Any, task_id: str) -> list[int]:
+    plane = engine.backend.models.sharded.plane(task_id)
+    assert plane is not None, "the task is not sharded"
+    return [pid for _, pid in ray.get([s.where.remote() for s in plane.servers])]
+
+
+def test_a_killed_shard_server_costs_a_round_and_no_bit(engine, sharded_baseline):
+    """SIGKILL of a shard server mid-epoch: its shards come back from their replicas on
+    the other node, the round in flight is trained again, the weights are the
+    uninterrupted run's."""
+    task_id = engine.train(**TASK, shards=2)
+    wait_for(lambda: _mid_epoch_2(engine, task_id), 60)
+    victim = _shard_pids(engine, task_id)[1]
+    os.kill(victim, signal.SIGKILL)
+    info = engine.wait(task_id, 120)
+    assert info.state is TaskState.SUCCEEDED, info.error
+    logs = _log(engine, task_id)
+    assert "lost" in logs and "shard server(s) replaced" in logs, logs
+    assert victim not in _shard_pids_after(engine)
+    epochs = engine.get_history(task_id).epochs
+    assert [e.retries for e in epochs] == [0, 1, 0, 0]  # the round, trained again
+    assert all(e.samples == 1497 for e in epochs)
+    assert _same(_weights(engine, task_id), sharded_baseline)
+
+
+def _shard_pids_after(engine: Any) -> list[int]:
+    pool = engine.backend.models.sharded._pool
+    return [pid for _, pid in ray.get([h.where.remote() for _, h in pool._servers])]
+
+
+def test_a_killed_function_on_the_sharded_path_changes_no_bit(engine, sharded_baseline):
+    task_id = engine.train(**TASK, shards=2)
+    wait_for(lambda: _mid_epoch_2(engine, task_id), 60)
+    pids = engine.backend.describe()["worker_pids"][task_id]
+    os.kill(pids[0], signal.SIGKILL)
+    info = engine.wait(task_id, 120)
+    assert info.state is TaskState.SUCCEEDED, info.error
+    assert (info.failures, info.retries) == (1, 1)
+    assert "replaying round" in _log(engine, task_id)
+    assert _same(_weights(engine, task_id), sharded_baseline)
+
+
+def test_stop_and_resume_on_the_sharded_path_changes_no_bit(engine, sharded_baseline):
+    task_id = engine.train(**TASK, shards=2)
+    wait_for(lambda: _mid_epoch_2(engine, task_id), 60)
+    assert engine.stop_task(task_id)
+    assert engine.wait(task_id, 60).state is TaskState.STOPPED
+    engine.resume_task(task_id)
+    info = engine.wait(task_id, 120)
+    assert info.state is TaskState.SUCCEEDED, info.error
+    assert [e.epoch for e in engine.get_history(task_id).epochs] == [1, 2, 3, 4]
+    assert _same(_weights(engine, task_id), sharded_baseline)
+
+
+@pytest.mark.parametrize("precision", ["bf16", "int8"])
+def test_compressed_rounds_train_as_well_and_resume_exactly(engine, precision):
+    """A compressed task trains to the fp32 run's accuracy; stopped and resumed
+    mid-epoch (the functions' view comes back from the checkpoint), it ends with the
+    bits of its own uninterrupted run."""
+    whole = engine.wait(engine.train(**TASK, shards=2, sync_precision=precision), 120)
+    assert whole.state is TaskState.SUCCEEDED, whole.error
+    assert whole.accuracy > 85.0
+    epochs = engine.get_history(whole.id).epochs
+    assert epochs[-1].train_loss < epochs[0].train_loss * 0.7
+    task_id = engine.train(**TASK, shards=2, sync_precision=precision)
+    wait_for(lambda: _mid_epoch_2(engine, task_id), 60)
+    engine.stop_task(task_id)
+    assert engine.wait(task_id, 60).state is TaskState.STOPPED
+    engine.resume_task(task_id)
+    info = engine.wait(task_id, 120)
+    assert info.state is TaskState.SUCCEEDED, info.error
+    assert _same(_weights(engine, task_id), _weights(engine, whole.id))
+
+
+def test_a_resize_mid_epoch_merges_every_sample_once(engine):
+    task_id = engine.train(**{**TASK, "epochs": 2}, shards=2)
+    wait_for(lambda: engine.get_task(task_id).round >= 3, 60)
+    engine.tasks.request_parallelism(task_id, 1, "the test shrinks it")
+    info = engine.wait(task_id, 120)
+    assert info.state is TaskState.SUCCEEDED, info.error
+    epochs = engine.get_history(task_id).epochs
+    assert epochs[0].parallelism_path == [2, 1]
+    assert all(e.samples == 1497 for e in epochs)
+    assert info.accuracy > 80.0
