@@ -87,7 +87,7 @@ class ServerPool:
     def _start(self, node: str | None) -> Any:
         options: dict[str, Any] = {"num_cpus": 0, "max_concurrency": CONCURRENCY}
         if node is not None:
-            options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(node, soft=True)
+            options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(node, soft=False)
         return self._remote.options(**options).remote()
 
     def servers(self, count: int) -> list[Any]:
