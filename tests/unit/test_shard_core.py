@@ -3,6 +3,8 @@ shards over a real model's layout, functions that train and deposit, replicas, r
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 import torch
@@ -97,7 +99,7 @@ def test_shards_cover_every_element_once_on_aligned_cuts():
         for dtype, numel in layout.group_numel:
             covered = sorted((a, b) for s in specs for d, a, b in s.ranges if d == dtype)
             assert covered[0][0] == 0 and covered[-1][1] == numel
-            assert all(b == c for (_, b), (c, _) in zip(covered, covered[1:], strict=False))
+            assert all(b == c for (_, b), (c, _) in itertools.pairwise(covered))
             assert all(a % ALIGN == 0 for a, _ in covered)
         # BatchNorm's statistics take the plain average: never in a stepped span
         stepped = sum(b - a for s in specs for _, a, b in s.stepped)
