@@ -20,15 +20,11 @@ round on a fresh actor, which Ray places wherever the live nodes have room. When
 none, the backend says so at once (unless `wait_for_nodes`), so the job re-splits the
 function's samples over the survivors instead of waiting for a placement.
 
-The merge stays in the control plane, chosen by measured round time (docs/cluster.md has
-the numbers). A prototype merging in a Ray actor beside one of the functions moves fewer
-bytes (2(N-1) weight transfers a round instead of 2N) and cut a bare round's sync (K=1, no
-compute, 2-node local cluster) from about 22 to 17 ms; but on the reference workload
-(LeNet-5, N=2, K=8) it trained at 9,650 samples/s against 12,090 here. The merge actor
-competes for its node's CPU with the function beside it, and it loses the control plane's
-prefetch, which fetches each function's weights while the round still waits for the
-slower one. Merging here also keeps the reference where the job saves it every epoch,
-with no second copy to lose with a node, and the job needs no Ray-specific code.
+On a cluster with several nodes that run functions, the model and its merge live on
+shard servers spread over them (`shard_plane`, `shard_server`, `shard_client`): the
+control plane sends each round's list of deposits to merge and receives no weights. On
+one node the merge stays in the control plane (the central merge), which measured faster
+there (docs/cluster.md, "Where the merge runs"); `--shards` picks either.
 """
 
 from __future__ import annotations

@@ -18,6 +18,10 @@ carries them inside the relay's messages. On one node that cut a bare round (K=1
 to no compute) from about 24 to 7 ms; each explicit `ray.put` and `ray.get` cost a
 function 2-3 ms (benchmarks/ray_vs_process.py --bare-rounds).
 
+A sharded task (`sharded_tasks`) answers from its shards instead: a function gets a
+`ShardRoute` for the reference and publishes a `ShardDeposit`, checkpoints and final
+models gather from the shards.
+
 The function side (`RemoteDatasetStore`, `RemoteModelStore`) asks the control plane for
 refs through the relay: `ask(request)` sends one of the typed requests below as a
 `relay.Request` and blocks for the answer. Imported only by `kubeml.backends.ray`.
