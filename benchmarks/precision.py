@@ -24,6 +24,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from benchmarks.reference import ROOT
 
 MB = 1024 * 1024
@@ -57,12 +59,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     work = prepare(name, Path(tmp) / name, quick=True)
                     source = (ROOT / work.function_file).read_text()
                     engine.create_function(work.function, source)
+                    parts = ("train_x", "train_y", "test_x", "test_y")
                     engine.create_dataset(
-                        work.dataset,
-                        *(
-                            work.data_dir / f"{p}.npy"
-                            for p in ("train_x", "train_y", "test_x", "test_y")
-                        ),
+                        work.dataset, *(np.load(work.data_dir / f"{p}.npy") for p in parts)
                     )
                     results[name] = {p: [] for p in args.precisions}
                     for seed in args.seeds:
