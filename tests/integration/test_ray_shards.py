@@ -97,8 +97,8 @@ def test_the_default_on_two_nodes_is_two_shards_and_trains(engine):
     task_id = engine.train(**TASK)
     info = engine.wait(task_id, 120)
     assert info.state is TaskState.SUCCEEDED, info.error
-    plane_servers = engine.backend.models.sharded._pool
-    assert plane_servers is not None and len(plane_servers._servers) == 2
+    servers = engine.backend.describe()["shard_servers"]  # (node, pid): one on each node
+    assert len({node for node, _ in servers}) == len(servers) == 2
     epochs = engine.get_history(task_id).epochs
     assert epochs[-1].train_loss < epochs[0].train_loss * 0.7
     assert info.accuracy > 85.0
@@ -154,8 +154,7 @@ def test_a_killed_shard_server_costs_a_round_and_no_bit(engine, sharded_baseline
 
 
 def _shard_pids_after(engine: Any) -> list[int]:
-    pool = engine.backend.models.sharded._pool
-    return [pid for _, pid in ray.get([h.where.remote() for _, h in pool._servers])]
+    return [pid for _, pid in engine.backend.describe()["shard_servers"]]
 
 
 def test_a_killed_function_on_the_sharded_path_changes_no_bit(engine, sharded_baseline):

@@ -295,5 +295,6 @@ class RayBackend(FunctionBackend):
         return {
             **super().describe(),
             "round_sockets": self._rounds.admitted,  # train invocations that used one
+            "shard_servers": self.models.sharded.servers(),  # (node id, pid) of each
             **self._actors.describe(),  # worker_pids: by task, on the actors' nodes
         }

@@ -101,6 +101,17 @@ class ServerPool:
                 self._servers.append((node or "?", self._start(node)))
             return [handle for _, handle in self._servers[:count]]
 
+    def where(self) -> list[tuple[str, int]]:
+        with self._lock:
+            handles = [handle for _, handle in self._servers]
+        places = []
+        for handle in handles:
+            try:
+                places.append(tuple(ray.get(handle.where.remote(), timeout=_PING_S)))
+            except (RayError, TimeoutError):
+                continue  # lost: replaced when a task finds it
+        return places
+
     def replace(self, lost: Any) -> Any:
         """The server standing in for `lost` (started on first ask)."""
         with self._lock:

@@ -85,6 +85,12 @@ class ShardedTasks:
         with self._lock:
             return self._planes.get(task_id)
 
+    def servers(self) -> list[tuple[str, int]]:
+        """(node id, pid) of each shard server started so far (none before a sharded task)."""
+        with self._lock:
+            pool = self._pool
+        return pool.where() if pool is not None else []
+
     def clear(self, task_id: str) -> None:
         with self._lock:
             self._requests.pop(task_id, None)
