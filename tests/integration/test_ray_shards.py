@@ -211,3 +211,69 @@ def test_a_resize_mid_epoch_merges_every_sample_once(engine):
     assert epochs[0].parallelism_path == [2, 1]
     assert all(e.samples == 1497 for e in epochs)
     assert info.accuracy > 80.0
+
+
+def _alive_shard_servers() -> set[int]:
+    """Pids of the shard servers the cluster holds alive (the GCS's table)."""
+    from ray._private import state
+
+    actors = state.actors().values()
+    return {
+        a["Pid"] for a in actors if a["State"] == "ALIVE" and a["ActorClassName"] == "ShardServer"
+    }
+
+
+def test_a_killed_control_plane_comes_back_and_resumes_the_sharded_task(
+    cluster, digits, sharded_baseline, tmp_path
+):
+    """SIGKILL of the server (the Ray driver): its shard servers and functions die with
+    it; the next server resumes the task from its mid-epoch checkpoint onto new shards,
+    and it ends with the uninterrupted run's weights."""
+    import numpy as np
+
+    from kubeml.client import Client, ensure_server, server_status, stop_server
+    from kubeml.control.records.checkpoints import CheckpointStore
+    from kubeml.settings import Settings
+    from tests.integration.test_recovery import free_port
+
+    settings = Settings(
+        home=tmp_path / "home", host="127.0.0.1", port=free_port(), backend="ray",
+        ray_address=cluster.address, api_token=None, url=None, round_timeout_s=60,
+    )  # fmt: skip
+    try:
+        client = Client(ensure_server(settings, quiet=True), token="")
+        client.create_function("mlp", STATELESS_MLP)
+        paths = []
+        for field in ("train_x", "train_y", "test_x", "test_y"):
+            np.save(tmp_path / f"{field}.npy", digits[field])
+            paths.append(tmp_path / f"{field}.npy")
+        client.create_dataset("digits", *paths)
+        task_id = client.train(**TASK, shards=2, checkpoint_every_s=0.2)
+        store = CheckpointStore(settings.home / "checkpoints")
+
+        def mid_epoch() -> bool:
+            checkpoint = store.load(task_id)
+            return (
+                checkpoint is not None
+                and checkpoint.position.epoch in (1, 2)
+                and (1 <= checkpoint.position.round <= 8)
+            )
+
+        wait_for(mid_epoch, 120)
+        status = server_status(settings)
+        assert status is not None
+        shard_pids = _alive_shard_servers()
+        assert len(shard_pids) == 2
+        os.kill(int(status["pid"]), signal.SIGKILL)
+        wait_for(lambda: not any(Path(f"/proc/{p}").exists() for p in shard_pids), 60)
+
+        client = Client(ensure_server(settings, quiet=True), token="")
+        info = client.wait(task_id, timeout_s=240, poll_s=0.2)
+        assert info.state is TaskState.SUCCEEDED, info.error
+        assert [e.epoch for e in client.get_history(task_id).epochs] == [1, 2, 3, 4]
+        logs = "\n".join(line.message for line in client.logs(task_id))
+        assert "resuming from the checkpoint at epoch" in logs, logs
+        final = torch.load(settings.home / "models" / f"{task_id}.pt", weights_only=True)
+        assert _same(final, sharded_baseline)
+    finally:
+        stop_server(settings, timeout_s=30)
