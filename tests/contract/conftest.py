@@ -36,7 +36,8 @@ class DatasetStores:
             self.shards: Any = pickle.loads(pickle.dumps(local))  # as a worker unpickles it
             return
         request.getfixturevalue("local_ray")
-        from kubeml.backends.ray.stores import RayDatasetStore, RemoteDatasetStore, answer
+        from kubeml.backends.ray.function_stores import RemoteDatasetStore
+        from kubeml.backends.ray.stores import RayDatasetStore, answer
 
         self.control = RayDatasetStore(local)
         self.shards = RemoteDatasetStore(lambda what: answer(self.control, None, what))
@@ -53,7 +54,8 @@ class ModelStores:
             self.function: Any = pickle.loads(pickle.dumps(self.control))
             return
         request.getfixturevalue("local_ray")
-        from kubeml.backends.ray.stores import RayModelStore, RemoteModelStore, answer
+        from kubeml.backends.ray.function_stores import RemoteModelStore
+        from kubeml.backends.ray.stores import RayModelStore, answer
 
         self.control = RayModelStore(tmp / "models")
         self.function = RemoteModelStore(lambda what: answer(None, self.control, what))

@@ -14,15 +14,8 @@ from hypothesis import strategies as st
 from kubeml.control.merge.outer import OuterConfig, OuterOptimizer
 from kubeml.stores.codecs import INT8_BLOCK, decode, encode
 from kubeml.stores.flat import FlatLayout
-from kubeml.stores.shard_core import (
-    ALIGN,
-    MissingDepositError,
-    OuterStep,
-    ShardCore,
-    adaptive_kept,
-    plan_shards,
-    slice_groups,
-)
+from kubeml.stores.shard_core import MissingDepositError, ShardCore, adaptive_kept
+from kubeml.stores.shard_plan import ALIGN, OuterStep, plan_shards, slice_groups
 
 
 def _net() -> torch.nn.Module:

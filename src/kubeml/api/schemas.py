@@ -255,16 +255,12 @@ class TrainRequest(BaseModel):
         "system where the server can (`server status`); null = the server's default",
     )
     shards: StrictInt | None = Field(
-        default=None,
-        ge=0,
-        le=MAX_SHARDS,
+        default=None, ge=0, le=MAX_SHARDS,
         description="parameter shards (ray backend): null = one per node that runs functions "
-        "when there are several, else the central merge; 0 = the central merge; S = S shards",
-    )
+        "when there are several, else 0; 0 = the central merge; S = S shards",
+    )  # fmt: skip
     sync_precision: SyncPrecision = Field(
-        default=SyncPrecision.FP32,
-        description="how a sharded round's changes travel: fp32, bf16, or int8 with a scale "
-        "per 256 values; the shards keep the model in fp32",
+        default=SyncPrecision.FP32, description="how a sharded round's changes travel"
     )
 
     @model_validator(mode="after")

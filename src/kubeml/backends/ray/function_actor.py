@@ -10,9 +10,9 @@ from collections.abc import Iterator
 
 import ray
 
+from kubeml.backends.ray.function_stores import RemoteDatasetStore, RemoteModelStore
 from kubeml.backends.ray.rounds import RoundOffer
 from kubeml.backends.ray.rounds import connect as connect_rounds
-from kubeml.backends.ray.stores import RemoteDatasetStore, RemoteModelStore
 from kubeml.backends.relay import (
     Done,
     Endpoint,

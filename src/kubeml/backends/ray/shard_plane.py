@@ -36,12 +36,8 @@ from kubeml.errors import RoundLostError, StorageError
 from kubeml.runtime.sync import RoundReport
 from kubeml.stores.flat import FlatLayout
 from kubeml.stores.interfaces import Groups
-from kubeml.stores.shard_core import (
-    OuterStep,
-    ShardSpec,
-    adaptive_kept,
-    plan_shards,
-)
+from kubeml.stores.shard_core import adaptive_kept
+from kubeml.stores.shard_plan import OuterStep, ShardSpec, plan_shards
 
 _PING_S = 10.0
 

@@ -20,7 +20,8 @@ from typing import Any
 import ray
 import torch
 
-from kubeml.stores.shard_core import Payload, ShardCore, ShardSpec
+from kubeml.stores.shard_core import Payload, ShardCore
+from kubeml.stores.shard_plan import ShardSpec
 
 Key = tuple[str, int]  # (task id, shard index)
 CONCURRENCY = 16

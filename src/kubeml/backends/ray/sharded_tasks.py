@@ -18,7 +18,7 @@ from kubeml.backends.ray.shard_plane import ServerPool, ShardPlane
 from kubeml.runtime.sync import RoundReport
 from kubeml.stores.flat import FlatLayout
 from kubeml.stores.interfaces import Groups, RemoteMerge, ShardRequest
-from kubeml.stores.shard_core import OuterStep
+from kubeml.stores.shard_plan import OuterStep
 
 
 class ShardedMerge(RemoteMerge):

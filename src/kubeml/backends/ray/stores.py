@@ -34,13 +34,12 @@ import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import ray
 
 from kubeml.api.schemas import DatasetInfo
-from kubeml.backends.ray.shard_client import ShardedWeights
 from kubeml.backends.ray.shard_plane import ShardDeposit, ShardRoute
 from kubeml.backends.ray.sharded_tasks import ShardedMerge, ShardedTasks
 from kubeml.errors import BackendError, NotFoundError, StorageError
@@ -48,11 +47,9 @@ from kubeml.stores.datasets import DatasetStore, LocalDatasetStore, StagedDatase
 from kubeml.stores.flat import FlatLayout
 from kubeml.stores.interfaces import (
     ControlModels,
-    FunctionModels,
     Groups,
     RemoteMerge,
     ShardRequest,
-    ShardSource,
     Split,
 )
 from kubeml.stores.models import FinalModelFiles
@@ -338,121 +335,3 @@ class RayModelStore(ControlModels):
 
     def delete_final(self, task_id: str) -> None:
         self.finals.delete(task_id)
-
-
-# -- function side (inside a Ray actor, on any node) ------------------------------------------
-class RemoteDatasetStore(ShardSource):
-    """A function's view of the datasets: `read` only, from the object store.
-
-    The split's arrays are fetched once per actor and dataset version (Ray keeps one copy
-    per node, shared by every function there) and the ranges are copied out of them.
-    """
-
-    def __init__(self, ask: Ask) -> None:
-        self._ask = ask
-        self._task_id: str | None = None
-        self._arrays: dict[tuple[str, str], tuple[tuple[str, ...], tuple[np.ndarray, ...]]] = {}
-
-    def read(
-        self, name: str, split: Split, ranges: Sequence[tuple[int, int]]
-    ) -> tuple[np.ndarray, np.ndarray]:
-        refs = self._ask(WantSplit(name, split))
-        ids = tuple(ref.hex() for ref in refs)
-        cached = self._arrays.get((name, split))
-        if cached is None or cached[0] != ids:
-            self._arrays[(name, split)] = cached = (ids, tuple(ray.get(list(refs))))
-        x_all, y_all = cached[1]
-        if not ranges:
-            return x_all[:0].copy(), y_all[:0].copy()
-        x = np.concatenate([x_all[a:b] for a, b in ranges])
-        y = np.concatenate([y_all[a:b] for a, b in ranges])
-        return x, y
-
-    def begin(self, task_id: str) -> None:
-        """A new task on this warm actor: drop the arrays the last one used."""
-        if task_id != self._task_id:
-            self._arrays.clear()
-            self._task_id = task_id
-
-
-class RemoteModelStore(FunctionModels):
-    """A function's view of the weights: the reference by value or ref, publishing by value
-    or with `ray.put`."""
-
-    def __init__(self, ask: Ask) -> None:
-        self._ask = ask
-        self._references: dict[str, ReferenceRef | ShardRoute] = {}
-        self._scratch: dict[str, np.ndarray] = {}
-        self._sharded: dict[str, ShardedWeights] = {}
-
-    def begin(self, task_id: str) -> None:
-        """A new invocation: the reference may have moved on since the last one, and other
-        tasks' state is no longer needed here."""
-        self._references.clear()
-        for other in [t for t in self._scratch if t != task_id]:
-            del self._scratch[other]
-        self._sharded = {t: w for t, w in self._sharded.items() if t == task_id}
-        for weights in self._sharded.values():
-            weights.forget()
-
-    def _weights(self, task_id: str) -> ShardedWeights | None:
-        """The task's weights on this actor, if the task is sharded."""
-        weights = self._sharded.get(task_id)
-        if weights is None:
-            current = self._current(task_id)
-            if not isinstance(current, ShardRoute):
-                return None
-
-            def route(repair: bool) -> ShardRoute:
-                answer = self._ask(WantReference(task_id, repair))
-                assert isinstance(answer, ShardRoute)
-                return answer
-
-            weights = self._sharded[task_id] = ShardedWeights(task_id, current, route)
-        return weights
-
-    def receive_reference(self, task_id: str, reference: ReferenceRef) -> None:
-        """The merged reference of the round just released (sent with the release)."""
-        self._references[task_id] = reference
-
-    def _current(self, task_id: str) -> ReferenceRef | ShardRoute:
-        current = self._references.get(task_id)
-        if current is None:
-            current = self._references[task_id] = self._ask(WantReference(task_id))
-        return current
-
-    def write_reference(self, task_id: str, state: dict[str, torch.Tensor]) -> None:
-        layout = FlatLayout.from_state(state)
-        buffer = _flatten(layout, state, np.zeros(layout.nbytes, np.uint8))
-        self._ask(AdoptReference(task_id, layout, ray.put(buffer)))
-
-    def load_reference_into(self, task_id: str, state: dict[str, torch.Tensor]) -> None:
-        weights = self._weights(task_id)
-        if weights is not None:
-            weights.load_into(state)
-            return
-        layout, ref = cast("ReferenceRef", self._current(task_id))
-        buffer = ref if isinstance(ref, np.ndarray) else cast("np.ndarray", ray.get(ref))
-        layout.unflatten_into(_groups(buffer, layout), state)
-
-    def load_model_into(self, task_id: str, state: dict[str, torch.Tensor]) -> None:
-        weights = self._weights(task_id)
-        if weights is not None:
-            weights.model_into(state)
-        else:
-            self.load_reference_into(task_id, state)
-
-    def publish(self, task_id: str, func_id: int, state: dict[str, torch.Tensor]) -> Any:
-        weights = self._weights(task_id)
-        if weights is not None:
-            return weights.publish(state)
-        layout = cast("ReferenceRef", self._current(task_id))[0]
-        if layout.nbytes <= INLINE_BYTES:  # travels by value with the round report
-            return _flatten(layout, state, np.empty(layout.nbytes, np.uint8))
-        scratch = self._scratch.get(task_id)
-        if scratch is None or scratch.nbytes != layout.nbytes:
-            scratch = self._scratch[task_id] = np.zeros(layout.nbytes, np.uint8)
-        return ray.put(_flatten(layout, state, scratch))  # put copies: scratch is reusable
-
-    def load_final(self, task_id: str) -> dict[str, torch.Tensor]:
-        return cast("dict[str, torch.Tensor]", ray.get(self._ask(WantFinal(task_id))))

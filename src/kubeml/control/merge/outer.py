@@ -53,30 +53,12 @@ from kubeml.control.merge.average import (
 )
 from kubeml.control.merge.workers import MergeWorkers, merge_workers
 from kubeml.stores.flat import FlatLayout
+from kubeml.stores.shard_plan import stepped_spans
 
 BLOCK = 1 << 18  # elements: 1 MB per float32 operand, ~5 MB for N=2, stays in L2/L3
-BUFFER_SUFFIXES = ("running_mean", "running_var", "num_batches_tracked")
 OUTER_OPTIMIZERS = ("average", "nesterov", "adaptive")
 
 Groups = Mapping[str, torch.Tensor]
-
-
-def stepped_spans(layout: FlatLayout) -> dict[str, list[tuple[int, int]]]:
-    """Per floating dtype group, the (start, stop) element ranges that take the outer step:
-    every entry except BatchNorm buffers, adjacent entries joined into one range."""
-    spans: dict[str, list[tuple[int, int]]] = {}
-    for entry in sorted(layout.entries, key=lambda e: (e.dtype, e.offset)):
-        if not getattr(torch, entry.dtype).is_floating_point:
-            continue
-        if entry.name.rsplit(".", 1)[-1] in BUFFER_SUFFIXES:
-            continue
-        runs = spans.setdefault(entry.dtype, [])
-        stop = entry.offset + entry.numel
-        if runs and runs[-1][1] == entry.offset:
-            runs[-1] = (runs[-1][0], stop)
-        else:
-            runs.append((entry.offset, stop))
-    return spans
 
 
 @dataclass(frozen=True)
