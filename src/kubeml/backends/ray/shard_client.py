@@ -18,7 +18,7 @@ import ray
 import torch
 from ray.exceptions import RayError
 
-from kubeml.backends.ray.shard_plane import ShardDeposit, ShardRoute, new_token
+from kubeml.backends.ray.shard_plane import CALL_TIMEOUT_S, ShardDeposit, ShardRoute, new_token
 from kubeml.errors import BackendError
 from kubeml.stores.codecs import Encoded, decode, encode
 from kubeml.stores.interfaces import Groups
@@ -67,9 +67,10 @@ class ShardedWeights:
     def _apply_updates(self, token: bytes) -> bool:
         try:
             updates = ray.get(
-                [srv.update.remote(self.task_id, s.index, token) for s, srv in self._pairs()]
+                [srv.update.remote(self.task_id, s.index, token) for s, srv in self._pairs()],
+                timeout=CALL_TIMEOUT_S,
             )
-        except RayError:
+        except (RayError, TimeoutError):
             return False
         if any(u is None for u in updates):
             return False
@@ -90,12 +91,13 @@ class ShardedWeights:
         for attempt in range(2):
             try:
                 parts = ray.get(
-                    [srv.functions_view.remote(self.task_id, s.index) for s, srv in self._pairs()]
+                    [srv.functions_view.remote(self.task_id, s.index) for s, srv in self._pairs()],
+                    timeout=CALL_TIMEOUT_S,
                 )
                 if len({merged for merged, _ in parts}) > 1:
                     raise BackendError("the shards are at different rounds")
                 break
-            except (RayError, BackendError):
+            except (RayError, BackendError, TimeoutError):
                 if attempt:
                     raise
                 self.route = self._ask_route(True)
@@ -123,8 +125,8 @@ class ShardedWeights:
                         payload[dtype] = mine.numpy().copy()
                 calls.append(server.deposit.remote(self.task_id, spec.index, token, payload))
         try:
-            ray.get(calls)
-        except RayError:
+            ray.get(calls, timeout=CALL_TIMEOUT_S)
+        except (RayError, TimeoutError):
             self._fresh = False
             return ShardDeposit(token, ok=False)
         self._token = token

@@ -40,6 +40,9 @@ from kubeml.stores.shard_core import adaptive_kept
 from kubeml.stores.shard_plan import OuterStep, ShardSpec, plan_shards
 
 _PING_S = 10.0
+# A shard that has not answered a round's merge (or a function's deposit) in this long is
+# lost: a node cut off without Ray noticing must cost a round, not hang the task.
+CALL_TIMEOUT_S = 120.0
 
 
 @dataclass(frozen=True)
@@ -245,7 +248,8 @@ class ShardPlane:
                     [
                         self.servers[s.index].merge.remote(task, s.index, contributions, kept)
                         for s in self.specs
-                    ]
+                    ],
+                    timeout=CALL_TIMEOUT_S,
                 )
                 if kept is None:
                     kept = adaptive_kept(outer.momentum, sums)
@@ -253,9 +257,10 @@ class ShardPlane:
                         [
                             self.servers[s.index].finish.remote(self.task_id, s.index, kept)
                             for s in self.specs
-                        ]
+                        ],
+                        timeout=CALL_TIMEOUT_S,
                     )
-            except (RayError, KeyError) as exc:
+            except (RayError, KeyError, TimeoutError) as exc:
                 self._lose_round(f"a parameter shard failed ({type(exc).__name__})")
             self.merged += 1
 
@@ -283,6 +288,8 @@ class ShardPlane:
             return 0
         for i in dead:
             lost = self.servers[i]
+            with contextlib.suppress(Exception):  # alive but not answering: never two primaries
+                ray.kill(lost, no_restart=True)
             self.servers[i] = self.pool.replace(lost)
         calls = []
         for spec in self.specs:
