@@ -6,6 +6,7 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -13,6 +14,33 @@ from kubeml.client import stop_server
 from kubeml.procs import children
 from kubeml.settings import Settings
 from tests.conftest import free_port
+
+RAY_NODE_RESOURCES = {"kubeml": 1.0}  # one function slot on each worker node
+MB = 1024 * 1024
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[Any]:
+    """A local multi-node Ray cluster (`ray.cluster_utils.Cluster`) for a test module: a
+    head with no CPUs (the control plane's node) and two 1-CPU worker nodes with one
+    `kubeml` slot each, so the two functions of a task land on different nodes."""
+    ray = pytest.importorskip("ray", reason="the ray extra is not installed")
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(
+        initialize_head=True,
+        head_node_args={"num_cpus": 0, "include_dashboard": False, "object_store_memory": 80 * MB},
+    )
+    try:
+        for _ in range(2):
+            cluster.add_node(num_cpus=1, resources=RAY_NODE_RESOURCES, object_store_memory=80 * MB)
+        ray.init(address=cluster.address, namespace="kubeml-tests")
+        cluster.wait_for_nodes()
+        yield cluster
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
 
 
 @pytest.fixture

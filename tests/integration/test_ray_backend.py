@@ -21,35 +21,14 @@ import pytest
 
 from kubeml.api.schemas import TaskState
 from tests.conftest import ROOT, function_source
-from tests.integration.conftest import wait_for
+from tests.integration.conftest import MB, RAY_NODE_RESOURCES, wait_for
 from tests.integration.test_recovery import TASK, add_mlp_and_digits
 
 ray = pytest.importorskip("ray", reason="the ray extra is not installed")
 
 pytestmark = pytest.mark.ray
 
-NODE_RESOURCES = {"kubeml": 1.0}
-MB = 1024 * 1024
-
-
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[Any]:
-    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
-    from ray.cluster_utils import Cluster
-
-    cluster = Cluster(
-        initialize_head=True,
-        head_node_args={"num_cpus": 0, "include_dashboard": False, "object_store_memory": 80 * MB},
-    )
-    try:
-        for _ in range(2):
-            cluster.add_node(num_cpus=1, resources=NODE_RESOURCES, object_store_memory=80 * MB)
-        ray.init(address=cluster.address, namespace="kubeml-tests")
-        cluster.wait_for_nodes()
-        yield cluster
-    finally:
-        ray.shutdown()
-        cluster.shutdown()
+NODE_RESOURCES = RAY_NODE_RESOURCES
 
 
 @pytest.fixture

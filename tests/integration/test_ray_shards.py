@@ -24,7 +24,7 @@ import torch
 
 from kubeml.api.schemas import TaskState
 from tests.conftest import function_source
-from tests.integration.conftest import wait_for
+from tests.integration.conftest import RAY_NODE_RESOURCES, wait_for
 from tests.integration.test_recovery import TASK
 
 STATELESS_MLP = function_source(SLEEP_PER_BATCH_S=0.01, MOMENTUM=0.0)
@@ -33,28 +33,7 @@ ray = pytest.importorskip("ray", reason="the ray extra is not installed")
 
 pytestmark = pytest.mark.ray
 
-NODE_RESOURCES = {"kubeml": 1.0}
-MB = 1024 * 1024
-
-
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[Any]:
-    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
-    from ray.cluster_utils import Cluster
-
-    cluster = Cluster(
-        initialize_head=True,
-        head_node_args={"num_cpus": 0, "include_dashboard": False, "object_store_memory": 80 * MB},
-    )
-    try:
-        for _ in range(2):
-            cluster.add_node(num_cpus=1, resources=NODE_RESOURCES, object_store_memory=80 * MB)
-        ray.init(address=cluster.address, namespace="kubeml-shard-tests")
-        cluster.wait_for_nodes()
-        yield cluster
-    finally:
-        ray.shutdown()
-        cluster.shutdown()
+NODE_RESOURCES = RAY_NODE_RESOURCES
 
 
 @pytest.fixture
@@ -229,12 +208,10 @@ def test_a_killed_control_plane_comes_back_and_resumes_the_sharded_task(
     """SIGKILL of the server (the Ray driver): its shard servers and functions die with
     it; the next server resumes the task from its mid-epoch checkpoint onto new shards,
     and it ends with the uninterrupted run's weights."""
-    import numpy as np
-
     from kubeml.client import Client, ensure_server, server_status, stop_server
     from kubeml.control.records.checkpoints import CheckpointStore
     from kubeml.settings import Settings
-    from tests.integration.test_recovery import free_port
+    from tests.integration.test_recovery import free_port, upload_mlp_and_digits
 
     settings = Settings(
         home=tmp_path / "home", host="127.0.0.1", port=free_port(), backend="ray",
@@ -242,12 +219,7 @@ def test_a_killed_control_plane_comes_back_and_resumes_the_sharded_task(
     )  # fmt: skip
     try:
         client = Client(ensure_server(settings, quiet=True), token="")
-        client.create_function("mlp", STATELESS_MLP)
-        paths = []
-        for field in ("train_x", "train_y", "test_x", "test_y"):
-            np.save(tmp_path / f"{field}.npy", digits[field])
-            paths.append(tmp_path / f"{field}.npy")
-        client.create_dataset("digits", *paths)
+        upload_mlp_and_digits(client, STATELESS_MLP, digits, tmp_path)
         task_id = client.train(**TASK, shards=2, checkpoint_every_s=0.2)
         store = CheckpointStore(settings.home / "checkpoints")
 

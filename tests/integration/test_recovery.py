@@ -44,6 +44,16 @@ def add_mlp_and_digits(engine: Any, digits: dict[str, np.ndarray]) -> None:
     )
 
 
+def upload_mlp_and_digits(client: Any, source: str, digits: dict[str, Any], folder: Path) -> None:
+    """The same through a server: the function, and the digits as .npy files."""
+    client.create_function("mlp", source)
+    paths = []
+    for field in ("train_x", "train_y", "test_x", "test_y"):
+        np.save(folder / f"{field}.npy", digits[field])
+        paths.append(folder / f"{field}.npy")
+    client.create_dataset("digits", *paths)
+
+
 @dataclass(frozen=True)
 class Baseline:
     accuracy: float
@@ -136,12 +146,7 @@ def test_a_killed_server_comes_back_and_resumes_the_task(digits, baseline, tmp_p
     )  # fmt: skip
     try:
         client = Client(ensure_server(settings, quiet=True), token="")
-        client.create_function("mlp", SLOW_MLP)
-        paths = []
-        for field in ("train_x", "train_y", "test_x", "test_y"):
-            np.save(tmp_path / f"{field}.npy", digits[field])
-            paths.append(tmp_path / f"{field}.npy")
-        client.create_dataset("digits", *paths)
+        upload_mlp_and_digits(client, SLOW_MLP, digits, tmp_path)
         task_id = client.train(**TASK, checkpoint_every_s=0.2)
         store = CheckpointStore(settings.home / "checkpoints")
 

@@ -40,7 +40,7 @@ import numpy as np
 import torch
 
 from kubeml.stores.codecs import Encoded, decode, encode
-from kubeml.stores.shard_plan import ShardSpec
+from kubeml.stores.shard_plan import ShardSpec, gaps
 
 Payload = dict[str, Any]  # dtype -> Encoded (floats) or np.ndarray (integers, raw)
 
@@ -189,7 +189,7 @@ class ShardCore:
             for dtype, d in change.items():
                 master, view = self.master[dtype], self.view[dtype]
                 runs = stepped.get(dtype, [])
-                for a, b in _gaps(runs, d.numel()):  # the plain average: view + d~
+                for a, b in gaps(sorted(runs), d.numel()):  # the plain average: view + d~
                     if view is master:
                         master[a:b].add_(d[a:b].to(master.dtype))
                     else:
@@ -306,17 +306,6 @@ def adaptive_kept(momentum: float, sums: Sequence[tuple[float, float, float]]) -
     vv = sum(s[2] for s in sums)
     cosine = dv / math.sqrt(dd * vv) if dd > 0 and vv > 0 else 1.0
     return momentum * max(0.0, min(1.0, cosine))
-
-
-def _gaps(runs: list[tuple[int, int]], numel: int) -> list[tuple[int, int]]:
-    gaps, pos = [], 0
-    for start, stop in sorted(runs):
-        if start > pos:
-            gaps.append((pos, start))
-        pos = stop
-    if pos < numel:
-        gaps.append((pos, numel))
-    return gaps
 
 
 def encoded_bytes(payload: Payload) -> int:

@@ -104,3 +104,16 @@ def plan_shards(
 def slice_groups(spec: ShardSpec, groups: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The shard's pieces of full flat groups (views, no copy)."""
     return {dtype: groups[dtype][a:b] for dtype, a, b in spec.ranges}
+
+
+def gaps(spans: list[tuple[int, int]], numel: int) -> list[tuple[int, int]]:
+    """The element ranges of a group between its (sorted) stepped spans: those take the
+    plain average."""
+    out, pos = [], 0
+    for start, stop in spans:
+        if start > pos:
+            out.append((pos, start))
+        pos = stop
+    if pos < numel:
+        out.append((pos, numel))
+    return out

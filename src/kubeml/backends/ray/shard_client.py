@@ -18,7 +18,13 @@ import ray
 import torch
 from ray.exceptions import RayError
 
-from kubeml.backends.ray.shard_plane import CALL_TIMEOUT_S, ShardDeposit, ShardRoute, new_token
+from kubeml.backends.ray.shard_plane import (
+    CALL_TIMEOUT_S,
+    ShardDeposit,
+    ShardRoute,
+    gather,
+    new_token,
+)
 from kubeml.errors import BackendError
 from kubeml.stores.codecs import Encoded, decode, encode
 from kubeml.stores.interfaces import Groups
@@ -54,7 +60,9 @@ class ShardedWeights:
     def model_into(self, state: dict[str, torch.Tensor]) -> None:
         """The model itself (validation): the shards' masters."""
         refs = [srv.model.remote(self.task_id, s.index) for s, srv in self._pairs()]
-        parts = self._get(refs, "reading the model from its shards")
+        parts = gather(
+            refs, f"task {self.task_id}: reading the model from its shards", BackendError
+        )
         groups = {d: torch.empty_like(t) for d, t in self.view.items()}
         for (spec, _), part in zip(self._pairs(), parts, strict=True):
             for dtype, a, b in spec.ranges:
@@ -131,9 +139,3 @@ class ShardedWeights:
             return ShardDeposit(token, ok=False)
         self._token = token
         return ShardDeposit(token)
-
-    def _get(self, refs: list[Any], what: str) -> list[Any]:
-        try:
-            return list(ray.get(refs))
-        except RayError as exc:
-            raise BackendError(f"task {self.task_id}: {what} failed: {exc!r}") from exc

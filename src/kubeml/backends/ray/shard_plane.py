@@ -32,7 +32,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from kubeml.backends.ray import cluster
 from kubeml.backends.ray.shard_server import CONCURRENCY, ShardServer
-from kubeml.errors import RoundLostError, StorageError
+from kubeml.errors import KubeMLError, RoundLostError, StorageError
 from kubeml.runtime.sync import RoundReport
 from kubeml.stores.flat import FlatLayout
 from kubeml.stores.interfaces import Groups
@@ -311,10 +311,15 @@ class ShardPlane:
         return len(dead)
 
     def _wait(self, refs: list[Any], what: str) -> list[Any]:
-        try:
-            return list(ray.get(refs))
-        except RayError as exc:
-            raise StorageError(f"task {self.task_id}: {what} failed: {exc!r}") from exc
+        return gather(refs, f"task {self.task_id}: {what}", StorageError)
+
+
+def gather(refs: list[Any], what: str, error: type[KubeMLError]) -> list[Any]:
+    """`ray.get(refs)`, or `error` saying `what` failed."""
+    try:
+        return list(ray.get(refs))
+    except RayError as exc:
+        raise error(f"{what} failed: {exc!r}") from exc
 
 
 def _alive(server: Any) -> bool:

@@ -53,7 +53,7 @@ from kubeml.control.merge.average import (
 )
 from kubeml.control.merge.workers import MergeWorkers, merge_workers
 from kubeml.stores.flat import FlatLayout
-from kubeml.stores.shard_plan import stepped_spans
+from kubeml.stores.shard_plan import gaps, stepped_spans
 
 BLOCK = 1 << 18  # elements: 1 MB per float32 operand, ~5 MB for N=2, stays in L2/L3
 OUTER_OPTIMIZERS = ("average", "nesterov", "adaptive")
@@ -71,18 +71,6 @@ class _Block:
 def _split(start: int, stop: int) -> Iterator[tuple[int, int]]:
     for a in range(start, stop, BLOCK):
         yield a, min(a + BLOCK, stop)
-
-
-def _gaps(spans: list[tuple[int, int]], numel: int) -> list[tuple[int, int]]:
-    """The element ranges of a group between its stepped spans (taking the plain average)."""
-    gaps, pos = [], 0
-    for start, stop in spans:
-        if start > pos:
-            gaps.append((pos, start))
-        pos = stop
-    if pos < numel:
-        gaps.append((pos, numel))
-    return gaps
 
 
 def _cut(pairs: list[tuple[Groups, float]], blk: _Block) -> list[tuple[torch.Tensor, float]]:
@@ -187,7 +175,7 @@ class OuterOptimizer:
         averaged = [
             _Block(dtype, a, b)
             for dtype, target in floats.items()
-            for start, stop in _gaps(spans.get(dtype, []), target.numel())
+            for start, stop in gaps(spans.get(dtype, []), target.numel())
             for a, b in _split(start, stop)
         ]
         stepped = [
