@@ -148,6 +148,7 @@ class ShardPlane:
         count = len(self.specs) + (1 if len(self.specs) == 1 else 0)  # a replica elsewhere
         self.servers = pool.servers(count)
         self.merged = 0
+        self._gathered: tuple[int, int] | None = None  # (merged, id of the groups) last gathered
         self._lock = threading.Lock()
 
     @classmethod
@@ -198,15 +199,20 @@ class ShardPlane:
                 calls.append(buddy.hold_replica.remote(self.task_id, spec, ref))
             self._wait(calls, "loading the model onto its shards")
             self.merged = 0
+            self._gathered = None
 
     def gather(self, into: Groups) -> None:
-        """The model, from every shard, into full flat groups."""
+        """The model, from every shard, into full flat groups (not again into the same
+        groups before another round merged: they hold it already)."""
         with self._lock:
+            if self._gathered == (self.merged, id(into)):
+                return
             refs = [self.servers[s.index].model.remote(self.task_id, s.index) for s in self.specs]
             parts = self._wait(refs, "gathering the model from its shards")
-        for spec, part in zip(self.specs, parts, strict=True):
-            for dtype, a, b in spec.ranges:
-                into[dtype][a:b].copy_(torch.from_numpy(np.array(part[dtype])))
+            for spec, part in zip(self.specs, parts, strict=True):
+                for dtype, a, b in spec.ranges:
+                    into[dtype][a:b].copy_(torch.from_numpy(np.array(part[dtype])))
+            self._gathered = (self.merged, id(into))
 
     def outer_state(self) -> dict[str, torch.Tensor]:
         """The outer momentum and, compressed, the functions' view, as full tensors keyed

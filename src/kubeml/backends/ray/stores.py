@@ -303,7 +303,7 @@ class RayModelStore(ControlModels):
             reference.ref = None  # handed out writable: the merge is about to change it
         plane = self.sharded.plane(task_id)
         if plane is not None:  # a checkpoint, an epoch's end: the model from its shards
-            plane.gather(reference.groups)
+            plane.gather(reference.groups)  # once per merged round (the epoch's end asks twice)
         return reference.groups
 
     def clear_task(self, task_id: str) -> None:
