@@ -56,6 +56,10 @@ class Settings(BaseSettings):
     ray_gpus_per_function: float = Field(
         default=0, ge=0, allow_inf_nan=False, description="GPUs a Ray function takes"
     )
+    ray_chunk_cache_mb: int = Field(
+        default=4096, ge=1, le=2**24,
+        description="dataset chunks each Ray node keeps (beyond its object store: spilled)",
+    )  # fmt: skip
     capacity: int = Field(default_factory=_default_capacity, ge=1, description="function slots")
     # Finite and at most a week: an infinite timeout overflows the waits that use it.
     worker_idle_timeout_s: float = Field(default=300.0, gt=0, le=604_800, allow_inf_nan=False)

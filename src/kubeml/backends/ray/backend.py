@@ -53,6 +53,7 @@ from kubeml.backends.ray.actor_relay import (
 )
 from kubeml.backends.ray.placement import Resources, Shape, cluster_slots, slot_cpus
 from kubeml.backends.ray.rounds import RoundChannels, RoundOffer
+from kubeml.backends.ray.shard_plane import ServerPool
 from kubeml.backends.ray.stores import INLINE_BYTES, RayDatasetStore, RayModelStore
 from kubeml.backends.relay import Failed, drive, resolve, start_gang
 from kubeml.errors import BackendError, KubeMLError
@@ -152,9 +153,10 @@ class RayBackend(FunctionBackend):
             capacity = cluster_slots(
                 cluster.total(), options["cpus_per_function"], options["gpus_per_function"]
             )
+        pool = ServerPool(settings.ray_chunk_cache_mb * 2**20)  # node servers, for both
         return cls(
-            RayDatasetStore(LocalDatasetStore(home / "datasets")),
-            RayModelStore(home / "models"),
+            RayDatasetStore(LocalDatasetStore(home / "datasets"), pool),
+            RayModelStore(home / "models", pool),
             capacity,
             idle_timeout_s=settings.worker_idle_timeout_s,
             owns_ray=owns,

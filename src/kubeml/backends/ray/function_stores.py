@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, cast
 import numpy as np
 import ray
 
+from kubeml.backends.ray.chunk_route import ChunkReader
 from kubeml.backends.ray.shard_client import ShardedWeights
 from kubeml.backends.ray.shard_plane import ShardRoute
 from kubeml.backends.ray.stores import (
@@ -20,7 +21,6 @@ from kubeml.backends.ray.stores import (
     ReferenceRef,
     WantFinal,
     WantReference,
-    WantSplit,
     _flatten,
     _groups,
 )
@@ -32,36 +32,22 @@ if TYPE_CHECKING:
 
 
 class RemoteDatasetStore(ShardSource):
-    """A function's view of the datasets: `read` only, from the object store.
-
-    The split's arrays are fetched once per actor and dataset version (Ray keeps one copy
-    per node, shared by every function there) and the ranges are copied out of them.
-    """
+    """A function's view of the datasets: `read` only, chunk by chunk from the nodes that
+    hold them (`kubeml.backends.ray.chunk_route`)."""
 
     def __init__(self, ask: Ask) -> None:
-        self._ask = ask
+        self._reader = ChunkReader(ask)
         self._task_id: str | None = None
-        self._arrays: dict[tuple[str, str], tuple[tuple[str, ...], tuple[np.ndarray, ...]]] = {}
 
     def read(
         self, name: str, split: Split, ranges: Sequence[tuple[int, int]]
     ) -> tuple[np.ndarray, np.ndarray]:
-        refs = self._ask(WantSplit(name, split))
-        ids = tuple(ref.hex() for ref in refs)
-        cached = self._arrays.get((name, split))
-        if cached is None or cached[0] != ids:
-            self._arrays[(name, split)] = cached = (ids, tuple(ray.get(list(refs))))
-        x_all, y_all = cached[1]
-        if not ranges:
-            return x_all[:0].copy(), y_all[:0].copy()
-        x = np.concatenate([x_all[a:b] for a, b in ranges])
-        y = np.concatenate([y_all[a:b] for a, b in ranges])
-        return x, y
+        return self._reader.read(name, split, ranges)
 
     def begin(self, task_id: str) -> None:
-        """A new task on this warm actor: drop the arrays the last one used."""
+        """A new task on this warm actor: drop the chunks the last one read."""
         if task_id != self._task_id:
-            self._arrays.clear()
+            self._reader.forget()
             self._task_id = task_id
 
 

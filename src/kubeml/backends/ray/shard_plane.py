@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import secrets
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -69,13 +70,19 @@ def new_token() -> bytes:
 
 
 class ServerPool:
-    """The backend's shard servers, one per node that runs functions, shared by tasks;
-    a lost one is replaced once, whichever task finds it."""
+    """The backend's node servers (parameter shards and dataset chunks), one per node that
+    runs functions, shared by tasks; a lost one is replaced once, whichever task finds it.
 
-    def __init__(self) -> None:
+    Args:
+        chunk_budget_bytes: the dataset chunks each server keeps at most.
+    """
+
+    def __init__(self, chunk_budget_bytes: int = 4 * 2**30) -> None:
+        self.chunk_budget_bytes = chunk_budget_bytes
         self._remote = ray.remote(ShardServer)
         self._servers: list[tuple[str, Any]] = []  # (node id, handle)
         self._replaced: dict[Any, Any] = {}  # a lost handle -> its successor
+        self._nodes_seen = (0, -1e9)  # (how many, when)
         self._lock = threading.Lock()
 
     @staticmethod
@@ -87,11 +94,14 @@ class ServerPool:
         options: dict[str, Any] = {"num_cpus": 0, "max_concurrency": CONCURRENCY}
         if node is not None:
             options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(node, soft=False)
-        return self._remote.options(**options).remote()
+        return self._remote.options(**options).remote(self.chunk_budget_bytes)
 
-    def servers(self, count: int) -> list[Any]:
-        """`count` servers, on distinct nodes while there are enough."""
+    def servers(self, count: int, started: bool = False) -> list[Any]:
+        """`count` servers, on distinct nodes while there are enough (`started`: only
+        those started so far)."""
         with self._lock:
+            if started:
+                return [handle for _, handle in self._servers]
             nodes: list[str | None] = [*self.nodes()] or [None]
             while len(self._servers) < count:
                 used = {node for node, _ in self._servers}
@@ -99,6 +109,14 @@ class ServerPool:
                 node = free[len(self._servers) % len(free)]
                 self._servers.append((node or "?", self._start(node)))
             return [handle for _, handle in self._servers[:count]]
+
+    def per_node(self) -> list[Any]:
+        """One server on every node that runs functions (the homes of dataset chunks);
+        the nodes are looked up at most every 10 s."""
+        now = time.monotonic()
+        if now - self._nodes_seen[1] > 10:
+            self._nodes_seen = (max(1, len(self.nodes())), now)
+        return self.servers(self._nodes_seen[0])
 
     def where(self) -> list[tuple[str, int]]:
         with self._lock:

@@ -1,6 +1,7 @@
-"""What runs on a Ray node for a sharded parameter server: `ShardServer`, an actor holding
+"""What runs on each Ray node beside the functions: `ShardServer`, an actor holding
 shards of the tasks' models (`kubeml.stores.shard_core`), each as a primary (merging
-the functions' deposits) or as the replica of another server's primary.
+the functions' deposits) or as the replica of another server's primary, and the dataset
+chunks whose home the node is (`kubeml.backends.ray.chunk_route`).
 
 A primary's step is not finished until its replica took the same one (`merge`, `finish`
 call the replica's `replicate` and wait), so a server lost at any moment leaves every
@@ -17,9 +18,11 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import ray
 import torch
 
+from kubeml.backends.ray.chunk_route import Arrays, ChunkCache, ChunkKey
 from kubeml.stores.shard_core import Payload, ShardCore
 from kubeml.stores.shard_plan import ShardSpec
 
@@ -30,8 +33,9 @@ CONCURRENCY = 16
 class ShardServer:
     """Shards of task models on one node (used as `ray.remote(ShardServer)`)."""
 
-    def __init__(self) -> None:
+    def __init__(self, chunk_budget_bytes: int = 0) -> None:
         torch.set_num_threads(1)  # beside a function that owns the node's CPUs
+        self._chunks = ChunkCache(chunk_budget_bytes)
         self._primaries: dict[Key, ShardCore] = {}
         self._replicas: dict[Key, ShardCore] = {}
         self._buddies: dict[Key, Any] = {}  # the server holding each primary's replica
@@ -145,3 +149,20 @@ class ShardServer:
 
     def ping(self) -> bool:
         return True
+
+    # -- dataset chunks whose home this node is (`kubeml.backends.ray.chunk_route`) ---------
+    def chunk(self, key: ChunkKey) -> Arrays | None:
+        with self._guard:
+            return self._chunks.get(key)
+
+    def keep_chunk(self, key: ChunkKey, x: np.ndarray, y: np.ndarray) -> None:
+        with self._guard:
+            self._chunks.keep(key, x, y)
+
+    def drop_dataset(self, name: str) -> None:
+        with self._guard:
+            self._chunks.drop(name)
+
+    def chunk_bytes(self) -> int:
+        with self._guard:
+            return self._chunks.bytes

@@ -47,10 +47,10 @@ class ShardedMerge(RemoteMerge):
 class ShardedTasks:
     """The sharded tasks of one Ray model store, and the shard servers they share."""
 
-    def __init__(self) -> None:
+    def __init__(self, pool: ServerPool | None = None) -> None:
         self._requests: dict[str, ShardRequest] = {}
         self._planes: dict[str, ShardPlane] = {}
-        self._pool: ServerPool | None = None
+        self._pool = pool
         self._lock = threading.Lock()
 
     def request(self, task_id: str, request: ShardRequest) -> None:

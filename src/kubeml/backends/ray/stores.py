@@ -29,6 +29,7 @@ refs through the relay: `ask(request)` sends one of the typed requests below as 
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import warnings
 from collections.abc import Callable, Sequence
@@ -38,9 +39,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import ray
+from ray.exceptions import RayError
 
 from kubeml.api.schemas import DatasetInfo
-from kubeml.backends.ray.shard_plane import ShardDeposit, ShardRoute
+from kubeml.backends.ray.chunk_route import ChunkRoute, WantChunk, WantChunkRoute
+from kubeml.backends.ray.shard_plane import ServerPool, ShardDeposit, ShardRoute
 from kubeml.backends.ray.sharded_tasks import ShardedMerge, ShardedTasks
 from kubeml.errors import BackendError, NotFoundError, StorageError
 from kubeml.stores.datasets import DatasetStore, LocalDatasetStore, StagedDataset
@@ -63,6 +66,7 @@ INLINE_BYTES = 4 * 2**20
 
 Ask = Callable[[Any], Any]  # ask(request) -> the control plane's answer (or raises its error)
 ReferenceRef = tuple[FlatLayout, Any]  # the buffer, or its object ref
+CHUNK_BYTES = 4 * 2**20  # a chunk of a dataset on the nodes: about this many bytes
 
 
 # -- what a function asks the control plane for -------------------------------------------
@@ -82,12 +86,6 @@ class AdoptReference:
 
 
 @dataclass(frozen=True)
-class WantSplit:
-    name: str
-    split: Split
-
-
-@dataclass(frozen=True)
 class WantFinal:
     task_id: str
 
@@ -99,8 +97,10 @@ def answer(datasets: RayDatasetStore, models: RayModelStore, request: Any) -> An
     if isinstance(request, AdoptReference):
         models.adopt_reference(request.task_id, request.layout, request.ref)
         return None
-    if isinstance(request, WantSplit):
-        return datasets.split_refs(request.name, request.split)
+    if isinstance(request, WantChunkRoute):
+        return datasets.chunk_route(request.name, request.split)  # type: ignore[arg-type]
+    if isinstance(request, WantChunk):
+        return datasets.chunk(request)
     if isinstance(request, WantFinal):
         return models.final_ref(request.task_id)
     raise BackendError(f"unknown request {type(request).__name__} from a Ray function")
@@ -128,11 +128,12 @@ def _flatten(layout: FlatLayout, state: dict[str, torch.Tensor], out: np.ndarray
 
 # -- control plane side ------------------------------------------------------------------------
 class RayDatasetStore(DatasetStore):
-    """The control plane's datasets (files under the home), sent to functions by object ref."""
+    """The control plane's datasets (files under the home), read by functions chunk by
+    chunk from the nodes that hold them (`kubeml.backends.ray.chunk_route`)."""
 
-    def __init__(self, local: LocalDatasetStore) -> None:
+    def __init__(self, local: LocalDatasetStore, pool: ServerPool | None = None) -> None:
         self.local = local
-        self._refs: dict[tuple[str, str], tuple[Any, tuple[Any, Any]]] = {}
+        self._pool = pool
         self._lock = threading.Lock()
 
     def create(self, name: str, arrays: dict[str, np.ndarray]) -> DatasetInfo:
@@ -151,33 +152,51 @@ class RayDatasetStore(DatasetStore):
         return self.local.damaged()
 
     def delete(self, name: str) -> None:
-        with self._lock:
-            for key in [k for k in self._refs if k[0] == name]:
-                del self._refs[key]
         self.local.delete(name)
+        with self._lock:
+            pool = self._pool
+        if pool is not None:
+            for server in pool.servers(0, started=True):
+                with contextlib.suppress(RayError):
+                    server.drop_dataset.remote(name)
 
     def read(
         self, name: str, split: Split, ranges: Sequence[tuple[int, int]]
     ) -> tuple[np.ndarray, np.ndarray]:
         return self.local.read(name, split, ranges)
 
-    def split_refs(self, name: str, split: Split) -> tuple[Any, Any]:
-        """Object refs of one split's (features, labels), put on first use."""
+    def chunk_route(self, name: str, split: Split) -> ChunkRoute:
+        """Where the split's chunks live (the node servers, started on first use)."""
         info = self.local.get(name)
         with self._lock:
-            cached = self._refs.get((name, split))
-            # A dataset deleted and created again under the same name is a new one.
-            if cached is not None and cached[0] == info.created_at:
-                return cached[1]
-            size = info.train_size if split == "train" else info.test_size
-            x, y = self.local.read(name, split, [(0, size)])
-            refs = (ray.put(x), ray.put(y))
-            self._refs[(name, split)] = (info.created_at, refs)
-            return refs
+            if self._pool is None:
+                self._pool = ServerPool()
+            pool = self._pool
+        samples = info.train_size if split == "train" else info.test_size
+        return ChunkRoute(
+            info.created_at.isoformat(), samples, self.chunk_samples(name), tuple(pool.per_node())
+        )
+
+    def chunk_samples(self, name: str) -> int:
+        """Samples per chunk: about `CHUNK_BYTES` of them, whole 64-sample units."""
+        info = self.local.get(name)
+        features = int(np.prod(info.feature_shape or [1])) * np.dtype(info.feature_dtype).itemsize
+        return max(1, CHUNK_BYTES // (64 * (features + 8))) * 64
+
+    def chunk(self, request: WantChunk) -> tuple[np.ndarray, np.ndarray]:
+        """A chunk's samples, read from the home (`chunk` -1: none, of the right shapes)."""
+        info = self.local.get(request.name)
+        if info.created_at.isoformat() != request.version:
+            raise NotFoundError(f"dataset {request.name!r} changed while a task read it")
+        route = self.chunk_route(request.name, request.split)  # type: ignore[arg-type]
+        bounds = [route.bounds(request.chunk)] if request.chunk >= 0 else [(0, 0)]
+        return self.local.read(request.name, request.split, bounds)  # type: ignore[arg-type]
 
     def close(self) -> None:
         with self._lock:
-            self._refs.clear()
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.close()
 
 
 @dataclass
@@ -192,12 +211,12 @@ class RayModelStore(ControlModels):
     """The control plane's weights: references in memory, published weights as object refs,
     final models as files under the home (as in `LocalModelStore`)."""
 
-    def __init__(self, models_dir: Path) -> None:
+    def __init__(self, models_dir: Path, pool: ServerPool | None = None) -> None:
         self.models_dir = Path(models_dir)
         self.finals = FinalModelFiles(self.models_dir)
         self._references: dict[str, _Reference] = {}
         self._fetched: dict[tuple[str, int], tuple[str, np.ndarray]] = {}  # see `prefetch`
-        self.sharded = ShardedTasks()
+        self.sharded = ShardedTasks(pool)
         self._lock = threading.Lock()
 
     def _reference(self, task_id: str) -> _Reference:
