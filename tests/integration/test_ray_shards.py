@@ -249,3 +249,27 @@ def test_a_killed_control_plane_comes_back_and_resumes_the_sharded_task(
         assert _same(final, sharded_baseline)
     finally:
         stop_server(settings, timeout_s=30)
+
+
+def test_a_dataset_is_read_from_its_home_once_and_lives_on_the_nodes(engine):
+    """Chunks of 192 digits: the first task reads each chunk from the control plane's home
+    (both functions may ask for the same chunk at once in its first epoch); from then on
+    the chunks come from the nodes that keep them: a second task of 3 epochs reads none,
+    and the nodes' servers hold every sample once between them."""
+    datasets = engine.backend.datasets
+    datasets.chunk_bytes = 16 * 1024  # 192 samples of 64 bytes (+ an 8-byte label) a chunk
+    first = engine.wait(engine.train(**{**TASK, "epochs": 1}), 120)
+    assert first.state is TaskState.SUCCEEDED, first.error
+    chunks = -(-1497 // 192) + -(-300 // 192)
+    read = datasets.chunks_read
+    assert chunks <= read <= 2 * chunks
+    task_id = engine.train(**{**TASK, "epochs": 3})
+    info = engine.wait(task_id, 120)
+    assert info.state is TaskState.SUCCEEDED, info.error
+    epochs = engine.get_history(task_id).epochs
+    assert all(e.samples == 1497 for e in epochs)
+    assert epochs[-1].train_loss < epochs[0].train_loss
+    assert datasets.chunks_read == read  # nothing more through the control plane
+    servers = engine.backend.models.sharded._pool.servers(0, started=True)
+    held = sum(ray.get([s.chunk_bytes.remote() for s in servers]))
+    assert held == 1797 * (64 + 8)  # every sample on exactly one node

@@ -134,6 +134,8 @@ class RayDatasetStore(DatasetStore):
     def __init__(self, local: LocalDatasetStore, pool: ServerPool | None = None) -> None:
         self.local = local
         self._pool = pool
+        self.chunk_bytes = CHUNK_BYTES
+        self.chunks_read = 0  # chunks read from the home for functions (a figure for tests)
         self._lock = threading.Lock()
 
     def create(self, name: str, arrays: dict[str, np.ndarray]) -> DatasetInfo:
@@ -178,10 +180,10 @@ class RayDatasetStore(DatasetStore):
         )
 
     def chunk_samples(self, name: str) -> int:
-        """Samples per chunk: about `CHUNK_BYTES` of them, whole 64-sample units."""
+        """Samples per chunk: about `chunk_bytes` of them, whole 64-sample units."""
         info = self.local.get(name)
         features = int(np.prod(info.feature_shape or [1])) * np.dtype(info.feature_dtype).itemsize
-        return max(1, CHUNK_BYTES // (64 * (features + 8))) * 64
+        return max(1, self.chunk_bytes // (64 * (features + 8))) * 64
 
     def chunk(self, request: WantChunk) -> tuple[np.ndarray, np.ndarray]:
         """A chunk's samples, read from the home (`chunk` -1: none, of the right shapes)."""
@@ -190,6 +192,8 @@ class RayDatasetStore(DatasetStore):
             raise NotFoundError(f"dataset {request.name!r} changed while a task read it")
         route = self.chunk_route(request.name, request.split)  # type: ignore[arg-type]
         bounds = [route.bounds(request.chunk)] if request.chunk >= 0 else [(0, 0)]
+        with self._lock:
+            self.chunks_read += request.chunk >= 0
         return self.local.read(request.name, request.split, bounds)  # type: ignore[arg-type]
 
     def close(self) -> None:
