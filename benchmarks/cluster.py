@@ -39,7 +39,7 @@ a plateau about 86.7 %, two points over the goal, which arrives near epoch 3, we
 the cap at 100mbit. (At lr 0.01 it was 85.3 % after 8 epochs and still climbing: too
 slow to measure at 100mbit, so every row trains at 0.05.)
 
-`--quick`: one seed, at most 3 epochs, capped at 300 s.
+`--quick`: one seed, at most 3 epochs, capped at 300 s, unless those are given.
 """
 
 from __future__ import annotations
@@ -98,7 +98,8 @@ def _lines(proc: subprocess.Popen[str], timeout_s: float) -> list[dict[str, Any]
         for line in proc.stdout:
             if line.startswith("{"):
                 results.append(json.loads(line))
-                brief = {k: results[-1].get(k) for k in ("row", "seed", "goal_s", "error")}
+                keys = ("row", "mode", "n", "seed", "goal_s", "round_s", "error")
+                brief = {k: results[-1][k] for k in keys if k in results[-1]}
                 print(f"  {json.dumps(brief)}", flush=True)
         proc.wait()
     finally:
@@ -267,19 +268,23 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--k", type=int, default=8)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--lr", type=float, default=0.05)
-    parser.add_argument("--seeds", type=int, default=3, help="seeds 0 .. S-1 per row")
-    parser.add_argument("--epochs", type=int, default=12, help="at most, per run")
-    parser.add_argument("--cap-s", type=float, default=600.0, help="each run stops after this")
+    parser.add_argument("--seeds", type=int, help="seeds 0 .. S-1 per row (default 3)")
+    parser.add_argument("--epochs", type=int, help="at most, per run (default 12)")
+    parser.add_argument("--cap-s", type=float, help="each run stops after this (default 600)")
     parser.add_argument("--goal", type=float, default=GOAL, help="test accuracy, %%")
     parser.add_argument("--rounds", type=int, default=4, help="per epoch: the train cut's size")
     parser.add_argument("--test-size", type=int, default=2048)
     parser.add_argument("--checkpoint-every-s", type=float, default=0.0,
                         help="kubeml's mid-epoch checkpoints (0: epoch ends only)")  # fmt: skip
-    parser.add_argument("--quick", action="store_true", help="1 seed, ≤ 3 epochs, cap 300 s")
+    parser.add_argument(
+        "--quick", action="store_true", help="defaults of 1 seed, 3 epochs, cap 300 s"
+    )
     parser.add_argument("--out", type=Path, help="JSON results (default benchmarks/results/)")
     args = parser.parse_args(argv)
-    if args.quick:
-        args.seeds, args.epochs, args.cap_s = 1, min(args.epochs, 3), min(args.cap_s, 300.0)
+    defaults = (1, 3, 300.0) if args.quick else (3, 12, 600.0)
+    for name, default in zip(("seeds", "epochs", "cap_s"), defaults, strict=True):
+        if getattr(args, name) is None:
+            setattr(args, name, default)
     args.seed_list = list(range(args.seeds))
     return args
 

@@ -13,7 +13,8 @@ round; `sharded`: shards=null, a shard server per node) and each N, a throw-away
 warms N functions, then a task of one epoch at K=`--k` trains until `--rounds` whole
 rounds have passed its second, and is stopped. Around those rounds the harness reads the
 server's CPU time (`/proc/<pid>/stat` utime + stime: every thread of the `kubeml server`
-process, its Ray driver's included) and the control plane link's counters; the figures
+process, its Ray driver's included; `thr s`: the same from its threads' schedstat, in ns
+where stat counts 10 ms ticks) and the control plane link's counters; the figures
 are per round, the bytes as a fraction of P. The client polls the task every 0.1 s (that
 HTTP work is in the server's CPU too, about the same at every N).
 
@@ -24,6 +25,7 @@ largest bytes fraction (target sharded: < 1% of P).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -35,6 +37,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from benchmarks.netlab import NODE_DEVICE
 from benchmarks.reference import ROOT, free_port
 
 FUNCTION, DATASET, WIDTH = "smallmlp", "fashion", 64
@@ -55,17 +58,31 @@ def p_bytes(width: int = WIDTH) -> int:
 
 
 # -- inside the lab: the driver on the control plane's node ----------------------------------
-def _cp_bytes(lab: str) -> int:
-    from benchmarks.cluster_rows import links
+def _cp_bytes() -> int:
+    """The control plane link's bytes both ways: the driver runs in `cp`'s namespace, whose
+    own sysfs `ip netns exec` mounts (microseconds, where `ip -s link` takes a process)."""
+    stats = Path(f"/sys/class/net/{NODE_DEVICE}/statistics")
+    return sum(int((stats / f"{way}_bytes").read_text()) for way in ("tx", "rx"))
 
-    cp = links(lab)["cp"]
-    return cp["tx_bytes"] + cp["rx_bytes"]
+
+def _thread_ns(pid: int) -> int:
+    """CPU nanoseconds of the process's live threads (schedstat): a finer cross-check of
+    /proc/<pid>/stat's ticks."""
+    total = 0
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with contextlib.suppress(OSError):  # a thread that ended since the listing
+            total += int(Path(f"/proc/{pid}/task/{task}/schedstat").read_text().split()[0])
+    return total
+
+
+def _reading(pid: int, round_index: int) -> tuple[int, float, int, int, int]:
+    from kubeml.procs import cpu_ticks
+
+    return round_index, time.time(), cpu_ticks(pid), _thread_ns(pid), _cp_bytes()
 
 
 def _measure(client: Any, args: argparse.Namespace, pid: int, n: int, fields: dict) -> dict:
     """One timed task at N = n: the server's CPU seconds and cp's bytes per whole round."""
-    from kubeml.procs import cpu_ticks
-
     request = dict(
         function=FUNCTION, dataset=DATASET, epochs=1, parallelism=n, k=args.k,
         batch_size=args.batch, lr=0.05, static=True, validate_every=0, seed=0,
@@ -79,9 +96,9 @@ def _measure(client: Any, args: argparse.Namespace, pid: int, n: int, fields: di
         if info.state.finished:
             raise RuntimeError(f"task {info.state.value} before round {last}: {info.error}")
         if start is None and info.round >= first:
-            start = (info.round, time.time(), cpu_ticks(pid), _cp_bytes(args.lab))
+            start = _reading(pid, info.round)
         if start is not None and info.round >= last:
-            end = (info.round, time.time(), cpu_ticks(pid), _cp_bytes(args.lab))
+            end = _reading(pid, info.round)
             break
         time.sleep(POLL_S)
     client.stop_task(task_id)
@@ -90,7 +107,8 @@ def _measure(client: Any, args: argparse.Namespace, pid: int, n: int, fields: di
     return {
         "n": n, "rounds": rounds, "round_s": (end[1] - start[1]) / rounds,
         "cpu_s_per_round": (end[2] - start[2]) / tick / rounds,
-        "cp_bytes_per_round": (end[3] - start[3]) / rounds,
+        "cpu_thread_s_per_round": (end[3] - start[3]) / 1e9 / rounds,
+        "cp_bytes_per_round": (end[4] - start[4]) / rounds,
     }  # fmt: skip
 
 
@@ -134,7 +152,8 @@ def drive(args: argparse.Namespace) -> None:
 def report(results: list[dict[str, Any]], p: int, setting: str) -> tuple[str, dict[str, Any]]:
     lines = [
         f"control plane per round, {setting}, P = {p / 1e6:.3f} MB",
-        f"{'mode':8s} {'N':>3s} {'round s':>8s} {'cpu s':>8s} {'cp bytes':>10s} {'cp/P':>8s}",
+        f"{'mode':8s} {'N':>3s} {'round s':>8s} {'cpu s':>8s} {'thr s':>8s} {'cp bytes':>10s} "
+        f"{'cp/P':>8s}",
     ]
     figures: dict[str, Any] = {}
     for mode in dict.fromkeys(r["mode"] for r in results):
@@ -143,6 +162,7 @@ def report(results: list[dict[str, Any]], p: int, setting: str) -> tuple[str, di
         for r in rows:
             lines.append(
                 f"{mode:8s} {r['n']:3d} {r['round_s']:8.3f} {r['cpu_s_per_round']:8.4f} "
+                f"{r['cpu_thread_s_per_round']:8.4f} "
                 f"{r['cp_bytes_per_round']:10.0f} {r['cp_bytes_per_round'] / p:8.2%}"
             )
         for r in results:
@@ -150,11 +170,14 @@ def report(results: list[dict[str, Any]], p: int, setting: str) -> tuple[str, di
                 lines.append(f"{mode:8s} {r['n']:3d} failed: {r['error'][:300]}")
         if len(rows) >= 2 and rows[0]["cpu_s_per_round"] > 0:
             ratio = rows[-1]["cpu_s_per_round"] / rows[0]["cpu_s_per_round"]
+            threads = rows[-1]["cpu_thread_s_per_round"] / rows[0]["cpu_thread_s_per_round"]
             fraction = max(r["cp_bytes_per_round"] for r in rows) / p
-            figures[mode] = {"cpu_ratio": ratio, "max_cp_over_p": fraction}
+            figures[mode] = {"cpu_ratio": ratio, "cpu_thread_ratio": threads,
+                             "max_cp_over_p": fraction}  # fmt: skip
             target = " (targets sharded: ≤ 1.5, < 1%)" if mode == "sharded" else ""
             lines.append(
-                f"{mode}: CPU(N={rows[-1]['n']}) ÷ CPU(N={rows[0]['n']}) = {ratio:.2f}; "
+                f"{mode}: CPU(N={rows[-1]['n']}) ÷ CPU(N={rows[0]['n']}) = {ratio:.2f} "
+                f"(threads' schedstat: {threads:.2f}); "
                 f"the control plane link's bytes per round at most {fraction:.2%} of P{target}"
             )
     return "\n".join(lines), figures
@@ -170,14 +193,14 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--modes", nargs="+", choices=list(MODES), default=list(MODES))
     parser.add_argument("--nodes", type=int, default=4, help="Ray worker nodes")
     parser.add_argument("--cpus", type=int, default=8, help="logical CPUs per worker node")
-    parser.add_argument("--rounds", type=int, default=5, help="timed whole rounds per N")
-    parser.add_argument("--k", type=int, default=4)
-    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--rounds", type=int, default=50, help="timed whole rounds per N")
+    parser.add_argument("--k", type=int, default=2)
+    parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--profile", default="1gbit")
     parser.add_argument("--out", type=Path, help="JSON results (default benchmarks/results/)")
     # The driver's own options (it runs inside the lab, on the control plane's node).
     parser.add_argument("--drive", action="store_true", help=argparse.SUPPRESS)
-    for name in ("--address", "--home", "--data", "--lab", "--fields"):
+    for name in ("--address", "--home", "--data", "--fields"):
         parser.add_argument(name, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     args.ns = sorted(args.ns)
@@ -199,7 +222,7 @@ def _modes(args: argparse.Namespace) -> tuple[dict[str, dict], dict[str, str]]:
 
 
 def orchestrate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    from benchmarks.cluster import _lab_json, _lines
+    from benchmarks.cluster import _lines
     from benchmarks.data import load_fashion_mnist
     from benchmarks.netlab import Netlab, unavailable
     from benchmarks.netlab_ray import RayOnLab
@@ -227,7 +250,7 @@ def orchestrate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> in
             argv = [
                 sys.executable, "-m", "benchmarks.cluster_growth", "--drive",
                 "--address", cluster.address, "--home", str(lab.tmp / "kubeml-home"),
-                "--data", tmp, "--lab", _lab_json(lab), "--fields", json.dumps(modes),
+                "--data", tmp, "--fields", json.dumps(modes),
                 "--ns", *map(str, args.ns), "--rounds", str(args.rounds), "--k", str(args.k),
                 "--batch", str(args.batch),
             ]  # fmt: skip
