@@ -228,7 +228,7 @@ def run_profile(profile: str, args: argparse.Namespace, data: Path, p_bytes: int
         if (summary := per_round(row, [r for r in rs if not r.get("error")], rate))
     }
     compute_s = estimate_syncs(summaries)
-    goals = {row: time_to_goal(rs) for row, rs in by_row.items()}
+    goals = {row: time_to_goal(rs, args.cap_s) for row, rs in by_row.items()}
     setting = (
         f"N={args.nodes}, K={args.k}, batch {args.batch}, lr {args.lr}, goal {args.goal} %, "
         f"cap {args.cap_s:.0f} s per run, seeds {args.seed_list}"

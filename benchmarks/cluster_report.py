@@ -68,10 +68,14 @@ def per_round(
     return summary
 
 
-def time_to_goal(runs: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
-    """The median over seeds of the seconds to the goal; a run that did not arrive (capped,
-    out of epochs, failed) counts as slower than any that did (infinite)."""
-    times = [run["goal_s"] if run.get("goal_s") is not None else math.inf for run in runs]
+def time_to_goal(runs: Iterable[Mapping[str, Any]], cap_s: float) -> dict[str, Any]:
+    """The median over seeds of the seconds to the goal; a run that did not arrive within
+    `cap_s` (capped, out of epochs, failed, or arrived at an epoch's end past the cap: the
+    peers look at the clock once an epoch) counts as slower than any that did (infinite)."""
+    times = [
+        run["goal_s"] if run.get("goal_s") is not None and run["goal_s"] <= cap_s else math.inf
+        for run in runs
+    ]
     return {
         "goal_s": times,
         "median_goal_s": statistics.median(times) if times else math.inf,
