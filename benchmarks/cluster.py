@@ -196,10 +196,8 @@ def _ray_train_installed() -> str | None:
 
 
 def run_profile(profile: str, args: argparse.Namespace, data: Path, p_bytes: int) -> dict[str, Any]:
-    from benchmarks.netlab import PROFILES, Netlab
+    from benchmarks.netlab import Netlab
 
-    rate_bits = PROFILES[profile]
-    rate = rate_bits / 8 if rate_bits else None
     nodes = ["cp", *(f"n{i + 1}" for i in range(args.nodes))]
     runs, skipped = kubeml_runs([r for r in args.rows if r in KUBEML_ROWS], args.seed_list)
     ray_train = "ray-train" in args.rows
@@ -218,6 +216,16 @@ def run_profile(profile: str, args: argparse.Namespace, data: Path, p_bytes: int
               f"{profile} ...", flush=True)  # fmt: skip
         with Netlab(nodes, profile=profile) as lab:
             results += run_ray_rows(lab, args, data, runs, ray_train)
+    return figures(profile, results, args, p_bytes, skipped)
+
+
+def figures(
+    profile: str, results: list[dict], args: argparse.Namespace, p_bytes: int, skipped: dict
+) -> dict[str, Any]:
+    """One profile's summaries, times to goal, ratios and report, from its runs."""
+    from benchmarks.netlab import PROFILES
+
+    rate = PROFILES[profile] / 8 if PROFILES[profile] else None
     by_row: dict[str, list[dict[str, Any]]] = {}
     for result in results:
         by_row.setdefault(result["row"], []).append(result)
@@ -244,6 +252,17 @@ def run_profile(profile: str, args: argparse.Namespace, data: Path, p_bytes: int
         "ratios": ratios(summaries, goals, p_bytes), "skipped": skipped, "errors": errors,
         "report": text, "runs": results,
     }  # fmt: skip
+
+
+def rereport(path: Path) -> int:
+    """Print the tables of a results file again, figured by this code."""
+    saved = json.loads(path.read_text())
+    args = argparse.Namespace(**saved["args"])
+    for profile, found in saved["profiles"].items():
+        again = figures(profile, found["runs"], args, saved["p_bytes"], found["skipped"])
+        print(again["report"] + "\n")
+    print(f"load average at the end of that run {saved['load_average']}")
+    return 0
 
 
 def _data(folder: Path, args: argparse.Namespace) -> None:
@@ -280,6 +299,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
         "--quick", action="store_true", help="defaults of 1 seed, 3 epochs, cap 300 s"
     )
     parser.add_argument("--out", type=Path, help="JSON results (default benchmarks/results/)")
+    parser.add_argument("--report", type=Path, help="only print a results file's tables again")
     args = parser.parse_args(argv)
     defaults = (1, 3, 300.0) if args.quick else (3, 12, 600.0)
     for name, default in zip(("seeds", "epochs", "cap_s"), defaults, strict=True):
@@ -293,6 +313,8 @@ def main(argv: list[str]) -> int:
     from benchmarks.netlab import unavailable
 
     args = parse(argv)
+    if args.report:
+        return rereport(args.report)
     if reason := unavailable():
         print(f"no emulated network here: {reason}", file=sys.stderr)
         return 2
