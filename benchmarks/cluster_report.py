@@ -159,7 +159,7 @@ def report(
         sync, model = s.get("sync_s"), s.get("bandwidth_model_s")
         per_link = "  ".join(
             f"{n} {v['tx_bytes'] / MB:.1f}/{v['rx_bytes'] / MB:.1f}"
-            + (f" ({v['drops']:.0f})" if v.get("drops") else "")
+            + (f" ({v['drops']:.0f})" if v.get("drops", 0) >= 0.5 else "")
             for n, v in s.get("links_per_round", {}).items()
         )
         arrived = f"{g['arrived']}/{len(g['goal_s'])}" if g else "-"
