@@ -18,6 +18,11 @@ where stat counts 10 ms ticks) and the control plane link's counters; the figure
 are per round, the bytes as a fraction of P. The client polls the task every 0.1 s (that
 HTTP work is in the server's CPU too, about the same at every N).
 
+The link's bytes include each function's invocation and report (the central merge's
+measured 2·N·P plus 1-8 KB per function a round; `cp B/N` is the bytes per function),
+which at width 64 are already more than 1% of P: for the bytes target, a wider MLP
+(`--width 1024`: 1.9M parameters, P = 7.5 MB) leaves room for them.
+
 Printed: the curve per mode, CPU(N=max) ÷ CPU(N=min) (target sharded: ≤ 1.5) and the
 largest bytes fraction (target sharded: < 1% of P).
 """
@@ -128,7 +133,7 @@ def drive(args: argparse.Namespace) -> None:
         status = server_status(settings) or {}
         pid = int(status["pid"])
         data = Path(args.data)
-        client.create_function(FUNCTION, function_source())
+        client.create_function(FUNCTION, function_source(args.width))
         client.create_dataset(
             DATASET, *(data / f"{part}.npy" for part in ("train_x", "train_y", "test_x", "test_y"))
         )
@@ -153,7 +158,7 @@ def report(results: list[dict[str, Any]], p: int, setting: str) -> tuple[str, di
     lines = [
         f"control plane per round, {setting}, P = {p / 1e6:.3f} MB",
         f"{'mode':8s} {'N':>3s} {'round s':>8s} {'cpu s':>8s} {'thr s':>8s} {'cp bytes':>10s} "
-        f"{'cp/P':>8s}",
+        f"{'cp/P':>8s} {'cp B/N':>8s}",
     ]
     figures: dict[str, Any] = {}
     for mode in dict.fromkeys(r["mode"] for r in results):
@@ -163,7 +168,8 @@ def report(results: list[dict[str, Any]], p: int, setting: str) -> tuple[str, di
             lines.append(
                 f"{mode:8s} {r['n']:3d} {r['round_s']:8.3f} {r['cpu_s_per_round']:8.4f} "
                 f"{r['cpu_thread_s_per_round']:8.4f} "
-                f"{r['cp_bytes_per_round']:10.0f} {r['cp_bytes_per_round'] / p:8.2%}"
+                f"{r['cp_bytes_per_round']:10.0f} {r['cp_bytes_per_round'] / p:8.2%} "
+                f"{r['cp_bytes_per_round'] / r['n']:8.0f}"
             )
         for r in results:
             if r["mode"] == mode and "error" in r:
@@ -196,6 +202,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--rounds", type=int, default=50, help="timed whole rounds per N")
     parser.add_argument("--k", type=int, default=2)
     parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--width", type=int, default=WIDTH, help="the MLP's hidden width")
     parser.add_argument("--profile", default="1gbit")
     parser.add_argument("--out", type=Path, help="JSON results (default benchmarks/results/)")
     # The driver's own options (it runs inside the lab, on the control plane's node).
@@ -252,7 +259,7 @@ def orchestrate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> in
                 "--address", cluster.address, "--home", str(lab.tmp / "kubeml-home"),
                 "--data", tmp, "--fields", json.dumps(modes),
                 "--ns", *map(str, args.ns), "--rounds", str(args.rounds), "--k", str(args.k),
-                "--batch", str(args.batch),
+                "--batch", str(args.batch), "--width", str(args.width),
             ]  # fmt: skip
             print(f"{' '.join(modes)}: N = {args.ns} on {args.nodes} nodes ...", flush=True)
             with open(lab.tmp / "driver.log", "w") as err:
@@ -263,16 +270,18 @@ def orchestrate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> in
                 print(f"the driver exited {proc.returncode}:\n{lab.log('driver.log')[-3000:]}")
     setting = (
         f"{args.profile} links, {args.nodes} nodes x {args.cpus} CPUs, K={args.k}, "
-        f"batch {args.batch}, {args.rounds} whole rounds per N"
+        f"batch {args.batch}, width {args.width}, {args.rounds} whole rounds per N"
     )
-    text, figures = report(results, p_bytes(), setting)
+    text, figures = report(results, p_bytes(args.width), setting)
     for mode, reason in skipped.items():
         text += f"\n{mode}: skipped: {reason}"
     load = os.getloadavg()
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"args": vars(args) | {"out": str(out)}, "p_bytes": p_bytes(),
-                               "results": results, "figures": figures, "skipped": skipped,
-                               "load_average": load}, indent=1, default=str))  # fmt: skip
+    saved = {
+        "args": vars(args) | {"out": str(out)}, "p_bytes": p_bytes(args.width),
+        "results": results, "figures": figures, "skipped": skipped, "load_average": load,
+    }  # fmt: skip
+    out.write_text(json.dumps(saved, indent=1, default=str))
     print(f"\n{text}\nload average at the end {load}; results written to {out}")
     return 0
 
