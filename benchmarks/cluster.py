@@ -23,8 +23,8 @@ the same K (8), batch (64) and lr (0.05):
   node, running the ddp-local-sgd loop, on the same Ray cluster after kubeml's server left.
 
 Figures per row: (a) per whole round (not an epoch's first; `benchmarks/cluster_report.py`):
-seconds, the sync phase (measured for DDP local SGD, else the round less DDP local SGD's
-compute) beside the bandwidth model (the busiest link's bytes ÷ its rate), every link's
+seconds, the sync phase (measured for the local-SGD rows, else the round less the least
+compute of those) beside the bandwidth model (the busiest link's bytes ÷ its rate), every link's
 bytes from its counters, the control plane link's bytes as a fraction of P; (b) the time
 to the goal test accuracy, validated every epoch, as a user meets it: kubeml's from
 `client.train` on the warm server to the first poll that shows the epoch reaching the

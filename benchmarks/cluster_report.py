@@ -85,12 +85,14 @@ def time_to_goal(runs: Iterable[Mapping[str, Any]], cap_s: float) -> dict[str, A
 
 def estimate_syncs(summaries: dict[str, dict[str, Any]]) -> float | None:
     """Rows that cannot time their own sync get round - compute, the compute of a round
-    being DDP local SGD's (its round less its measured sync: the same K steps, batch and
-    one-CPU nodes). Returns that compute (None without a DDP local SGD row)."""
-    local = summaries.get("ddp-local-sgd")
-    if not local or "sync_s" not in local:
+    being the least of the rows that time theirs (DDP local SGD, Ray Train: the same K
+    steps, batch and one-CPU nodes; round less sync). The least, because other work on
+    the machine inflates compute: the estimated sync is then an upper bound. Returns that
+    compute (None without such a row)."""
+    computes = [s["round_s"] - s["sync_s"] for s in summaries.values() if "sync_s" in s]
+    if not computes:
         return None
-    compute_s = max(0.0, local["round_s"] - local["sync_s"])
+    compute_s = max(0.0, min(computes))
     for summary in summaries.values():
         if "sync_s" not in summary:
             summary["sync_s"] = max(0.0, summary["round_s"] - compute_s)
@@ -172,8 +174,9 @@ def report(
         )
     found = ratios(summaries, goals, p_bytes)
     lines.append(
-        "round s: a whole round (not an epoch's first); sync s: measured (DDP local SGD's "
-        "average), ~ estimated as round - DDP local SGD's compute; model s: the busiest link's "
+        "round s: a whole round (not an epoch's first); sync s: measured (the local-SGD "
+        "rows' average), ~ estimated as round - the least compute (round - sync) of those "
+        "rows, an upper bound; model s: the busiest link's "
         "bytes ÷ its rate (tx+rx for the central merge, whose up and down take turns; the "
         "busier direction for the rest); cp: the control plane's link; goal s: median over "
         "seeds, >cap when the median run did not arrive"
