@@ -191,7 +191,7 @@ def _ray_train_installed() -> str | None:
     try:
         import ray.train.torch  # noqa: F401
     except ImportError as exc:
-        return f"Ray Train is not installed (pip install 'ray[train]==2.60.0'): {exc}"
+        return f"Ray Train is not installed (pip install '.[bench]': ray[train]==2.60.0): {exc}"
     return None
 
 
