@@ -171,3 +171,53 @@ def test_a_two_node_ray_cluster_with_a_token_runs_a_function_on_the_worker_node(
     assert total == 8 << 20
     # The 8 MiB result crossed from the worker node to the driver over the links.
     assert links["n1"].tx_bytes > 8 << 20 and links["cp"].rx_bytes > 8 << 20, links
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_the_cluster_benchmark_smallest_run_counts_rounds_and_bytes_that_match_p(tmp_path):
+    """`python -m benchmarks.cluster` at its smallest: 2 worker nodes, 1gbit, one epoch of
+    3 rounds (2 whole ones) of DDP, DDP local SGD and kubeml's central merge. The bytes
+    its links counted must be what each row's sync moves: P a round per link for DDP
+    local SGD's ring all-reduce of N=2, K·P for DDP's gradients, and 2·N·P through the
+    control plane for the central merge."""
+    pytest.importorskip("ray", reason="the ray extra is not installed")
+    out = tmp_path / "cluster.json"
+    argv = [
+        sys.executable, "-m", "benchmarks.cluster", "--profile", "1gbit", "--nodes", "2",
+        "--rows", "ddp", "ddp-local-sgd", "kubeml-central", "--seeds", "1", "--epochs", "1",
+        "--rounds", "3", "--k", "2", "--batch", "32", "--test-size", "256", "--goal", "100",
+        "--cap-s", "120", "--out", str(out),
+    ]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "src")])}
+    proc = subprocess.Popen(
+        argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    stdout, stderr = proc.communicate(timeout=280)
+    assert proc.returncode == 0, stderr[-3000:]
+    assert leftovers(proc.pid) == {"netns": [], "pids": [], "files": []}  # its labs are gone
+    results = json.loads(out.read_text())
+    p = results["p_bytes"]
+    assert p == 4 * 5_824_522
+    figures = results["profiles"]["1gbit"]
+    assert not figures["errors"] or not any(figures["errors"].values()), figures["errors"]
+    summaries = figures["summaries"]
+    assert set(summaries) == {"ddp", "ddp-local-sgd", "kubeml-central"}, figures["skipped"]
+    expected = {  # bytes a worker node sends per round, in P; the control plane's both ways
+        "ddp-local-sgd": ("n1", "tx_bytes", 1.0),
+        "ddp": ("n1", "tx_bytes", 2.0),
+        "kubeml-central": ("cp", "both", 4.0),
+    }
+    for row, (node, key, in_p) in expected.items():
+        summary = summaries[row]
+        assert summary["rounds"] == 2, (row, summary["rounds"])  # rounds 2 and 3 of 3
+        link = summary["links_per_round"][node]
+        measured = link["tx_bytes"] + link["rx_bytes"] if key == "both" else link[key]
+        assert 0.95 * in_p * p <= measured <= 1.25 * in_p * p, (row, measured / p)
+        assert 0 < summary["round_s"] < 60, (row, summary["round_s"])
+        run = next(r for r in figures["runs"] if r["row"] == row)
+        assert len(run["epochs"]) == 1 and 10 < run["epochs"][0]["accuracy"] <= 100, run["epochs"]
+        assert run["goal_s"] is None  # a goal of 100 % is not met in one epoch
+    # The peers' control plane node is idle; its link carried nothing of theirs.
+    assert summaries["ddp-local-sgd"]["links_per_round"]["cp"]["tx_bytes"] < 0.001 * p
+    assert "kubeml-central: control plane link per round = " in stdout
