@@ -46,8 +46,10 @@ class ShardedWeights:
         self._token: bytes | None = None  # deposited in the round just released
 
     def forget(self) -> None:
-        """A new invocation: the shards may have moved on, or back (a lost round)."""
-        self._fresh, self._token = False, None
+        """A new invocation. The view is kept: its first load applies the last merged
+        round's update if this actor's deposit was part of that round (the next epoch of
+        the same lanes: a compressed update instead of the whole model), and reads the
+        whole view otherwise (the shards moved on without it, or back: a lost round)."""
 
     # -- in ------------------------------------------------------------------------------
     def load_into(self, state: dict[str, torch.Tensor]) -> None:
