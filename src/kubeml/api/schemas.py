@@ -352,6 +352,9 @@ class DatasetInfo(BaseModel):
     feature_dtype: str
     label_dtype: str
     created_at: datetime
+    # Samples per stored chunk: the unit the job's epoch order shuffles (0: unknown, a
+    # dataset described by an older server).
+    chunk_samples: int = 0
 
 
 class FunctionInfo(BaseModel):
