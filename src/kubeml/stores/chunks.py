@@ -32,8 +32,9 @@ FORMAT = 2  # 1: four memory-mapped .npy files (homes written before chunks)
 
 def chunk_samples_for(sample_bytes: int) -> int:
     """Samples per chunk for samples of `sample_bytes` feature bytes: whole 64-sample
-    units filling about 4 MiB (labels counted as 8 bytes); one unit when 64 samples
-    already exceed that (a chunk of 64 large samples is larger than 4 MiB)."""
+    units filling 2-4 MiB (labels counted as 8 bytes); one unit when 64 samples already
+    exceed that, so a chunk stays within 16 MiB up to samples of 256 KiB (beyond, a chunk
+    is 64 samples, whatever their size)."""
     per_unit = CHUNK_UNIT * (max(1, sample_bytes) + 8)
     return max(1, CHUNK_TARGET_BYTES // per_unit) * CHUNK_UNIT
 
@@ -98,7 +99,10 @@ def read_manifest(folder: Path) -> dict[str, SplitManifest]:
         raw = json.loads(path.read_text())
         if raw.get("format") != FORMAT:
             raise ValueError(f"format {raw.get('format')!r}, this version reads {FORMAT}")
-        return {name: SplitManifest.from_json(s) for name, s in raw["splits"].items()}
+        splits = {name: SplitManifest.from_json(s) for name, s in raw["splits"].items()}
+        if sorted(splits) != ["test", "train"]:
+            raise ValueError(f"splits {sorted(splits)}, not train and test")
+        return splits
     except FileNotFoundError:
         raise
     except Exception as exc:  # not JSON, or a shape this version does not know

@@ -82,7 +82,8 @@ class LocalDatasetStore(DatasetStore):
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
         self._maps: dict[tuple[str, str, int], Any] = {}  # old datasets' memory maps
-        self._splits: dict[tuple[str, str], tuple[int, ChunkedSplit]] = {}  # by manifest inode
+        # Chunk readers, by the version (inode, mtime) of the manifest they read.
+        self._splits: dict[tuple[str, str], tuple[tuple[int, int], ChunkedSplit]] = {}
         self._lock = threading.Lock()
         self._reported: set[str] = set()
 
@@ -211,18 +212,19 @@ class LocalDatasetStore(DatasetStore):
         """The chunk reader of a stored split; None for a dataset stored as `.npy` files."""
         folder = self._dir(name)
         try:
-            inode = (folder / MANIFEST).stat().st_ino  # a re-created dataset: a new manifest
+            stat = (folder / MANIFEST).stat()  # a re-created dataset: a new manifest
+            version = (stat.st_ino, stat.st_mtime_ns)
         except FileNotFoundError:
             if (folder / f"{split}_x.npy").exists():
                 return None
             raise NotFoundError(f"dataset {name!r} not found") from None
         with self._lock:
             cached = self._splits.get((name, split))
-            if cached is not None and cached[0] == inode:
+            if cached is not None and cached[0] == version:
                 return cached[1]
         reader = ChunkedSplit(folder, split, read_manifest(folder)[split])
         with self._lock:
-            self._splits[(name, split)] = (inode, reader)
+            self._splits[(name, split)] = (version, reader)
         return reader
 
     def read(
