@@ -352,9 +352,7 @@ class DatasetInfo(BaseModel):
     feature_dtype: str
     label_dtype: str
     created_at: datetime
-    # Samples per stored chunk: the unit the job's epoch order shuffles (0: unknown, a
-    # dataset described by an older server).
-    chunk_samples: int = 0
+    chunk_samples: int = 0  # per stored chunk, the unit the epoch order shuffles; 0: unknown
 
 
 class FunctionInfo(BaseModel):
