@@ -46,6 +46,8 @@ def cut_pieces(
     if chunk_samples <= 0 or len(samples) == 0:
         return [(0, len(samples))]
     chunk_ids = samples // chunk_samples
+    if len(np.unique(chunk_ids)) <= cap:  # a small split, or a short lane: one piece
+        return [(0, len(samples))]
     pieces, start, seen = [], 0, set[int]()
     for b in range(0, len(samples), batch_size):
         batch = set(np.unique(chunk_ids[b : b + batch_size]).tolist())
