@@ -43,7 +43,7 @@ def test_every_sample_trains_once_per_epoch_while_n_changes_over_many_chunks(
     n = len(digits["train_y"])
     ids = np.arange(n) * 10 + digits["train_y"]  # the function reads the sample's id back
     engine.create_dataset("digits", digits["train_x"], ids, digits["test_x"], digits["test_y"])
-    assert engine.get_dataset("digits").chunk_samples == 64
+    assert engine.datasets.chunk_samples("digits") == 64
     record = tmp_path / "record"
     record.mkdir()
     engine.create_function(

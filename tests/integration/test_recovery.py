@@ -89,7 +89,7 @@ def baseline(digits: dict[str, np.ndarray], tmp_path_factory: pytest.TempPathFac
         Settings(home=tmp / "home", backend="process", capacity=2, shm_dir=tmp / "shm")
     ) as e:
         add_mlp_and_digits(e, digits)
-        assert e.get_dataset("digits").chunk_samples == 64
+        assert e.datasets.chunk_samples("digits") == 64
         info = e.wait(e.train(**TASK), 240)
         assert info.state is TaskState.SUCCEEDED, info.traceback
         assert info.accuracy is not None and info.accuracy > 85
@@ -163,7 +163,7 @@ def test_a_killed_server_comes_back_and_resumes_the_task(digits, baseline, tmp_p
         LocalDatasetStore(settings.home / "datasets").create("digits", dict(digits))
         client = Client(ensure_server(settings, quiet=True), token="")
         client.create_function("mlp", SLOW_MLP)
-        assert client.get_dataset("digits").chunk_samples == 64
+        assert LocalDatasetStore(settings.home / "datasets").chunk_samples("digits") == 64
         task_id = client.train(**TASK, checkpoint_every_s=0.2)
         store = CheckpointStore(settings.home / "checkpoints")
 

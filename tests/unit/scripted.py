@@ -153,7 +153,7 @@ def make_stores(tmp_path):
     with pytest.MonkeyPatch.context() as patch:  # stored as 64-sample chunks: the plan's smallest
         patch.setattr(chunks, "CHUNK_TARGET_BYTES", 1)
         datasets.create("d", {"train_x": x, "train_y": y, "test_x": x[:10], "test_y": y[:10]})
-    assert datasets.get("d").chunk_samples == 64
+    assert datasets.chunk_samples("d") == 64
     models = LocalModelStore(tmp_path / "shm", tmp_path / "models")
     return datasets, models, CheckpointStore(tmp_path / "checkpoints")
 

@@ -78,7 +78,7 @@ def test_a_streamed_upload_is_stored_as_chunks_with_a_manifest(tmp_path, small_c
     assert train["x"] == {"shape": [2, 3], "dtype": "<f4"}
     assert len(list((folder / "train_x").iterdir())) == 16  # 15 whole, the last short
     assert (folder / "train_x" / "000015.bin").stat().st_size == (1000 - 15 * 64) * 6 * 4
-    assert store.get("d").chunk_samples == 64
+    assert store.chunk_samples("d") == 64
     ranges = [(0, 1), (60, 200), (999, 1000)]  # across chunk boundaries
     x, y = store.read("d", "train", ranges)
     assert np.array_equal(x, np.concatenate([arrays["train_x"][a:b] for a, b in ranges]))
@@ -192,7 +192,7 @@ def test_a_dataset_written_before_chunks_is_read_as_it_is(tmp_path):
     }  # fmt: skip
     (folder / "info.json").write_text(json.dumps(info))
     old = LocalDatasetStore(tmp_path)
-    assert old.get("d").chunk_samples == chunk_samples_for(6 * 4)  # its order's unit
+    assert old.chunk_samples("d") == chunk_samples_for(6 * 4)  # its order's unit
     x, y = old.read("d", "train", [(10, 20), (150, 151)])
     assert np.array_equal(x, np.concatenate([arrays["train_x"][10:20], arrays["train_x"][150:151]]))
     assert np.array_equal(y, np.concatenate([arrays["train_y"][10:20], arrays["train_y"][150:151]]))

@@ -352,7 +352,6 @@ class DatasetInfo(BaseModel):
     feature_dtype: str
     label_dtype: str
     created_at: datetime
-    chunk_samples: int = 0  # per stored chunk, the unit the epoch order shuffles; 0: unknown
 
 
 class FunctionInfo(BaseModel):

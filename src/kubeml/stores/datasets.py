@@ -65,6 +65,17 @@ class DatasetStore(ShardSource):
     ) -> tuple[np.ndarray, np.ndarray]:
         """Copy out the samples in `ranges` (start, stop) of one split, in order."""
 
+    def chunk_samples(self, name: str) -> int:
+        """Samples per stored chunk of the training split: the unit the job's epoch order
+        shuffles. Derived from the sample size, as an upload cuts them (stores that keep
+        a manifest say what it holds)."""
+        import numpy as np
+
+        info = self.get(name)
+        return chunk_samples_for(
+            math.prod(info.feature_shape) * np.dtype(info.feature_dtype).itemsize
+        )
+
     def stage(self) -> StagedDataset:
         """A staging folder to stream an upload into (stores that keep files locally)."""
         raise StorageError(f"{type(self).__name__} takes no streamed uploads")
@@ -162,13 +173,7 @@ class LocalDatasetStore(DatasetStore):
     def _load_info(self, folder: Path) -> tuple[DatasetInfo | None, str]:
         """A dataset's info.json, or None and why it does not parse (logged once)."""
         try:
-            info = DatasetInfo.model_validate(json.loads((folder / "info.json").read_text()))
-            if not info.chunk_samples:  # written before chunks: its order's unit all the same
-                import numpy as np
-
-                sample = math.prod(info.feature_shape) * np.dtype(info.feature_dtype).itemsize
-                info.chunk_samples = chunk_samples_for(sample)
-            return info, ""
+            return DatasetInfo.model_validate(json.loads((folder / "info.json").read_text())), ""
         except Exception as exc:  # missing, not JSON, or a shape this version does not know
             problem = f"{folder / 'info.json'} does not parse: {type(exc).__name__}: {exc}"
             problem = problem.splitlines()[0] if len(problem) > 300 else problem
@@ -207,6 +212,12 @@ class LocalDatasetStore(DatasetStore):
                 array = np.load(path, mmap_mode="r", allow_pickle=False)
                 self._maps[key] = array
         return array
+
+    def chunk_samples(self, name: str) -> int:
+        chunked = self._chunked(name, "train")
+        if chunked is None:  # written before chunks: its order's unit all the same
+            return super().chunk_samples(name)
+        return chunked.manifest.chunk_samples
 
     def _chunked(self, name: str, split: Split) -> ChunkedSplit | None:
         """The chunk reader of a stored split; None for a dataset stored as `.npy` files."""

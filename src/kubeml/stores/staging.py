@@ -191,7 +191,6 @@ class StagedDataset:
             feature_dtype=str(tx.dtype),
             label_dtype=str(ty.dtype),
             created_at=utc_now(),
-            chunk_samples=splits["train"].chunk_samples,
         )
         try:
             write_manifest(self.dir, splits)

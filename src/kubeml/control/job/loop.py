@@ -71,7 +71,7 @@ class TrainJob:
         )
         info = services.datasets.get(request.dataset)
         self.train_size, self.test_size = info.train_size, info.test_size
-        self.chunk_samples = info.chunk_samples
+        self.chunk_samples = services.datasets.chunk_samples(request.dataset)
 
     def stop(self) -> None:
         """Ask the job to stop at the next round boundary."""
