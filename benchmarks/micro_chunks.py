@@ -76,12 +76,13 @@ def _epoch(root: Path, chunked: bool, epoch: int, kept: dict[Path, Any] | None) 
     else:
         store = kept.setdefault(root, LocalDatasetStore(root))
     info = store.get("fashion")
-    lane = epoch_orders(info.train_size, 1, 0, epoch, info.chunk_samples)[0]
+    chunk_samples = store.chunk_samples("fashion")
+    lane = epoch_orders(info.train_size, 1, 0, epoch, chunk_samples)[0]
     ranges, order = shard_of(lane)
     dataset = _Images()
     started = time.perf_counter()
     if chunked:
-        feed = ShardFeed(store, dataset, "train", ranges, np.asarray(order), 64, info.chunk_samples)  # type: ignore[arg-type]
+        feed = ShardFeed(store, dataset, "train", ranges, np.asarray(order), 64, chunk_samples)  # type: ignore[arg-type]
         for _ in feed:
             pass
         feed.close()
