@@ -109,6 +109,7 @@ class ShardFeed:
         self.batch_size, self.chunk_samples = batch_size, chunk_samples
         self.samples = shard_samples(ranges)[order] if len(order) else np.empty(0, np.int64)
         self.pieces = cut_pieces(self.samples, batch_size, chunk_samples)
+        self._whole = (ranges, order)  # one piece: the shard itself, read as today
         self._ahead: Future[Any] | None = None
         self._pool: ThreadPoolExecutor | None = None
         x, y, self._first = self._read(0)  # the dataset holds samples before any hook runs
@@ -141,7 +142,10 @@ class ShardFeed:
 
     def _read(self, index: int) -> Piece:
         start, stop = self.pieces[index]
-        ranges, local = piece_ranges(self.samples[start:stop], self.chunk_samples)
+        if len(self.pieces) == 1:
+            ranges, local = self._whole
+        else:
+            ranges, local = piece_ranges(self.samples[start:stop], self.chunk_samples)
         x, y = self.source.read(self.dataset.dataset, self.split, ranges)
         return x, y, local
 
