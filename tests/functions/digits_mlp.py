@@ -3,6 +3,7 @@ module constants that tests rewrite (see tests/conftest.py: function_source)."""
 
 import logging
 import math
+import os
 import sys
 import time
 
@@ -22,6 +23,9 @@ USE_GPU = False
 BATCH_STYLE = False  # train(self, batch, batch_index) instead of (x, y, batch_index)
 PRINT_THREADS = False  # print torch's thread count whenever it changed since the last batch
 MOMENTUM = 0.9  # 0.0: plain SGD, an optimizer with no state between rounds
+# A folder: labels are `sample id * 10 + class`, and train() appends "epoch id held" lines
+# (held: the samples the dataset holds now) to a file per process there.
+RECORD_SAMPLES_TO = None
 _threads_seen = None
 
 
@@ -39,9 +43,17 @@ class MLP(nn.Module):
 class Digits(KubeDataset):
     def __init__(self):
         super().__init__("digits")
+        self.seen = []  # RECORD_SAMPLES_TO: the ids of the samples read since the last batch
+        if RECORD_SAMPLES_TO:
+            self.batched_getitem = False  # one call per sample read: each id recorded once
 
     def __getitem__(self, index):
         x = self.data[index].astype(np.float32).reshape(-1) / 16.0
+        if RECORD_SAMPLES_TO:
+            label = int(self.labels[index])
+            if self.is_training():
+                self.seen.append((label // 10, len(self.data)))
+            return x, np.int64(label % 10)
         return x, self.labels[index].astype("int64")
 
     def __len__(self):
@@ -67,6 +79,10 @@ class Model(KubeModel):
             raise ValueError("user code exploded on purpose")
         if SLEEP_PER_BATCH_S:
             time.sleep(SLEEP_PER_BATCH_S)
+        if RECORD_SAMPLES_TO:
+            with open(f"{RECORD_SAMPLES_TO}/{os.getpid()}.txt", "a") as out:
+                out.writelines(f"{self.epoch} {i} {held}\n" for i, held in self.dataset.seen)
+            self.dataset.seen.clear()
         global _threads_seen
         if PRINT_THREADS and torch.get_num_threads() != _threads_seen:
             _threads_seen = torch.get_num_threads()

@@ -5,7 +5,9 @@ Each run ends succeeded with the final weights of an uninterrupted run with the 
 bit for bit (`torch.equal` on every tensor), on the real 8x8 digits with the process
 backend: a replayed round starts from the round's reference, the lost function's
 optimizer state at that round and the round's RNG, and the merge does not depend on the
-order in which functions report.
+order in which functions report. The digits are stored as 64-sample chunks (24 of them,
+three windows of the epoch's order), so the lanes, their re-splits and the functions'
+reads cross chunks.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +28,8 @@ from kubeml.api.schemas import TaskState
 from kubeml.control.plan.position import Position
 from kubeml.control.records.checkpoints import CheckpointStore
 from kubeml.procs import children
+from kubeml.stores import chunks
+from kubeml.stores.datasets import LocalDatasetStore
 from tests.conftest import free_port, function_source
 from tests.integration.conftest import wait_for
 
@@ -35,6 +40,14 @@ TASK: dict[str, Any] = dict(
     parallelism=2, static=True, seed=3,
 )  # fmt: skip
 SLOW_MLP = function_source(SLEEP_PER_BATCH_S=0.01)  # ~0.5 s an epoch: time to kill mid-epoch
+
+
+@pytest.fixture(scope="module", autouse=True)
+def small_chunks() -> Iterator[None]:
+    """Datasets this module creates (in the test's process) are stored as 64-sample chunks."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(chunks, "CHUNK_TARGET_BYTES", 1)
+        yield
 
 
 def add_mlp_and_digits(engine: Any, digits: dict[str, np.ndarray]) -> None:
@@ -76,6 +89,7 @@ def baseline(digits: dict[str, np.ndarray], tmp_path_factory: pytest.TempPathFac
         Settings(home=tmp / "home", backend="process", capacity=2, shm_dir=tmp / "shm")
     ) as e:
         add_mlp_and_digits(e, digits)
+        assert e.datasets.chunk_samples("digits") == 64
         info = e.wait(e.train(**TASK), 240)
         assert info.state is TaskState.SUCCEEDED, info.traceback
         assert info.accuracy is not None and info.accuracy > 85
@@ -145,8 +159,11 @@ def test_a_killed_server_comes_back_and_resumes_the_task(digits, baseline, tmp_p
         capacity=2, shm_dir=tmp_path / "shm", api_token=None, url=None,
     )  # fmt: skip
     try:
+        # Stored here as the other tests' 64-sample chunks (the server would cut its own).
+        LocalDatasetStore(settings.home / "datasets").create("digits", dict(digits))
         client = Client(ensure_server(settings, quiet=True), token="")
-        upload_mlp_and_digits(client, SLOW_MLP, digits, tmp_path)
+        client.create_function("mlp", SLOW_MLP)
+        assert LocalDatasetStore(settings.home / "datasets").chunk_samples("digits") == 64
         task_id = client.train(**TASK, checkpoint_every_s=0.2)
         store = CheckpointStore(settings.home / "checkpoints")
 

@@ -14,6 +14,7 @@ from concurrent.futures import Future
 from dataclasses import replace
 
 import numpy as np
+import pytest
 import torch
 
 from kubeml.api.schemas import TrainRequest
@@ -25,6 +26,7 @@ from kubeml.control.tasks.policy import StaticPolicy
 from kubeml.errors import BackendError
 from kubeml.runtime.invocation import FunctionCode, InvocationResult, Mode
 from kubeml.runtime.sync import RoundReport
+from kubeml.stores import chunks
 
 TRAIN_SIZE = 250  # four chunks, the last one short
 
@@ -148,7 +150,10 @@ def make_stores(tmp_path):
     datasets = LocalDatasetStore(tmp_path / "datasets")
     x = np.zeros((TRAIN_SIZE, 2), dtype=np.float32)
     y = np.zeros(TRAIN_SIZE, dtype=np.int64)
-    datasets.create("d", {"train_x": x, "train_y": y, "test_x": x[:10], "test_y": y[:10]})
+    with pytest.MonkeyPatch.context() as patch:  # stored as 64-sample chunks: the plan's smallest
+        patch.setattr(chunks, "CHUNK_TARGET_BYTES", 1)
+        datasets.create("d", {"train_x": x, "train_y": y, "test_x": x[:10], "test_y": y[:10]})
+    assert datasets.chunk_samples("d") == 64
     models = LocalModelStore(tmp_path / "shm", tmp_path / "models")
     return datasets, models, CheckpointStore(tmp_path / "checkpoints")
 

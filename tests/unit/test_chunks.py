@@ -3,39 +3,53 @@
 import numpy as np
 import pytest
 
-from kubeml.control.plan.chunks import assign_chunks, even_splits, validation_slices
+from kubeml.control.plan.chunks import (
+    epoch_order,
+    epoch_orders,
+    even_splits,
+    validation_slices,
+)
+from kubeml.stores.chunks import WINDOW_CHUNKS
 
 
-def _samples(ranges):
-    return [i for a, b in ranges for i in range(a, b)]
+@pytest.mark.parametrize(
+    "n,parallelism,chunk",
+    [(1000, 1, 64), (1000, 2, 128), (1000, 3, 64), (130, 5, 64), (64, 4, 64), (9_999, 3, 1280)],
+)
+def test_every_sample_goes_to_exactly_one_function(n, parallelism, chunk):
+    lanes = epoch_orders(n, parallelism, seed=7, epoch=0, chunk_samples=chunk)
+    assert len(lanes) == parallelism
+    assert sorted(np.concatenate(lanes).tolist()) == list(range(n))
+    sizes = [len(lane) for lane in lanes]
+    assert max(sizes) - min(sizes) <= 1  # even stretches of the epoch's order
 
 
-@pytest.mark.parametrize("n,parallelism", [(1000, 1), (1000, 2), (1000, 3), (130, 5), (64, 4)])
-def test_every_sample_goes_to_exactly_one_function(n, parallelism):
-    shards = assign_chunks(n, parallelism, seed=7, epoch=0)
-    assert len(shards) == parallelism
-    everything = sorted(i for shard in shards for i in _samples(shard))
-    assert everything == list(range(n))
+def test_the_order_is_chunk_local_a_stretch_touches_at_most_two_windows_of_chunks():
+    chunk, n = 128, 128 * 100 + 17  # a short last chunk too
+    order = epoch_order(n, chunk, seed=3, epoch=0)
+    window = WINDOW_CHUNKS * chunk
+    for start in range(0, n, 977):  # stretches at any offset
+        touched = set((order[start : start + window] // chunk).tolist())
+        assert len(touched) <= 2 * WINDOW_CHUNKS
+    first = set((order[:window] // chunk).tolist())
+    assert first != set(range(WINDOW_CHUNKS))  # the chunks are shuffled, not in storage order
+    assert len(first) == WINDOW_CHUNKS  # and the window's samples mixed over all its chunks
+    assert not np.array_equal(np.sort(order[:100]), order[:100])  # shuffled inside windows
 
 
-def test_shards_are_balanced_to_one_chunk_plus_the_short_last_one():
-    sizes = [len(_samples(s)) for s in assign_chunks(10_000, 3, seed=1, epoch=0)]
-    assert max(sizes) - min(sizes) <= 2 * 64
-    even = [len(_samples(s)) for s in assign_chunks(64 * 99, 3, seed=1, epoch=0)]
-    assert even == [64 * 33] * 3
+def test_a_split_smaller_than_a_window_is_one_full_shuffle():
+    order = epoch_order(1000, 1280, seed=1, epoch=0)
+    assert sorted(order.tolist()) == list(range(1000))
+    assert order[:10].tolist() != list(range(10))
 
 
 def test_shuffle_depends_on_seed_and_epoch_and_is_reproducible():
-    a = assign_chunks(6400, 2, seed=1, epoch=0)
-    assert a == assign_chunks(6400, 2, seed=1, epoch=0)
-    assert a != assign_chunks(6400, 2, seed=1, epoch=1)
-    assert a != assign_chunks(6400, 2, seed=2, epoch=0)
-
-
-def test_chunks_are_shuffled_not_left_in_order():
-    shard = assign_chunks(6400, 1, seed=3, epoch=0)[0]
-    assert len(shard) > 10  # many separate runs of chunks, not one contiguous range
-    assert all((a % 64 == 0) for a, _ in shard)
+    a = epoch_order(6400, 64, seed=1, epoch=0)
+    assert np.array_equal(a, epoch_order(6400, 64, seed=1, epoch=0))
+    assert not np.array_equal(a, epoch_order(6400, 64, seed=1, epoch=1))
+    assert not np.array_equal(a, epoch_order(6400, 64, seed=2, epoch=0))
+    # The chunk size is part of the plan: a dataset's own chunks, not a fixed 64.
+    assert not np.array_equal(a, epoch_order(6400, 128, seed=1, epoch=0))
 
 
 def test_validation_slices_cover_the_test_set_contiguously():
@@ -46,8 +60,6 @@ def test_validation_slices_cover_the_test_set_contiguously():
 
 
 def test_epoch_orders_cover_every_sample_once_and_follow_the_seed():
-    from kubeml.control.plan.chunks import epoch_orders
-
     orders = epoch_orders(1000, 3, seed=5, epoch=2)
     assert sorted(np.concatenate(orders).tolist()) == list(range(1000))
     again = epoch_orders(1000, 3, seed=5, epoch=2)

@@ -48,6 +48,9 @@ class Invocation:
     seed: int = 0
     ranges: tuple[tuple[int, int], ...] = ()  # sample ranges of this function's shard
     order: tuple[int, ...] = ()  # training order, as positions in the shard; () = shuffled
+    # Samples per stored chunk of the dataset: the function reads its shard a piece of a
+    # few chunks at a time (`runtime/feed.py`); 0 = unknown, the whole shard at once.
+    chunk_samples: int = 0
     round: int = 0  # the epoch's round this invocation starts in (a replay, a re-split)
     optimizer_state: str = "keep"
     # Load the optimizer's state kept for `round` (a replay, a resume mid-epoch), so the

@@ -16,14 +16,14 @@ import numpy as np
 import torch
 
 from kubeml.errors import DeviceError, FunctionError, InvalidInferenceInputError
-from kubeml.runtime.batching import BatchReader, batch_length, to_device
+from kubeml.runtime.batching import batch_length, to_device
+from kubeml.runtime.feed import ShardFeed
 from kubeml.runtime.invocation import Invocation, InvocationResult, Mode
 from kubeml.runtime.seeds import derive_seed
 from kubeml.runtime.serving import served_models
 from kubeml.runtime.sync import RoundReport, SyncChannel
-from kubeml.sdk.dataset import KubeDataset
 from kubeml.sdk.model import KubeArgs, KubeModel
-from kubeml.stores.interfaces import FunctionModels, ShardSource
+from kubeml.stores.interfaces import FunctionModels, ShardSource, Split
 
 # `self.task` in the hooks: the 2021 library's names for what an invocation does.
 _TASK_NAMES = {Mode.INIT: "init", Mode.TRAIN: "train", Mode.VALIDATE: "val", Mode.INFER: "infer"}
@@ -49,6 +49,7 @@ class RoundDriver:
         self.ctx = ctx
         self.hook = "main()"
         self.result: InvocationResult | None = None
+        self.feed: ShardFeed | None = None  # the samples of a train or validate invocation
 
     # -- the SDK's Driver ------------------------------------------------------------------
     def attach(self, model: KubeModel) -> None:
@@ -70,27 +71,39 @@ class RoundDriver:
         inv = self.ctx.invocation
         model.device = resolve_device(model.gpu, inv.func_id)
         model.network.to(model.device)
-        self._hand_shard(model.dataset)
+        self._hand_shard(model)
         run = {
             Mode.INIT: self._init,
             Mode.TRAIN: self._train,
             Mode.VALIDATE: self._validate,
             Mode.INFER: self._infer,
         }[inv.mode]
-        self.result = run(model)
+        try:
+            self.result = run(model)
+        finally:
+            if self.feed is not None:
+                self.feed.close()
         self.hook = "main()"
         return self.result
 
-    def _hand_shard(self, dataset: KubeDataset) -> None:
-        inv = self.ctx.invocation
-        if inv.mode in (Mode.TRAIN, Mode.VALIDATE):
-            training = inv.mode is Mode.TRAIN
-            data, labels = self.ctx.shards.read(
-                dataset.dataset, "train" if training else "test", inv.ranges
-            )
-            dataset.load_shard(data, labels, training=training)
-        else:  # init and infer need no samples
+    def _hand_shard(self, model: KubeModel) -> None:
+        """The dataset holds the invocation's first piece of samples (`ShardFeed`)."""
+        inv, dataset = self.ctx.invocation, model.dataset
+        if inv.mode not in (Mode.TRAIN, Mode.VALIDATE):  # init and infer need no samples
             dataset.load_shard(np.empty((0,)), np.empty((0,)), training=False)
+            return
+        size = sum(b - a for a, b in inv.ranges)
+        if inv.mode is Mode.VALIDATE:
+            order = np.arange(size, dtype=np.int64)
+        elif inv.order:  # the job's exact order: a replay or a re-split continues it
+            order = np.asarray(inv.order, dtype=np.int64)
+        else:
+            rng = np.random.default_rng(derive_seed(inv.seed, inv.epoch, inv.func_id, "order"))
+            order = rng.permutation(size)
+        split: Split = "train" if inv.mode is Mode.TRAIN else "test"
+        self.feed = ShardFeed(
+            self.ctx.shards, dataset, split, inv.ranges, order, model.batch_size, inv.chunk_samples
+        )
 
     # -- the modes -------------------------------------------------------------------------
     def _init(self, model: KubeModel) -> InvocationResult:
@@ -113,12 +126,8 @@ class RoundDriver:
         train_step = step_fn(model.train, "train")
         models.share_into(inv.task_id, inv.func_id, model.network)  # publishing copies less
         state = model.network.state_dict()
-        if inv.order:  # the job's exact order: a replay or a re-split continues it
-            order = np.asarray(inv.order, dtype=np.int64)
-        else:
-            rng = np.random.default_rng(derive_seed(inv.seed, inv.epoch, inv.func_id, "order"))
-            order = rng.permutation(len(model.dataset))
-        batches = BatchReader(model.dataset, model.batch_size, order)
+        batches = self.feed
+        assert batches is not None
         n_batches = len(batches)
         k = inv.k if inv.k > 0 else max(1, n_batches)
         it = iter(batches)
@@ -216,7 +225,8 @@ class RoundDriver:
         inv = self.ctx.invocation
         validate_step = step_fn(model.validate, "validate")
         self.ctx.models.load_model_into(inv.task_id, model.network.state_dict())
-        batches = BatchReader(model.dataset, model.batch_size, np.arange(len(model.dataset)))
+        batches = self.feed
+        assert batches is not None
         model.network.eval()
         acc_sum = loss_sum = 0.0
         samples = 0

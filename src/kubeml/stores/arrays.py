@@ -1,8 +1,9 @@
 """Checks that a dataset's four array files can train: their headers first, then contents.
 
 A `.npy` header (shape, dtype, order) fits in its first bytes, so a dataset whose files do
-not fit together is refused before its data is read; the contents are then scanned in
-chunks of a few MiB through memory maps, so checking a 1 GiB file needs no 1 GiB of RAM.
+not fit together is refused before its data is read; the contents are checked a chunk
+at a time as the store writes its chunks (`kubeml.stores.chunk_writer`), so checking a
+1 GiB file needs no 1 GiB of RAM.
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ LABEL_FIELDS = ("train_y", "test_y")
 NPY_MAGIC = b"\x93NUMPY"
 ZIP_MAGIC = b"PK\x03\x04"
 MAX_HEADER_BYTES = 65_536  # numpy itself refuses headers over 10,000 bytes by default
-CHUNK_BYTES = 8 * 2**20
 _NUMERIC_KINDS = "biuf"  # bool, signed, unsigned, float
 _CLASS_ID_KINDS = "biu"
 
@@ -176,43 +176,28 @@ def check_file_size(path: Path, source: str, header: Header) -> None:
         )
 
 
-def check_contents(field: str, source: str, path: Path, header: Header) -> None:
-    """Scan the data in chunks: floats finite, class ids not negative."""
-    import numpy as np
+def check_values(field: str, source: str, values: np.ndarray, first_sample: int) -> None:
+    """One chunk's samples (C order, sample-major): floats finite, class ids not negative.
 
-    kind = header.dtype.kind
-    if kind in "bu" or (kind == "i" and field not in LABEL_FIELDS):
+    `first_sample` is the chunk's first sample in the file, so an error names the sample.
+    """
+    kind = values.dtype.kind
+    if kind in "bu" or (kind == "i" and field not in LABEL_FIELDS) or values.size == 0:
         return  # integers are finite; only signed class ids can be out of range
-    per_sample = math.prod(header.shape[1:])
-    total = math.prod(header.shape)
-    step = max(1, CHUNK_BYTES // header.dtype.itemsize)
-    for start in range(0, total, step):
-        count = min(step, total - start)
-        # One small map per chunk, dropped at once: a 1 GiB file never sits in RSS whole.
-        chunk = np.memmap(
-            path,
-            dtype=header.dtype,
-            mode="r",
-            offset=header.offset + start * header.dtype.itemsize,
-            shape=(count,),
-        )
-        try:
-            bad = _first_bad(chunk, kind)
-        finally:
-            del chunk
-        if bad is None:
-            continue
-        index, value = bad
-        flat = start + index
-        sample = flat % header.shape[0] if header.fortran_order else flat // per_sample
-        if kind == "f":
-            raise InvalidDatasetError(
-                f"{source}: holds {value} at sample {sample} (and maybe more); "
-                "training on it gives NaN losses: drop or repair those samples first"
-            )
+    flat = values.reshape(-1)
+    bad = _first_bad(flat, kind)
+    if bad is None:
+        return
+    index, value = bad
+    sample = first_sample + index // (flat.size // len(values))
+    if kind == "f":
         raise InvalidDatasetError(
-            f"{source}: class ids must be 0 or more, found {value} at sample {sample}"
+            f"{source}: holds {value} at sample {sample} (and maybe more); "
+            "training on it gives NaN losses: drop or repair those samples first"
         )
+    raise InvalidDatasetError(
+        f"{source}: class ids must be 0 or more, found {value} at sample {sample}"
+    )
 
 
 def _first_bad(chunk: np.ndarray, kind: str) -> tuple[int, Any] | None:

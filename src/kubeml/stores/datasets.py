@@ -1,15 +1,18 @@
 """Dataset store: named train/test arrays; functions read only the ranges they are given.
 
-Each dataset is a folder of four `.npy` files under the kubeml home. Readers memory-map
-them and copy out just their sample ranges, so N functions never each load the whole set.
-A new dataset is written into a staging folder, checked there (`kubeml.stores.staging`),
-and renamed into place: a reader sees a whole, checked dataset or none.
+Each dataset is a folder under the kubeml home: its splits as chunks of a few MiB with a
+manifest (`kubeml.stores.chunks`). Readers copy out just their sample ranges from the
+chunk files, so N functions never each load the whole set. A new dataset is written into
+a staging folder, checked there chunk by chunk (`kubeml.stores.staging`), and renamed into
+place: a reader sees a whole, checked dataset or none. Datasets written before chunks
+(four `.npy` files) are read as they are, through memory maps.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import shutil
 import threading
 import time
@@ -26,6 +29,7 @@ from kubeml.errors import (
     StorageError,
 )
 from kubeml.stores.arrays import ARRAY_FIELDS
+from kubeml.stores.chunks import MANIFEST, ChunkedSplit, chunk_samples_for, read_manifest
 from kubeml.stores.files import disk_error
 from kubeml.stores.interfaces import ShardSource, Split
 from kubeml.stores.staging import StagedDataset
@@ -61,6 +65,17 @@ class DatasetStore(ShardSource):
     ) -> tuple[np.ndarray, np.ndarray]:
         """Copy out the samples in `ranges` (start, stop) of one split, in order."""
 
+    def chunk_samples(self, name: str) -> int:
+        """Samples per stored chunk of the training split: the unit the job's epoch order
+        shuffles. Derived from the sample size, as an upload cuts them (stores that keep
+        a manifest say what it holds)."""
+        import numpy as np
+
+        info = self.get(name)
+        return chunk_samples_for(
+            math.prod(info.feature_shape) * np.dtype(info.feature_dtype).itemsize
+        )
+
     def stage(self) -> StagedDataset:
         """A staging folder to stream an upload into (stores that keep files locally)."""
         raise StorageError(f"{type(self).__name__} takes no streamed uploads")
@@ -71,11 +86,15 @@ class DatasetStore(ShardSource):
 
 
 class LocalDatasetStore(DatasetStore):
-    """Datasets as `.npy` files under one folder, memory-mapped by readers."""
+    """Datasets as chunk files under one folder (older ones as `.npy` files, memory-mapped)."""
+
+    prefetches = True  # reads are thread-safe and release the GIL: a feed may read ahead
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
-        self._maps: dict[tuple[str, str, int], Any] = {}
+        self._maps: dict[tuple[str, str, int], Any] = {}  # old datasets' memory maps
+        # Chunk readers, by the version (inode, mtime) of the manifest they read.
+        self._splits: dict[tuple[str, str], tuple[tuple[int, int], ChunkedSplit]] = {}
         self._lock = threading.Lock()
         self._reported: set[str] = set()
 
@@ -170,6 +189,8 @@ class LocalDatasetStore(DatasetStore):
         with self._lock:
             for key in [k for k in self._maps if k[0] == name]:
                 del self._maps[key]
+            for split in ("train", "test"):
+                self._splits.pop((name, split), None)
         # Rename first so a concurrent reader never sees half a dataset.
         trash = self.root / f".deleting-{name}-{threading.get_ident()}"
         target.rename(trash)
@@ -192,9 +213,37 @@ class LocalDatasetStore(DatasetStore):
                 self._maps[key] = array
         return array
 
+    def chunk_samples(self, name: str) -> int:
+        chunked = self._chunked(name, "train")
+        if chunked is None:  # written before chunks: its order's unit all the same
+            return super().chunk_samples(name)
+        return chunked.manifest.chunk_samples
+
+    def _chunked(self, name: str, split: Split) -> ChunkedSplit | None:
+        """The chunk reader of a stored split; None for a dataset stored as `.npy` files."""
+        folder = self._dir(name)
+        try:
+            stat = (folder / MANIFEST).stat()  # a re-created dataset: a new manifest
+            version = (stat.st_ino, stat.st_mtime_ns)
+        except FileNotFoundError:
+            if (folder / f"{split}_x.npy").exists():
+                return None
+            raise NotFoundError(f"dataset {name!r} not found") from None
+        with self._lock:
+            cached = self._splits.get((name, split))
+            if cached is not None and cached[0] == version:
+                return cached[1]
+        reader = ChunkedSplit(folder, split, read_manifest(folder)[split])
+        with self._lock:
+            self._splits[(name, split)] = (version, reader)
+        return reader
+
     def read(
         self, name: str, split: Split, ranges: Sequence[tuple[int, int]]
     ) -> tuple[np.ndarray, np.ndarray]:
+        chunked = self._chunked(name, split)
+        if chunked is not None:
+            return chunked.read(ranges)
         import numpy as np
 
         x_all, y_all = self._array(name, f"{split}_x"), self._array(name, f"{split}_y")

@@ -49,7 +49,13 @@ class FunctionStates(ABC):
 
 
 class ShardSource(ABC):
-    """Where a function reads the samples of its shard."""
+    """Where a function reads the samples of its shard.
+
+    A train invocation reads its lane a piece at a time (a window or two of chunks, see
+    `kubeml.runtime.feed`), each piece as one `read` of sorted ranges."""
+
+    # True: `read` may run on a background thread while the function trains (read-ahead).
+    prefetches = False
 
     @abstractmethod
     def read(

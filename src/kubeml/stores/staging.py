@@ -1,8 +1,10 @@
-"""A dataset being uploaded: its files land in a staging folder, are checked there as they
-arrive (`kubeml.stores.arrays`), and the folder is renamed into place once whole."""
+"""A dataset being uploaded: its files land in a staging folder as checked chunks as they
+arrive (`kubeml.stores.arrays`, `kubeml.stores.chunk_writer`), and the folder is renamed
+into place once whole."""
 
 from __future__ import annotations
 
+import math
 import secrets
 import shutil
 import zipfile
@@ -18,15 +20,15 @@ from kubeml.stores.arrays import (
     NPY_MAGIC,
     ZIP_MAGIC,
     Header,
-    check_contents,
     check_file_size,
     check_header,
     check_together,
     header_of_array,
     not_numpy,
     parse_header,
-    read_header,
 )
+from kubeml.stores.chunk_writer import ChunkWriter
+from kubeml.stores.chunks import SplitManifest, chunk_samples_for, write_manifest
 from kubeml.stores.files import is_full
 
 _PREFIX_BYTES = 8 + 4 + MAX_HEADER_BYTES
@@ -34,11 +36,15 @@ _COPY_BYTES = 2**20
 
 
 class StagedDataset:
-    """A dataset being written: its files land in a staging folder, are checked, then published.
+    """A dataset being written: its arrays land in a staging folder as chunks, checked as
+    they arrive, then the folder is renamed into place.
 
     Files arrive one at a time (`begin_file`, `write`..., `end_file`) or as arrays
     (`add_array`). Each `.npy` header is checked as soon as its bytes are in, against the
-    headers already seen; `publish` then scans the contents and renames the folder.
+    headers already seen; a C-order `.npy` whose chunk size is known (its split's features'
+    header is in) is cut into checked chunks as it streams. The rest (`.npz`, pickles,
+    Fortran order, labels sent before their features) is kept whole and chunked by
+    `publish`, which then writes the manifest and renames the folder.
     """
 
     def __init__(self, root: Path) -> None:
@@ -47,10 +53,21 @@ class StagedDataset:
         self.dir.mkdir(parents=True)
         self.headers: dict[str, tuple[str, Header]] = {}
         self._pickles: dict[str, tuple[str, Path]] = {}
+        self._whole: dict[str, Any] = {}  # field -> a path to a whole .npy, or an array
+        self._crcs: dict[str, list[int]] = {}  # fields already chunked
         self._file: IO[bytes] | None = None
+        self._writer: ChunkWriter | None = None
         self._field = self._source = ""
         self._format: str | None = None
         self._prefix = bytearray()
+
+    def chunk_samples(self, split: str) -> int | None:
+        """Samples per chunk of `split`: set by its features' sample size, once known."""
+        features = self.headers.get(f"{split}_x")
+        if features is None:
+            return None
+        shape, dtype = features[1].shape, features[1].dtype
+        return chunk_samples_for(math.prod(shape[1:]) * dtype.itemsize)
 
     def begin_file(self, field: str, filename: str) -> None:
         if field in self.headers or field in self._pickles:
@@ -62,34 +79,59 @@ class StagedDataset:
         lower = filename.lower()
         self._format = "pkl" if lower.endswith((".pkl", ".pickle")) else None
         self._prefix = bytearray()
-        self._file = open(self.dir / f"{field}.part", "wb")  # noqa: SIM115 - closed in end_file
+        self._writer = None
+        if self._format == "pkl":
+            self._open_part()
 
     def write(self, data: bytes) -> None:
-        """Append to the current file; refuses as soon as its header shows it cannot fit."""
-        assert self._file is not None, "write() outside begin_file()/end_file()"
-        self._file.write(data)
-        if self._format == "pkl" or (self._format == "npy" and self._field in self.headers):
+        """Take the next bytes of the current file; refuses as soon as its header shows
+        it cannot fit, or a chunk of its data cannot train."""
+        if self._writer is not None:
+            self._writer.feed(data)
             return
-        if len(self._prefix) < _PREFIX_BYTES:
-            self._prefix += data[: _PREFIX_BYTES - len(self._prefix)]
+        if self._file is not None:
+            self._file.write(data)
+            return
+        self._prefix += data
         prefix = bytes(self._prefix)
         if self._format is None and len(prefix) >= len(ZIP_MAGIC):
             if prefix.startswith(ZIP_MAGIC):
                 self._format = "npz"
-            elif prefix.startswith(NPY_MAGIC[: len(ZIP_MAGIC)]):
-                self._format = "npy"
-            else:
+                self._open_part()
+                return
+            if not prefix.startswith(NPY_MAGIC[: len(ZIP_MAGIC)]):
                 raise not_numpy(self._source)
+            self._format = "npy"
         if self._format == "npy":
             header = parse_header(prefix, self._source)
             if header is not None:
                 self._accept(self._field, self._source, header)
+                self._stream(header)
+
+    def _stream(self, header: Header) -> None:
+        """Where the bytes after a parsed header go: chunks, or a whole file for later."""
+        size = self.chunk_samples(self._field.split("_")[0])
+        if size is None or header.fortran_order:
+            self._open_part()
+            return
+        self._writer = ChunkWriter(self.dir, self._field, self._source, header, size)
+        self._writer.feed(memoryview(self._prefix)[header.offset :])
+        self._prefix = bytearray()
+
+    def _open_part(self) -> None:
+        self._file = open(self.dir / f"{self._field}.part", "wb")  # noqa: SIM115 - end_file
+        self._file.write(self._prefix)
+        self._prefix = bytearray()
 
     def end_file(self) -> None:
-        assert self._file is not None, "end_file() without begin_file()"
-        self._file.close()
-        self._file = None
         field, source = self._field, self._source
+        if self._writer is not None:
+            self._crcs[field] = self._writer.finish()
+            self._writer = None
+            return
+        if self._file is not None:
+            self._file.close()
+            self._file = None
         part, path = self.dir / f"{field}.part", self.dir / f"{field}.npy"
         if self._format == "pkl":
             self._pickles[field] = (source, part)  # loaded in publish, once allow_pickle is known
@@ -103,20 +145,21 @@ class StagedDataset:
         else:
             raise not_numpy(source)
         check_file_size(path, source, self.headers[field][1])
+        self._whole[field] = path
 
     def add_array(self, field: str, array: Any, source: str = "") -> None:
-        import numpy as np
-
         source = source or field
         try:
             header = header_of_array(array)
         except TypeError as exc:
             raise InvalidDatasetError(f"{source}: {exc}") from exc
         self._accept(field, source, header)  # before a byte is written
-        np.save(self.dir / f"{field}.npy", np.ascontiguousarray(array), allow_pickle=False)
+        self._whole[field] = array  # chunked by publish, once the chunk size is known
 
     def publish(self, name: str, *, allow_pickle: bool = False) -> DatasetInfo:
-        """Check the contents, then move the dataset into place under `name`."""
+        """Chunk and check what is still whole, then move the dataset into place."""
+        import numpy as np
+
         target = self.root / check_name("dataset", name)
         for field, (source, part) in self._pickles.items():
             self._unpickle(field, source, part, allow_pickle)
@@ -126,12 +169,19 @@ class StagedDataset:
                 f"{', '.join(missing)}: missing; a dataset needs all of {', '.join(ARRAY_FIELDS)}"
             )
         check_together(self.headers)
-        for field in ARRAY_FIELDS:
-            source, _ = self.headers[field]
-            path = self.dir / f"{field}.npy"
-            header = read_header(path, source)  # with the offset of the file as written
-            check_file_size(path, source, header)
-            check_contents(field, source, path, header)
+        for field, whole in self._whole.items():
+            source, header = self.headers[field]
+            size = self.chunk_samples(field.split("_")[0])
+            assert size is not None  # every features header is in
+            writer = ChunkWriter(self.dir, field, source, header, size)
+            if isinstance(whole, Path):
+                writer.add(np.load(whole, mmap_mode="r", allow_pickle=False))
+                whole.unlink()
+            else:
+                writer.add(whole)
+            self._crcs[field] = writer.finish()
+        self._whole.clear()
+        splits = {split: self._manifest(split) for split in ("train", "test")}
         tx, ty, sx = (self.headers[field][1] for field in ("train_x", "train_y", "test_x"))
         info = DatasetInfo(
             name=name,
@@ -143,6 +193,7 @@ class StagedDataset:
             created_at=utc_now(),
         )
         try:
+            write_manifest(self.dir, splits)
             (self.dir / "info.json").write_text(info.model_dump_json())
             self.dir.rename(target)  # atomic: a reader sees the whole dataset or none of it
         except OSError as exc:
@@ -153,10 +204,25 @@ class StagedDataset:
             raise StorageError(f"cannot store dataset {name!r}: {exc}") from exc
         return info
 
+    def _manifest(self, split: str) -> SplitManifest:
+        x, y = self.headers[f"{split}_x"][1], self.headers[f"{split}_y"][1]
+        size = self.chunk_samples(split)
+        assert size is not None
+        return SplitManifest(
+            samples=x.shape[0],
+            chunk_samples=size,
+            x_shape=x.shape[1:],
+            x_dtype=x.dtype.str,
+            y_dtype=y.dtype.str,
+            x_crc=tuple(self._crcs[f"{split}_x"]),
+            y_crc=tuple(self._crcs[f"{split}_y"]),
+        )
+
     def discard(self) -> None:
         if self._file is not None:
             self._file.close()
             self._file = None
+        self._writer = None
         shutil.rmtree(self.dir, ignore_errors=True)
 
     def _accept(self, field: str, source: str, header: Header) -> None:

@@ -29,6 +29,7 @@ def plain_invocation(job: TrainJob, mode: Mode, parallelism: int, threads: int) 
         epoch=job.state.epoch,
         seed=req.seed,
         optimizer_state=req.optimizer_state.value,
+        chunk_samples=job.chunk_samples,
         threads=threads,
         memory_mb=req.memory_mb or 0,
     )

@@ -71,6 +71,7 @@ class TrainJob:
         )
         info = services.datasets.get(request.dataset)
         self.train_size, self.test_size = info.train_size, info.test_size
+        self.chunk_samples = services.datasets.chunk_samples(request.dataset)
 
     def stop(self) -> None:
         """Ask the job to stop at the next round boundary."""
@@ -161,7 +162,9 @@ class TrainJob:
         return self._fresh_position(0)
 
     def _fresh_position(self, epoch: int) -> Position:
-        return Position.start(self.train_size, self.state.parallelism, self.request.seed, epoch)
+        return Position.start(
+            self.train_size, self.state.parallelism, self.request.seed, epoch, self.chunk_samples
+        )
 
     def _train_epoch(self, position: Position) -> EpochRecord:
         state = self.state

@@ -1,12 +1,14 @@
-"""Which samples each function gets: 64-sample chunks, shuffled per epoch, split in N runs."""
+"""Which samples each function trains, in which order: the stored chunks shuffled per
+epoch, samples shuffled within windows of chunks, the order split in N even stretches."""
 
 from __future__ import annotations
 
 import numpy as np
 
 from kubeml.runtime.seeds import derive_seed
+from kubeml.stores.chunks import CHUNK_UNIT, WINDOW_CHUNKS
 
-CHUNK_SIZE = 64
+CHUNK_SIZE = CHUNK_UNIT  # the smallest chunk: stored chunks are whole multiples of it
 
 Ranges = tuple[tuple[int, int], ...]
 
@@ -17,35 +19,31 @@ def even_splits(total: int, parts: int) -> list[tuple[int, int]]:
     return [(bounds[i], bounds[i + 1]) for i in range(parts)]
 
 
-def _coalesce(spans: list[tuple[int, int]]) -> Ranges:
-    out: list[tuple[int, int]] = []
-    for start, stop in spans:
-        if out and out[-1][1] == start:
-            out[-1] = (out[-1][0], stop)
-        else:
-            out.append((start, stop))
-    return tuple(out)
+def epoch_order(
+    n_samples: int, chunk_samples: int, seed: int, epoch: int, window: int = WINDOW_CHUNKS
+) -> np.ndarray:
+    """The epoch's training order of the whole split, as global sample indices.
 
-
-def assign_chunks(
-    n_samples: int, parallelism: int, seed: int, epoch: int, chunk_size: int = CHUNK_SIZE
-) -> list[Ranges]:
-    """The training shard of every function for one epoch.
-
-    The set is cut into `chunk_size` chunks (the last may be short), the chunk order is
-    shuffled with a seed derived from (seed, epoch), and the shuffled list is split into
-    `parallelism` contiguous runs; function i gets run i, as sample ranges.
+    The stored chunks (`chunk_samples` samples each, the last may be short) are shuffled
+    with a seed derived from (seed, epoch); consecutive runs of `window` shuffled chunks
+    form windows, and each window's samples are permuted with a seed of their own. So the
+    order is fixed by the task's seed alone, has every sample once, and any stretch of it
+    lies in one or two windows: whoever trains a stretch reads a bounded set of chunks.
     """
-    n_chunks = -(-n_samples // chunk_size)
-    order = np.random.default_rng(derive_seed(seed, epoch, "chunks")).permutation(n_chunks)
-    shards = []
-    for start, stop in even_splits(n_chunks, parallelism):
-        spans = [
-            (int(c) * chunk_size, min((int(c) + 1) * chunk_size, n_samples))
-            for c in order[start:stop]
-        ]
-        shards.append(_coalesce(spans))
-    return shards
+    size = max(CHUNK_SIZE, chunk_samples)
+    n_chunks = -(-n_samples // size)
+    chunks = np.random.default_rng(derive_seed(seed, epoch, "chunks")).permutation(n_chunks)
+    starts = chunks.astype(np.int64) * size
+    lengths = np.minimum(size, n_samples - starts)
+    ends = np.cumsum(lengths)
+    # The shuffled chunks' samples, concatenated (each chunk's in storage order).
+    order = np.repeat(starts - (ends - lengths), lengths) + np.arange(n_samples, dtype=np.int64)
+    bounds = np.concatenate([[0], ends[window - 1 :: window], [n_samples]])
+    for w in range(-(-n_chunks // window)):
+        a, b = int(bounds[w]), int(bounds[w + 1])
+        rng = np.random.default_rng(derive_seed(seed, epoch, "window", w))
+        order[a:b] = order[a:b][rng.permutation(b - a)]
+    return order
 
 
 def validation_slices(n_samples: int, parallelism: int) -> list[Ranges]:
@@ -54,22 +52,16 @@ def validation_slices(n_samples: int, parallelism: int) -> list[Ranges]:
 
 
 def epoch_orders(
-    n_samples: int, parallelism: int, seed: int, epoch: int, chunk_size: int = CHUNK_SIZE
+    n_samples: int, parallelism: int, seed: int, epoch: int, chunk_samples: int = CHUNK_SIZE
 ) -> list[np.ndarray]:
     """Every function's training order for one epoch, as global sample indices.
 
-    Function i trains the samples of its shard (`assign_chunks`) in a permutation seeded
-    by (seed, epoch, i): the order is fixed by the task's seed alone, so a replacement
-    function, a resumed task or a re-split continues exactly where the last one stopped.
+    Function i trains the i-th of N contiguous, even stretches of the epoch's order
+    (`epoch_order`): fixed by the task's seed alone, so a replacement function, a resumed
+    task or a re-split continues exactly where the last one stopped.
     """
-    orders = []
-    for func_id, ranges in enumerate(
-        assign_chunks(n_samples, parallelism, seed, epoch, chunk_size)
-    ):
-        samples = np.concatenate([np.arange(a, b) for a, b in ranges]) if ranges else np.empty(0)
-        rng = np.random.default_rng(derive_seed(seed, epoch, func_id, "order"))
-        orders.append(samples.astype(np.int64)[rng.permutation(len(samples))])
-    return orders
+    order = epoch_order(n_samples, chunk_samples, seed, epoch).astype(np.int64)
+    return [order[a:b] for a, b in even_splits(n_samples, parallelism)]
 
 
 def resplit(remaining: list[np.ndarray], parallelism: int) -> list[np.ndarray]:

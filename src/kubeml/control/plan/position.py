@@ -51,8 +51,13 @@ class Position:
     trained: list[np.ndarray] = field(default_factory=list, repr=False)  # this run, merged
 
     @classmethod
-    def start(cls, n_samples: int, parallelism: int, seed: int, epoch: int) -> Position:
-        lanes = [Lane(o) for o in epoch_orders(n_samples, parallelism, seed, epoch)]
+    def start(
+        cls, n_samples: int, parallelism: int, seed: int, epoch: int, chunk_samples: int = 0
+    ) -> Position:
+        """The start of `epoch`: `chunk_samples` is the dataset's stored chunk (the unit
+        the epoch's order shuffles; 0: the smallest, 64)."""
+        orders = epoch_orders(n_samples, parallelism, seed, epoch, chunk_samples)
+        lanes = [Lane(o) for o in orders]
         return cls(epoch=epoch, lanes=lanes, seed=seed)
 
     @property

@@ -14,7 +14,7 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING
 
 from kubeml.api.schemas import EpochRecord, RoundPoint, TrainRequest
-from kubeml.control.plan.chunks import assign_chunks, even_splits
+from kubeml.control.plan.chunks import even_splits
 
 if TYPE_CHECKING:
     from kubeml.control.job.ports import JobListener
@@ -26,11 +26,11 @@ MAX_TASKS = 64  # tasks whose points are kept; the least recently updated go fir
 def round_plan(train_size: int, parallelism: int, request: TrainRequest, epoch: int) -> list[int]:
     """Samples trained in each round of an epoch, by all N functions together.
 
-    Function i trains its shard in batches and merges every K batches (once per epoch for
-    K=-1); the epoch has as many rounds as its longest shard needs.
+    Function i trains its stretch of the epoch's order (`chunks.epoch_orders`: N even
+    stretches) in batches and merges every K batches (once per epoch for K=-1); the epoch
+    has as many rounds as its longest stretch needs.
     """
-    shards = assign_chunks(train_size, parallelism, request.seed, epoch - 1)
-    return _rounds([sum(stop - start for start, stop in shard) for shard in shards], request)
+    return _rounds([stop - start for start, stop in even_splits(train_size, parallelism)], request)
 
 
 def resplit_plan(left: int, parallelism: int, request: TrainRequest) -> list[int]:
