@@ -251,19 +251,27 @@ def test_a_killed_control_plane_comes_back_and_resumes_the_sharded_task(
         stop_server(settings, timeout_s=30)
 
 
-def test_a_dataset_is_read_from_its_home_once_and_lives_on_the_nodes(engine):
-    """Chunks of 192 digits: the first task reads each chunk from the control plane's home
-    (both functions may ask for the same chunk at once in its first epoch); from then on
-    the chunks come from the nodes that keep them: a second task of 3 epochs reads none,
-    and the nodes' servers hold every sample once between them."""
+def test_a_dataset_is_read_from_its_home_once_and_lives_on_the_nodes(engine, digits, monkeypatch):
+    """The digits stored as 64-sample chunks: the first task reads each chunk from the
+    control plane's home (two functions may ask for one at once in its first epoch); from
+    then on the chunks come from the nodes that keep them: a second task of 3 epochs
+    reads none, and the nodes' servers hold every sample once between them."""
+    from kubeml.stores import chunks
+
+    monkeypatch.setattr(chunks, "CHUNK_TARGET_BYTES", 1)  # one 64-sample unit a chunk
+    engine.delete_dataset("digits")  # the function reads "digits": stored again, chunked so
+    engine.create_dataset(
+        "digits", digits["train_x"], digits["train_y"], digits["test_x"], digits["test_y"]
+    )
     datasets = engine.backend.datasets
-    datasets.chunk_bytes = 16 * 1024  # 192 samples of 64 bytes (+ an 8-byte label) a chunk
-    first = engine.wait(engine.train(**{**TASK, "epochs": 1}), 120)
+    assert datasets.chunk_samples("digits") == 64
+    task = dict(TASK)
+    first = engine.wait(engine.train(**{**task, "epochs": 1}), 120)
     assert first.state is TaskState.SUCCEEDED, first.error
-    chunks = -(-1497 // 192) + -(-300 // 192)
+    chunk_count = -(-1497 // 64) + -(-300 // 64)
     read = datasets.chunks_read
-    assert chunks <= read <= 2 * chunks
-    task_id = engine.train(**{**TASK, "epochs": 3})
+    assert chunk_count <= read <= 2 * chunk_count
+    task_id = engine.train(**{**task, "epochs": 3})
     info = engine.wait(task_id, 120)
     assert info.state is TaskState.SUCCEEDED, info.error
     epochs = engine.get_history(task_id).epochs

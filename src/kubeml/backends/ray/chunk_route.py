@@ -1,8 +1,8 @@
 """Datasets on a Ray cluster: cut into chunks that live on the nodes, read by range.
 
-No process holds a whole split. A split is read in chunks of `samples` samples (the
-stored chunks of the dataset, or about 4 MiB of samples for a home written before
-chunks); chunk `c` has a *home*, the node server `servers[c % len(servers)]` (the shard
+No process holds a whole split. A split is read in its stored chunks (`kubeml.stores.
+chunks`: about 4 MiB each; a home written before chunks is cut the same way); chunk `c`
+has a *home*, the node server `servers[c % len(servers)]` (the shard
 servers, one per node), which keeps it in its node's object store once it was asked for
 it (Ray spills to disk what its memory cannot hold). A function reads the chunks its
 ranges touch from their homes over the workers' links; a chunk no home holds yet (the

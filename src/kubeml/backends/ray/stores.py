@@ -66,7 +66,6 @@ INLINE_BYTES = 4 * 2**20
 
 Ask = Callable[[Any], Any]  # ask(request) -> the control plane's answer (or raises its error)
 ReferenceRef = tuple[FlatLayout, Any]  # the buffer, or its object ref
-CHUNK_BYTES = 4 * 2**20  # a chunk of a dataset on the nodes: about this many bytes
 
 
 # -- what a function asks the control plane for -------------------------------------------
@@ -134,7 +133,6 @@ class RayDatasetStore(DatasetStore):
     def __init__(self, local: LocalDatasetStore, pool: ServerPool | None = None) -> None:
         self.local = local
         self._pool = pool
-        self.chunk_bytes = CHUNK_BYTES
         self.chunks_read = 0  # chunks read from the home for functions (a figure for tests)
         self._lock = threading.Lock()
 
@@ -180,10 +178,8 @@ class RayDatasetStore(DatasetStore):
         )
 
     def chunk_samples(self, name: str) -> int:
-        """Samples per chunk: about `chunk_bytes` of them, whole 64-sample units."""
-        info = self.local.get(name)
-        features = int(np.prod(info.feature_shape or [1])) * np.dtype(info.feature_dtype).itemsize
-        return max(1, self.chunk_bytes // (64 * (features + 8))) * 64
+        """Samples per chunk: the stored chunks' (`kubeml.stores.chunks`)."""
+        return self.local.chunk_samples(name)
 
     def chunk(self, request: WantChunk) -> tuple[np.ndarray, np.ndarray]:
         """A chunk's samples, read from the home (`chunk` -1: none, of the right shapes)."""
