@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from kubeml.stores.codecs import Encoded, decode, encode
+from kubeml.stores.codecs import decode, encode
 from kubeml.stores.shard_plan import ShardSpec, gaps
 
 Payload = dict[str, Any]  # dtype -> Encoded (floats) or np.ndarray (integers, raw)
@@ -306,7 +306,3 @@ def adaptive_kept(momentum: float, sums: Sequence[tuple[float, float, float]]) -
     vv = sum(s[2] for s in sums)
     cosine = dv / math.sqrt(dd * vv) if dd > 0 and vv > 0 else 1.0
     return momentum * max(0.0, min(1.0, cosine))
-
-
-def encoded_bytes(payload: Payload) -> int:
-    return sum(v.nbytes if isinstance(v, Encoded | np.ndarray) else 0 for v in payload.values())

@@ -102,8 +102,8 @@ def plan_shards(
 
 
 def slice_groups(spec: ShardSpec, groups: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The shard's pieces of full flat groups (views, no copy)."""
-    return {dtype: groups[dtype][a:b] for dtype, a, b in spec.ranges}
+    """The shard's pieces of full flat groups (views, no copy), of the groups present."""
+    return {dtype: groups[dtype][a:b] for dtype, a, b in spec.ranges if dtype in groups}
 
 
 def gaps(spans: list[tuple[int, int]], numel: int) -> list[tuple[int, int]]:

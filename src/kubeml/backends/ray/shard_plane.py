@@ -38,7 +38,7 @@ from kubeml.runtime.sync import RoundReport
 from kubeml.stores.flat import FlatLayout
 from kubeml.stores.interfaces import Groups
 from kubeml.stores.shard_core import adaptive_kept
-from kubeml.stores.shard_plan import OuterStep, ShardSpec, plan_shards
+from kubeml.stores.shard_plan import OuterStep, ShardSpec, plan_shards, slice_groups
 
 _PING_S = 10.0
 # A shard that has not answered a round's merge (or a function's deposit) in this long is
@@ -355,4 +355,4 @@ def _alive(server: Any) -> bool:
 
 def _slice_present(spec: ShardSpec, groups: Groups) -> dict[str, torch.Tensor]:
     """Copies of the shard's pieces (a pickled view would carry its whole storage)."""
-    return {dtype: groups[dtype][a:b].clone() for dtype, a, b in spec.ranges if dtype in groups}
+    return {dtype: piece.clone() for dtype, piece in slice_groups(spec, groups).items()}

@@ -186,7 +186,9 @@ class RayDatasetStore(DatasetStore):
         info = self.local.get(request.name)
         if info.created_at.isoformat() != request.version:
             raise NotFoundError(f"dataset {request.name!r} changed while a task read it")
-        route = self.chunk_route(request.name, request.split)  # type: ignore[arg-type]
+        # The chunk's bounds, without the route's node lookup.
+        samples = info.train_size if request.split == "train" else info.test_size
+        route = ChunkRoute(request.version, samples, self.chunk_samples(request.name), ())
         bounds = [route.bounds(request.chunk)] if request.chunk >= 0 else [(0, 0)]
         with self._lock:
             self.chunks_read += request.chunk >= 0
