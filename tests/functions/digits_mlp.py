@@ -26,6 +26,7 @@ MOMENTUM = 0.9  # 0.0: plain SGD, an optimizer with no state between rounds
 # A folder: labels are `sample id * 10 + class`, and train() appends "epoch id held" lines
 # (held: the samples the dataset holds now) to a file per process there.
 RECORD_SAMPLES_TO = None
+DATASET = "digits"  # the dataset the function reads
 _threads_seen = None
 
 
@@ -42,7 +43,7 @@ class MLP(nn.Module):
 
 class Digits(KubeDataset):
     def __init__(self):
-        super().__init__("digits")
+        super().__init__(DATASET)
         self.seen = []  # RECORD_SAMPLES_TO: the ids of the samples read since the last batch
         if RECORD_SAMPLES_TO:
             self.batched_getitem = False  # one call per sample read: each id recorded once

@@ -281,3 +281,22 @@ def test_a_dataset_is_read_from_its_home_once_and_lives_on_the_nodes(engine, dig
     servers = engine.backend.models.sharded._pool.servers(0, started=True)
     held = sum(ray.get([s.chunk_bytes.remote() for s in servers]))
     assert held == 1797 * (64 + 8)  # every sample on exactly one node
+
+
+def test_a_registered_dataset_is_read_by_the_functions_not_the_control_plane(
+    engine, digits, tmp_path
+):
+    """A shared directory every node reads: the functions read their ranges from it, and
+    no chunk passes through the control plane or the nodes' servers."""
+    from tests.integration.test_registered_data import share
+
+    where = share(tmp_path / "shared", digits)
+    engine.register_dataset("shared-digits", where)
+    engine.create_function("shared-mlp", function_source(DATASET="shared-digits"))
+    task_id = engine.train(**{**TASK, "function": "shared-mlp", "dataset": "shared-digits"})
+    info = engine.wait(task_id, 120)
+    assert info.state is TaskState.SUCCEEDED, info.error
+    epochs = engine.get_history(task_id).epochs
+    assert all(e.samples == 1497 for e in epochs)
+    assert epochs[-1].train_loss < epochs[0].train_loss and info.accuracy > 80
+    assert engine.backend.datasets.chunks_read == 0

@@ -1,7 +1,7 @@
 """Pydantic schemas shared by the control plane, the client and the CLI (no heavy imports)."""
 
+from kubeml.api.datasets import DatasetInfo
 from kubeml.api.schemas import (
-    DatasetInfo,
     EpochRecord,
     FunctionInfo,
     History,

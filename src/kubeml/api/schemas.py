@@ -344,16 +344,6 @@ class History(BaseModel):
     epochs: list[EpochRecord] = Field(default_factory=list)
 
 
-class DatasetInfo(BaseModel):
-    name: str
-    train_size: int
-    test_size: int
-    feature_shape: list[int]
-    feature_dtype: str
-    label_dtype: str
-    created_at: datetime
-
-
 class FunctionInfo(BaseModel):
     name: str
     sha256: str

@@ -1,4 +1,5 @@
-"""`kubeml dataset create|list|delete`: upload train and test arrays under a name."""
+"""`kubeml dataset create|list|delete`: upload train and test arrays under a name, or
+register a location that holds them."""
 
 from __future__ import annotations
 
@@ -26,10 +27,19 @@ def _array_file(flag: str, what: str) -> Any:
 def create(
     ctx: typer.Context,
     name: Name,
-    traindata: Annotated[Path, _array_file("--traindata", "training features")],
-    trainlabels: Annotated[Path, _array_file("--trainlabels", "training labels")],
-    testdata: Annotated[Path, _array_file("--testdata", "test features")],
-    testlabels: Annotated[Path, _array_file("--testlabels", "test labels")],
+    traindata: Annotated[Path | None, _array_file("--traindata", "training features")] = None,
+    trainlabels: Annotated[Path | None, _array_file("--trainlabels", "training labels")] = None,
+    testdata: Annotated[Path | None, _array_file("--testdata", "test features")] = None,
+    testlabels: Annotated[Path | None, _array_file("--testlabels", "test labels")] = None,
+    source: Annotated[
+        str | None,
+        typer.Option(
+            "--source",
+            help="register, do not upload: a directory every node can read (absolute path) "
+            "or a URL (s3://bucket/prefix) holding train_x.npy, train_y.npy, test_x.npy and "
+            "test_y.npy",
+        ),
+    ] = None,
     allow_pickle: Annotated[
         bool,
         typer.Option(
@@ -37,13 +47,35 @@ def create(
         ),
     ] = False,
 ) -> None:
-    """Upload a dataset: features and labels for training and for testing."""
-    info = client(ctx).create_dataset(
-        name, traindata, trainlabels, testdata, testlabels, allow_pickle=allow_pickle
-    )
+    """Upload a dataset (features and labels for training and for testing), or register
+    one that stays where it is (--source)."""
+    files = {
+        "--traindata": traindata,
+        "--trainlabels": trainlabels,
+        "--testdata": testdata,
+        "--testlabels": testlabels,
+    }
+    given = [flag for flag, path in files.items() if path is not None]
+    if source is not None:
+        if given:
+            raise typer.BadParameter(
+                f"give either --source or the four files, not both ({', '.join(given)} given)"
+            )
+        info = client(ctx).register_dataset(name, source)
+    else:
+        missing = [flag for flag, path in files.items() if path is None]
+        if missing:
+            raise typer.BadParameter(
+                f"missing {', '.join(missing)}: upload all four files, or register a "
+                "location with --source"
+            )
+        info = client(ctx).create_dataset(
+            name, traindata, trainlabels, testdata, testlabels, allow_pickle=allow_pickle
+        )
     shape = "x".join(str(d) for d in info.feature_shape) or "scalar"
+    how = f"registered from {info.source}" if info.source else "created"
     typer.echo(
-        f"dataset {name!r} created: {info.train_size} train / {info.test_size} test samples "
+        f"dataset {name!r} {how}: {info.train_size} train / {info.test_size} test samples "
         f"of shape {shape} ({info.feature_dtype})"
     )
 
@@ -59,7 +91,7 @@ def list_(ctx: typer.Context, json: Json = False) -> None:
         typer.echo("no datasets; upload one with `kubeml dataset create -n NAME --traindata ...`")
         return
     print_table(
-        ["NAME", "TRAIN", "TEST", "SHAPE", "DTYPE", "LABELS", "CREATED"],
+        ["NAME", "TRAIN", "TEST", "SHAPE", "DTYPE", "LABELS", "CREATED", "SOURCE"],
         [
             (
                 d.name,
@@ -69,6 +101,7 @@ def list_(ctx: typer.Context, json: Json = False) -> None:
                 d.feature_dtype,
                 d.label_dtype,
                 fmt_time(d.created_at),
+                d.source or "uploaded",
             )
             for d in datasets
         ],

@@ -22,8 +22,8 @@ from contextlib import ExitStack
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlencode
 
+from kubeml.api.datasets import DatasetInfo
 from kubeml.api.schemas import (
-    DatasetInfo,
     FunctionInfo,
     History,
     LogLine,
@@ -142,6 +142,13 @@ class Client:
             self._check_upload_size(files)
             form = {"name": name, "allow_pickle": "true" if allow_pickle else "false"}
             info = self._json("POST", "/datasets", data=form, files=files)
+        return DatasetInfo.model_validate(info)
+
+    def register_dataset(self, name: str, url: str) -> DatasetInfo:
+        """Register a dataset that stays where it is: `url`, a directory every node can
+        read (an absolute path) or a URL fsspec opens (`s3://bucket/prefix`), holding
+        train_x.npy, train_y.npy, test_x.npy and test_y.npy. Nothing is uploaded."""
+        info = self._json("POST", "/datasets/register", json={"name": name, "url": url})
         return DatasetInfo.model_validate(info)
 
     def _check_upload_size(self, files: dict[str, tuple[str, Any, str]]) -> None:

@@ -124,6 +124,10 @@ class ChunkedSplit:
         self._verified: set[tuple[str, int]] = set()  # (field, chunk) whose CRC matched
         self._lock = threading.Lock()
 
+    @property
+    def chunk_samples(self) -> int:
+        return self.manifest.chunk_samples
+
     def read(self, ranges: Sequence[tuple[int, int]]) -> tuple[np.ndarray, np.ndarray]:
         import numpy as np
 

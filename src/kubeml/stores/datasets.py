@@ -21,7 +21,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from kubeml.api.schemas import DatasetInfo, check_name
+from kubeml.api.datasets import DatasetInfo
+from kubeml.api.schemas import check_name
 from kubeml.errors import (
     AlreadyExistsError,
     InvalidDatasetError,
@@ -32,6 +33,7 @@ from kubeml.stores.arrays import ARRAY_FIELDS
 from kubeml.stores.chunks import MANIFEST, ChunkedSplit, chunk_samples_for, read_manifest
 from kubeml.stores.files import disk_error
 from kubeml.stores.interfaces import ShardSource, Split
+from kubeml.stores.sources import SOURCE, SourceSplit, inspect_location, read_source
 from kubeml.stores.staging import StagedDataset
 
 if TYPE_CHECKING:
@@ -41,6 +43,7 @@ __all__ = ["ARRAY_FIELDS", "DatasetStore", "LocalDatasetStore", "StagedDataset",
 
 log = logging.getLogger("kubeml.datasets")
 
+_Reader = ChunkedSplit | SourceSplit  # a stored split's chunks, or a registered location
 STALE_AFTER_S = 24 * 3600.0  # no upload runs this long; a staging folder this old is litter
 
 
@@ -80,6 +83,11 @@ class DatasetStore(ShardSource):
         """A staging folder to stream an upload into (stores that keep files locally)."""
         raise StorageError(f"{type(self).__name__} takes no streamed uploads")
 
+    def register(self, name: str, url: str) -> DatasetInfo:
+        """Keep a dataset where it is (`kubeml.stores.sources`): only its description is
+        stored; whoever trains reads the samples from `url`."""
+        raise StorageError(f"{type(self).__name__} takes no registered datasets")
+
     def damaged(self) -> Sequence[str]:
         """Stored datasets that cannot be read back, each with the reason."""
         return []
@@ -94,7 +102,7 @@ class LocalDatasetStore(DatasetStore):
         self.root = Path(root)
         self._maps: dict[tuple[str, str, int], Any] = {}  # old datasets' memory maps
         # Chunk readers, by the version (inode, mtime) of the manifest they read.
-        self._splits: dict[tuple[str, str], tuple[tuple[int, int], ChunkedSplit]] = {}
+        self._splits: dict[tuple[str, str], tuple[tuple[int, int], _Reader]] = {}
         self._lock = threading.Lock()
         self._reported: set[str] = set()
 
@@ -138,6 +146,16 @@ class LocalDatasetStore(DatasetStore):
             return staged.publish(name)
         except OSError as exc:  # a full disk: the staged files go, the error says where
             raise disk_error(f"cannot store dataset {name!r}", staged.dir, exc) from exc
+        finally:
+            staged.discard()
+
+    def register(self, name: str, url: str) -> DatasetInfo:
+        if self._dir(name).exists():
+            raise AlreadyExistsError(f"dataset {name!r} already exists; delete it first")
+        source, headers = inspect_location(url)  # before anything is written
+        staged = self.stage()
+        try:
+            return staged.publish_source(name, source, headers)
         finally:
             staged.discard()
 
@@ -217,13 +235,22 @@ class LocalDatasetStore(DatasetStore):
         chunked = self._chunked(name, "train")
         if chunked is None:  # written before chunks: its order's unit all the same
             return super().chunk_samples(name)
-        return chunked.manifest.chunk_samples
+        return chunked.chunk_samples
 
-    def _chunked(self, name: str, split: Split) -> ChunkedSplit | None:
-        """The chunk reader of a stored split; None for a dataset stored as `.npy` files."""
+    def source_split(self, name: str, split: Split) -> SourceSplit | None:
+        """The reader of a registered dataset's split (None for a stored one)."""
+        reader = self._chunked(name, split)
+        return reader if isinstance(reader, SourceSplit) else None
+
+    def _chunked(self, name: str, split: Split) -> _Reader | None:
+        """The reader of a split: of its chunks, or of its registered location; None for a
+        dataset stored as `.npy` files."""
         folder = self._dir(name)
+        described = folder / MANIFEST
+        if not described.exists() and (folder / SOURCE).exists():
+            described = folder / SOURCE
         try:
-            stat = (folder / MANIFEST).stat()  # a re-created dataset: a new manifest
+            stat = described.stat()  # a re-created dataset: a new description
             version = (stat.st_ino, stat.st_mtime_ns)
         except FileNotFoundError:
             if (folder / f"{split}_x.npy").exists():
@@ -233,7 +260,11 @@ class LocalDatasetStore(DatasetStore):
             cached = self._splits.get((name, split))
             if cached is not None and cached[0] == version:
                 return cached[1]
-        reader = ChunkedSplit(folder, split, read_manifest(folder)[split])
+        reader: _Reader
+        if described.name == SOURCE:
+            reader = SourceSplit(name, read_source(folder), split)
+        else:
+            reader = ChunkedSplit(folder, split, read_manifest(folder)[split])
         with self._lock:
             self._splits[(name, split)] = (version, reader)
         return reader

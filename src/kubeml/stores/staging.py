@@ -9,10 +9,12 @@ import secrets
 import shutil
 import zipfile
 import zlib
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
-from kubeml.api.schemas import DatasetInfo, check_name, utc_now
+from kubeml.api.datasets import DatasetInfo
+from kubeml.api.schemas import check_name, utc_now
 from kubeml.errors import AlreadyExistsError, InvalidDatasetError, StorageError
 from kubeml.stores.arrays import (
     ARRAY_FIELDS,
@@ -30,6 +32,7 @@ from kubeml.stores.arrays import (
 from kubeml.stores.chunk_writer import ChunkWriter
 from kubeml.stores.chunks import SplitManifest, chunk_samples_for, write_manifest
 from kubeml.stores.files import is_full
+from kubeml.stores.sources import Source, write_source
 
 _PREFIX_BYTES = 8 + 4 + MAX_HEADER_BYTES
 _COPY_BYTES = 2**20
@@ -160,7 +163,7 @@ class StagedDataset:
         """Chunk and check what is still whole, then move the dataset into place."""
         import numpy as np
 
-        target = self.root / check_name("dataset", name)
+        check_name("dataset", name)
         for field, (source, part) in self._pickles.items():
             self._unpickle(field, source, part, allow_pickle)
         missing = [field for field in ARRAY_FIELDS if field not in self.headers]
@@ -182,6 +185,17 @@ class StagedDataset:
             self._crcs[field] = writer.finish()
         self._whole.clear()
         splits = {split: self._manifest(split) for split in ("train", "test")}
+        return self._place(name, None, lambda: write_manifest(self.dir, splits))
+
+    def publish_source(self, name: str, source: Source, headers: dict[str, Header]) -> DatasetInfo:
+        """A registered dataset (`kubeml.stores.sources`): where it is read from, in place
+        of its chunks."""
+        self.headers = {field: (field, header) for field, header in headers.items()}
+        return self._place(name, source.url, lambda: write_source(self.dir, source))
+
+    def _place(self, name: str, source: str | None, write: Callable[[], None]) -> DatasetInfo:
+        """Write the dataset's description (`write`, then its info) and move it into place."""
+        target = self.root / check_name("dataset", name)
         tx, ty, sx = (self.headers[field][1] for field in ("train_x", "train_y", "test_x"))
         info = DatasetInfo(
             name=name,
@@ -191,9 +205,10 @@ class StagedDataset:
             feature_dtype=str(tx.dtype),
             label_dtype=str(ty.dtype),
             created_at=utc_now(),
+            source=source,
         )
         try:
-            write_manifest(self.dir, splits)
+            write()
             (self.dir / "info.json").write_text(info.model_dump_json())
             self.dir.rename(target)  # atomic: a reader sees the whole dataset or none of it
         except OSError as exc:

@@ -95,6 +95,31 @@ def test_dataset_lifecycle(cli: Cli, tmp_path: Path, digits: dict[str, np.ndarra
     assert "digits" in {d["name"] for d in json.loads(cli.ok("dataset", "list", "--json").stdout)}
 
 
+def test_dataset_create_registers_a_location_and_trains_on_it(
+    cli: Cli, tmp_path: Path, digits: dict[str, np.ndarray]
+) -> None:
+    files = _write_arrays(tmp_path / "shared", digits)
+    where = str(tmp_path / "shared")
+    made = cli.ok("dataset", "create", "-n", "reg", "--source", where).stdout
+    assert f"registered from {where}: 1497 train / 300 test samples" in made
+    assert where in cli.ok("dataset", "list").stdout
+    cli.engine.create_function("regmlp", quiet_source(DATASET="reg"))
+    task_id = cli.ok("train", "-f", "regmlp", "-d", "reg", "-e", "2", "--lr", "0.05").stdout
+    info = cli.engine.wait(task_id.strip(), timeout_s=60)
+    assert info.state is TaskState.SUCCEEDED and info.accuracy is not None and info.accuracy > 80
+
+    both = cli.fails("dataset", "create", "-n", "x", "--source", where, *files[:2])
+    assert both.exit_code == 2 and "either --source or the four files" in both.stderr
+    neither = cli.fails("dataset", "create", "-n", "x", *files[:4])
+    assert neither.exit_code == 2 and "missing --testdata, --testlabels" in neither.stderr
+    gone = cli.fails("dataset", "create", "-n", "x", "--source", str(tmp_path / "nowhere"))
+    assert gone.exit_code == 1 and "train_x" in gone.stderr and "not found" in gone.stderr
+    cli.ok("dataset", "delete", "-n", "reg")
+    assert sorted(p.name for p in (tmp_path / "shared").iterdir()) == [
+        "test_x.npy", "test_y.npy", "train_x.npy", "train_y.npy"
+    ]  # fmt: skip
+
+
 def test_dataset_create_rejects_bad_files(
     cli: Cli, tmp_path: Path, digits: dict[str, np.ndarray]
 ) -> None:

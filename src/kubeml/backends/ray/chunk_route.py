@@ -23,6 +23,8 @@ import numpy as np
 import ray
 from ray.exceptions import RayError
 
+from kubeml.stores.sources import SourceSplit
+
 ChunkKey = tuple[str, str, str, int]  # (dataset, its version, split, chunk)
 Arrays = tuple[np.ndarray, np.ndarray]
 LOCAL_CHUNKS = 4  # a function keeps its last few chunks (consecutive pieces share them)
@@ -77,7 +79,9 @@ class ChunkReader:
         self._local.clear()
 
     def read(self, name: str, split: str, ranges: Sequence[tuple[int, int]]) -> Arrays:
-        route: ChunkRoute = self._ask(WantChunkRoute(name, split))
+        route: ChunkRoute | SourceSplit = self._ask(WantChunkRoute(name, split))
+        if isinstance(route, SourceSplit):  # registered: read where it is, not via the homes
+            return route.read(ranges)
         chunks = route.chunks(ranges)
         if not chunks:  # nothing to read: empty arrays of the split's shapes and dtypes
             empty: Arrays = self._ask(WantChunk(name, split, route.version, -1))

@@ -41,7 +41,7 @@ import numpy as np
 import ray
 from ray.exceptions import RayError
 
-from kubeml.api.schemas import DatasetInfo
+from kubeml.api.datasets import DatasetInfo
 from kubeml.backends.ray.chunk_route import ChunkRoute, WantChunk, WantChunkRoute
 from kubeml.backends.ray.shard_plane import ServerPool, ShardDeposit, ShardRoute
 from kubeml.backends.ray.sharded_tasks import ShardedMerge, ShardedTasks
@@ -56,6 +56,7 @@ from kubeml.stores.interfaces import (
     Split,
 )
 from kubeml.stores.models import FinalModelFiles
+from kubeml.stores.sources import SourceSplit
 
 if TYPE_CHECKING:
     import torch
@@ -148,6 +149,9 @@ class RayDatasetStore(DatasetStore):
     def stage(self) -> StagedDataset:
         return self.local.stage()
 
+    def register(self, name: str, url: str) -> DatasetInfo:
+        return self.local.register(name, url)
+
     def damaged(self) -> Sequence[str]:
         return self.local.damaged()
 
@@ -165,9 +169,13 @@ class RayDatasetStore(DatasetStore):
     ) -> tuple[np.ndarray, np.ndarray]:
         return self.local.read(name, split, ranges)
 
-    def chunk_route(self, name: str, split: Split) -> ChunkRoute:
-        """Where the split's chunks live (the node servers, started on first use)."""
+    def chunk_route(self, name: str, split: Split) -> ChunkRoute | SourceSplit:
+        """Where the split's chunks live (the node servers, started on first use); for a
+        registered dataset, its location, which the function reads itself."""
         info = self.local.get(name)
+        registered = self.local.source_split(name, split)
+        if registered is not None:
+            return registered
         with self._lock:
             if self._pool is None:
                 self._pool = ServerPool()

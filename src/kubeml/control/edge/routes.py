@@ -16,9 +16,9 @@ from fastapi.responses import PlainTextResponse
 from pydantic import BaseModel, ConfigDict, Field, StrictStr
 
 import kubeml
+from kubeml.api.datasets import DatasetInfo, DatasetSource
 from kubeml.api.schemas import (
     MAX_CODE_CHARS,
-    DatasetInfo,
     FunctionInfo,
     FunctionName,
     History,
@@ -131,6 +131,13 @@ def delete_function(name: str, engine: EngineDep) -> Response:
 async def create_dataset(request: Request, engine: EngineDep) -> DatasetInfo:
     """Upload a dataset as four array files (multipart form), streamed to the store."""
     return await uploads.receive_dataset(request, engine.datasets)
+
+
+@router.post("/datasets/register", status_code=201, tags=["datasets"])
+def register_dataset(body: DatasetSource, engine: EngineDep) -> DatasetInfo:
+    """Register a dataset read where it is (a shared directory or an fsspec URL): its
+    headers are checked now, its samples as functions read them; nothing is uploaded."""
+    return engine.register_dataset(body.name, body.url)
 
 
 @router.get("/datasets", tags=["datasets"])

@@ -17,7 +17,8 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect, Request
 
-from kubeml.api.schemas import NAME_RULE, DatasetInfo
+from kubeml.api.datasets import DatasetInfo
+from kubeml.api.schemas import NAME_RULE
 from kubeml.errors import (
     AlreadyExistsError,
     InvalidInputError,

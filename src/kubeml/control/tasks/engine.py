@@ -19,8 +19,8 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from kubeml.api.datasets import DatasetInfo
 from kubeml.api.schemas import (
-    DatasetInfo,
     FunctionInfo,
     History,
     LogLine,
@@ -122,6 +122,9 @@ class Engine:
     ) -> DatasetInfo:
         arrays = dict(zip(ARRAY_FIELDS, (train_x, train_y, test_x, test_y), strict=True))
         return self.datasets.create(name, arrays)
+
+    def register_dataset(self, name: str, url: str) -> DatasetInfo:
+        return self.datasets.register(name, url)
 
     def get_dataset(self, name: str) -> DatasetInfo:
         return self.datasets.get(name)
