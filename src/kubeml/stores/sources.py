@@ -139,8 +139,10 @@ def open_location(url: str) -> tuple[Any, str]:
             f"url: {url!r} needs a package this server lacks ({exc}); for s3:// install "
             "kubeml[s3] on the server and on every node"
         ) from exc
-    except ValueError as exc:
+    except Exception as exc:  # fsspec's own checks of a URL raise whatever they raise
         raise InvalidInputError(f"url: {url!r}: {exc}") from exc
+    if "memory" in fs.protocol:  # a process's own memory: no other process could read it
+        raise InvalidInputError(f"url: {url!r}: memory:// is private to one process")
     return fs, str(path).rstrip("/")
 
 
@@ -169,7 +171,7 @@ def inspect_location(url: str) -> tuple[Source, dict[str, Header]]:
         shown = f"{field} ({url.rstrip('/')}/{field}.npy)"
         try:
             size = int(fs.info(path)["size"])
-            prefix = fs.cat_file(path, 0, min(size, 8 + 4 + MAX_HEADER_BYTES))
+            prefix = fs.cat_file(path, start=0, end=min(size, 8 + 4 + MAX_HEADER_BYTES))
             version = fingerprint(fs, path)
         except FileNotFoundError:
             raise InvalidDatasetError(
