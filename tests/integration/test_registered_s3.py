@@ -119,8 +119,9 @@ def test_functions_read_a_registered_s3_dataset_over_a_shaped_link(tmp_path: Pat
 
         changed = _drive(lab, "change", str(tmp_path / "home"), env=env)
         assert changed["state"] == "failed"
-        assert "train_x (s3://kubeml-test/digits/train_x.npy) changed since it was" in (
-            changed["error"]
+        assert (
+            "train_x (s3://kubeml-test/digits/train_x.npy) changed since it was"
+            in (changed["error"])
         )
         assert [Path(p).name for p in changed["left"]] == [
             "test_x.npy", "test_y.npy", "train_x.npy", "train_y.npy"
