@@ -82,6 +82,15 @@ def test_the_default_on_two_nodes_is_two_shards_and_trains(engine):
     assert epochs[-1].train_loss < epochs[0].train_loss * 0.7
     assert info.accuracy > 85.0
     assert all(e.samples == 1497 for e in epochs)  # every sample once per epoch
+    # No checkpoint was due (every 60 s): the model crossed to the control plane once, at
+    # the end, not at each of the 4 epoch ends with the outer state beside it.
+    assert engine.backend.models.sharded.gathers == 1
+    assert engine.backend.models.has_final(task_id)
+
+    asked = engine.wait(engine.train(**TASK, checkpoint_every_s=0), 120)  # epoch ends only
+    assert asked.state is TaskState.SUCCEEDED, asked.error
+    assert engine.backend.models.sharded.gathers == 1 + 4 + 4  # the model and the outer
+    # state at each epoch end
 
 
 @pytest.fixture(scope="module")

@@ -272,12 +272,16 @@ class ShardCore:
 
     def state(self) -> dict[str, Any]:
         """Copies of everything the shard holds after its last merged round."""
+        master = {d: t.clone() for d, t in self.master.items()}
+        return {"master": master, **self.outer(), "merged": self.merged}
+
+    def outer(self) -> dict[str, Any]:
+        """Copies of the outer momentum and of the functions' view where it is not the
+        master (compressed): a checkpoint's outer state."""
         view = {} if self.view is self.master else self.view
         return {
-            "master": {d: t.clone() for d, t in self.master.items()},
             "view": {d: t.clone() for d, t in view.items()},
             "momentum": {d: t.clone() for d, t in self.momentum.items()},
-            "merged": self.merged,
         }
 
     @classmethod

@@ -167,6 +167,7 @@ class ShardPlane:
         self.servers = pool.servers(count)
         self.merged = 0
         self._gathered: tuple[int, int] | None = None  # (merged, id of the groups) last gathered
+        self.gathers = 0  # the model's or the outer state's trips to the control plane
         self._lock = threading.Lock()
 
     @classmethod
@@ -231,13 +232,15 @@ class ShardPlane:
                 for dtype, a, b in spec.ranges:
                     into[dtype][a:b].copy_(torch.from_numpy(np.array(part[dtype])))
             self._gathered = (self.merged, id(into))
+            self.gathers += 1
 
     def outer_state(self) -> dict[str, torch.Tensor]:
         """The outer momentum and, compressed, the functions' view, as full tensors keyed
         `momentum.<dtype>` and `view.<dtype>` (a checkpoint's outer state)."""
         with self._lock:
-            refs = [self.servers[s.index].state.remote(self.task_id, s.index) for s in self.specs]
+            refs = [self.servers[s.index].outer.remote(self.task_id, s.index) for s in self.specs]
             states = self._wait(refs, "gathering the outer state from the shards")
+            self.gathers += 1
         out: dict[str, torch.Tensor] = {}
         for kind in ("momentum", "view"):
             for dtype, numel in self.layout.group_numel:

@@ -75,6 +75,12 @@ class ShardServer:
         with self._lock(key):
             return (self._replicas if replica else self._primaries)[key].state()
 
+    def outer(self, task_id: str, index: int) -> dict[str, Any]:
+        """The shard's outer momentum and functions' view (a checkpoint's outer state)."""
+        key = (task_id, index)
+        with self._lock(key):
+            return self._primaries[key].outer()
+
     def drop(self, task_id: str) -> None:
         with self._guard:
             for held in (self._primaries, self._replicas, self._buddies, self._locks):

@@ -52,6 +52,7 @@ class ShardedTasks:
         self._planes: dict[str, ShardPlane] = {}
         self._pool = pool
         self._lock = threading.Lock()
+        self.gathers = 0  # of the tasks cleared so far (a figure for tests)
 
     def request(self, task_id: str, request: ShardRequest) -> None:
         with self._lock:
@@ -95,6 +96,7 @@ class ShardedTasks:
         with self._lock:
             self._requests.pop(task_id, None)
             plane = self._planes.pop(task_id, None)
+            self.gathers += plane.gathers if plane is not None else 0
         if plane is not None:
             plane.drop()
 

@@ -96,16 +96,21 @@ class TrainJob:
                     position = self._fresh_position(epoch)
                 state.epoch = epoch
                 record = self._train_epoch(position)
-                models.save_final(self.task_id)
                 if self._validation_due(epoch):
                     record = self._validate(record)
                 state.records.append(record)
-                self.checkpoint(self._fresh_position(epoch + 1))
+                goal = record.accuracy is not None and record.accuracy >= self.request.goal_accuracy
+                last = goal or epoch + 1 == self.request.epochs
+                checkpoint = self._checkpoint_at_epoch_end()
+                if checkpoint or last:
+                    models.save_final(self.task_id)
+                if checkpoint:
+                    self.checkpoint(self._fresh_position(epoch + 1))
                 self.listener.on_epoch(record)
                 self.log(_describe(record))
                 if state.requests.stopping:
                     raise _Stopped
-                if record.accuracy is not None and record.accuracy >= self.request.goal_accuracy:
+                if goal:
                     self.log(f"goal accuracy {self.request.goal_accuracy}% reached")
                     break
                 if epoch + 1 < self.request.epochs:
@@ -254,6 +259,18 @@ class TrainJob:
         with self.state.lock:
             self.state.log.append((event, decision))
         return decision
+
+    def _checkpoint_at_epoch_end(self) -> bool:
+        """Whether an epoch end saves the model and a checkpoint: always where the model
+        lives here (the central merge: a disk write). Where it lives on parameter shards,
+        saving gathers the model and the optimizer's state through the control plane's
+        link (4x the model's bytes took 8 s of a 20 s epoch at 100 Mbit/s), so only at a
+        stop, when a checkpoint is due, or when asked for epoch ends only
+        (`checkpoint_every_s` 0); the last epoch saves the model alone."""
+        if self.services.models.remote_merge(self.task_id) is None:
+            return True
+        writer = self.checkpoints
+        return self.state.requests.stopping or writer.every_s == 0 or writer.due()
 
     def checkpoint(self, position: Position, *, background: bool = False) -> None:
         """Save the reference model at `position`; mid-epoch ones in the background."""
