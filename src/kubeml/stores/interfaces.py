@@ -4,7 +4,7 @@ trained models. A backend builds the implementations it needs (`create_backend`)
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -140,6 +140,11 @@ class RemoteMerge(ABC):
 
     @abstractmethod
     def load_outer_state(self, state: Mapping[str, torch.Tensor]) -> None: ...
+
+    @abstractmethod
+    def snapshot(self) -> Callable[[], tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]]:
+        """Fix the model and the outer state as they are now; the callable returns them
+        (the model's tensors by name, the outer state) later, from another thread."""
 
 
 class ServerModels(ABC):

@@ -241,18 +241,28 @@ class ShardPlane:
             refs = [self.servers[s.index].outer.remote(self.task_id, s.index) for s in self.specs]
             states = self._wait(refs, "gathering the outer state from the shards")
             self.gathers += 1
+        return self.assemble(states)[1]
+
+    def assemble(self, states: Sequence[dict[str, Any]]) -> tuple[Groups, dict[str, torch.Tensor]]:
+        """The full model groups (from each shard's `master`, where present) and the outer
+        state (`momentum.<dtype>`, `view.<dtype>`) from the shards' parts."""
+        model: Groups = {}
         out: dict[str, torch.Tensor] = {}
-        for kind in ("momentum", "view"):
+        for kind in ("master", "momentum", "view"):
             for dtype, numel in self.layout.group_numel:
-                if not any(dtype in st[kind] for st in states):
+                if not any(dtype in st.get(kind, {}) for st in states):
                     continue
-                full = torch.zeros(numel, dtype=torch.float32)
+                like = getattr(torch, dtype) if kind == "master" else torch.float32
+                full = torch.zeros(numel, dtype=like)
                 for spec, st in zip(self.specs, states, strict=True):
                     for d, a, b in spec.ranges:
                         if d == dtype and dtype in st[kind]:
-                            full[a:b].copy_(st[kind][dtype])
-                out[f"{kind}.{dtype}"] = full
-        return out
+                            full[a:b].copy_(torch.as_tensor(st[kind][dtype]))
+                if kind == "master":
+                    model[dtype] = full
+                else:
+                    out[f"{kind}.{dtype}"] = full
+        return model, out
 
     def drop(self) -> None:
         for server in set(self.servers):

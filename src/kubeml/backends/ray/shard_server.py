@@ -40,6 +40,7 @@ class ShardServer:
         self._replicas: dict[Key, ShardCore] = {}
         self._buddies: dict[Key, Any] = {}  # the server holding each primary's replica
         self._locks: dict[Key, threading.Lock] = {}
+        self._snapshots: dict[Key, dict[str, Any]] = {}  # kept for a checkpoint, until taken
         self._guard = threading.Lock()
 
     def where(self) -> tuple[str, int]:
@@ -81,9 +82,23 @@ class ShardServer:
         with self._lock(key):
             return self._primaries[key].outer()
 
+    def snapshot(self, task_id: str, index: int) -> None:
+        """Keep a copy of the shard as its last merged round left it, for a checkpoint that
+        gathers it (`taken`) while the next rounds run."""
+        key = (task_id, index)
+        with self._lock(key):
+            self._snapshots[key] = self._primaries[key].state()
+
+    def taken(self, task_id: str, index: int) -> dict[str, Any] | None:
+        """The snapshot kept last (None: none, e.g. this server replaced the one that took it)."""
+        key = (task_id, index)
+        with self._lock(key):
+            return self._snapshots.pop(key, None)
+
     def drop(self, task_id: str) -> None:
         with self._guard:
-            for held in (self._primaries, self._replicas, self._buddies, self._locks):
+            held_by_task = (self._primaries, self._replicas, self._buddies, self._snapshots)
+            for held in (*held_by_task, self._locks):
                 for key in [k for k in held if k[0] == task_id]:
                     del held[key]
 

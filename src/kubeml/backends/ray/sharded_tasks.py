@@ -10,11 +10,12 @@ and from then on the store answers for it from the shards: the functions get a
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 
-from kubeml.backends.ray.shard_plane import ServerPool, ShardPlane
+from kubeml.backends.ray.shard_plane import ServerPool, ShardPlane, gather
+from kubeml.errors import BackendError
 from kubeml.runtime.sync import RoundReport
 from kubeml.stores.flat import FlatLayout
 from kubeml.stores.interfaces import Groups, RemoteMerge, ShardRequest
@@ -32,6 +33,27 @@ class ShardedMerge(RemoteMerge):
 
     def outer_state(self) -> dict[str, torch.Tensor]:
         return self.plane.outer_state()
+
+    def snapshot(self) -> Callable[[], tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]]:
+        """Every shard keeps a copy of itself now (a round trip of small calls); the
+        callable gathers those copies later, in a checkpoint's thread, so the rounds go on
+        while the model and its outer state cross the control plane's link."""
+        plane = self.plane
+        pairs = [(spec.index, plane.servers[spec.index]) for spec in plane.specs]
+        refs = [server.snapshot.remote(plane.task_id, index) for index, server in pairs]
+        gather(refs, f"task {plane.task_id}: taking a snapshot of its shards", BackendError)
+
+        def collect() -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+            refs = [server.taken.remote(plane.task_id, index) for index, server in pairs]
+            what = f"task {plane.task_id}: gathering a checkpoint from its shards"
+            states = gather(refs, what, BackendError)
+            if any(state is None for state in states):
+                raise BackendError(f"{what}: a shard server was replaced before")
+            groups, outer = plane.assemble(states)
+            plane.gathers += 1
+            return plane.layout.views(groups), outer
+
+        return collect
 
     def load_outer_state(self, state: Mapping[str, torch.Tensor]) -> None:
         """Resume the shards with the checkpoint's momentum (and the functions' view)."""

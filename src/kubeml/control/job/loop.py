@@ -6,6 +6,7 @@ import os
 import time
 import traceback
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from kubeml.api.schemas import EpochRecord, TaskState, TrainRequest
 from kubeml.control.job.decisions import Decision, Event, Situation, decide
@@ -22,6 +23,9 @@ from kubeml.control.records.checkpoints import Checkpoint, CheckpointWriter
 from kubeml.errors import KubeMLError
 from kubeml.runtime.invocation import FunctionCode, Mode
 from kubeml.stores.interfaces import ShardRequest
+
+if TYPE_CHECKING:
+    import torch
 
 
 class _Stopped(Exception):
@@ -277,21 +281,28 @@ class TrainJob:
         if not self.checkpoints.accepts(background):
             return
         models = self.services.models
-        views = models.layout(self.task_id).views(models.reference_groups(self.task_id))
+        remote = models.remote_merge(self.task_id)
+        # On parameter shards, a mid-epoch checkpoint fixes the shards' state now and
+        # gathers it in the writer's thread, while the next rounds run.
+        fill = remote.snapshot() if remote is not None and background else None
+        model: dict[str, torch.Tensor] = {}
+        if fill is None:
+            views = models.layout(self.task_id).views(models.reference_groups(self.task_id))
+            model = {k: v.clone() for k, v in views.items()}
         states = models.states
         keep = self.request.optimizer_state.value == "keep" and position.round > 0
         snapshot = Checkpoint(
             position=Position.from_state(position.to_state()),  # a copy, frozen now
-            model={k: v.clone() for k, v in views.items()},
+            model=model,
             records=list(self.state.records),
-            outer_state=self.server.state_dict(),
+            outer_state=self.server.state_dict() if fill is None else {},
             function_states=(
                 states.gather(self.task_id, position.round, position.live())
                 if keep and states is not None
                 else {}
             ),
         )
-        self.checkpoints.write(snapshot, background=background)
+        self.checkpoints.write(snapshot, background=background, fill=fill)
 
     def threads(self, functions: int) -> int:
         """Torch threads for each of `functions` invocations starting now: their share of

@@ -17,6 +17,9 @@ from kubeml.stores.files import write_whole
 if TYPE_CHECKING:
     import torch
 
+    # Returns a checkpoint's model and outer state, taken earlier, gathered late.
+    Fill = Callable[[], tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]]
+
 
 @dataclass
 class Checkpoint:
@@ -136,7 +139,9 @@ class CheckpointWriter:
     def accepts(self, background: bool) -> bool:
         return self.store is not None and not (background and self._busy())
 
-    def write(self, checkpoint: Checkpoint, *, background: bool) -> None:
+    def write(self, checkpoint: Checkpoint, *, background: bool, fill: Fill | None = None) -> None:
+        """Save `checkpoint` now, or in a thread; `fill` (in the thread) returns its model
+        and outer state, fixed when it was taken but gathered from elsewhere."""
         if self.store is None:
             return
         checkpoint.sequence, self.sequence = self.sequence, self.sequence + 1
@@ -144,12 +149,16 @@ class CheckpointWriter:
         if not background:
             self.store.save(self.task_id, checkpoint)
             return
-        self._thread = threading.Thread(target=self._save_quietly, args=(checkpoint,), daemon=True)
+        self._thread = threading.Thread(
+            target=self._save_quietly, args=(checkpoint, fill), daemon=True
+        )
         self._thread.start()
 
-    def _save_quietly(self, checkpoint: Checkpoint) -> None:
+    def _save_quietly(self, checkpoint: Checkpoint, fill: Fill | None) -> None:
         assert self.store is not None
         try:
+            if fill is not None:
+                checkpoint.model, checkpoint.outer_state = fill()
             self.store.save(self.task_id, checkpoint)
         except KubeMLError as exc:  # the next one may succeed; the epoch-end one must
             self.log(f"checkpoint at {checkpoint.label} failed: {exc}")
