@@ -83,6 +83,13 @@ def micro_lines(micro: dict[str, Any]) -> str:
             f"framework overhead (interleaved pairs): {over['ratio']:.3f} (pooled medians "
             f"{over['pooled_ratio']:.3f}) (target {over['target']})"
         )
+    reads = over.get("chunks_vs_memory_map", {})
+    if "ratio" in reads:
+        lines.append(
+            f"chunks vs memory map (interleaved pairs, N=1 K=-1 epochs): memory map ÷ chunks "
+            f"samples/s {reads['ratio']:.3f} over {len(reads['pairs_samples_per_s'])} pairs "
+            f"(target {reads['target']})"
+        )
     if "ratio" in micro.get("upload", {}):
         from benchmarks.micro_upload import upload_line
 

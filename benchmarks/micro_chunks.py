@@ -48,16 +48,16 @@ class _Images:
         return len(self.data)
 
 
-def _old_home(root: Path, arrays: dict[str, np.ndarray]) -> None:
+def old_home(root: Path, arrays: dict[str, np.ndarray], name: str = "fashion") -> None:
     """A dataset as kubeml wrote it before chunks: four .npy files and info.json."""
-    folder = root / "fashion"
+    folder = root / name
     folder.mkdir(parents=True)
     for field, array in arrays.items():
         np.save(folder / f"{field}.npy", array)
     info = {
-        "name": "fashion", "train_size": len(arrays["train_y"]),
+        "name": name, "train_size": len(arrays["train_y"]),
         "test_size": len(arrays["test_y"]), "feature_shape": list(arrays["train_x"].shape[1:]),
-        "feature_dtype": str(arrays["train_x"].dtype), "label_dtype": "int64",
+        "feature_dtype": str(arrays["train_x"].dtype), "label_dtype": str(arrays["train_y"].dtype),
         "created_at": "2026-01-01T00:00:00Z",
     }  # fmt: skip
     (folder / "info.json").write_text(json.dumps(info))
@@ -105,7 +105,7 @@ def measure(pairs: int) -> dict[str, Any]:
     }  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="kubeml-micro-chunks-") as tmp:
         old, new = Path(tmp) / "old", Path(tmp) / "new"
-        _old_home(old, fields)
+        old_home(old, fields)
         LocalDatasetStore(new).create("fashion", fields)
         result: dict[str, Any] = {}
         for worker in ("fresh", "warm"):

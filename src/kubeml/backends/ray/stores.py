@@ -4,8 +4,9 @@ Nothing here assumes a shared filesystem. The control plane keeps its stores as 
 (datasets as files under the kubeml home, the reference model in its own memory, final
 models as files) and hands functions *object refs*:
 
-- a dataset split is `ray.put` once per (dataset, split) and read by range on the
-  function's node, where Ray keeps one copy for every function there;
+- a dataset is read by functions chunk by chunk from the node servers that hold the
+  chunks (`kubeml.backends.ray.chunk_route`); the control plane answers only for a chunk
+  no node holds yet;
 - a function publishes its weights with `ray.put`; the ref is the `RoundReport.handle`,
   and the control plane fetches the buffer as soon as the report arrives (`prefetch`), so
   the merge finds it there;
