@@ -257,7 +257,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--address", help="kubeml, ray-train: the Ray head's address")
     parser.add_argument("--home", help="kubeml: the server's home")
     parser.add_argument("--runs", default="[]", help="kubeml: [{row, fields, seeds}] as JSON")
-    parser.add_argument("--checkpoint-every-s", type=float, default=0.0, help="kubeml")
+    parser.add_argument("--checkpoint-every-s", type=float, default=60.0, help="kubeml")
     parser.add_argument("--mode", choices=["ddp", "local-sgd"], default="local-sgd", help="peer")
     parser.add_argument("--rank", type=int, default=0, help="peer: this process's rank")
     parser.add_argument("--master", help="peer: rank 0's address")
