@@ -320,8 +320,10 @@ class TaskInfo(BaseModel):
     state: TaskState
     parallelism: int
     function_sha256: str | None = None
+    # The epoch of the last merged round, from 1 (so, once its first round merged, the
+    # epoch in progress; between epochs, the one that ended); 0 before any round.
     epoch: int = 0
-    round: int = 0
+    round: int = 0  # rounds merged in that epoch
     train_loss: float | None = None
     accuracy: float | None = None
     val_loss: float | None = None
