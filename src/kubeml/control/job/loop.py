@@ -105,7 +105,7 @@ class TrainJob:
                 state.records.append(record)
                 goal = record.accuracy is not None and record.accuracy >= self.request.goal_accuracy
                 last = goal or epoch + 1 == self.request.epochs
-                checkpoint = self._checkpoint_at_epoch_end()
+                checkpoint = self._checkpoint_at_epoch_end(last)
                 if checkpoint or last:
                     models.save_final(self.task_id)
                 if checkpoint:
@@ -264,17 +264,19 @@ class TrainJob:
             self.state.log.append((event, decision))
         return decision
 
-    def _checkpoint_at_epoch_end(self) -> bool:
+    def _checkpoint_at_epoch_end(self, last: bool) -> bool:
         """Whether an epoch end saves the model and a checkpoint: always where the model
         lives here (the central merge: a disk write). Where it lives on parameter shards,
         saving gathers the model and the optimizer's state through the control plane's
         link (4x the model's bytes took 8 s of a 20 s epoch at 100 Mbit/s), so only at a
-        stop, when a checkpoint is due, or when asked for epoch ends only
-        (`checkpoint_every_s` 0); the last epoch saves the model alone."""
+        stop, or when a checkpoint is due or asked for at epoch ends only
+        (`checkpoint_every_s` 0) and the task goes on (a finished task's checkpoint is
+        deleted at once); the last epoch saves the model alone."""
         if self.services.models.remote_merge(self.task_id) is None:
             return True
         writer = self.checkpoints
-        return self.state.requests.stopping or writer.every_s == 0 or writer.due()
+        due = writer.every_s == 0 or writer.due()
+        return self.state.requests.stopping or (due and not last)
 
     def checkpoint(self, position: Position, *, background: bool = False) -> None:
         """Save the reference model at `position`; mid-epoch ones in the background."""
