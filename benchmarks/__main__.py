@@ -1,10 +1,10 @@
 """`python -m benchmarks`: the benchmark harness of ARCHITECTURE section 6.
 
-    python -m benchmarks                 # both workloads, every row, seeds 0 1 2
+    python -m benchmarks                 # every workload, every row, seeds 0 1 2
     python -m benchmarks --workloads mnist5k --seeds 0 --rows pytorch kubeml-defaults
     python -m benchmarks --rows kubeml:k=16:outer=nesterov kubeml:k=-1   # study rows
     python -m benchmarks micro           # K-AVG round vs memcpy, cold start, CLI, overhead
-    python -m benchmarks all --quick     # a smoke test of both (a cut, one seed)
+    python -m benchmarks all --quick     # a smoke test of all (cuts, one seed)
     python -m benchmarks profile         # py-spy profiles of kubeml's workers and server
     python -m benchmarks recovery        # a worker SIGKILLed mid-epoch: kubeml vs Ray Train
     python -m benchmarks soak            # 20 minutes of kills; --minutes 1.5 for a short one

@@ -4,8 +4,8 @@ The kubeml rows deploy a function file (`benchmarks/functions/`); the baselines 
 same file and take from it the network class (its `nn.Module`), the per-batch data maths
 (its `KubeDataset.__getitem__`) and the optimizer (its `KubeModel.configure_optimizers`),
 so every row trains the same thing by construction. The network is built right after
-`torch.manual_seed(seed)`, as kubeml's init invocation does, so the same seed gives the
-same initial weights everywhere (PyTorch's default init: the files do not re-initialise).
+`torch.manual_seed(seed)` and then given to the file's `init` hook, as kubeml's init
+invocation does, so the same seed gives the same initial weights everywhere.
 """
 
 from __future__ import annotations
@@ -13,12 +13,13 @@ from __future__ import annotations
 import contextlib
 import functools
 import importlib.util
+import inspect
 import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
+from types import MethodType, ModuleType
 from typing import Any
 
 import numpy as np
@@ -64,8 +65,21 @@ def load_function(path: str | Path | None = None) -> FunctionParts:
 
 
 def build_model(seed: int, function_file: str | Path | None = None) -> nn.Module:
+    """The function's network right after `torch.manual_seed(seed)`, then its `init` hook,
+    in the order kubeml's init invocation runs them (`main()` builds, `init` re-initialises)."""
     torch.manual_seed(seed)
-    return load_function(function_file).network()
+    parts = load_function(function_file)
+    network = parts.network()
+    init = MethodType(parts.model.init, _Params(network, 0.0))
+    # As kubeml's `positional_count` (not imported: it would add kubeml's runtime to the
+    # peers' start-up): the 2021 library's `init(self)` takes no network.
+    kinds = {p.kind for p in inspect.signature(init).parameters.values()}
+    positional = {inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD}
+    if kinds & (positional | {inspect.Parameter.VAR_POSITIONAL}):
+        init(network)
+    else:
+        init()
+    return network
 
 
 def make_optimizer(
@@ -76,13 +90,14 @@ def make_optimizer(
 
 
 class _Params:
-    """Just enough of a KubeModel for `configure_optimizers` to run outside kubeml."""
+    """Just enough of a KubeModel for `configure_optimizers` and `init` to run outside
+    kubeml: `lr`, and the network's own attributes (`parameters`, `apply`, ...)."""
 
     def __init__(self, model: nn.Module, lr: float) -> None:
         self._model, self.lr = model, lr
 
-    def parameters(self) -> Any:
-        return self._model.parameters()
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._model, name)
 
 
 @dataclass

@@ -56,6 +56,12 @@ def _kubeml(key: str, settings: dict[str, Any] | None = None) -> RowRunner:
         from benchmarks.rows_kubeml import run_kubeml
 
         if settings is None:
+            if key == "kubeml-tuned" and workload.name not in TUNED:
+                return RowResult(
+                    name=key,
+                    framework="kubeml",
+                    skipped=f"no tuned configuration for {workload.name} (workload.TUNED)",
+                )
             row_key = TUNED[workload.name] if key == "kubeml-tuned" else key
             chosen = kubeml_settings(row_key)
         else:
@@ -255,7 +261,7 @@ def ratios_of(rows: Sequence[RowSummary]) -> dict[str, Any]:
     out["time_to_goal_ranking"] = [
         {"key": r.key, "median_user_time_to_goal_s": r.user_time_s} for r in reached
     ]
-    out["not_reaching_goal"] = [r.key for r in rows if r.user_time_s is None]
+    out["not_reaching_goal"] = [r.key for r in rows if r.user_time_s is None and not r.skipped]
     for label, attr in (("user_time_to_goal", "user_time_s"), ("training_time", "time_to_goal_s")):
         kube = [r for r in reached if r.framework == "kubeml" and getattr(r, attr) is not None]
         peers = [r for r in reached if r.framework != "kubeml" and getattr(r, attr) is not None]
