@@ -168,7 +168,11 @@ def _label_kind(header: Header) -> str:
 
 
 def check_file_size(path: Path, source: str, header: Header) -> None:
-    size = path.stat().st_size
+    check_data_size(path.stat().st_size, source, header)
+
+
+def check_data_size(size: int, source: str, header: Header) -> None:
+    """A file of `size` bytes holds all the data its header promises."""
     if size < header.offset + header.data_bytes:
         raise InvalidDatasetError(
             f"{source}: truncated: its header promises {header.data_bytes} bytes of data "

@@ -112,6 +112,15 @@ def read_manifest(folder: Path) -> dict[str, SplitManifest]:
         ) from exc
 
 
+def check_ranges(name: str, split: str, samples: int, ranges: Sequence[tuple[int, int]]) -> None:
+    """Every (start, stop) of `ranges` lies within the split's `samples`."""
+    for a, b in ranges:
+        if not 0 <= a <= b <= samples:
+            raise StorageError(
+                f"dataset {name!r}: samples [{a}, {b}) are outside its {split} split of {samples}"
+            )
+
+
 class ChunkedSplit:
     """Reads sample ranges of one stored split straight from its chunk files into the
     arrays it returns (one copy, as from a memory map)."""
@@ -133,12 +142,7 @@ class ChunkedSplit:
 
         m = self.manifest
         total = sum(b - a for a, b in ranges)
-        for a, b in ranges:
-            if not 0 <= a <= b <= m.samples:
-                raise StorageError(
-                    f"dataset {self.folder.name!r}: samples [{a}, {b}) are outside its "
-                    f"{self.split} split of {m.samples}"
-                )
+        check_ranges(self.folder.name, self.split, m.samples, ranges)
         x = np.empty((total, *m.x_shape), dtype=self.x_dtype)
         y = np.empty((total,), dtype=self.y_dtype)
         if total == 0:

@@ -28,12 +28,13 @@ from kubeml.stores.arrays import (
     ARRAY_FIELDS,
     MAX_HEADER_BYTES,
     Header,
+    check_data_size,
     check_header,
     check_together,
     check_values,
     parse_header,
 )
-from kubeml.stores.chunks import chunk_samples_for
+from kubeml.stores.chunks import check_ranges, chunk_samples_for
 
 if TYPE_CHECKING:
     import numpy as np
@@ -193,11 +194,7 @@ def inspect_location(url: str) -> tuple[Source, dict[str, Header]]:
                 f"{shown}: stored in Fortran order; a registered file is read by sample "
                 "ranges, so save it in C order: numpy.save(path, numpy.ascontiguousarray(a))"
             )
-        if size < header.offset + header.data_bytes:
-            raise InvalidDatasetError(
-                f"{shown}: truncated: its header promises {header.data_bytes} bytes of data "
-                f"for shape {header.shape}, the file holds {max(0, size - header.offset)}"
-            )
+        check_data_size(size, shown, header)
         files[field] = SourceFile(path, header.offset, header.shape, header.dtype.str, version)
     return Source(url, files), {field: header for field, (_, header) in seen.items()}
 
@@ -225,12 +222,7 @@ class SourceSplit:
     def read(self, ranges: Sequence[tuple[int, int]]) -> tuple[np.ndarray, np.ndarray]:
         import numpy as np
 
-        for a, b in ranges:
-            if not 0 <= a <= b <= self.samples:
-                raise StorageError(
-                    f"dataset {self.name!r}: samples [{a}, {b}) are outside its "
-                    f"{self.split} split of {self.samples}"
-                )
+        check_ranges(self.name, self.split, self.samples, ranges)
         if self._fs is None:
             self._fs = open_location(self.source.url)[0]
         out = []
