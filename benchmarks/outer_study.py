@@ -5,6 +5,10 @@ the machine's load, so an in-process engine is enough here; seconds are not repo
 
     python -m benchmarks.outer_study [WORKLOADS] [CONFIGS] [SEEDS] [OUT.jsonl]
     python -m benchmarks.outer_study mnist-lenet-example average,adaptive 0,1,2
+    python -m benchmarks.outer_study chars,cnn-bn adaptive,sum 0   # harness workloads
+
+A workload of the harness (`benchmarks/specs.py`: chars, cnn-bn, lenet-seed...) trains on
+its own data, lr and batch (`lenet-seed` on the Fashion-MNIST cut the others use here).
 
 Each line of OUT (default benchmarks/results/outer-study.jsonl) is one task.
 """
@@ -20,7 +24,7 @@ from typing import Any
 from benchmarks.data import Arrays
 from benchmarks.reference import ROOT
 from benchmarks.rows_kubeml import fresh_engine
-from benchmarks.specs import prepare
+from benchmarks.specs import SPECS, prepare
 
 ADAM_PATCH = (
     "return SGD(self.parameters(), lr=self.lr, momentum=0.9, weight_decay=1e-4)",
@@ -40,6 +44,15 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "nest.7/.9": {"outer_optimizer": "nesterov", "outer_lr": 0.7, "outer_momentum": 0.9},
     "nest1/.5": {"outer_optimizer": "nesterov", "outer_lr": 1.0, "outer_momentum": 0.5},
     "adaptive": {"outer_optimizer": "adaptive", "outer_lr": 0.7, "outer_momentum": 0.9},
+    "adaptive1/.9": {"outer_optimizer": "adaptive", "outer_lr": 1.0, "outer_momentum": 0.9},
+    "sum": {"outer_optimizer": "nesterov", "outer_lr": 2.0, "outer_momentum": 0.0},
+    "adaptive1/.5": {"outer_optimizer": "adaptive", "outer_lr": 1.0, "outer_momentum": 0.5},
+    "adaptive-k16": {
+        "outer_optimizer": "adaptive",
+        "outer_lr": 0.7,
+        "outer_momentum": 0.9,
+        "k": 16,
+    },
 }
 
 
@@ -52,12 +65,27 @@ def main(argv: list[str]) -> None:
     tmp = Path(tempfile.mkdtemp(prefix="kubeml-outer-study-"))
     data = {"fashion": prepare("fashion", tmp / "fashion", quick=True).data_dir}
     data["mnist"] = prepare("mnist5k", tmp / "mnist").data_dir
+    for name in workloads:  # a harness workload trains on its own full data
+        if name in SPECS and SPECS[name].dataset not in data:
+            data[SPECS[name].dataset] = prepare(name, tmp / name).data_dir
     with fresh_engine() as engine:
         for dataset, path in data.items():
             a = Arrays.load(path)
             engine.create_dataset(dataset, a.train_x, a.train_y, a.test_x, a.test_y)
         for name in workloads:
-            file, dataset, lr, epochs, patch = WORKLOADS[name]
+            if name in SPECS:
+                spec = SPECS[name]
+                file, dataset, lr, epochs, patch = (
+                    spec.function_file,
+                    spec.dataset,
+                    spec.lr,
+                    spec.epochs,
+                    None,
+                )
+                batch = spec.batch_size
+            else:
+                file, dataset, lr, epochs, patch = WORKLOADS[name]
+                batch = 64
             source = (ROOT / file).read_text()
             if patch:
                 source = source.replace(*patch)
@@ -65,10 +93,11 @@ def main(argv: list[str]) -> None:
             engine.create_function(function, source)
             for seed in seeds:
                 for config in configs:
+                    options = {"k": 8, **CONFIGS[config]}
                     task_id = engine.train(
                         function=function, dataset=dataset, epochs=epochs, lr=lr,
-                        parallelism=2, static=True, k=8, seed=seed, validate_every=1,
-                        **CONFIGS[config],
+                        batch_size=batch, parallelism=2, static=True, seed=seed,
+                        validate_every=1, **options,
                     )  # fmt: skip
                     info = engine.wait(task_id, timeout_s=1800)
                     accuracy = [round(e.accuracy, 2) for e in engine.get_history(task_id).epochs]
