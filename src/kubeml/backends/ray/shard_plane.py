@@ -91,7 +91,14 @@ class ServerPool:
         return sorted(n for n, r in cluster.live_nodes().items() if r.get("CPU", 0.0) > 0)
 
     def _start(self, node: str | None) -> Any:
-        options: dict[str, Any] = {"num_cpus": 0, "max_concurrency": CONCURRENCY}
+        # Ray reports every actor call to its head (the control plane's node) as task
+        # events, for its state API, which kubeml does not read: about 1 KB a call, 2·S
+        # calls per function and round (deposit, update), on the control plane's link.
+        options: dict[str, Any] = {
+            "num_cpus": 0,
+            "max_concurrency": CONCURRENCY,
+            "enable_task_events": False,
+        }
         if node is not None:
             options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(node, soft=False)
         return self._remote.options(**options).remote(self.chunk_budget_bytes)
