@@ -16,9 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-
-def _s(value: float | None, spec: str = ".1f") -> str:
-    return "-" if value is None else format(value, spec)
+from benchmarks.report import fmt
 
 
 def _seed(run: dict[str, Any]) -> str:
@@ -47,10 +45,10 @@ def workload_markdown(name: str, entry: dict[str, Any]) -> str:
     for row in rows:
         cells = [
             f"`{row['key']}`",
-            _s(row.get("median_user_time_to_goal_s")),
-            _s(row.get("median_time_to_goal_s")),
-            _s(row.get("median_goal_epoch"), "g"),
-            _s(row.get("median_samples_per_s"), ",.0f"),
+            fmt(row.get("median_user_time_to_goal_s")),
+            fmt(row.get("median_time_to_goal_s")),
+            fmt(row.get("median_goal_epoch"), "g"),
+            fmt(row.get("median_samples_per_s"), ",.0f"),
             *(_seed(run) for run in row["per_seed"]),
         ]
         lines.append("| " + " | ".join(cells) + " |")

@@ -76,17 +76,10 @@ def main(argv: list[str]) -> None:
         for name in workloads:
             if name in SPECS:
                 spec = SPECS[name]
-                file, dataset, lr, epochs, patch = (
-                    spec.function_file,
-                    spec.dataset,
-                    spec.lr,
-                    spec.epochs,
-                    None,
-                )
-                batch = spec.batch_size
+                file, dataset, lr, epochs = spec.function_file, spec.dataset, spec.lr, spec.epochs
+                patch, batch = None, spec.batch_size
             else:
-                file, dataset, lr, epochs, patch = WORKLOADS[name]
-                batch = 64
+                (file, dataset, lr, epochs, patch), batch = WORKLOADS[name], 64
             source = (ROOT / file).read_text()
             if patch:
                 source = source.replace(*patch)

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from benchmarks.workload import RowSummary
 
 
-def _fmt(value: float | None, spec: str = ".1f") -> str:
+def fmt(value: float | None, spec: str = ".1f") -> str:
     return "-" if value is None else format(value, spec)
 
 
@@ -36,13 +36,13 @@ def workload_table(rows: Sequence[RowSummary], workload: Workload) -> str:
         first = next(run for run in r.runs if not run.skipped)
         k = "-" if first.k is None else str(first.k)
         seeds = " ".join(
-            "x" if run.skipped else _fmt(run.user_time_to_goal_s) if run.goal_epoch else "miss"
+            "x" if run.skipped else fmt(run.user_time_to_goal_s) if run.goal_epoch else "miss"
             for run in r.runs
         )
         lines.append(
-            f"{r.key[:58]:<58} {first.parallelism:>2} {k:>4} {_fmt(r.user_time_s):>9} "
-            f"{_fmt(r.time_to_goal_s):>7} {_fmt(r.goal_epochs, '.1f'):>6} "
-            f"{_fmt(r.samples_per_s, '.0f'):>9}  {seeds}"
+            f"{r.key[:58]:<58} {first.parallelism:>2} {k:>4} {fmt(r.user_time_s):>9} "
+            f"{fmt(r.time_to_goal_s):>7} {fmt(r.goal_epochs, '.1f'):>6} "
+            f"{fmt(r.samples_per_s, '.0f'):>9}  {seeds}"
         )
     lines.append(
         "(to goal: kubeml from the submit to a running server, peers from process start; "
