@@ -80,10 +80,33 @@ def _thread_ns(pid: int) -> int:
     return total
 
 
-def _reading(pid: int, round_index: int) -> tuple[int, float, int, int, int]:
+def _thread_ns_by_name(pid: int) -> dict[str, int]:
+    """CPU nanoseconds of the process's live threads, summed by thread name (Ray's threads
+    are named; Python's all carry the process's name)."""
+    out: dict[str, int] = {}
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with contextlib.suppress(OSError):
+            name = Path(f"/proc/{pid}/task/{task}/comm").read_text().strip()
+            ns = int(Path(f"/proc/{pid}/task/{task}/schedstat").read_text().split()[0])
+            out[name] = out.get(name, 0) + ns
+    return out
+
+
+def _reading(pid: int, round_index: int) -> tuple[int, float, int, int, int, dict[str, int]]:
     from kubeml.procs import cpu_ticks
 
-    return round_index, time.time(), cpu_ticks(pid), _thread_ns(pid), _cp_bytes()
+    named = _thread_ns_by_name(pid)
+    return round_index, time.time(), cpu_ticks(pid), _thread_ns(pid), _cp_bytes(), named
+
+
+def _idle_rate(client: Any, task_id: str, pid: int, seconds: float = 5.0) -> float:
+    """The server's CPU seconds per second with no task running, polled as during the
+    rounds: what a round's figure holds in proportion to its length, not to N."""
+    start, t0 = _thread_ns(pid), time.time()
+    while time.time() - t0 < seconds:
+        client.get_task(task_id)
+        time.sleep(POLL_S)
+    return (_thread_ns(pid) - start) / 1e9 / (time.time() - t0)
 
 
 def _measure(client: Any, args: argparse.Namespace, pid: int, n: int, fields: dict) -> dict:
@@ -109,7 +132,10 @@ def _measure(client: Any, args: argparse.Namespace, pid: int, n: int, fields: di
     client.stop_task(task_id)
     client.wait(task_id, timeout_s=600)
     rounds = end[0] - start[0]
+    names = {k: (v - start[5].get(k, 0)) / 1e9 / rounds for k, v in end[5].items()}
     return {
+        "idle_cpu_s_per_s": _idle_rate(client, task_id, pid),
+        "threads_s_per_round": dict(sorted(names.items(), key=lambda kv: -kv[1])[:10]),
         "n": n, "rounds": rounds, "round_s": (end[1] - start[1]) / rounds,
         "cpu_s_per_round": (end[2] - start[2]) / tick / rounds,
         "cpu_thread_s_per_round": (end[3] - start[3]) / 1e9 / rounds,
@@ -154,11 +180,18 @@ def drive(args: argparse.Namespace) -> None:
 
 
 # -- outside: the lab, the report ------------------------------------------------------------
+def _net(r: dict[str, Any]) -> float:
+    """A round's CPU less what the idle server spends in as long (`nan`: not measured)."""
+    if "idle_cpu_s_per_s" not in r:
+        return float("nan")
+    return r["cpu_thread_s_per_round"] - r["idle_cpu_s_per_s"] * r["round_s"]
+
+
 def report(results: list[dict[str, Any]], p: int, setting: str) -> tuple[str, dict[str, Any]]:
     lines = [
         f"control plane per round, {setting}, P = {p / 1e6:.3f} MB",
-        f"{'mode':8s} {'N':>3s} {'round s':>8s} {'cpu s':>8s} {'thr s':>8s} {'cp bytes':>10s} "
-        f"{'cp/P':>8s} {'cp B/N':>8s}",
+        f"{'mode':8s} {'N':>3s} {'round s':>8s} {'cpu s':>8s} {'thr s':>8s} {'net s':>8s} "
+        f"{'cp bytes':>10s} {'cp/P':>8s} {'cp B/N':>8s}",
     ]
     figures: dict[str, Any] = {}
     for mode in dict.fromkeys(r["mode"] for r in results):
@@ -167,7 +200,7 @@ def report(results: list[dict[str, Any]], p: int, setting: str) -> tuple[str, di
         for r in rows:
             lines.append(
                 f"{mode:8s} {r['n']:3d} {r['round_s']:8.3f} {r['cpu_s_per_round']:8.4f} "
-                f"{r['cpu_thread_s_per_round']:8.4f} "
+                f"{r['cpu_thread_s_per_round']:8.4f} {_net(r):8.4f} "
                 f"{r['cp_bytes_per_round']:10.0f} {r['cp_bytes_per_round'] / p:8.2%} "
                 f"{r['cp_bytes_per_round'] / r['n']:8.0f}"
             )
@@ -177,13 +210,14 @@ def report(results: list[dict[str, Any]], p: int, setting: str) -> tuple[str, di
         if len(rows) >= 2 and rows[0]["cpu_s_per_round"] > 0:
             ratio = rows[-1]["cpu_s_per_round"] / rows[0]["cpu_s_per_round"]
             threads = rows[-1]["cpu_thread_s_per_round"] / rows[0]["cpu_thread_s_per_round"]
+            net = _net(rows[-1]) / _net(rows[0]) if _net(rows[0]) > 0 else float("nan")
             fraction = max(r["cp_bytes_per_round"] for r in rows) / p
             figures[mode] = {"cpu_ratio": ratio, "cpu_thread_ratio": threads,
-                             "max_cp_over_p": fraction}  # fmt: skip
+                             "net_cpu_ratio": net, "max_cp_over_p": fraction}  # fmt: skip
             target = " (targets sharded: ≤ 1.5, < 1%)" if mode == "sharded" else ""
             lines.append(
                 f"{mode}: CPU(N={rows[-1]['n']}) ÷ CPU(N={rows[0]['n']}) = {ratio:.2f} "
-                f"(threads' schedstat: {threads:.2f}); "
+                f"(threads' schedstat: {threads:.2f}; less the idle rate: {net:.2f}); "
                 f"the control plane link's bytes per round at most {fraction:.2%} of P{target}"
             )
     return "\n".join(lines), figures

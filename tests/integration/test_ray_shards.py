@@ -74,8 +74,13 @@ def _same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
 
 def test_the_default_on_two_nodes_is_two_shards_and_trains(engine):
     task_id = engine.train(**TASK)
+    plane = _plane_of(engine, task_id)
     info = engine.wait(task_id, 120)
     assert info.state is TaskState.SUCCEEDED, info.error
+    # The init function's model went to the shards from its own node, cut there by that
+    # node's server: the control plane neither took it in nor pushed it out.
+    assert plane.cut_near is True
+    assert engine.backend.models.sharded.pushes == 0
     servers = engine.backend.describe()["shard_servers"]  # (node, pid): one on each node
     assert len({node for node, _ in servers}) == len(servers) == 2
     epochs = engine.get_history(task_id).epochs
@@ -114,6 +119,13 @@ def _mid_epoch_2(engine: Any, task_id: str) -> bool:
     task = engine.get_task(task_id)
     assert not task.state.finished, task.error
     return task.epoch == 2 and task.round >= 3
+
+
+def _plane_of(engine: Any, task_id: str) -> Any:
+    """The task's shard plane, once it has one."""
+    planes: list[Any] = []
+    wait_for(lambda: planes.append(engine.backend.models.sharded.plane(task_id)) or planes[-1], 60)
+    return planes[-1]
 
 
 def _shard_pids(engine: Any, task_id: str) -> list[int]:
@@ -167,6 +179,7 @@ def test_stop_and_resume_on_the_sharded_path_changes_no_bit(engine, sharded_base
     assert info.state is TaskState.SUCCEEDED, info.error
     assert [e.epoch for e in engine.get_history(task_id).epochs] == [1, 2, 3, 4]
     assert _same(_weights(engine, task_id), sharded_baseline)
+    assert engine.backend.models.sharded.pushes >= 1  # the checkpoint, from the control plane
 
 
 @pytest.mark.parametrize("precision", ["bf16", "int8"])

@@ -8,10 +8,12 @@ shared by the parameter server and every function of the task.
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    import numpy as np
     import torch
 
 _ALIGN = 64  # bytes; every group starts on a cache line
@@ -83,6 +85,20 @@ class FlatLayout:
         for dtype, numel in self.group_numel:
             total += -(-(numel * getattr(torch, dtype).itemsize) // _ALIGN) * _ALIGN
         return total
+
+    def over(self, buffer: np.ndarray) -> dict[str, torch.Tensor]:
+        """Flat per-dtype tensors over one byte buffer of `nbytes` (no copy)."""
+        import torch
+
+        groups = {}
+        with warnings.catch_warnings():
+            # Buffers from Ray's object store are read-only; they are only read through these.
+            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+            for dtype, offset, numel in self.byte_spans():
+                tdtype = getattr(torch, dtype)
+                raw = torch.from_numpy(buffer[offset : offset + numel * tdtype.itemsize])
+                groups[dtype] = raw.view(tdtype)
+        return groups
 
     def views(self, groups: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """The state dict as views into the flat groups (no copy)."""

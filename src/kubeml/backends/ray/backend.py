@@ -53,7 +53,7 @@ from kubeml.backends.ray.actor_relay import (
 )
 from kubeml.backends.ray.placement import Resources, Shape, cluster_slots, slot_cpus
 from kubeml.backends.ray.rounds import RoundChannels, RoundOffer
-from kubeml.backends.ray.shard_plane import ServerPool
+from kubeml.backends.ray.server_pool import ServerPool
 from kubeml.backends.ray.stores import INLINE_BYTES, RayDatasetStore, RayModelStore
 from kubeml.backends.relay import Failed, drive, resolve, start_gang
 from kubeml.errors import BackendError, KubeMLError

@@ -3,9 +3,10 @@ each round's merge as a few small messages, and the repair of a lost shard serve
 
 Per round the control plane sends each shard the list of (token, samples) of the
 functions that reported, and receives three floats per shard (`adaptive`'s sums) and an
-acknowledgement: no weight bytes. Weights cross its link only when the task starts or
-resumes (the model pushed to the shards), at checkpoints and epoch ends (the model, and
-the outer optimizer's state, gathered from them).
+acknowledgement: no weight bytes. Weights cross its link only when a task resumes (the
+checkpoint pushed to the shards), at checkpoints and after the last epoch (the model, and
+the outer optimizer's state, gathered from them). A task's first model goes from the
+function that wrote it straight to the shards, cut on its node (`load_written`).
 
 A shard server lost during a round (its node left, its actor was killed) costs that
 round: the servers it held are replaced on live nodes, each of its shards restored from
@@ -20,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import secrets
 import threading
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -29,10 +29,8 @@ import numpy as np
 import ray
 import torch
 from ray.exceptions import RayError
-from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from kubeml.backends.ray import cluster
-from kubeml.backends.ray.shard_server import CONCURRENCY, ShardServer
+from kubeml.backends.ray.server_pool import PING_S, ServerPool
 from kubeml.errors import KubeMLError, RoundLostError, StorageError
 from kubeml.runtime.sync import RoundReport
 from kubeml.stores.flat import FlatLayout
@@ -40,7 +38,6 @@ from kubeml.stores.interfaces import Groups
 from kubeml.stores.shard_core import adaptive_kept
 from kubeml.stores.shard_plan import OuterStep, ShardSpec, plan_shards, slice_groups
 
-_PING_S = 10.0
 # A shard that has not answered a round's merge (or a function's deposit) in this long is
 # lost: a node cut off without Ray noticing must cost a round, not hang the task.
 CALL_TIMEOUT_S = 120.0
@@ -69,96 +66,6 @@ def new_token() -> bytes:
     return secrets.token_bytes(16)
 
 
-class ServerPool:
-    """The backend's node servers (parameter shards and dataset chunks), one per node that
-    runs functions, shared by tasks; a lost one is replaced once, whichever task finds it.
-
-    Args:
-        chunk_budget_bytes: the dataset chunks each server keeps at most.
-    """
-
-    def __init__(self, chunk_budget_bytes: int = 4 * 2**30) -> None:
-        self.chunk_budget_bytes = chunk_budget_bytes
-        self._remote = ray.remote(ShardServer)
-        self._servers: list[tuple[str, Any]] = []  # (node id, handle)
-        self._replaced: dict[Any, Any] = {}  # a lost handle -> its successor
-        self._nodes_seen = (0, -1e9)  # (how many, when)
-        self._lock = threading.Lock()
-
-    @staticmethod
-    def nodes() -> list[str]:
-        """Live nodes with CPUs (where functions run), in a stable order."""
-        return sorted(n for n, r in cluster.live_nodes().items() if r.get("CPU", 0.0) > 0)
-
-    def _start(self, node: str | None) -> Any:
-        # Ray reports every actor call to its head (the control plane's node) as task
-        # events, for its state API, which kubeml does not read: about 1 KB a call, 2·S
-        # calls per function and round (deposit, update), on the control plane's link.
-        options: dict[str, Any] = {
-            "num_cpus": 0,
-            "max_concurrency": CONCURRENCY,
-            "enable_task_events": False,
-        }
-        if node is not None:
-            options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(node, soft=False)
-        return self._remote.options(**options).remote(self.chunk_budget_bytes)
-
-    def servers(self, count: int, started: bool = False) -> list[Any]:
-        """`count` servers, on distinct nodes while there are enough (`started`: only
-        those started so far)."""
-        with self._lock:
-            if started:
-                return [handle for _, handle in self._servers]
-            nodes: list[str | None] = [*self.nodes()] or [None]
-            while len(self._servers) < count:
-                used = {node for node, _ in self._servers}
-                free = [n for n in nodes if n not in used] or nodes
-                node = free[len(self._servers) % len(free)]
-                self._servers.append((node or "?", self._start(node)))
-            return [handle for _, handle in self._servers[:count]]
-
-    def per_node(self) -> list[Any]:
-        """One server on every node that runs functions (the homes of dataset chunks);
-        the nodes are looked up at most every 10 s."""
-        now = time.monotonic()
-        if now - self._nodes_seen[1] > 10:
-            self._nodes_seen = (max(1, len(self.nodes())), now)
-        return self.servers(self._nodes_seen[0])
-
-    def where(self) -> list[tuple[str, int]]:
-        with self._lock:
-            handles = [handle for _, handle in self._servers]
-        places = []
-        for handle in handles:
-            try:
-                places.append(tuple(ray.get(handle.where.remote(), timeout=_PING_S)))
-            except (RayError, TimeoutError):
-                continue  # lost: replaced when a task finds it
-        return places
-
-    def replace(self, lost: Any) -> Any:
-        """The server standing in for `lost` (started on first ask)."""
-        with self._lock:
-            if lost in self._replaced:
-                return self._replaced[lost]
-            index = next((i for i, (_, h) in enumerate(self._servers) if h is lost), None)
-            used = {node for node, h in self._servers if h is not lost}
-            nodes: list[str | None] = [*self.nodes()] or [None]
-            node = next((n for n in nodes if n not in used), nodes[0])
-            handle = self._start(node)
-            if index is not None:
-                self._servers[index] = (node or "?", handle)
-            self._replaced[lost] = handle
-            return handle
-
-    def close(self) -> None:
-        with self._lock:
-            for _, handle in self._servers:
-                with contextlib.suppress(Exception):  # Ray shutting down
-                    ray.kill(handle, no_restart=True)
-            self._servers.clear()
-
-
 class ShardPlane:
     """One task's shards: primaries on `servers[i]`, replicas on `servers[i + 1]`."""
 
@@ -175,6 +82,8 @@ class ShardPlane:
         self.merged = 0
         self._gathered: tuple[int, int] | None = None  # (merged, id of the groups) last gathered
         self.gathers = 0  # the model's or the outer state's trips to the control plane
+        self.pushes = 0  # the model's trips from the control plane (`load`)
+        self.cut_near: bool | None = None  # `load_written`: cut on the writer's node
         self._lock = threading.Lock()
 
     @classmethod
@@ -210,16 +119,39 @@ class ShardPlane:
     ) -> None:
         """Put a model (and the functions' view and the outer momentum, resuming) on the
         shards and their replicas; the next round is the plane's first."""
-        with self._lock:
-            calls = []
-            for spec in self.specs:
-                state = {
+        states = [
+            ray.put(
+                {
                     "master": _slice_present(spec, model),
                     "view": _slice_present(spec, view or {}),
                     "momentum": _slice_present(spec, momentum or {}),
                     "merged": 0,
                 }
-                ref = ray.put(state)
+            )
+            for spec in self.specs
+        ]
+        self._hold(states)
+        self.pushes += 1
+
+    def load_written(self, buffer: Any) -> None:
+        """Put the model a function just wrote (`buffer`: the ref of its flat buffer, in its
+        node's object store) on the shards, cut on that node by its server: none of it
+        crosses the control plane's link (`load` would take it in and out again)."""
+        where = ray.experimental.get_object_locations([buffer], timeout_ms=10_000).get(buffer, {})
+        nodes = set(where.get("node_ids") or [])
+        with self._lock:
+            cutter = next((h for n, h in self.pool.placed(self.servers) if n in nodes), None)
+            self.cut_near = cutter is not None
+            cutter = cutter or self.servers[0]  # no server there: one fetches it all
+            cut = cutter.cut.options(num_returns=len(self.specs))
+            states = cut.remote(buffer, self.layout, self.specs)
+        self._hold(states if len(self.specs) > 1 else [states])
+
+    def _hold(self, states: Sequence[Any]) -> None:
+        """Each shard's primary and replica take their state (refs, one per spec)."""
+        with self._lock:
+            calls = []
+            for spec, ref in zip(self.specs, states, strict=True):
                 primary, buddy = self.servers[spec.index], self.servers[self._buddy(spec.index)]
                 calls.append(primary.hold.remote(self.task_id, spec, ref, buddy))
                 calls.append(buddy.hold_replica.remote(self.task_id, spec, ref))
@@ -368,7 +300,7 @@ def gather(refs: list[Any], what: str, error: type[KubeMLError]) -> list[Any]:
 
 def _alive(server: Any) -> bool:
     try:
-        return bool(ray.get(server.ping.remote(), timeout=_PING_S))
+        return bool(ray.get(server.ping.remote(), timeout=PING_S))
     except (RayError, TimeoutError):
         return False
 

@@ -23,8 +23,9 @@ import ray
 import torch
 
 from kubeml.backends.ray.chunk_route import Arrays, ChunkCache, ChunkKey
+from kubeml.stores.flat import FlatLayout
 from kubeml.stores.shard_core import Payload, ShardCore
-from kubeml.stores.shard_plan import ShardSpec
+from kubeml.stores.shard_plan import ShardSpec, slice_groups
 
 Key = tuple[str, int]  # (task id, shard index)
 CONCURRENCY = 16
@@ -58,6 +59,22 @@ class ShardServer:
         with self._lock(key):
             self._primaries[key] = ShardCore.from_state(spec, state)
             self._buddies[key] = buddy
+
+    def cut(self, buffer: np.ndarray, layout: FlatLayout, specs: Sequence[ShardSpec]) -> Any:
+        """Each shard's starting state (`ShardCore.state`) from a model a function on this
+        node wrote (a flat buffer, read from the node's object store): one return value per
+        spec, kept on this node, so each shard's servers fetch only their piece, from here."""
+        groups = layout.over(buffer)
+        states = tuple(
+            {
+                "master": {d: piece.clone() for d, piece in slice_groups(spec, groups).items()},
+                "view": {},
+                "momentum": {},
+                "merged": 0,
+            }
+            for spec in specs
+        )
+        return states[0] if len(states) == 1 else states
 
     def set_buddy(self, task_id: str, index: int, buddy: Any) -> None:
         key = (task_id, index)

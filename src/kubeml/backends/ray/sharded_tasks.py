@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import torch
 
-from kubeml.backends.ray.shard_plane import ServerPool, ShardPlane, gather
+from kubeml.backends.ray.server_pool import ServerPool
+from kubeml.backends.ray.shard_plane import ShardPlane, gather
 from kubeml.errors import BackendError
 from kubeml.runtime.sync import RoundReport
 from kubeml.stores.flat import FlatLayout
@@ -74,18 +76,22 @@ class ShardedTasks:
         self._planes: dict[str, ShardPlane] = {}
         self._pool = pool
         self._lock = threading.Lock()
-        self.gathers = 0  # of the tasks cleared so far (a figure for tests)
+        self.gathers = 0  # of the tasks cleared so far (figures for tests)
+        self.pushes = 0
 
     def request(self, task_id: str, request: ShardRequest) -> None:
         with self._lock:
             self._requests[task_id] = request
 
-    def install(self, task_id: str, layout: FlatLayout, model: Groups) -> None:
-        """The task's model now exists (init, resume): put it on its shards, if sharded."""
+    def install(self, task_id: str, layout: FlatLayout, model: Groups | Any) -> bool:
+        """The task's model now exists (init, resume): put it on its shards, if sharded.
+        `model` is full groups, or the ref of the flat buffer a function wrote (it then
+        goes from the function's node straight to the shards). Returns whether the task
+        is sharded."""
         with self._lock:
             request = self._requests.get(task_id)
             if request is None:
-                return
+                return False
             if self._pool is None:
                 self._pool = ServerPool()
             shards = request.shards
@@ -94,15 +100,19 @@ class ShardedTasks:
                 shards = nodes if nodes > 1 else 0
             if shards == 0:
                 self._requests.pop(task_id)
-                return
+                return False
             outer = OuterStep(request.outer_name, request.outer_lr, request.outer_momentum)
             old = self._planes.pop(task_id, None)
             plane = ShardPlane.create(task_id, layout, shards, outer, request.precision, self._pool)
         if old is not None:
             old.drop()
-        plane.load(model)
+        if isinstance(model, dict):
+            plane.load(model)
+        else:
+            plane.load_written(model)
         with self._lock:
             self._planes[task_id] = plane
+        return True
 
     def plane(self, task_id: str) -> ShardPlane | None:
         with self._lock:
@@ -119,6 +129,7 @@ class ShardedTasks:
             self._requests.pop(task_id, None)
             plane = self._planes.pop(task_id, None)
             self.gathers += plane.gathers if plane is not None else 0
+            self.pushes += plane.pushes if plane is not None else 0
         if plane is not None:
             plane.drop()
 

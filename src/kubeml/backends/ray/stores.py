@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import contextlib
 import threading
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,7 +43,8 @@ from ray.exceptions import RayError
 
 from kubeml.api.datasets import DatasetInfo
 from kubeml.backends.ray.chunk_route import ChunkRoute, WantChunk, WantChunkRoute
-from kubeml.backends.ray.shard_plane import ServerPool, ShardDeposit, ShardRoute
+from kubeml.backends.ray.server_pool import ServerPool
+from kubeml.backends.ray.shard_plane import ShardDeposit, ShardRoute
 from kubeml.backends.ray.sharded_tasks import ShardedMerge, ShardedTasks
 from kubeml.errors import BackendError, NotFoundError, StorageError
 from kubeml.stores.datasets import DatasetStore, LocalDatasetStore, StagedDataset
@@ -109,17 +109,7 @@ def answer(datasets: RayDatasetStore, models: RayModelStore, request: Any) -> An
 
 def _groups(buffer: np.ndarray, layout: FlatLayout) -> Groups:
     """Flat per-dtype tensors over one byte buffer (no copy)."""
-    import torch
-
-    groups = {}
-    with warnings.catch_warnings():
-        # Buffers from ray.get are read-only; they are only ever read through these views.
-        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-        for dtype, offset, numel in layout.byte_spans():
-            tdtype = getattr(torch, dtype)
-            raw = torch.from_numpy(buffer[offset : offset + numel * tdtype.itemsize])
-            groups[dtype] = raw.view(tdtype)
-    return groups
+    return layout.over(buffer)
 
 
 def _flatten(layout: FlatLayout, state: dict[str, torch.Tensor], out: np.ndarray) -> np.ndarray:
@@ -253,12 +243,19 @@ class RayModelStore(ControlModels):
         return ShardedMerge(plane, self._reference(task_id).groups)
 
     def adopt_reference(self, task_id: str, layout: FlatLayout, ref: Any) -> None:
-        """Take the reference a function wrote (init) into the control plane's memory.
+        """Take the reference a function wrote (init): a sharded task's goes from the
+        function's node to its shards (the control plane gathers it from there when it
+        needs it), any other's into the control plane's memory.
 
         The copy is ours: the function's object dies with its actor, and the next ref
         handed out is put by the control plane, which outlives every node.
         """
-        self._install(task_id, layout, np.array(ray.get(ref), copy=True))
+        buffer = np.zeros(layout.nbytes, np.uint8)  # filled by the first gather, if sharded
+        if not self.sharded.install(task_id, layout, ref):
+            buffer[:] = ray.get(ref)
+        reference = _Reference(layout, buffer, _groups(buffer, layout))
+        with self._lock:
+            self._references[task_id] = reference
 
     def reference_ref(self, task_id: str) -> ReferenceRef:
         """The current reference model in the object store; put at most once per change."""
