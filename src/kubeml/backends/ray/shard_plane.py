@@ -148,13 +148,13 @@ class ShardPlane:
         self._hold(states if len(self.specs) > 1 else [states])
 
     def _hold(self, states: Sequence[Any]) -> None:
-        """Each shard's primary and replica take their state (refs, one per spec)."""
+        """Each shard's primary takes its state (refs, one per spec) and hands its replica a
+        copy: the sender's link carries each piece once."""
         with self._lock:
             calls = []
             for spec, ref in zip(self.specs, states, strict=True):
                 primary, buddy = self.servers[spec.index], self.servers[self._buddy(spec.index)]
-                calls.append(primary.hold.remote(self.task_id, spec, ref, buddy))
-                calls.append(buddy.hold_replica.remote(self.task_id, spec, ref))
+                calls.append(primary.hold_from.remote(self.task_id, spec, [ref], buddy))
             self._wait(calls, "loading the model onto its shards")
             self.merged = 0
             self._gathered = None

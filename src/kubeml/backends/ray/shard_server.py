@@ -60,6 +60,15 @@ class ShardServer:
             self._primaries[key] = ShardCore.from_state(spec, state)
             self._buddies[key] = buddy
 
+    def hold_from(self, task_id: str, spec: ShardSpec, refs: list[Any], buddy: Any) -> None:
+        """`hold` the state in `refs[0]` (a ref in a list: Ray passes it unresolved), then
+        have the replica on `buddy` take a copy put on this node: the state crosses its
+        sender's link once, and the copy for the replica leaves from here."""
+        state = ray.get(refs[0])
+        self.hold(task_id, spec, state, buddy)
+        if buddy is not None:
+            ray.get(buddy.hold_replica.remote(task_id, spec, ray.put(state)))
+
     def cut(self, buffer: np.ndarray, layout: FlatLayout, specs: Sequence[ShardSpec]) -> Any:
         """Each shard's starting state (`ShardCore.state`) from a model a function on this
         node wrote (a flat buffer, read from the node's object store): one return value per
