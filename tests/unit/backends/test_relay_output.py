@@ -42,3 +42,23 @@ def test_the_heartbeat_crosses_at_most_every_half_second_and_sends_waiting_lines
     endpoint._last_beat = time.monotonic() - 1
     endpoint.progress(0)
     assert LogLines("function-0", ("a lone line",)) in transport.sent
+
+
+def test_a_release_counts_as_a_heartbeat():
+    """The barrier marks every function it releases as seen: a batch right after a release
+    sends no heartbeat, however long the round waited at the barrier."""
+    from kubeml.backends.relay import Released
+    from kubeml.runtime.sync import Release, RoundReport
+
+    class Answering(Recording):
+        def receive(self):
+            time.sleep(0.6)  # the barrier waits for a slower function, longer than a beat
+            return Released(Release(proceed=True))
+
+    transport = Answering()
+    endpoint = Endpoint(transport)
+    endpoint.progress(0)  # the round's first batch
+    report = RoundReport("t", 0, round=1, samples=64, loss_sum=1.0, batches=1, final=False)
+    endpoint.publish(report)
+    endpoint.progress(0)  # the next round's first batch
+    assert sum(isinstance(m, Progress) for m in transport.sent) == 1

@@ -81,6 +81,10 @@ class Endpoint:
             answer = self.transport.receive()
         if not isinstance(answer, Released):
             raise BackendError(f"relay protocol error: expected a release, got {answer!r}")
+        # A release is a heartbeat: the barrier counts every function it releases as seen
+        # then. Without this, a round that waited at the barrier longer than HEARTBEAT_S
+        # would send one message more per function and round to the control plane.
+        self._last_beat = time.monotonic()
         if answer.reference is not None and self.on_reference is not None:
             self.on_reference(report.task_id, answer.reference)
         return answer.release
