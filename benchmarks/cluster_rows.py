@@ -106,12 +106,14 @@ def _kubeml_run(client: Any, args: argparse.Namespace, run: dict, seed: int) -> 
             stopping = True
         time.sleep(POLL_S)
     history = client.get_history(task_id).epochs
+    phases = [x.message for x in client.logs(task_id) if "a function's round, mean" in x.message]
     return {
         "row": run["row"], "seed": seed, "task": task_id, "state": info.state.value,
         "error": info.error, "started": started, "goal_s": goal_s,
         "capped": goal_s is None and stopping, "marks": marks,
         "epochs": [{"epoch": e.epoch, "accuracy": e.accuracy, "train_loss": e.train_loss,
                     "rounds": e.rounds} for e in history],
+        "round_phases": phases,  # the task log's line per epoch: where a function's round went
     }  # fmt: skip
 
 

@@ -40,6 +40,26 @@ def test_seed_lenet_learns_mnist_with_two_functions_and_k_8(make_engine, mnist_5
     assert all(e.epoch_duration_s > 0 and e.samples_per_s > 0 for e in epochs)
 
 
+def test_the_log_says_where_a_functions_round_went(digits_engine):
+    """Each epoch's line of round phases: the K steps of a function that sleeps 20 ms a
+    batch take at least K x 20 ms, and the rounds counted are the epoch's, per function."""
+    digits_engine.create_function("sleepy", function_source(SLEEP_PER_BATCH_S=0.02))
+    task_id = digits_engine.train(
+        function="sleepy", dataset="digits", epochs=1, parallelism=2, k=4, static=True
+    )
+    assert digits_engine.wait(task_id, 120).state is TaskState.SUCCEEDED
+    epoch = digits_engine.get_history(task_id).epochs[0]
+    lines = [x.message for x in digits_engine.logs_of(task_id) if "a function's round" in x.message]
+    assert len(lines) == 1, lines
+    counted, phases = lines[0].split("mean over ")[1].split(": ", 1)
+    spent = {p.split()[0]: float(p.split()[1]) for p in phases.split(", ")}
+    assert list(spent) == ["load", "steps", "send", "wait"]
+    assert int(counted) == 2 * epoch.rounds  # both functions' rounds
+    assert spent["steps"] >= 0.02 * 3  # K=4 batches of 20 ms a round (the last: fewer)
+    assert all(t >= 0 for t in spent.values())
+    assert sum(spent.values()) < epoch.epoch_duration_s  # a round, not the epoch
+
+
 def test_a_failing_task_leaves_the_engine_usable(digits_engine):
     digits_engine.create_function("broken", function_source(FAIL_AT_BATCH=1))
     bad = digits_engine.train(function="broken", dataset="digits", epochs=2)

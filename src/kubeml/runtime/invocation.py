@@ -76,6 +76,13 @@ class InvocationResult:
     accuracy: float | None = None  # validation accuracy, percent
     rounds: int = 0
     output: Any = None  # infer output, JSON-able
+    # train: seconds spent over its rounds in each phase (`ROUND_PHASES`)
+    phases: tuple[float, ...] = ()
+
+
+# A train round's phases, as a function spends them: read the round's model, the K local
+# steps, send its change (publish), wait for the merge (the barrier and the release).
+ROUND_PHASES = ("load", "steps", "send", "wait")
 
 
 LogSink = Callable[[str, str], None]  # (source, message)

@@ -8,6 +8,7 @@ import json
 import logging
 import math
 import reprlib
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -18,7 +19,7 @@ import torch
 from kubeml.errors import DeviceError, FunctionError, InvalidInferenceInputError
 from kubeml.runtime.batching import batch_length, to_device
 from kubeml.runtime.feed import ShardFeed
-from kubeml.runtime.invocation import Invocation, InvocationResult, Mode
+from kubeml.runtime.invocation import ROUND_PHASES, Invocation, InvocationResult, Mode
 from kubeml.runtime.seeds import derive_seed
 from kubeml.runtime.serving import served_models
 from kubeml.runtime.sync import RoundReport, SyncChannel
@@ -134,7 +135,9 @@ class RoundDriver:
         model.network.train()
         batch_index, round_index, total_loss, total_samples = 0, inv.round, 0.0, 0
         in_place = False  # the last release left the merged model in the published file
+        phases = [0.0] * len(ROUND_PHASES)
         while True:
+            t0 = time.perf_counter()
             if in_place:
                 models.load_published_into(inv.task_id, inv.func_id, state)
             else:
@@ -154,6 +157,7 @@ class RoundDriver:
                 if round_index == inv.round and inv.restore_state:
                     self._restore_optimizer(model)
             loss_sum, samples, start_index = 0.0, 0, batch_index
+            t1 = time.perf_counter()
             while batch_index < n_batches and batch_index - start_index < k:
                 step = inv.lr_warmup_offset + batch_index  # a replay goes on with the ramp
                 if step <= inv.lr_warmup_steps:  # after a resize: ramp to the new lr
@@ -181,7 +185,9 @@ class RoundDriver:
                 # Before the round is published: once it is merged, a replay of the next
                 # round on a fresh worker starts from this.
                 states.save(inv.task_id, inv.func_id, round_index + 1, model.optimizer.state_dict())
+            t2 = time.perf_counter()
             handle = models.publish(inv.task_id, inv.func_id, state)
+            t3 = time.perf_counter()
             report = RoundReport(
                 inv.task_id,
                 inv.func_id,
@@ -193,6 +199,8 @@ class RoundDriver:
                 handle,
             )
             release = sync.publish(report)
+            for i, spent in enumerate((t1 - t0, t2 - t1, t3 - t2, time.perf_counter() - t3)):
+                phases[i] += spent
             in_place = release.in_place and samples > 0
             if release.threads:
                 torch.set_num_threads(release.threads)
@@ -207,6 +215,7 @@ class RoundDriver:
             samples=total_samples,
             loss=total_loss / batch_index if batch_index else None,
             rounds=round_index - inv.round,
+            phases=tuple(phases),
         )
 
     def _restore_optimizer(self, model: KubeModel) -> None:

@@ -112,6 +112,8 @@ class TrainJob:
                     self.checkpoint(self._fresh_position(epoch + 1))
                 self.listener.on_epoch(record)
                 self.log(_describe(record))
+                if phases := state.take_phases(record.epoch):
+                    self.log(phases)
                 if state.requests.stopping:
                     raise _Stopped
                 if goal:

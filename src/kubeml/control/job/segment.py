@@ -97,6 +97,7 @@ class Segment:
 
         for status in watch(self.watched, stalled, timeout):
             if isinstance(status, Finished):
+                self.job.state.add_phases(status.result)
                 continue
             self.failed += int(not isinstance(status, Hung))
             self._carry_out(status, self.job.decide(status, self._situation(status)))

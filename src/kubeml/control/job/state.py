@@ -11,6 +11,7 @@ from kubeml.api.schemas import EpochRecord
 from kubeml.control.job.decisions import Decision, Event
 from kubeml.control.job.resize import Resize
 from kubeml.control.plan.position import Position
+from kubeml.runtime.invocation import ROUND_PHASES, InvocationResult
 
 
 class StopCause(str, Enum):
@@ -85,6 +86,28 @@ class JobState:
         default_factory=lambda: deque(maxlen=512)
     )
     lock: threading.RLock = field(default_factory=threading.RLock)
+    # The epoch's rounds phase by phase (`ROUND_PHASES`): seconds summed over its functions'
+    # finished invocations, and how many rounds those ran.
+    phases: list[float] = field(default_factory=lambda: [0.0] * len(ROUND_PHASES))
+    phase_rounds: int = 0
+
+    def add_phases(self, result: InvocationResult) -> None:
+        if result.phases:
+            with self.lock:
+                self.phases = [a + b for a, b in zip(self.phases, result.phases, strict=True)]
+                self.phase_rounds += result.rounds
+
+    def take_phases(self, epoch: int) -> str | None:
+        """The log's line on where a function's round went this epoch (None: no train
+        invocation finished); starts the next epoch's count."""
+        with self.lock:
+            phases, rounds = self.phases, self.phase_rounds
+            self.phases, self.phase_rounds = [0.0] * len(ROUND_PHASES), 0
+        if not rounds:
+            return None
+        named = zip(ROUND_PHASES, phases, strict=True)
+        parts = ", ".join(f"{name} {t / rounds:.3f} s" for name, t in named)
+        return f"epoch {epoch}: a function's round, mean over {rounds}: {parts}"
 
     def apply(self, change: Resize | None) -> None:
         """Take a new N and its lr (from `resize.resize`)."""
