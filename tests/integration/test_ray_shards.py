@@ -169,6 +169,21 @@ def test_a_killed_function_on_the_sharded_path_changes_no_bit(engine, sharded_ba
     assert _same(_weights(engine, task_id), sharded_baseline)
 
 
+def test_a_first_model_cut_away_from_its_writer_trains_the_same_bits(
+    engine, sharded_baseline, monkeypatch
+):
+    """Where the writer's node has no shard server (fewer shards than nodes), or Ray cannot
+    say where the model is, one server fetches it all and cuts it: the same model."""
+    monkeypatch.setattr(ray.experimental, "get_object_locations", lambda refs, **kw: {})
+    task_id = engine.train(**TASK, shards=2)
+    plane = _plane_of(engine, task_id)
+    info = engine.wait(task_id, 120)
+    assert info.state is TaskState.SUCCEEDED, info.error
+    assert plane.cut_near is False
+    assert engine.backend.models.sharded.pushes == 0  # still not through the control plane
+    assert _same(_weights(engine, task_id), sharded_baseline)
+
+
 def test_stop_and_resume_on_the_sharded_path_changes_no_bit(engine, sharded_baseline):
     task_id = engine.train(**TASK, shards=2)
     wait_for(lambda: _mid_epoch_2(engine, task_id), 60)
