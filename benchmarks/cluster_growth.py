@@ -14,9 +14,12 @@ warms N functions, then a task of one epoch at K=`--k` trains until `--rounds` w
 rounds have passed its second, and is stopped. Around those rounds the harness reads the
 server's CPU time (`/proc/<pid>/stat` utime + stime: every thread of the `kubeml server`
 process, its Ray driver's included; `thr s`: the same from its threads' schedstat, in ns
-where stat counts 10 ms ticks) and the control plane link's counters; the figures
-are per round, the bytes as a fraction of P. The client polls the task every 0.1 s (that
-HTTP work is in the server's CPU too, about the same at every N).
+where stat counts 10 ms ticks; and by thread name) and the control plane link's
+counters; the figures are per round, the bytes as a fraction of P. The client polls the
+task every 0.1 s: that HTTP work, and Ray's own background work, are in the server's CPU
+too, at about the same rate at every N, so in proportion to a round's length, not to N.
+After each task the server's idle rate (the same polling, no task running) is read, and
+`net s` is a round's CPU less that rate times the round's length.
 
 The link's bytes include each function's invocation and report (the central merge's
 measured 2·N·P plus 1-8 KB per function a round; `cp B/N` is the bytes per function),
