@@ -73,16 +73,6 @@ def _cp_bytes() -> int:
     return sum(int((stats / f"{way}_bytes").read_text()) for way in ("tx", "rx"))
 
 
-def _thread_ns(pid: int) -> int:
-    """CPU nanoseconds of the process's live threads (schedstat): a finer cross-check of
-    /proc/<pid>/stat's ticks."""
-    total = 0
-    for task in os.listdir(f"/proc/{pid}/task"):
-        with contextlib.suppress(OSError):  # a thread that ended since the listing
-            total += int(Path(f"/proc/{pid}/task/{task}/schedstat").read_text().split()[0])
-    return total
-
-
 def _thread_ns_by_name(pid: int) -> dict[str, int]:
     """CPU nanoseconds of the process's live threads, summed by thread name (Ray's threads
     are named; Python's all carry the process's name)."""
@@ -99,7 +89,13 @@ def _reading(pid: int, round_index: int) -> tuple[int, float, int, int, int, dic
     from kubeml.procs import cpu_ticks
 
     named = _thread_ns_by_name(pid)
-    return round_index, time.time(), cpu_ticks(pid), _thread_ns(pid), _cp_bytes(), named
+    return round_index, time.time(), cpu_ticks(pid), sum(named.values()), _cp_bytes(), named
+
+
+def _thread_ns(pid: int) -> int:
+    """CPU nanoseconds of the process's live threads (schedstat): a finer cross-check of
+    /proc/<pid>/stat's ticks."""
+    return sum(_thread_ns_by_name(pid).values())
 
 
 def _idle_rate(client: Any, task_id: str, pid: int, seconds: float = 5.0) -> float:

@@ -118,7 +118,7 @@ class ActorPool:
             resources=self.resources_per_function,
             max_concurrency=4,  # run() streams while deliver() brings releases and answers
             max_restarts=0,
-            enable_task_events=False,  # no event per call to Ray's head (see shard_plane)
+            enable_task_events=False,  # no event per call to Ray's head (see server_pool)
         )
         return [RayActor(options.remote(), shape) for _ in range(count)]
 

@@ -22,7 +22,6 @@ from kubeml.backends.ray.stores import (
     WantFinal,
     WantReference,
     _flatten,
-    _groups,
 )
 from kubeml.stores.flat import FlatLayout
 from kubeml.stores.interfaces import FunctionModels, ShardSource, Split
@@ -109,7 +108,7 @@ class RemoteModelStore(FunctionModels):
             return
         layout, ref = cast("ReferenceRef", self._current(task_id))
         buffer = ref if isinstance(ref, np.ndarray) else cast("np.ndarray", ray.get(ref))
-        layout.unflatten_into(_groups(buffer, layout), state)
+        layout.unflatten_into(layout.over(buffer), state)
 
     def load_model_into(self, task_id: str, state: dict[str, torch.Tensor]) -> None:
         weights = self._weights(task_id)

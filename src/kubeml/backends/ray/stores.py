@@ -107,13 +107,8 @@ def answer(datasets: RayDatasetStore, models: RayModelStore, request: Any) -> An
     raise BackendError(f"unknown request {type(request).__name__} from a Ray function")
 
 
-def _groups(buffer: np.ndarray, layout: FlatLayout) -> Groups:
-    """Flat per-dtype tensors over one byte buffer (no copy)."""
-    return layout.over(buffer)
-
-
 def _flatten(layout: FlatLayout, state: dict[str, torch.Tensor], out: np.ndarray) -> np.ndarray:
-    layout.flatten_into(state, _groups(out, layout))
+    layout.flatten_into(state, layout.over(out))
     return out
 
 
@@ -227,7 +222,7 @@ class RayModelStore(ControlModels):
         return reference
 
     def _install(self, task_id: str, layout: FlatLayout, buffer: np.ndarray) -> None:
-        reference = _Reference(layout, buffer, _groups(buffer, layout))
+        reference = _Reference(layout, buffer, layout.over(buffer))
         with self._lock:
             self._references[task_id] = reference
         self.sharded.install(task_id, layout, reference.groups)
@@ -253,7 +248,7 @@ class RayModelStore(ControlModels):
         buffer = np.zeros(layout.nbytes, np.uint8)  # filled by the first gather, if sharded
         if not self.sharded.install(task_id, layout, ref):
             buffer[:] = ray.get(ref)
-        reference = _Reference(layout, buffer, _groups(buffer, layout))
+        reference = _Reference(layout, buffer, layout.over(buffer))
         with self._lock:
             self._references[task_id] = reference
 
@@ -315,14 +310,14 @@ class RayModelStore(ControlModels):
 
     def published_groups(self, task_id: str, func_id: int, handle: Any) -> Groups:
         if isinstance(handle, np.ndarray):
-            return _groups(handle, self.layout(task_id))
+            return self.layout(task_id).over(handle)
         with self._lock:
             fetched = self._fetched.pop((task_id, func_id), None)
         if fetched is not None and handle is not None and fetched[0] == handle.hex():
             buffer = fetched[1]
         else:
             buffer = self._fetch(task_id, func_id, handle)
-        return _groups(buffer, self.layout(task_id))
+        return self.layout(task_id).over(buffer)
 
     def reference_groups(self, task_id: str) -> Groups:
         with self._lock:
