@@ -129,3 +129,70 @@ def test_a_lost_attempts_late_report_never_merges():
     t.join(2)
     stale.join(2)
     assert merged == [[10, 10]]
+
+
+def _replies():
+    """A reply for `publish_then` and what it received, with the thread that sent it."""
+    got: list[tuple[Release, str]] = []
+    arrived = threading.Event()
+
+    def reply(release):
+        got.append((release, threading.current_thread().name))
+        arrived.set()
+
+    return reply, got, arrived
+
+
+def test_publish_then_answers_without_waiting_and_the_merge_runs_on_its_own_thread():
+    merged = []
+    barrier = RoundBarrier(
+        [0, 1, 2],
+        lambda r, reports: merged.append((r, threading.current_thread().name)) or Release(True),
+    )
+    replies = [_replies() for _ in range(3)]
+    for func_id in (0, 1):
+        barrier.publish_then(_report(func_id, 0), replies[func_id][0])  # returns at once
+    assert merged == [] and not any(got for _, got, _ in replies)
+    caller = threading.current_thread().name
+    barrier.publish_then(_report(2, 0), replies[2][0])  # the last: the round merges elsewhere
+    for _, _, arrived in replies:
+        assert arrived.wait(5)
+    assert [r for r, _ in merged] == [0] and merged[0][1] != caller
+    assert all(got[0][0].proceed and got[0][1] == merged[0][1] for _, got, _ in replies)
+
+
+def test_a_blocking_publish_and_publish_then_meet_in_one_round():
+    barrier = RoundBarrier([0, 1], lambda r, reports: Release(proceed=True))
+    reply, got, arrived = _replies()
+    barrier.publish_then(_report(0, 0), reply)
+    assert barrier.publish(_report(1, 0)).proceed  # the last arrival merges and answers both
+    assert arrived.wait(5) and got[0][0].proceed
+
+
+def test_publish_then_hears_of_a_failure_and_a_lost_functions_reply_is_dropped():
+    from kubeml.errors import BackendError
+
+    barrier = RoundBarrier([0, 1, 2], lambda r, reports: Release(proceed=True))
+    lost_reply, lost_got, _ = _replies()
+    barrier.publish_then(_report(2, 0), lost_reply)
+    barrier.fail(2, BackendError("worker died"))  # its report and reply are forgotten
+    reply, got, arrived = _replies()
+    barrier.publish_then(_report(0, 0), reply)
+    barrier.fail(1, RuntimeError("user code raised"))  # the epoch ends: everyone is told
+    assert arrived.wait(5) and not got[0][0].proceed
+    assert lost_got == []
+    late, late_got, late_arrived = _replies()
+    barrier.publish_then(_report(0, 1), late)  # after the failure: answered at once
+    assert late_arrived.is_set() and not late_got[0][0].proceed
+
+
+def test_a_reply_that_raises_stops_no_other():
+    barrier = RoundBarrier([0, 1], lambda r, reports: Release(proceed=True))
+
+    def broken(release):
+        raise OSError("the function's socket closed")
+
+    reply, got, arrived = _replies()
+    barrier.publish_then(_report(0, 0), broken)
+    barrier.publish_then(_report(1, 0), reply)
+    assert arrived.wait(5) and got[0][0].proceed

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from typing import Any, Protocol
 
@@ -19,6 +19,11 @@ class SyncHandler(Protocol):
     """The parameter server's side of the sync interface (a `RoundBarrier`)."""
 
     def publish(self, report: RoundReport) -> Release: ...
+
+    def publish_then(self, report: RoundReport, reply: Callable[[Release], None]) -> None:
+        """`publish` without waiting: `reply` gets the release from whichever thread
+        releases the round."""
+        ...
 
     def fail(self, func_id: int, error: BaseException) -> None: ...
 

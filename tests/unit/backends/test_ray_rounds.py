@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import socket
 import threading
-import time
-from concurrent.futures import CancelledError
 
 import pytest
 
@@ -21,69 +19,103 @@ def channels():
     channels.close()
 
 
+class Echo:
+    """An offer's answer: reads each message, records it, and sends it back tagged."""
+
+    def __init__(self) -> None:
+        self.got: list[object] = []
+        self.closed = threading.Event()
+        self.threads: set[str] = set()
+
+    def __call__(self, conn) -> None:
+        try:
+            message = conn.recv()
+        except (EOFError, OSError):
+            self.closed.set()
+            raise
+        self.threads.add(threading.current_thread().name)
+        self.got.append(message)
+        conn.send(("answered", message))
+
+
 def test_the_offered_function_connects_and_messages_flow_both_ways(channels):
-    offer, arrival = channels.offer()
-    function_side = connect(offer)
+    echo = Echo()
+    function_side = connect(channels.offer(echo))
     assert function_side is not None
-    control_side = arrival.result(timeout=5)
     function_side.send(("publish", 1))
-    assert control_side.recv() == ("publish", 1)
-    control_side.send(("released", 1))
-    assert function_side.recv() == ("released", 1)
+    assert function_side.recv() == ("answered", ("publish", 1))
+    assert channels.admitted == 1
+
+
+def test_one_thread_answers_every_connection(channels):
+    echoes = [Echo() for _ in range(8)]
+    sides = [connect(channels.offer(echo)) for echo in echoes]
+    for round_index in range(3):
+        for index, side in enumerate(sides):
+            side.send((index, round_index))  # all of them publish before any answer is read
+        for index, side in enumerate(sides):
+            assert side.recv() == ("answered", (index, round_index))
+    names = set().union(*(echo.threads for echo in echoes))
+    assert names == {"kubeml-ray-rounds-hub"}
 
 
 def test_a_wrong_token_is_closed_unread_and_the_offer_still_waits(channels):
-    offer, arrival = channels.offer()
+    echo = Echo()
+    offer = channels.offer(echo)
     stranger = connect(RoundOffer(offer.address, b"x" * len(offer.token)))
     assert stranger is not None
     with pytest.raises(EOFError):
         stranger.recv()  # closed by the control plane
-    assert not arrival.done()
-    assert connect(offer) is not None and arrival.result(timeout=5) is not None
+    assert channels.admitted == 0
+    rightful = connect(offer)
+    rightful.send("hello")
+    assert rightful.recv() == ("answered", "hello")
 
 
 def test_a_silent_connection_is_dropped_and_blocks_no_one(channels, monkeypatch):
     monkeypatch.setattr("kubeml.backends.ray.rounds._CONNECT_TIMEOUT_S", 0.2)
     silent = socket.create_connection(channels.address)  # never sends a token
-    offer, arrival = channels.offer()
-    assert connect(offer) is not None and arrival.result(timeout=5) is not None
+    function_side = connect(channels.offer(Echo()))
+    function_side.send(1)
+    assert function_side.recv() == ("answered", 1)
     silent.settimeout(5)
     assert silent.recv(1) == b""  # dropped after the timeout
     silent.close()
 
 
-def test_withdraw_wakes_the_control_side_blocked_reading(channels):
-    offer, arrival = channels.offer()
+def test_withdraw_ends_the_connection_on_both_sides(channels):
+    echo = Echo()
+    offer = channels.offer(echo)
     function_side = connect(offer)
-    control_side = arrival.result(timeout=5)
-    woke: list[BaseException] = []
-
-    def read() -> None:
-        try:
-            control_side.recv()
-        except (EOFError, OSError) as exc:
-            woke.append(exc)
-
-    reader = threading.Thread(target=read)
-    reader.start()
-    time.sleep(0.1)
+    function_side.send(1)
+    assert function_side.recv() == ("answered", 1)
     channels.withdraw(offer)  # the invocation ended while its function still holds on
-    reader.join(timeout=5)
-    assert not reader.is_alive() and woke
-    assert function_side is not None
+    assert echo.closed.wait(5)  # the hub read the end and let the connection go
     with pytest.raises((EOFError, OSError)):
         function_side.recv()
 
 
+def test_an_answer_that_fails_closes_only_its_connection(channels):
+    def broken(conn) -> None:
+        conn.recv()
+        raise RuntimeError("the barrier refused it")
+
+    bad, good = connect(channels.offer(broken)), connect(channels.offer(Echo()))
+    bad.send(1)
+    with pytest.raises((EOFError, OSError)):
+        bad.recv()
+    good.send(2)
+    assert good.recv() == ("answered", 2)
+
+
 def test_an_offer_withdrawn_before_it_is_taken_up_is_refused(channels):
-    offer, arrival = channels.offer()
+    offer = channels.offer(Echo())
     channels.withdraw(offer)
-    with pytest.raises(CancelledError):
-        arrival.result(timeout=5)
     late = connect(offer)
     assert late is not None
     with pytest.raises(EOFError):
         late.recv()
+    assert channels.admitted == 0
 
 
 def test_an_unreachable_control_plane_leaves_the_rounds_to_ray():

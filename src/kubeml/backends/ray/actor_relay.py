@@ -5,7 +5,7 @@ an invocation, and what a Ray error means."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from concurrent.futures import CancelledError, Future
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
@@ -17,13 +17,12 @@ from kubeml.backends.ray.stores import RayDatasetStore, RayModelStore, answer
 from kubeml.backends.relay import (
     FromFunction,
     Invoke,
-    PipeTransport,
     RelayHooks,
     ToFunction,
-    relay_rounds,
+    answer_round,
 )
 from kubeml.errors import BackendError, FunctionError
-from kubeml.runtime.invocation import FunctionCode, Invocation, LogSink
+from kubeml.runtime.invocation import FunctionCode, Invocation
 from kubeml.runtime.sync import Release, RoundReport
 
 
@@ -51,36 +50,27 @@ class ActorTransport:
 
 
 class RoundRelay:
-    """The control plane's side of one invocation's round socket, on its own thread:
-    answers each `Publish` with its `Released` until the function closes the socket."""
+    """The control plane's side of one invocation's round socket: `answer`, called by the
+    round channels' hub whenever a message is there, hands each `Publish` to the barrier,
+    which sends its `Released` once the round is merged."""
 
-    def __init__(
-        self,
-        arrival: Future[Any],
-        end: Callable[[], None],
-        inv: Invocation,
-        sync: SyncHandler,
-        log: LogSink,
-        hooks: RelayHooks,
-    ) -> None:
-        self.arrival, self.end = arrival, end  # end: shut the socket down
-        self.inv, self.sync, self.log, self.hooks = inv, sync, log, hooks
+    def __init__(self, inv: Invocation, sync: SyncHandler, hooks: RelayHooks) -> None:
+        self.inv, self.sync, self.hooks = inv, sync, hooks
+        self.end: Callable[[], None] = lambda: None  # shuts the socket down, once offered
         self.failed: Exception | None = None  # what broke the relay, for the invocation
 
-    def run(self) -> None:
+    def answer(self, conn: Connection) -> None:
+        """Read one message from `conn` and answer it; EOFError or OSError once it closed."""
+        message = conn.recv()
         try:
-            conn = self.arrival.result()
-        except CancelledError:
-            return  # the invocation ended (or published through Ray) before it connected
-        try:
-            relay_rounds(PipeTransport(conn), self.inv, self.sync, self.log, self.hooks)
-        except (EOFError, OSError):
-            pass  # closed: the invocation is over, or its actor died (Ray says which)
+            answer_round(message, conn.send, self._break, self.inv, self.sync, self.hooks)
         except Exception as exc:
-            self.failed = exc
-            self.end()  # the function's publish fails, and its invocation with it
-        finally:
-            conn.close()
+            self._break(exc)
+            raise
+
+    def _break(self, exc: Exception) -> None:
+        self.failed = exc
+        self.end()  # the function's publish fails, and its invocation with it
 
 
 class RayHooks(RelayHooks):

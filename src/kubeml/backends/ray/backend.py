@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import atexit
 import functools
-import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import Future
@@ -229,7 +228,7 @@ class RayBackend(FunctionBackend):
     ) -> None:
         """Relay one invocation between its actor and the job (its rounds over a direct
         socket, when it may have one)."""
-        offer, rounds = self._offer_rounds(inv, sync, log)
+        offer, rounds = self._offer_rounds(inv, sync)
         try:
             outcome = drive(ActorTransport(actor.handle, offer), inv, sync, log, self._hooks)
             if rounds is not None and rounds.failed is not None:
@@ -253,7 +252,7 @@ class RayBackend(FunctionBackend):
         resolve(future, sync, inv.func_id, outcome)
 
     def _offer_rounds(
-        self, inv: Invocation, sync: SyncHandler | None, log: LogSink
+        self, inv: Invocation, sync: SyncHandler | None
     ) -> tuple[RoundOffer | None, RoundRelay | None]:
         """A direct socket for a train invocation's rounds, when its weights travel by
         value or not at all (messages with object refs must stay in Ray's serialisation)."""
@@ -266,10 +265,9 @@ class RayBackend(FunctionBackend):
         # A sharded task's reports carry a token, not weights: they always may.
         if not small and self.models.sharded.plane(inv.task_id) is None:
             return None, None
-        offer, arrival = self._rounds.offer()
-        end = functools.partial(self._rounds.withdraw, offer)
-        relay = RoundRelay(arrival, end, inv, sync, log, self._hooks)
-        threading.Thread(target=relay.run, name=f"kubeml-rounds-{inv.func_id}", daemon=True).start()
+        relay = RoundRelay(inv, sync, self._hooks)
+        offer = self._rounds.offer(relay.answer)
+        relay.end = functools.partial(self._rounds.withdraw, offer)
         return offer, relay
 
     def cancel(self, task_id: str) -> None:

@@ -7,9 +7,9 @@ invocation of a model small enough to travel by value (`INLINE_BYTES`: its messa
 no object refs, which may not leave Ray's own serialisation) is offered a socket to the
 control plane: the function connects to the address it was given with the invocation,
 presents the offer's random token, and publishes over it; the control plane answers with
-the release on the same socket. Everything else (log lines, requests, the result, the
-actor's failure) stays on Ray. A function that cannot connect publishes through Ray as
-before, so the channel is only ever a shortcut.
+the release on the same socket, every function's from one thread. Everything else (log
+lines, requests, the result, the actor's failure) stays on Ray. A function that cannot
+connect publishes through Ray as before, so the channel is only ever a shortcut.
 """
 
 from __future__ import annotations
@@ -17,9 +17,10 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import selectors
 import socket
 import threading
-from concurrent.futures import Future
+from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 
@@ -35,37 +36,50 @@ class RoundOffer:
     token: bytes
 
 
+Answer = Callable[[Connection], None]  # reads and answers one message of a connection
+
+
 class RoundChannels:
-    """The control plane's listening socket, on the address Ray knows this node by.
+    """The control plane's listening socket, on the address Ray knows this node by, and
+    the one thread that answers every connected function (`kubeml-ray-rounds-hub`).
 
     Each offer waits for the one connection that presents its token; a connection with
-    any other token (or none within the timeout) is closed unread.
+    any other token (or none within the timeout) is closed unread. Once connected, the
+    hub calls the offer's `answer` whenever a message has arrived: it reads the message
+    and answers without waiting (a round's releases are sent by the thread that merges
+    it), so a round of N functions wakes this thread, not N threads that each wait at
+    the barrier. The hub alone registers and unregisters connections; others ask it
+    through `_wake`.
     """
 
     def __init__(self, host: str) -> None:
         self._server = socket.create_server((host, 0))
         self.address: tuple[str, int] = self._server.getsockname()[:2]
-        self._waiting: dict[bytes, Future[Connection]] = {}
+        self._waiting: dict[bytes, Answer] = {}  # offered, not connected yet
         self._open: dict[bytes, socket.socket] = {}  # connected, by token
+        self._arrived: list[tuple[Connection, Answer]] = []  # for the hub to register
+        self._closed = False
         self.admitted = 0  # connections taken up so far (the backend's `describe`)
         self._lock = threading.Lock()
+        self._selector = selectors.DefaultSelector()
+        self._wake_in, self._wake = socket.socketpair()
+        self._wake_in.setblocking(False)
+        self._selector.register(self._wake_in, selectors.EVENT_READ)
         threading.Thread(target=self._accept, name="kubeml-ray-rounds", daemon=True).start()
+        threading.Thread(target=self._hub, name="kubeml-ray-rounds-hub", daemon=True).start()
 
-    def offer(self) -> tuple[RoundOffer, Future[Connection]]:
+    def offer(self, answer: Answer) -> RoundOffer:
         token = secrets.token_bytes(_TOKEN_BYTES)
-        arrival: Future[Connection] = Future()
         with self._lock:
-            self._waiting[token] = arrival
-        return RoundOffer(self.address, token), arrival
+            self._waiting[token] = answer
+        return RoundOffer(self.address, token)
 
     def withdraw(self, offer: RoundOffer) -> None:
-        """The invocation ended: stop waiting, and end its connection if it came (a shut
-        down socket also wakes a thread blocked reading it, which a close does not)."""
+        """The invocation ended: stop waiting, and end its connection if it came (the hub
+        reads its end and lets it go)."""
         with self._lock:
-            arrival = self._waiting.pop(offer.token, None)
+            self._waiting.pop(offer.token, None)
             sock = self._open.pop(offer.token, None)
-        if arrival is not None:
-            arrival.cancel()  # it never connected: its relay thread stops waiting
         if sock is not None:
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
@@ -74,12 +88,13 @@ class RoundChannels:
     def close(self) -> None:
         self._server.close()
         with self._lock:
-            waiting, self._waiting = list(self._waiting.values()), {}
+            self._waiting.clear()
             tokens = list(self._open)
-        for arrival in waiting:
-            arrival.cancel()
+            self._closed = True
         for token in tokens:
             self.withdraw(RoundOffer(self.address, token))
+        with contextlib.suppress(OSError):
+            self._wake.send(b"x")
 
     def _accept(self) -> None:
         while True:
@@ -99,13 +114,46 @@ class RoundChannels:
             sock.close()
             return
         with self._lock:
-            arrival = self._waiting.pop(token, None)
-            if arrival is not None and arrival.set_running_or_notify_cancel():
+            answer = self._waiting.pop(token, None)
+            if answer is not None:
                 self._open[token] = sock
                 self.admitted += 1
-                arrival.set_result(Connection(os.dup(sock.fileno())))
-                return
-        sock.close()
+                self._arrived.append((Connection(os.dup(sock.fileno())), answer))
+        if answer is None:
+            sock.close()
+            return
+        with contextlib.suppress(OSError):
+            self._wake.send(b"x")
+
+    def _hub(self) -> None:
+        while True:
+            for key, _ in self._selector.select():
+                if key.fileobj is self._wake_in:
+                    if not self._take_arrivals():
+                        return
+                    continue
+                conn, answer = key.data
+                try:
+                    answer(conn)
+                except Exception:  # closed (EOF: its invocation ended or its actor died) or failed
+                    self._selector.unregister(conn)
+                    _end(conn)
+
+    def _take_arrivals(self) -> bool:
+        """Register the connections admitted since; False once the channels are closed."""
+        with contextlib.suppress(BlockingIOError):
+            while self._wake_in.recv(4096):
+                pass
+        with self._lock:
+            arrived, self._arrived, closed = self._arrived, [], self._closed
+        for conn, answer in arrived:
+            self._selector.register(conn, selectors.EVENT_READ, (conn, answer))
+        if closed:
+            for key in list(self._selector.get_map().values()):
+                if key.fileobj is not self._wake_in:
+                    key.fileobj.close()  # type: ignore[union-attr]
+            self._selector.close()
+        return not closed
 
 
 def connect(offer: RoundOffer) -> Connection | None:
@@ -123,6 +171,13 @@ def connect(offer: RoundOffer) -> Connection | None:
         sock.close()
         return None
     return Connection(sock.detach())
+
+
+def _end(conn: Connection) -> None:
+    """Close `conn` for both ends: the function, if still there, reads its end at once."""
+    with contextlib.suppress(OSError), socket.fromfd(conn.fileno(), socket.AF_INET, 0) as sock:
+        sock.shutdown(socket.SHUT_RDWR)
+    conn.close()
 
 
 def _read_exactly(sock: socket.socket, size: int) -> bytes:

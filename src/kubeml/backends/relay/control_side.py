@@ -1,6 +1,6 @@
 """The control plane's side of the relay: `drive` answers one function's messages until
-its `Done` or `Failed`; `start_gang` starts a round's N invocations at once and `resolve`
-gives each future its outcome."""
+its `Done` or `Failed`, `answer_round` a message of its round socket; `start_gang` starts
+a round's N invocations at once and `resolve` gives each future its outcome."""
 
 from __future__ import annotations
 
@@ -87,19 +87,30 @@ async def drive_async(
             return outcome
 
 
-def relay_rounds(
-    transport: ControlTransport,
+def answer_round(
+    message: FromFunction,
+    send: Callable[[ToFunction], None],
+    fail: Callable[[Exception], None],
     inv: Invocation,
-    sync: SyncHandler | None,
-    log: LogSink,
+    sync: SyncHandler,
     hooks: RelayHooks,
 ) -> None:
-    """Answer the rounds a function publishes over a second transport (`Endpoint.rounds`),
-    beside `drive` on its first, until the function closes it (EOFError, OSError)."""
-    while True:
-        outcome = _relay(transport.receive(), transport, inv, sync, log, hooks)
-        if outcome is not None:
-            raise BackendError(f"relay protocol error: {type(outcome).__name__} on the rounds")
+    """Answer a message of a function's second transport for its rounds (`Endpoint.rounds`)
+    without waiting: the barrier calls back with the release, which `send` sends; what
+    goes wrong there, but a closed connection (its invocation hears why), goes to `fail`."""
+    if not isinstance(message, Publish):
+        raise BackendError(f"relay protocol error: {type(message).__name__} on the rounds")
+    hooks.before_merge(inv, message.report)
+
+    def reply(release: Release) -> None:
+        try:
+            send(Released(release, hooks.with_release(inv, release)))
+        except (EOFError, OSError):
+            pass
+        except Exception as exc:
+            fail(exc)
+
+    sync.publish_then(message.report, reply)
 
 
 def _relay(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -10,6 +11,7 @@ from kubeml.errors import BackendError
 from kubeml.runtime.sync import Release, RoundReport
 
 MergeFn = Callable[[int, list[RoundReport]], Release]  # (round, reports) -> the answer
+Reply = Callable[[Release], None]  # answers one `publish_then`
 
 
 class RoundBarrier:
@@ -18,7 +20,9 @@ class RoundBarrier:
     Functions call `publish` (from any thread) after storing their weights; it blocks until
     every function still live in that round has published, then the last arrival runs
     `merge(round, reports)` and everyone is released with the `Release` it returns. A function that
-    reported `final` leaves the live set after its round.
+    reported `final` leaves the live set after its round. `publish_then` is the same without
+    a waiting thread: its reply is called with the release (the Ray backend answers every
+    function's round socket from one thread, so a round wakes one thread, not N).
 
     `fail` hears of a function that ended badly. A fault in user code releases every
     waiter with `proceed=False`. A lost worker (`BackendError`) releases nobody: its
@@ -32,6 +36,7 @@ class RoundBarrier:
         self._live = set(func_ids)
         self._pending: dict[int, list[RoundReport]] = {}
         self._released: dict[int, Release] = {}
+        self._replies: dict[int, list[tuple[int, Reply]]] = {}  # by round: (func_id, reply)
         self._cond = threading.Condition()
         self.failed: dict[int, BaseException] = {}
         self.lost: dict[int, BaseException] = {}
@@ -43,16 +48,64 @@ class RoundBarrier:
 
     def publish(self, report: RoundReport) -> Release:
         with self._cond:
-            if self.failed or report.func_id in self.lost:  # a lost attempt's late report
+            if not self._arrive(report):
                 return Release(proceed=False)
-            self.last_progress = self._seen[report.func_id] = time.monotonic()
-            self._alive.add(report.func_id)
-            self.last_report = report
-            self._pending.setdefault(report.round, []).append(report)
             self._complete_ready()
             while report.round not in self._released:
                 self._cond.wait()
-            return self._released[report.round]
+            due = self._due_replies()
+        self._deliver(due)
+        return self._released[report.round]
+
+    def publish_then(self, report: RoundReport, reply: Reply) -> None:
+        """`publish` without blocking: `reply(release)` is called once the round is
+        released, by the thread that releases it. When this report completes the round,
+        the merge runs on a thread of its own: the caller answers other functions and
+        must not wait for a merge."""
+        with self._cond:
+            if not self._arrive(report):
+                due = [(reply, Release(proceed=False))]
+            else:
+                self._replies.setdefault(report.round, []).append((report.func_id, reply))
+                due = self._due_replies()  # a round released meanwhile (an abort)
+                if not due and self._ready():
+                    threading.Thread(
+                        target=self._complete_later, name="kubeml-merge", daemon=True
+                    ).start()
+        self._deliver(due)
+
+    def _arrive(self, report: RoundReport) -> bool:
+        """Count `report` in (under the lock); False: the epoch failed, or it is a lost
+        attempt's late report."""
+        if self.failed or report.func_id in self.lost:
+            return False
+        self.last_progress = self._seen[report.func_id] = time.monotonic()
+        self._alive.add(report.func_id)
+        self.last_report = report
+        self._pending.setdefault(report.round, []).append(report)
+        return True
+
+    def _complete_later(self) -> None:
+        with self._cond:
+            self._complete_ready()
+            due = self._due_replies()
+        self._deliver(due)
+
+    def _due_replies(self) -> list[tuple[Reply, Release]]:
+        """The replies of rounds released so far, taken (under the lock)."""
+        due = []
+        for round_index in [r for r in self._replies if r in self._released]:
+            release = self._released[round_index]
+            due += [(reply, release) for _, reply in self._replies.pop(round_index)]
+        return due
+
+    @staticmethod
+    def _deliver(due: list[tuple[Reply, Release]]) -> None:
+        """Call the replies outside the lock; one that fails (its function's socket closed)
+        stops none of the others."""
+        for reply, release in due:
+            with contextlib.suppress(Exception):
+                reply(release)
 
     def heartbeat(self, func_ids: Iterable[int]) -> None:
         """Functions that are working (a batch done, a replacement starting): not hung."""
@@ -69,16 +122,18 @@ class RoundBarrier:
         with self._cond:
             if isinstance(error, BackendError):
                 self.lost[func_id] = error
-                for round_index, reports in self._pending.items():
-                    if round_index not in self._released:
-                        reports[:] = [r for r in reports if r.func_id != func_id]
+                self._forget(func_id)
                 return
             self._abort(func_id, error)
+            due = self._due_replies()
+        self._deliver(due)
 
     def abort(self, func_id: int, error: BaseException) -> None:
         """End the epoch: every waiter is released with `proceed=False`."""
         with self._cond:
             self._abort(func_id, error)
+            due = self._due_replies()
+        self._deliver(due)
 
     def _abort(self, func_id: int, error: BaseException) -> None:
         self.failed[func_id] = error
@@ -92,9 +147,7 @@ class RoundBarrier:
         report of the lost attempt that slipped in after its failure is forgotten."""
         with self._cond:
             self.lost.pop(func_id, None)
-            for round_index, reports in self._pending.items():
-                if round_index not in self._released:
-                    reports[:] = [r for r in reports if r.func_id != func_id]
+            self._forget(func_id)
             self._seen[func_id] = time.monotonic()
             self._alive.discard(func_id)  # a fresh worker: it may take time to start
 
@@ -104,6 +157,16 @@ class RoundBarrier:
             self.lost.pop(func_id, None)
             self._live.discard(func_id)
             self._complete_ready()
+            due = self._due_replies()
+        self._deliver(due)
+
+    def _forget(self, func_id: int) -> None:
+        """Drop `func_id`'s report (and reply) from the open rounds (under the lock)."""
+        for round_index, reports in self._pending.items():
+            if round_index not in self._released:
+                reports[:] = [r for r in reports if r.func_id != func_id]
+        for replies in self._replies.values():
+            replies[:] = [(f, reply) for f, reply in replies if f != func_id]
 
     def live(self) -> set[int]:
         with self._cond:
@@ -132,13 +195,19 @@ class RoundBarrier:
             return set(self._live)
         return self._live - {r.func_id for r in self._pending[max(open_rounds)]}
 
+    def _ready(self) -> list[int]:
+        """Open rounds every live function has published."""
+        return [
+            round_index
+            for round_index, arrived in sorted(self._pending.items())
+            if round_index not in self._released
+            and arrived
+            and {r.func_id for r in arrived} >= self._live
+        ]
+
     def _complete_ready(self) -> None:
-        for round_index in sorted(self._pending):
-            arrived = self._pending[round_index]
-            if round_index in self._released or not arrived:
-                continue
-            if {r.func_id for r in arrived} >= self._live:
-                self._complete(round_index)
+        for round_index in self._ready():
+            self._complete(round_index)
 
     def _complete(self, round_index: int) -> None:
         # Sorted, so the float sums of the merge do not depend on arrival order.
@@ -173,6 +242,12 @@ class AttemptSync:
             return Release(proceed=False)
         return self.barrier.publish(report)
 
+    def publish_then(self, report: RoundReport, reply: Reply) -> None:
+        if not self._valid(report.func_id):
+            reply(Release(proceed=False))
+        else:
+            self.barrier.publish_then(report, reply)
+
     def fail(self, func_id: int, error: BaseException) -> None:
         if self._valid(func_id):
             self._dead.add(func_id)  # a report still in flight (Ray's round socket) is late
@@ -192,6 +267,9 @@ class PlainSync:
 
     def publish(self, report: RoundReport) -> Release:
         raise BackendError("function published weights outside a train round")
+
+    def publish_then(self, report: RoundReport, reply: Reply) -> None:
+        self.publish(report)
 
     def fail(self, func_id: int, error: BaseException) -> None:
         pass  # the job hears of it through the invocation's future
