@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
 
 import pytest
 
@@ -122,3 +123,26 @@ def test_an_unreachable_control_plane_leaves_the_rounds_to_ray():
     with socket.create_server(("127.0.0.1", 0)) as probe:
         address = probe.getsockname()[:2]
     assert connect(RoundOffer(address, b"t" * 16)) is None  # nothing listens there now
+
+
+def test_a_reply_after_the_end_raises_instead_of_writing(channels):
+    """A round's releases come from the merging thread: one for a function whose
+    connection has ended must fail, never write to a closed (or reused) descriptor."""
+    held = []
+
+    def hold(sock) -> None:
+        held.append((sock, sock.recv()))
+
+    offer = channels.offer(hold)
+    function_side = connect(offer)
+    function_side.send("publish")
+    deadline = time.monotonic() + 5
+    while not held and time.monotonic() < deadline:
+        time.sleep(0.01)
+    sock, message = held[0]
+    assert message == "publish"
+    sock.send("released")  # answered from another thread than the hub's
+    assert function_side.recv() == "released"
+    channels.withdraw(offer)
+    with pytest.raises(OSError):
+        sock.send("too late")

@@ -5,14 +5,13 @@ an invocation, and what a Ray error means."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
 import ray
 
 from kubeml.backends.base import SyncHandler
-from kubeml.backends.ray.rounds import RoundOffer
+from kubeml.backends.ray.rounds import RoundOffer, RoundSocket
 from kubeml.backends.ray.stores import RayDatasetStore, RayModelStore, answer
 from kubeml.backends.relay import (
     FromFunction,
@@ -59,11 +58,11 @@ class RoundRelay:
         self.end: Callable[[], None] = lambda: None  # shuts the socket down, once offered
         self.failed: Exception | None = None  # what broke the relay, for the invocation
 
-    def answer(self, conn: Connection) -> None:
-        """Read one message from `conn` and answer it; EOFError or OSError once it closed."""
-        message = conn.recv()
+    def answer(self, sock: RoundSocket) -> None:
+        """Read one message from `sock` and answer it; EOFError or OSError once it closed."""
+        message = sock.recv()
         try:
-            answer_round(message, conn.send, self._break, self.inv, self.sync, self.hooks)
+            answer_round(message, sock.send, self._break, self.inv, self.sync, self.hooks)
         except Exception as exc:
             self._break(exc)
             raise

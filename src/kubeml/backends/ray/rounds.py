@@ -23,6 +23,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
+from typing import Any
 
 _TOKEN_BYTES = 16
 _CONNECT_TIMEOUT_S = 5.0
@@ -36,7 +37,45 @@ class RoundOffer:
     token: bytes
 
 
-Answer = Callable[[Connection], None]  # reads and answers one message of a connection
+class RoundSocket:
+    """One function's round connection, on the control plane. Its replies are sent from
+    the thread that merges a round, while the hub may be closing it (the function died):
+    sends and the close take one lock, so a reply never reaches a closed (or reused)
+    descriptor; it raises OSError instead."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock, self._conn = sock, Connection(os.dup(sock.fileno()))
+        self._lock = threading.Lock()
+        self._shut = False
+
+    def fileno(self) -> int:
+        return self._conn.fileno()
+
+    def recv(self) -> Any:
+        return self._conn.recv()
+
+    def send(self, message: Any) -> None:
+        with self._lock:
+            if self._shut:
+                raise OSError("the round socket is closed")
+            self._conn.send(message)
+
+    def shut(self) -> None:
+        """No more sends; both ends read the end (the hub then unregisters and closes)."""
+        with self._lock:
+            if not self._shut:
+                self._shut = True
+                with contextlib.suppress(OSError):
+                    self._sock.shutdown(socket.SHUT_RDWR)
+
+    def close(self) -> None:
+        self.shut()
+        with self._lock:
+            self._conn.close()
+            self._sock.close()
+
+
+Answer = Callable[[RoundSocket], None]  # reads and answers one message of a connection
 
 
 class RoundChannels:
@@ -48,16 +87,16 @@ class RoundChannels:
     hub calls the offer's `answer` whenever a message has arrived: it reads the message
     and answers without waiting (a round's releases are sent by the thread that merges
     it), so a round of N functions wakes this thread, not N threads that each wait at
-    the barrier. The hub alone registers and unregisters connections; others ask it
-    through `_wake`.
+    the barrier. Only the hub registers, unregisters and closes connections; others shut
+    them (the hub reads the end) or hand them over through `_wake`.
     """
 
     def __init__(self, host: str) -> None:
         self._server = socket.create_server((host, 0))
         self.address: tuple[str, int] = self._server.getsockname()[:2]
         self._waiting: dict[bytes, Answer] = {}  # offered, not connected yet
-        self._open: dict[bytes, socket.socket] = {}  # connected, by token
-        self._arrived: list[tuple[Connection, Answer]] = []  # for the hub to register
+        self._open: dict[bytes, RoundSocket] = {}  # connected, by token
+        self._arrived: list[tuple[RoundSocket, Answer]] = []  # for the hub to register
         self._closed = False
         self.admitted = 0  # connections taken up so far (the backend's `describe`)
         self._lock = threading.Lock()
@@ -75,15 +114,12 @@ class RoundChannels:
         return RoundOffer(self.address, token)
 
     def withdraw(self, offer: RoundOffer) -> None:
-        """The invocation ended: stop waiting, and end its connection if it came (the hub
-        reads its end and lets it go)."""
+        """The invocation ended: stop waiting, and end its connection if it came."""
         with self._lock:
             self._waiting.pop(offer.token, None)
             sock = self._open.pop(offer.token, None)
         if sock is not None:
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
-            sock.close()
+            sock.shut()
 
     def close(self) -> None:
         self._server.close()
@@ -116,9 +152,9 @@ class RoundChannels:
         with self._lock:
             answer = self._waiting.pop(token, None)
             if answer is not None:
-                self._open[token] = sock
+                self._open[token] = channel = RoundSocket(sock)
                 self.admitted += 1
-                self._arrived.append((Connection(os.dup(sock.fileno())), answer))
+                self._arrived.append((channel, answer))
         if answer is None:
             sock.close()
             return
@@ -132,12 +168,12 @@ class RoundChannels:
                     if not self._take_arrivals():
                         return
                     continue
-                conn, answer = key.data
+                channel, answer = key.data
                 try:
-                    answer(conn)
+                    answer(channel)
                 except Exception:  # closed (EOF: its invocation ended or its actor died) or failed
-                    self._selector.unregister(conn)
-                    _end(conn)
+                    self._selector.unregister(channel)
+                    channel.close()
 
     def _take_arrivals(self) -> bool:
         """Register the connections admitted since; False once the channels are closed."""
@@ -146,13 +182,15 @@ class RoundChannels:
                 pass
         with self._lock:
             arrived, self._arrived, closed = self._arrived, [], self._closed
-        for conn, answer in arrived:
-            self._selector.register(conn, selectors.EVENT_READ, (conn, answer))
+        for channel, answer in arrived:
+            self._selector.register(channel, selectors.EVENT_READ, (channel, answer))
         if closed:
             for key in list(self._selector.get_map().values()):
                 if key.fileobj is not self._wake_in:
-                    key.fileobj.close()  # type: ignore[union-attr]
+                    key.data[0].close()
             self._selector.close()
+            self._wake_in.close()
+            self._wake.close()
         return not closed
 
 
@@ -171,13 +209,6 @@ def connect(offer: RoundOffer) -> Connection | None:
         sock.close()
         return None
     return Connection(sock.detach())
-
-
-def _end(conn: Connection) -> None:
-    """Close `conn` for both ends: the function, if still there, reads its end at once."""
-    with contextlib.suppress(OSError), socket.fromfd(conn.fileno(), socket.AF_INET, 0) as sock:
-        sock.shutdown(socket.SHUT_RDWR)
-    conn.close()
 
 
 def _read_exactly(sock: socket.socket, size: int) -> bytes:
