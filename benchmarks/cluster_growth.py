@@ -1,7 +1,8 @@
 """The control plane's cost per round as N grows: central merge beside sharded (issue 18, item 6).
 
     python -m benchmarks.cluster_growth [--ns 4 8 16 32] [--nodes 4] [--cpus 8]
-        [--rounds 5] [--modes central sharded] [--profile 1gbit] [--out FILE.json]
+        [--rounds 5] [--modes central sharded] [--profile 1gbit] [--poll-s 0.5]
+        [--out FILE.json]
 
 A lab (`benchmarks/netlab.py`) of the control plane's node `cp` (the Ray head, no CPUs,
 and a kubeml server on the Ray backend) and `--nodes` Ray worker nodes of `--cpus` logical
@@ -15,9 +16,11 @@ rounds have passed its second, and is stopped. Around those rounds the harness r
 server's CPU time (`/proc/<pid>/stat` utime + stime: every thread of the `kubeml server`
 process, its Ray driver's included; `thr s`: the same from its threads' schedstat, in ns
 where stat counts 10 ms ticks; and by thread name) and the control plane link's
-counters; the figures are per round, the bytes as a fraction of P. The client polls the
-task every 0.1 s: that HTTP work, and Ray's own background work, are in the server's CPU
-too, at about the same rate at every N, so in proportion to a round's length, not to N.
+counters; the figures are per round, the bytes as a fraction of P. The client reads the
+task every `--poll-s` (0.5 s, as `kubeml task watch` does; until session 22, 0.1 s, when
+those reads were about half the server's Python time at N=32): that HTTP work, and Ray's
+own background work, are in the server's CPU too, at about the same rate at every N, so
+in proportion to a round's length, not to N.
 After each task the server's idle rate (the same polling, no task running) is read, and
 `net s` is a round's CPU less that rate times the round's length.
 
@@ -50,7 +53,6 @@ from benchmarks.reference import ROOT, free_port
 
 FUNCTION, DATASET, WIDTH = "smallmlp", "fashion", 64
 MODES: dict[str, dict[str, Any]] = {"central": {"shards": 0}, "sharded": {"shards": None}}
-POLL_S = 0.1
 
 
 def function_source(width: int = WIDTH) -> str:
@@ -98,13 +100,13 @@ def _thread_ns(pid: int) -> int:
     return sum(_thread_ns_by_name(pid).values())
 
 
-def _idle_rate(client: Any, task_id: str, pid: int, seconds: float = 5.0) -> float:
+def _idle_rate(client: Any, task_id: str, pid: int, poll_s: float, seconds: float = 5.0) -> float:
     """The server's CPU seconds per second with no task running, polled as during the
     rounds: what a round's figure holds in proportion to its length, not to N."""
     start, t0 = _thread_ns(pid), time.time()
     while time.time() - t0 < seconds:
         client.get_task(task_id)
-        time.sleep(POLL_S)
+        time.sleep(poll_s)
     return (_thread_ns(pid) - start) / 1e9 / (time.time() - t0)
 
 
@@ -127,13 +129,13 @@ def _measure(client: Any, args: argparse.Namespace, pid: int, n: int, fields: di
         if start is not None and info.round >= last:
             end = _reading(pid, info.round)
             break
-        time.sleep(POLL_S)
+        time.sleep(args.poll_s)
     client.stop_task(task_id)
     client.wait(task_id, timeout_s=600)
     rounds = end[0] - start[0]
     names = {k: (v - start[5].get(k, 0)) / 1e9 / rounds for k, v in end[5].items()}
     return {
-        "idle_cpu_s_per_s": _idle_rate(client, task_id, pid),
+        "idle_cpu_s_per_s": _idle_rate(client, task_id, pid, args.poll_s),
         "threads_s_per_round": dict(sorted(names.items(), key=lambda kv: -kv[1])[:10]),
         "n": n, "rounds": rounds, "round_s": (end[1] - start[1]) / rounds,
         "cpu_s_per_round": (end[2] - start[2]) / tick / rounds,
@@ -237,6 +239,12 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--width", type=int, default=WIDTH, help="the MLP's hidden width")
     parser.add_argument("--profile", default="1gbit")
+    parser.add_argument(
+        "--poll-s",
+        type=float,
+        default=0.5,
+        help="how often the task is read (kubeml task watch: 0.5)",
+    )
     parser.add_argument("--out", type=Path, help="JSON results (default benchmarks/results/)")
     # The driver's own options (it runs inside the lab, on the control plane's node).
     parser.add_argument("--drive", action="store_true", help=argparse.SUPPRESS)
@@ -281,9 +289,9 @@ def orchestrate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> in
     nodes = ["cp", *(f"w{i + 1}" for i in range(args.nodes))]
     results: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="kubeml-bench-growth-") as tmp:
-        # Enough samples for the warm-up's round and `rounds` + 3 rounds at the largest N.
+        # Enough samples for the warm-up's round and `rounds` + 7 rounds at the largest N.
         per_round = max(args.ns) * args.k * args.batch
-        load_fashion_mnist(per_round * (args.rounds + 4), 512).save(Path(tmp))
+        load_fashion_mnist(per_round * (args.rounds + 8), 512).save(Path(tmp))
         with Netlab(nodes, profile=args.profile) as lab:
             cluster = RayOnLab(lab, head="cp", workers=nodes[1:], worker_cpus=args.cpus)
             cluster.start(timeout_s=300)
@@ -293,6 +301,7 @@ def orchestrate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> in
                 "--data", tmp, "--fields", json.dumps(modes),
                 "--ns", *map(str, args.ns), "--rounds", str(args.rounds), "--k", str(args.k),
                 "--batch", str(args.batch), "--width", str(args.width),
+                "--poll-s", str(args.poll_s),
             ]  # fmt: skip
             print(f"{' '.join(modes)}: N = {args.ns} on {args.nodes} nodes ...", flush=True)
             with open(lab.tmp / "driver.log", "w") as err:

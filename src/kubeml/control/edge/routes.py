@@ -1,9 +1,10 @@
 """The REST routes: one thin handler per `Engine` operation.
 
 Handlers are plain `def`s, so FastAPI runs them in its threadpool and a slow engine call
-never blocks the event loop. Two are `async def`: the dataset upload streams its body to
+never blocks the event loop. Three are `async def`: the dataset upload streams its body to
 disk and does its work in the threadpool (`kubeml.control.edge.uploads`), and inference awaits
 its warm worker on the event loop itself, with no thread hand-off (`Engine.infer_async`).
+Reading a task answers a live one from memory on the event loop (watchers poll it).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import os
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import PlainTextResponse
 from pydantic import BaseModel, ConfigDict, Field, StrictStr
 
@@ -176,8 +178,11 @@ def prune_tasks(engine: EngineDep) -> Pruned:
 
 
 @router.get("/tasks/{task_id}", tags=["tasks"])
-def get_task(task_id: str, engine: EngineDep) -> TaskInfo:
-    return engine.get_task(task_id)
+async def get_task(task_id: str, engine: EngineDep) -> TaskInfo:
+    # Watchers poll a live task often: its state is in memory, answered on the event loop
+    # with no thread hand-off; a finished task's is read from the records, in the threadpool.
+    live = engine.live_task(task_id)
+    return live if live is not None else await run_in_threadpool(engine.get_task, task_id)
 
 
 @router.post("/tasks/{task_id}/stop", tags=["tasks"])

@@ -225,6 +225,12 @@ class Engine:
         recorder = self.tasks.get(task_id)
         return recorder.info if recorder else self.metadata.get_task(task_id)
 
+    def live_task(self, task_id: str) -> TaskInfo | None:
+        """A queued or running task's state, from memory (no I/O: the event loop may ask);
+        None for any other."""
+        recorder = self.tasks.get(task_id)
+        return recorder.info if recorder else None
+
     def list_tasks(self) -> list[TaskInfo]:
         live = {r.id: r.info for r in self.tasks.live()}
         return [live.get(t.id, t) for t in self.metadata.list_tasks()]
