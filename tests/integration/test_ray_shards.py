@@ -169,6 +169,25 @@ def test_a_killed_function_on_the_sharded_path_changes_no_bit(engine, sharded_ba
     assert _same(_weights(engine, task_id), sharded_baseline)
 
 
+def test_a_round_socket_broken_mid_epoch_costs_a_round_and_no_bit(engine, sharded_baseline):
+    """One function's round connection to the control plane breaks (shut from the control
+    plane's end, as a dropped TCP connection would): the function's publish fails as the
+    backend's fault, its round is replayed, and the weights are the uninterrupted run's."""
+    task_id = engine.train(**TASK, shards=2)
+    wait_for(lambda: _mid_epoch_2(engine, task_id), 60)
+    channels = engine.backend._rounds  # the control plane's round sockets
+    with channels._lock:
+        sockets = list(channels._open.values())
+    assert len(sockets) == 2, "both functions publish over their round socket"
+    sockets[0].shut()
+    info = engine.wait(task_id, 120)
+    assert info.state is TaskState.SUCCEEDED, info.error
+    assert (info.failures, info.retries) == (1, 1)
+    logs = _log(engine, task_id)
+    assert "round socket to the control plane broke" in logs and "replaying round" in logs, logs
+    assert _same(_weights(engine, task_id), sharded_baseline)
+
+
 def test_a_first_model_cut_away_from_its_writer_trains_the_same_bits(
     engine, sharded_baseline, monkeypatch
 ):

@@ -146,3 +146,24 @@ def test_a_reply_after_the_end_raises_instead_of_writing(channels):
     channels.withdraw(offer)
     with pytest.raises(OSError):
         sock.send("too late")
+
+
+def test_a_broken_round_socket_fails_the_publish_as_the_backends_fault(channels):
+    """The connection breaking is not the user's code failing: the publish raises a
+    BackendError (the job replays the round), never an error that fails the task."""
+    from kubeml.backends.relay import Endpoint, PipeTransport
+    from kubeml.errors import BackendError
+    from kubeml.runtime.sync import RoundReport
+
+    offers = []
+
+    def drop(sock) -> None:
+        sock.recv()
+        channels.withdraw(offers[0])  # the report arrived, then the connection broke
+        raise EOFError
+
+    offers.append(channels.offer(drop))
+    endpoint = Endpoint(transport=None)  # type: ignore[arg-type]  # nothing else is sent
+    endpoint.rounds = PipeTransport(connect(offers[0]))
+    with pytest.raises(BackendError, match=r"function 3: its round socket .* round 5"):
+        endpoint.publish(RoundReport("t", 3, 5, 10, 1.0, 1, False))

@@ -74,8 +74,16 @@ class Endpoint:
 
     def publish(self, report: RoundReport) -> Release:
         if self.rounds is not None:
-            self.rounds.send(Publish(report))
-            answer = self.rounds.receive()
+            try:
+                self.rounds.send(Publish(report))
+                answer = self.rounds.receive()
+            except (EOFError, OSError) as exc:
+                # The connection broke, not the user's code: the job replays the round (a
+                # report that reached the control plane is forgotten with the attempt).
+                raise BackendError(
+                    f"function {report.func_id}: its round socket to the control plane "
+                    f"broke in round {report.round} ({type(exc).__name__})"
+                ) from exc
         else:
             self.send(Publish(report))
             answer = self.transport.receive()
