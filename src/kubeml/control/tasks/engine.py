@@ -222,8 +222,8 @@ class Engine:
         )
 
     def get_task(self, task_id: str) -> TaskInfo:
-        recorder = self.tasks.get(task_id)
-        return recorder.info if recorder else self.metadata.get_task(task_id)
+        live = self.live_task(task_id)
+        return live if live is not None else self.metadata.get_task(task_id)
 
     def live_task(self, task_id: str) -> TaskInfo | None:
         """A queued or running task's state, from memory (no I/O: the event loop may ask);
