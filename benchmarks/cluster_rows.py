@@ -205,7 +205,9 @@ def peer_row(args: argparse.Namespace) -> dict[str, Any]:
         "gloo", init_method=f"tcp://{args.master}:29500", rank=args.rank, world_size=args.nodes
     )
     try:
-        return train_peer(args, args.rank, args.nodes, every_step=args.mode == "ddp")
+        result = train_peer(args, args.rank, args.nodes, every_step=args.mode == "ddp")
+        dist.barrier()  # no rank tears gloo down while another is still in a collective
+        return result
     finally:
         dist.destroy_process_group()
 
