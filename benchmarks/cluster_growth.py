@@ -15,7 +15,9 @@ warms N functions, then a task of one epoch at K=`--k` trains until `--rounds` w
 rounds have passed its second, and is stopped. Around those rounds the harness reads the
 server's CPU time (`/proc/<pid>/stat` utime + stime: every thread of the `kubeml server`
 process, its Ray driver's included; `thr s`: the same from its threads' schedstat, in ns
-where stat counts 10 ms ticks; and by thread name) and the control plane link's
+where stat counts 10 ms ticks; and by thread name: the driver and the server start with
+`benchmarks/thread_names` on PYTHONPATH, which gives Python's threads their names at the
+OS level too; a thread that has ended is in `cpu s` only) and the control plane link's
 counters; the figures are per round, the bytes as a fraction of P. The client reads the
 task every `--poll-s` (0.5 s, as `kubeml task watch` does; until session 22, 0.1 s, when
 those reads were about half the server's Python time at N=32): that HTTP work, and Ray's
@@ -305,7 +307,10 @@ def orchestrate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> in
             ]  # fmt: skip
             print(f"{' '.join(modes)}: N = {args.ns} on {args.nodes} nodes ...", flush=True)
             with open(lab.tmp / "driver.log", "w") as err:
-                proc = lab.popen("cp", argv, env=cluster.env, cwd=ROOT, stdout=subprocess.PIPE,
+                named = str(ROOT / "benchmarks" / "thread_names")  # CPU by thread name
+                path = os.pathsep.join(filter(None, [named, os.environ.get("PYTHONPATH")]))
+                proc = lab.popen("cp", argv, env={**cluster.env, "PYTHONPATH": path}, cwd=ROOT,
+                                 stdout=subprocess.PIPE,
                                  stderr=err, text=True)  # fmt: skip
                 results = _lines(proc, 600 * len(modes) * len(args.ns) + 300)
             if proc.returncode:

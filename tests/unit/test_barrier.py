@@ -196,3 +196,37 @@ def test_a_reply_that_raises_stops_no_other():
     barrier.publish_then(_report(0, 0), broken)
     barrier.publish_then(_report(1, 0), reply)
     assert arrived.wait(5) and got[0][0].proceed
+
+
+def test_rounds_merged_one_after_another_reuse_the_merge_thread_and_keep_no_reports():
+    """A long epoch through `publish_then`: each round is merged once, on a thread that is
+    reused (starting one per round made the caller wait for it to start), and a merged
+    round's reports are not kept (an arrival once looked through every earlier round)."""
+    merged, threads = [], set()
+
+    def merge(round_index, reports):
+        merged.append((round_index, [r.func_id for r in reports]))
+        threads.add(threading.current_thread())
+        return Release(proceed=True)
+
+    barrier = RoundBarrier([0, 1, 2], merge)
+    for round_index in range(60):
+        replies = [_replies() for _ in range(3)]
+        for func_id in (2, 0, 1):
+            barrier.publish_then(_report(func_id, round_index), replies[func_id][0])
+        for _, got, arrived in replies:
+            assert arrived.wait(5) and got[0][0].proceed
+    assert merged == [(r, [0, 1, 2]) for r in range(60)]
+    assert len(threads) <= 2 and all(t.name == "kubeml-merge" for t in threads)
+    assert barrier._pending == {}
+    assert barrier.waiting_for() == {0, 1, 2}
+
+
+def test_a_late_report_of_a_merged_round_gets_that_rounds_release_and_opens_nothing():
+    barrier = RoundBarrier([0, 1], lambda r, reports: Release(proceed=True, threads=7))
+    barrier.publish_then(_report(0, 0), _replies()[0])
+    barrier.publish(_report(1, 0))
+    reply, got, arrived = _replies()
+    barrier.publish_then(_report(1, 0), reply)  # the same round again: answered at once
+    assert arrived.is_set() and got[0][0] == Release(proceed=True, threads=7)
+    assert barrier._pending == {} and barrier.waiting_for() == {0, 1}

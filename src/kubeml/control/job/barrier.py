@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import queue
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -12,6 +13,33 @@ from kubeml.runtime.sync import Release, RoundReport
 
 MergeFn = Callable[[int, list[RoundReport]], Release]  # (round, reports) -> the answer
 Reply = Callable[[Release], None]  # answers one `publish_then`
+
+
+class _MergeThreads:
+    """Daemon threads (`kubeml-merge`) that run the merges `publish_then` hands off: an
+    idle one is reused, a new one starts only when every other is busy (a merge may wait on
+    remote shards). Starting a thread per round made the caller wait for it to start."""
+
+    def __init__(self) -> None:
+        self._jobs: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._idle = 0  # threads waiting for a job that no submit has claimed yet
+
+    def submit(self, job: Callable[[], None]) -> None:
+        with self._lock:
+            start, self._idle = self._idle == 0, max(self._idle - 1, 0)
+        if start:
+            threading.Thread(target=self._work, name="kubeml-merge", daemon=True).start()
+        self._jobs.put(job)
+
+    def _work(self) -> None:
+        while True:
+            self._jobs.get()()
+            with self._lock:
+                self._idle += 1
+
+
+_MERGES = _MergeThreads()
 
 
 class RoundBarrier:
@@ -60,8 +88,8 @@ class RoundBarrier:
     def publish_then(self, report: RoundReport, reply: Reply) -> None:
         """`publish` without blocking: `reply(release)` is called once the round is
         released, by the thread that releases it. When this report completes the round,
-        the merge runs on a thread of its own: the caller answers other functions and
-        must not wait for a merge."""
+        the merge runs on another thread (`_MergeThreads`): the caller answers other
+        functions and must not wait for a merge."""
         with self._cond:
             if not self._arrive(report):
                 due = [(reply, Release(proceed=False))]
@@ -69,9 +97,7 @@ class RoundBarrier:
                 self._replies.setdefault(report.round, []).append((report.func_id, reply))
                 due = self._due_replies()  # a round released meanwhile (an abort)
                 if not due and self._ready():
-                    threading.Thread(
-                        target=self._complete_later, name="kubeml-merge", daemon=True
-                    ).start()
+                    _MERGES.submit(self._complete_later)
         self._deliver(due)
 
     def _arrive(self, report: RoundReport) -> bool:
@@ -82,7 +108,8 @@ class RoundBarrier:
         self.last_progress = self._seen[report.func_id] = time.monotonic()
         self._alive.add(report.func_id)
         self.last_report = report
-        self._pending.setdefault(report.round, []).append(report)
+        if report.round not in self._released:  # else late: its release is there to take
+            self._pending.setdefault(report.round, []).append(report)
         return True
 
     def _complete_later(self) -> None:
@@ -138,8 +165,9 @@ class RoundBarrier:
     def _abort(self, func_id: int, error: BaseException) -> None:
         self.failed[func_id] = error
         self._live.discard(func_id)
-        for round_index in list(self._pending):
+        for round_index in self._pending:
             self._released.setdefault(round_index, Release(proceed=False))
+        self._pending.clear()
         self._cond.notify_all()
 
     def join(self, func_id: int) -> None:
@@ -162,9 +190,8 @@ class RoundBarrier:
 
     def _forget(self, func_id: int) -> None:
         """Drop `func_id`'s report (and reply) from the open rounds (under the lock)."""
-        for round_index, reports in self._pending.items():
-            if round_index not in self._released:
-                reports[:] = [r for r in reports if r.func_id != func_id]
+        for reports in self._pending.values():
+            reports[:] = [r for r in reports if r.func_id != func_id]
         for replies in self._replies.values():
             replies[:] = [(f, reply) for f, reply in replies if f != func_id]
 
@@ -190,18 +217,18 @@ class RoundBarrier:
             }
 
     def _waiting_for(self) -> set[int]:
-        open_rounds = [r for r in self._pending if r not in self._released]
-        if not open_rounds:
+        if not self._pending:
             return set(self._live)
-        return self._live - {r.func_id for r in self._pending[max(open_rounds)]}
+        return self._live - {r.func_id for r in self._pending[max(self._pending)]}
 
     def _ready(self) -> list[int]:
-        """Open rounds every live function has published."""
+        """Open rounds every live function has published (a live function has at most one
+        report in a round, so a round with fewer reports than live functions is not)."""
         return [
             round_index
             for round_index, arrived in sorted(self._pending.items())
-            if round_index not in self._released
-            and arrived
+            if arrived
+            and len(arrived) >= len(self._live)
             and {r.func_id for r in arrived} >= self._live
         ]
 
@@ -211,7 +238,7 @@ class RoundBarrier:
 
     def _complete(self, round_index: int) -> None:
         # Sorted, so the float sums of the merge do not depend on arrival order.
-        reports = sorted(self._pending[round_index], key=lambda r: r.func_id)
+        reports = sorted(self._pending.pop(round_index), key=lambda r: r.func_id)
         try:
             release = self._merge(round_index, reports)
         except BaseException as exc:
