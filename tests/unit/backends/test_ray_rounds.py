@@ -167,3 +167,29 @@ def test_a_broken_round_socket_fails_the_publish_as_the_backends_fault(channels)
     endpoint.rounds = PipeTransport(connect(offers[0]))
     with pytest.raises(BackendError, match=r"function 3: its round socket .* round 5"):
         endpoint.publish(RoundReport("t", 3, 5, 10, 1.0, 1, False))
+
+
+def test_equal_releases_and_unhashable_messages_arrive_as_sent(channels):
+    """A round's releases are equal messages, pickled once; each still arrives as sent,
+    and a message that cannot be hashed (so is not reused) too."""
+    from kubeml.backends.relay import Released
+    from kubeml.runtime.sync import Release
+
+    replies = [
+        Released(Release(proceed=True)),
+        Released(Release(proceed=False)),
+        Released(Release(proceed=True, threads=3)),
+        Released(Release(proceed=True)),
+        ["not hashable", {"a": 1}],
+    ]
+    pending = list(replies)
+
+    def answer(conn) -> None:
+        conn.recv()
+        conn.send(pending.pop(0))
+
+    side = connect(channels.offer(answer))
+    assert side is not None
+    for expected in replies:
+        side.send("publish")
+        assert side.recv() == expected

@@ -15,6 +15,7 @@ connect publishes through Ray as before, so the channel is only ever a shortcut.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import secrets
 import selectors
@@ -23,6 +24,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
+from multiprocessing.reduction import ForkingPickler
 from typing import Any
 
 _TOKEN_BYTES = 16
@@ -55,10 +57,11 @@ class RoundSocket:
         return self._conn.recv()
 
     def send(self, message: Any) -> None:
+        payload = _encoded(message)
         with self._lock:
             if self._shut:
                 raise OSError("the round socket is closed")
-            self._conn.send(message)
+            self._conn.send_bytes(payload)
 
     def shut(self) -> None:
         """No more sends; both ends read the end (the hub then unregisters and closes)."""
@@ -73,6 +76,20 @@ class RoundSocket:
         with self._lock:
             self._conn.close()
             self._sock.close()
+
+
+def _encoded(message: Any) -> bytes:
+    """`message` pickled as `Connection.send` would; a round's N releases are equal
+    messages, so one is pickled once a round, not once a function."""
+    try:
+        return _encoded_equal(message)
+    except TypeError:  # unhashable
+        return bytes(ForkingPickler.dumps(message))
+
+
+@functools.lru_cache(maxsize=16)
+def _encoded_equal(message: Any) -> bytes:
+    return bytes(ForkingPickler.dumps(message))
 
 
 Answer = Callable[[RoundSocket], None]  # reads and answers one message of a connection
