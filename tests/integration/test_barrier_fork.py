@@ -1,25 +1,10 @@
 """The round barrier in a process forked after its merge threads started."""
 
 import os
-import threading
 
 from kubeml.control.job.barrier import RoundBarrier
-from kubeml.runtime.sync import Release, RoundReport
-
-
-def _report(func_id, round_index):
-    return RoundReport("t", func_id, round_index, 10, 1.0, 1, False)
-
-
-def _replies():
-    got: list[Release] = []
-    arrived = threading.Event()
-
-    def reply(release):
-        got.append(release)
-        arrived.set()
-
-    return reply, got, arrived
+from kubeml.runtime.sync import Release
+from tests.unit.test_barrier import _replies, _report
 
 
 def test_a_forked_child_merges_on_threads_of_its_own():
@@ -34,6 +19,6 @@ def test_a_forked_child_merges_on_threads_of_its_own():
         child = RoundBarrier([0], lambda r, reports: Release(proceed=True))
         reply, got, arrived = _replies()
         child.publish_then(_report(0, 0), reply)
-        os._exit(0 if arrived.wait(5) and got[0].proceed else 1)
+        os._exit(0 if arrived.wait(5) and got[0][0].proceed else 1)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0

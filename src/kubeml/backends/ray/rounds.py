@@ -78,18 +78,21 @@ class RoundSocket:
             self._sock.close()
 
 
-def _encoded(message: Any) -> bytes:
-    """`message` pickled as `Connection.send` would; a round's N releases are equal
-    messages, so one is pickled once a round, not once a function."""
-    try:
-        return _encoded_equal(message)
-    except TypeError:  # unhashable
-        return bytes(ForkingPickler.dumps(message))
-
-
-@functools.lru_cache(maxsize=16)
-def _encoded_equal(message: Any) -> bytes:
+def _pickled(message: Any) -> bytes:
+    """`message` pickled as `Connection.send` would."""
     return bytes(ForkingPickler.dumps(message))
+
+
+_pickled_once = functools.lru_cache(maxsize=16)(_pickled)
+
+
+def _encoded(message: Any) -> bytes:
+    """A round's N releases are equal messages: one is pickled once a round, not once a
+    function (an unhashable message is pickled each time)."""
+    try:
+        return _pickled_once(message)
+    except TypeError:
+        return _pickled(message)
 
 
 Answer = Callable[[RoundSocket], None]  # reads and answers one message of a connection
