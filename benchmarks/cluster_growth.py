@@ -1,7 +1,7 @@
 """The control plane's cost per round as N grows: central merge beside sharded (issue 18, item 6).
 
     python -m benchmarks.cluster_growth [--ns 4 8 16 32] [--nodes 4] [--cpus 8]
-        [--rounds 5] [--modes central sharded] [--profile 1gbit] [--poll-s 0.5]
+        [--rounds 5] [--modes central sharded] [--profile 1gbit] [--poll-s 0.5] [--pace-s 0]
         [--out FILE.json]
 
 A lab (`benchmarks/netlab.py`) of the control plane's node `cp` (the Ray head, no CPUs,
@@ -23,6 +23,9 @@ task every `--poll-s` (0.5 s, as `kubeml task watch` does; until session 22, 0.1
 those reads were about half the server's Python time at N=32): that HTTP work, and Ray's
 own background work, are in the server's CPU too, at about the same rate at every N, so
 in proportion to a round's length, not to N.
+With `--pace-s S` each function sleeps S seconds after each batch, which brings the rounds'
+lengths closer at every N (as on a cluster with a core per function) as far as the
+functions' own work on the machine's cores allows.
 After each task the server's idle rate (the same polling, no task running) is read, and
 `net s` is a round's CPU less that rate times the round's length.
 
@@ -57,12 +60,18 @@ FUNCTION, DATASET, WIDTH = "smallmlp", "fashion", 64
 MODES: dict[str, dict[str, Any]] = {"central": {"shards": 0}, "sharded": {"shards": None}}
 
 
-def function_source(width: int = WIDTH) -> str:
-    """The wide MLP's file at another width (its only module constant that sizes it)."""
+def function_source(width: int = WIDTH, pace_s: float = 0.0) -> str:
+    """The wide MLP's file at another width (its only module constant that sizes it), and
+    sleeping `pace_s` after each batch."""
     source = (ROOT / "benchmarks" / "functions" / "mlp_wide_fashion.py").read_text()
-    if "\nWIDTH = 2048\n" not in source:
-        raise RuntimeError("mlp_wide_fashion.py no longer sets WIDTH = 2048")
-    return source.replace("\nWIDTH = 2048\n", f"\nWIDTH = {width}\n")
+    step = "        self.optimizer.step()\n        return loss.item()\n"
+    if "\nWIDTH = 2048\n" not in source or step not in source:
+        raise RuntimeError("mlp_wide_fashion.py no longer sets WIDTH = 2048 or steps so")
+    source = source.replace("\nWIDTH = 2048\n", f"\nWIDTH = {width}\n")
+    if pace_s > 0:
+        sleep = f"        __import__('time').sleep({pace_s})\n"
+        source = source.replace(step, step.replace("        return", sleep + "        return"))
+    return source
 
 
 def p_bytes(width: int = WIDTH) -> int:
@@ -162,7 +171,7 @@ def drive(args: argparse.Namespace) -> None:
         status = server_status(settings) or {}
         pid = int(status["pid"])
         data = Path(args.data)
-        client.create_function(FUNCTION, function_source(args.width))
+        client.create_function(FUNCTION, function_source(args.width, args.pace_s))
         client.create_dataset(
             DATASET, *(data / f"{part}.npy" for part in ("train_x", "train_y", "test_x", "test_y"))
         )
@@ -240,6 +249,11 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--k", type=int, default=2)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--width", type=int, default=WIDTH, help="the MLP's hidden width")
+    parser.add_argument(
+        "--pace-s", type=float, default=0.0,
+        help="each function sleeps this long after each batch (rounds of about the same "
+        "length at every N, as on a cluster with a core per function)",
+    )  # fmt: skip
     parser.add_argument("--profile", default="1gbit")
     parser.add_argument(
         "--poll-s",
@@ -303,7 +317,7 @@ def orchestrate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> in
                 "--data", tmp, "--fields", json.dumps(modes),
                 "--ns", *map(str, args.ns), "--rounds", str(args.rounds), "--k", str(args.k),
                 "--batch", str(args.batch), "--width", str(args.width),
-                "--poll-s", str(args.poll_s),
+                "--pace-s", str(args.pace_s), "--poll-s", str(args.poll_s),
             ]  # fmt: skip
             print(f"{' '.join(modes)}: N = {args.ns} on {args.nodes} nodes ...", flush=True)
             with open(lab.tmp / "driver.log", "w") as err:
@@ -318,6 +332,7 @@ def orchestrate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> in
     setting = (
         f"{args.profile} links, {args.nodes} nodes x {args.cpus} CPUs, K={args.k}, "
         f"batch {args.batch}, width {args.width}, {args.rounds} whole rounds per N"
+        + (f", each function sleeping {args.pace_s} s a batch" if args.pace_s else "")
     )
     text, figures = report(results, p_bytes(args.width), setting)
     for mode, reason in skipped.items():

@@ -1,7 +1,7 @@
 """Micro-benchmark: the control plane's cost per round report on the Ray backend's round
 sockets, early and late in a long epoch.
 
-    python -m benchmarks.micro_hub [--ns 4 32] [--rounds 1500] [--window 100]
+    python -m benchmarks.micro_hub [--ns 4 32] [--rounds 1500] [--window 100] [--relays 0 4]
 
 The real `RoundChannels` (one hub thread answers every function's socket) and
 `RoundBarrier` (`publish_then`, a no-op merge) in this process; N functions in a child
@@ -11,7 +11,10 @@ and the merge threads together (the process's less the polling main thread's), a
 over `--window` rounds after as many from the start and over the last `--window`, per
 report. Printed: microseconds a report, early and late, and late ÷ early (a barrier
 whose work per arrival grows with the rounds already merged shows here: a long epoch
-has thousands of rounds).
+has thousands of rounds). With `--relays R` (R > 0), the functions connect through R node
+relays (`kubeml.backends.ray.node_relay`, in the child process too, N/R functions each),
+as the functions of a node do on a cluster: the control plane's cost per report then
+counts one message a round per relay each way.
 """
 
 from __future__ import annotations
@@ -23,13 +26,21 @@ import threading
 import time
 from typing import Any
 
+from kubeml.backends.ray.node_relay import NodeRelay
 from kubeml.backends.ray.rounds import RoundChannels, RoundOffer, RoundSocket, connect
 from kubeml.backends.relay import Publish, Released
 from kubeml.control.job.barrier import RoundBarrier
 from kubeml.runtime.sync import Release, RoundReport
 
 
-def _functions(offers: list[RoundOffer], rounds: int) -> None:
+def _functions(offers: list[RoundOffer], rounds: int, links: list[tuple[Any, bytes]]) -> None:
+    relays = [NodeRelay("127.0.0.1", address, token) for address, token in links]
+    if relays:  # function i on relay i mod R, presenting its offer's token there
+        offers = [
+            RoundOffer(relays[i % len(relays)].address, o.token, o.group)
+            for i, o in enumerate(offers)
+        ]
+
     def run(func_id: int, offer: RoundOffer) -> None:
         conn = connect(offer)
         assert conn is not None
@@ -55,7 +66,8 @@ def _others_ns() -> int:
     return time.process_time_ns() - _thread_ns(threading.get_native_id())
 
 
-def measure(n: int, rounds: int, window: int) -> dict[str, Any]:
+def measure(n: int, rounds: int, window: int, relays: int = 0) -> dict[str, Any]:
+    older = set(threading.enumerate())  # a hub of an earlier measure may still be ending
     channels = RoundChannels("127.0.0.1")
     merged = [0]
 
@@ -70,10 +82,13 @@ def measure(n: int, rounds: int, window: int) -> dict[str, Any]:
         barrier.publish_then(message.report, lambda release: sock.send(Released(release, None)))
 
     try:
-        offers = [channels.offer(answer) for _ in range(n)]
-        hub = next(t for t in threading.enumerate() if t.name == "kubeml-ray-rounds-hub")
+        offers = [channels.offer(answer, "t") for _ in range(n)]
+        links = [(channels.address, channels.offer_link(lambda: None)) for _ in range(relays)]
+        hub = next(
+            t for t in threading.enumerate() if t.name == "kubeml-ray-rounds-hub" and t not in older
+        )
         assert hub.native_id is not None
-        child = mp.get_context("spawn").Process(target=_functions, args=(offers, rounds))
+        child = mp.get_context("spawn").Process(target=_functions, args=(offers, rounds, links))
         child.start()
         marks: dict[int, tuple[int, int, float]] = {}
         wanted = [window, 2 * window, rounds - window, rounds]  # past the start
@@ -97,7 +112,7 @@ def measure(n: int, rounds: int, window: int) -> dict[str, Any]:
         }
 
     early, late = per_report(window, 2 * window), per_report(rounds - window, rounds)
-    return {"n": n, "rounds": rounds, "early": early, "late": late}
+    return {"n": n, "relays": relays, "rounds": rounds, "early": early, "late": late}
 
 
 def main() -> None:
@@ -105,11 +120,12 @@ def main() -> None:
     parser.add_argument("--ns", type=int, nargs="+", default=[4, 32])
     parser.add_argument("--rounds", type=int, default=1500)
     parser.add_argument("--window", type=int, default=100)
+    parser.add_argument("--relays", type=int, nargs="+", default=[0], help="0: direct")
     args = parser.parse_args()
-    print(f"{'N':>3} {'rounds':>9} {'hub us/report':>14} {'all us/report':>14} "
+    print(f"{'N':>3} {'relays':>6} {'rounds':>9} {'hub us/report':>14} {'all us/report':>14} "
           f"{'round ms':>9}")  # fmt: skip
-    for n in args.ns:
-        r = measure(n, args.rounds, args.window)
+    for n, relays in ((n, r) for n in args.ns for r in args.relays):
+        r = measure(n, args.rounds, args.window, relays)
         for name in ("early", "late"):
             w = r[name]
             span = (
@@ -117,7 +133,7 @@ def main() -> None:
                 if name == "early"
                 else f"{args.rounds - args.window}-{args.rounds}"
             )
-            print(f"{n:>3} {span:>9} {w['hub_us']:>14.1f} {w['all_us']:>14.1f} "
+            print(f"{n:>3} {relays:>6} {span:>9} {w['hub_us']:>14.1f} {w['all_us']:>14.1f} "
                   f"{w['round_ms']:>9.2f}")  # fmt: skip
         ratio = r["late"]["all_us"] / r["early"]["all_us"]
         print(f"    N={n}: a late report ÷ an early one (the hub and the merges): {ratio:.2f}")

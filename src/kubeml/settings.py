@@ -60,6 +60,11 @@ class Settings(BaseSettings):
         default=4096, ge=1, le=2**24,
         description="dataset chunks each Ray node keeps (beyond its object store: spilled)",
     )  # fmt: skip
+    ray_relay_min_functions: int = Field(
+        default=2, ge=0, le=1_000_000,
+        description="a task's functions on one Ray node from which their rounds go through "
+        "the node's relay (0: never)",
+    )  # fmt: skip
     capacity: int = Field(default_factory=_default_capacity, ge=1, description="function slots")
     # Finite and at most a week: an infinite timeout overflows the waits that use it.
     worker_idle_timeout_s: float = Field(default=300.0, gt=0, le=604_800, allow_inf_nan=False)

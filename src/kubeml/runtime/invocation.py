@@ -58,6 +58,7 @@ class Invocation:
     restore_state: bool = False
     first_batch: int = 0  # the batch index, within this function's epoch, of `order`'s first
     threads: int = 1
+    heartbeat_s: float = 0.5  # how often the function's heartbeat crosses (`heartbeat_every`)
     memory_mb: int = 0  # the most memory the function may use; 0: the backend's default
     infer_data: list[Any] | None = None
     model_version: str = ""  # of the final model an infer invocation serves; "" never caches

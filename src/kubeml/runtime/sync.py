@@ -48,3 +48,12 @@ class SyncChannel(Protocol):
 
 
 HEARTBEAT_S = 0.5  # the most often a function's heartbeat crosses a process boundary
+HEARTBEAT_MAX_S = 5.0
+
+
+def heartbeat_every(round_timeout_s: float) -> float:
+    """How often a function's heartbeat crosses to the control plane: a twentieth of the
+    round timeout that judges it hung, from `HEARTBEAT_S` to `HEARTBEAT_MAX_S`. Each one is
+    a message per function that the control plane answers: at every 0.5 s, rounds longer
+    than that cost it one more message per function and round (docs/cluster.md)."""
+    return min(HEARTBEAT_MAX_S, max(HEARTBEAT_S, round_timeout_s / 20))

@@ -39,9 +39,36 @@ def test_the_heartbeat_crosses_at_most_every_half_second_and_sends_waiting_lines
         endpoint.progress(0)
     assert sum(isinstance(m, Progress) for m in transport.sent) == 1
     writer.EVERY_S = 0.0
-    endpoint._last_beat = time.monotonic() - 1
+    endpoint._last_beat = endpoint._last_look = time.monotonic() - 1
     endpoint.progress(0)
     assert LogLines("function-0", ("a lone line",)) in transport.sent
+
+
+def test_a_longer_heartbeat_still_sends_printed_lines_every_half_second():
+    """An invocation's heartbeat follows its round timeout (600 s: every 5 s); a line
+    printed in a quiet stretch still leaves within about half a second."""
+    from kubeml.runtime.sync import heartbeat_every
+
+    assert [heartbeat_every(t) for t in (1, 5, 10, 60, 600, 86_400)] == [
+        0.5, 0.5, 0.5, 3.0, 5.0, 5.0,
+    ]  # fmt: skip
+    transport = Recording()
+    endpoint = Endpoint(transport)
+    endpoint.heartbeat_s = 5.0
+    writer = endpoint.writer = _LineWriter(endpoint, "function-0")
+    writer.EVERY_S = 0.0
+    endpoint.progress(0)  # the first batch beats at once
+    writer.write("printed after the first batch\n")
+    deadline = time.monotonic() + 1.2
+    while time.monotonic() < deadline:
+        endpoint.progress(0)
+        time.sleep(0.01)
+    assert sum(isinstance(m, Progress) for m in transport.sent) == 1
+    assert LogLines("function-0", ("printed after the first batch",)) in transport.sent
+    endpoint._last_beat -= 5.0  # five seconds on
+    endpoint._last_look -= 0.5
+    endpoint.progress(0)
+    assert sum(isinstance(m, Progress) for m in transport.sent) == 2
 
 
 def test_a_release_counts_as_a_heartbeat():

@@ -7,6 +7,7 @@
 - `placement`: where functions fit, pure arithmetic over a snapshot of the nodes
 - `cluster`: Ray start-up, and the calls that read that snapshot
 - `rounds`: a direct socket for a train invocation's rounds
+- `round_links`, `node_relay`, `relay_pool`: a relay on each node for its functions' rounds
 - `stores`: the datasets and weights, through Ray's object store
 """
 

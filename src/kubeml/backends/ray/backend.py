@@ -10,7 +10,9 @@ requests for object refs of dataset splits and of the reference model, each answ
 through the actor's `deliver` method, then the result or the error. A train invocation
 of a model small enough to travel by value publishes its rounds over a direct socket to
 the control plane instead (`kubeml.backends.ray.rounds`: two Ray messages a round cost
-several ms). Weights and data move through the Ray object store (see
+several ms); functions of a task that share a node use that node's relay
+(`kubeml.backends.ray.node_relay`), so the control plane reads one message a round per
+node. Weights and data move through the Ray object store (see
 `kubeml.backends.ray.stores`); nothing assumes a shared filesystem: the function's source
 travels with the invocation.
 
@@ -32,6 +34,7 @@ from __future__ import annotations
 import atexit
 import functools
 import time
+from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import Future
 from dataclasses import replace
@@ -51,6 +54,7 @@ from kubeml.backends.ray.actor_relay import (
     lost,
 )
 from kubeml.backends.ray.placement import Resources, Shape, cluster_slots, slot_cpus
+from kubeml.backends.ray.relay_pool import NodeRelays
 from kubeml.backends.ray.rounds import RoundChannels, RoundOffer
 from kubeml.backends.ray.server_pool import ServerPool
 from kubeml.backends.ray.stores import INLINE_BYTES, RayDatasetStore, RayModelStore
@@ -90,6 +94,8 @@ class RayBackend(FunctionBackend):
         wait_for_nodes: actors the live nodes have no room for wait up to
             `start_timeout_s` for new nodes (an autoscaling cluster); otherwise they fail
             at once, so a lost function's replacement gives way to the survivors.
+        relay_min_functions: a task's functions on one node from which their rounds go
+            through the node's relay (0: never).
         owns_ray: shut Ray down on `close` (this backend started it).
     """
 
@@ -111,6 +117,7 @@ class RayBackend(FunctionBackend):
         resources_per_function: Resources | None = None,
         start_timeout_s: float = 180.0,
         wait_for_nodes: bool = False,
+        relay_min_functions: int = 2,
         owns_ray: bool = False,
     ) -> None:
         super().__init__(capacity)
@@ -127,6 +134,7 @@ class RayBackend(FunctionBackend):
             idle_timeout_s=idle_timeout_s,
         )
         self._rounds = RoundChannels(cluster.node_address())
+        self._relays = NodeRelays(self._rounds, relay_min_functions)
         self._hooks = RayHooks(datasets, models)
         self._sources = FunctionSources()
         self._live_nodes: tuple[list[Resources], float] = ([], 0.0)  # (nodes, when)
@@ -145,6 +153,7 @@ class RayBackend(FunctionBackend):
         home = Path(settings.home).expanduser()
         options.setdefault("cpus_per_function", settings.ray_cpus_per_function)
         options.setdefault("gpus_per_function", settings.ray_gpus_per_function)
+        options.setdefault("relay_min_functions", settings.ray_relay_min_functions)
         if "capacity" in settings.model_fields_set:
             capacity = settings.capacity
             options.setdefault("wait_for_nodes", True)
@@ -209,12 +218,13 @@ class RayBackend(FunctionBackend):
         light = len(invocations) == 1 and invocations[0].mode in (Mode.INIT, Mode.INFER)
         shape = self._shape(invocations[0])
         actors = self._actors.acquire(shape, len(invocations), invocations[0].task_id, light)
+        crowds = Counter(a.node_id for a in actors)  # the gang's functions on each node
 
         def run(index: int, inv: Invocation, future: Future[InvocationResult]) -> None:
             actor = actors[index]
             # torch uses exactly the CPUs the actor reserved
             inv = replace(inv, function=code, threads=max(1, int(actor.shape[0])))
-            self._drive(actor, inv, sync, log, future)
+            self._drive(actor, inv, sync, log, future, crowds[actor.node_id])
 
         return start_gang(invocations, run, "ray")
 
@@ -225,24 +235,18 @@ class RayBackend(FunctionBackend):
         sync: SyncHandler | None,
         log: LogSink,
         future: Future[InvocationResult],
+        crowd: int = 1,
     ) -> None:
         """Relay one invocation between its actor and the job (its rounds over a direct
-        socket, when it may have one)."""
-        offer, rounds = self._offer_rounds(inv, sync)
+        socket, when it may have one; `crowd`: its gang's functions on the actor's node)."""
+        offer, rounds = self._offer_rounds(inv, sync, actor.node_id, crowd)
         try:
             outcome = drive(ActorTransport(actor.handle, offer), inv, sync, log, self._hooks)
             if rounds is not None and rounds.failed is not None:
                 raise rounds.failed
         except Exception as exc:  # the actor, its node or the relay failed: never hang the job
-            if isinstance(exc, BackendError):
-                error = exc
-            elif isinstance(exc, RayError):
-                error = lost(actor.node_id, inv, exc)
-            else:
-                error = BackendError(f"relaying function {inv.func_id} failed: {exc!r}")
-                error.__cause__ = exc
             self._actors.release(actor, healthy=False)
-            resolve(future, sync, inv.func_id, error)
+            resolve(future, sync, inv.func_id, _failure(actor, inv, exc))
             return
         finally:
             if offer is not None:
@@ -252,21 +256,24 @@ class RayBackend(FunctionBackend):
         resolve(future, sync, inv.func_id, outcome)
 
     def _offer_rounds(
-        self, inv: Invocation, sync: SyncHandler | None
+        self, inv: Invocation, sync: SyncHandler | None, node_id: str, crowd: int
     ) -> tuple[RoundOffer | None, RoundRelay | None]:
         """A direct socket for a train invocation's rounds, when its weights travel by
-        value or not at all (messages with object refs must stay in Ray's serialisation)."""
+        value or not at all (messages with object refs must stay in Ray's serialisation);
+        through its node's relay when that carries no weights either (a sharded task)."""
         if inv.mode is not Mode.TRAIN or sync is None:
             return None, None
         try:
             small = self.models.layout(inv.task_id).nbytes <= INLINE_BYTES
         except KubeMLError:
             return None, None
-        # A sharded task's reports carry a token, not weights: they always may.
-        if not small and self.models.sharded.plane(inv.task_id) is None:
+        # A sharded task's reports carry a token, not weights, and its releases no weights.
+        sharded = self.models.sharded.plane(inv.task_id) is not None
+        if not small and not sharded:
             return None, None
+        via = self._relays.address(node_id, crowd) if sharded else None
         relay = RoundRelay(inv, sync, self._hooks)
-        offer = self._rounds.offer(relay.answer)
+        offer = self._rounds.offer(relay.answer, inv.task_id, via)
         relay.end = functools.partial(self._rounds.withdraw, offer)
         return offer, relay
 
@@ -277,6 +284,7 @@ class RayBackend(FunctionBackend):
         actors = self._actors.close()
         if actors is None:
             return
+        self._relays.close()
         self._rounds.close()
         if cluster.running():
             for actor in actors:
@@ -295,6 +303,19 @@ class RayBackend(FunctionBackend):
         return {
             **super().describe(),
             "round_sockets": self._rounds.admitted,  # train invocations that used one
+            "relayed_round_sockets": self._rounds.relayed,  # of them, through a node relay
+            "node_relays": self._relays.describe(),  # node id -> pid
             "shard_servers": self.models.sharded.servers(),  # (node id, pid) of each
             **self._actors.describe(),  # worker_pids: by task, on the actors' nodes
         }
+
+
+def _failure(actor: RayActor, inv: Invocation, exc: Exception) -> BackendError:
+    """What relaying `inv` on `actor` raising `exc` means for the job."""
+    if isinstance(exc, BackendError):
+        return exc
+    if isinstance(exc, RayError):
+        return lost(actor.node_id, inv, exc)
+    error = BackendError(f"relaying function {inv.func_id} failed: {exc!r}")
+    error.__cause__ = exc
+    return error

@@ -10,12 +10,17 @@ presents the offer's random token, and publishes over it; the control plane answ
 the release on the same socket, every function's from one thread. Everything else (log
 lines, requests, the result, the actor's failure) stays on Ray. A function that cannot
 connect publishes through Ray as before, so the channel is only ever a shortcut.
+
+Functions that share a node with others of their task may be offered their node's relay
+instead (`kubeml.backends.ray.node_relay`): the same protocol to an address on their own
+node, which holds a node's reports of a round and sends them on as one message over its one
+connection here (`round_links`), and hands out the round's releases, which come back as
+one message too. The hub then wakes once a round per node, not once per function.
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
 import os
 import secrets
 import selectors
@@ -24,8 +29,9 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
-from multiprocessing.reduction import ForkingPickler
 from typing import Any
+
+from kubeml.backends.ray.round_links import STALE_S, LinkLost, RelayedSocket, RelayLink, encoded
 
 _TOKEN_BYTES = 16
 _CONNECT_TIMEOUT_S = 5.0
@@ -33,10 +39,13 @@ _CONNECT_TIMEOUT_S = 5.0
 
 @dataclass(frozen=True)
 class RoundOffer:
-    """Where a function connects for its rounds, and the secret it presents there."""
+    """Where a function connects for its rounds (the control plane, or its node's relay),
+    the secret it presents there, and its group (its task: a relay holds a group's reports
+    of a round until each of its functions on the node has sent one)."""
 
     address: tuple[str, int]
     token: bytes
+    group: str = ""
 
 
 class RoundSocket:
@@ -57,7 +66,7 @@ class RoundSocket:
         return self._conn.recv()
 
     def send(self, message: Any) -> None:
-        payload = _encoded(message)
+        payload = encoded(message)
         with self._lock:
             if self._shut:
                 raise OSError("the round socket is closed")
@@ -76,23 +85,6 @@ class RoundSocket:
         with self._lock:
             self._conn.close()
             self._sock.close()
-
-
-def _pickled(message: Any) -> bytes:
-    """`message` pickled as `Connection.send` would."""
-    return bytes(ForkingPickler.dumps(message))
-
-
-_pickled_once = functools.lru_cache(maxsize=16)(_pickled)
-
-
-def _encoded(message: Any) -> bytes:
-    """A round's N releases are equal messages: one is pickled once a round, not once a
-    function (an unhashable message is pickled each time)."""
-    try:
-        return _pickled_once(message)
-    except TypeError:
-        return _pickled(message)
 
 
 Answer = Callable[[RoundSocket], None]  # reads and answers one message of a connection
@@ -115,10 +107,13 @@ class RoundChannels:
         self._server = socket.create_server((host, 0))
         self.address: tuple[str, int] = self._server.getsockname()[:2]
         self._waiting: dict[bytes, Answer] = {}  # offered, not connected yet
-        self._open: dict[bytes, RoundSocket] = {}  # connected, by token
-        self._arrived: list[tuple[RoundSocket, Answer]] = []  # for the hub to register
+        self._open: dict[bytes, RoundSocket | RelayedSocket] = {}  # connected, by token
+        self._link_tokens: dict[bytes, LinkLost] = {}  # offered to node relays
+        self._links: dict[RelayLink, LinkLost] = {}  # connected node relays (the hub's)
+        self._arrived: list[tuple[Any, Any]] = []  # for the hub to register
         self._closed = False
         self.admitted = 0  # connections taken up so far (the backend's `describe`)
+        self.relayed = 0  # of them, through a node relay
         self._lock = threading.Lock()
         self._selector = selectors.DefaultSelector()
         self._wake_in, self._wake = socket.socketpair()
@@ -127,11 +122,21 @@ class RoundChannels:
         threading.Thread(target=self._accept, name="kubeml-ray-rounds", daemon=True).start()
         threading.Thread(target=self._hub, name="kubeml-ray-rounds-hub", daemon=True).start()
 
-    def offer(self, answer: Answer) -> RoundOffer:
+    def offer(
+        self, answer: Answer, group: str = "", via: tuple[str, int] | None = None
+    ) -> RoundOffer:
+        """An offer for one invocation, to connect here or (`via`) to its node's relay."""
         token = secrets.token_bytes(_TOKEN_BYTES)
         with self._lock:
             self._waiting[token] = answer
-        return RoundOffer(self.address, token)
+        return RoundOffer(via or self.address, token, group)
+
+    def offer_link(self, lost: LinkLost) -> bytes:
+        """A token for a node relay's connection; `lost()` once that connection ends."""
+        token = secrets.token_bytes(_TOKEN_BYTES)
+        with self._lock:
+            self._link_tokens[token] = lost
+        return token
 
     def withdraw(self, offer: RoundOffer) -> None:
         """The invocation ended: stop waiting, and end its connection if it came."""
@@ -162,20 +167,20 @@ class RoundChannels:
 
     def _admit(self, sock: socket.socket) -> None:
         try:
-            sock.settimeout(_CONNECT_TIMEOUT_S)
-            token = _read_exactly(sock, _TOKEN_BYTES)
-            sock.settimeout(None)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            token, _ = read_preamble(sock)
         except OSError:
             sock.close()
             return
         with self._lock:
             answer = self._waiting.pop(token, None)
+            lost = self._link_tokens.pop(token, None)
             if answer is not None:
                 self._open[token] = channel = RoundSocket(sock)
                 self.admitted += 1
                 self._arrived.append((channel, answer))
-        if answer is None:
+            elif lost is not None:
+                self._arrived.append((RelayLink(Connection(sock.detach())), lost))
+        if answer is None and lost is None:
             sock.close()
             return
         with contextlib.suppress(OSError):
@@ -183,17 +188,57 @@ class RoundChannels:
 
     def _hub(self) -> None:
         while True:
-            for key, _ in self._selector.select():
+            # With relays, a reply that no round completes (its function was lost) is sent
+            # after `STALE_S` at most.
+            events = self._selector.select(STALE_S if self._links else None)
+            for link in self._links:
+                link.flush(stale_only=True)
+            for key, _ in events:
                 if key.fileobj is self._wake_in:
                     if not self._take_arrivals():
                         return
-                    continue
-                channel, answer = key.data
-                try:
-                    answer(channel)
-                except Exception:  # closed (EOF: its invocation ended or its actor died) or failed
-                    self._selector.unregister(channel)
-                    channel.close()
+                elif isinstance(key.fileobj, RelayLink):
+                    self._relayed(key.fileobj)
+                else:
+                    channel, answer = key.data
+                    try:
+                        answer(channel)
+                    except Exception:  # closed (its invocation ended, its actor died) or failed
+                        self._selector.unregister(channel)
+                        channel.close()
+
+    def _relayed(self, link: RelayLink) -> None:
+        """Answer a node relay's message: its functions' reports, or one of them gone."""
+        try:
+            reports, gone = link.receive()
+        except (EOFError, OSError):  # the relay (or its node) is gone, its functions with it
+            self._selector.unregister(link)
+            self._links.pop(link)()
+            with self._lock:
+                for token in link.close():
+                    self._open.pop(token, None)
+            return
+        for token in gone:
+            with self._lock:
+                self._open.pop(token, None)
+            link.forget(token)
+        for token, payload in reports:
+            with self._lock:
+                sock = self._open.get(token)
+                answer = self._waiting.pop(token, None) if sock is None else None
+                if answer is not None:
+                    self._open[token] = sock = RelayedSocket(link, token, answer)
+                    self.admitted += 1
+                    self.relayed += 1
+            if not isinstance(sock, RelayedSocket) or sock.link is not link:
+                link.refuse(token)  # a token no offer made (or withdrawn since)
+                continue
+            try:
+                sock.deliver(payload)
+            except Exception:  # as a closed direct socket: the function's publish fails
+                with self._lock:
+                    self._open.pop(token, None)
+                sock.close()
 
     def _take_arrivals(self) -> bool:
         """Register the connections admitted since; False once the channels are closed."""
@@ -203,6 +248,8 @@ class RoundChannels:
         with self._lock:
             arrived, self._arrived, closed = self._arrived, [], self._closed
         for channel, answer in arrived:
+            if isinstance(channel, RelayLink):
+                self._links[channel] = answer
             self._selector.register(channel, selectors.EVENT_READ, (channel, answer))
         if closed:
             for key in list(self._selector.get_map().values()):
@@ -223,12 +270,29 @@ def connect(offer: RoundOffer) -> Connection | None:
         return None
     try:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # small messages, at once
-        sock.sendall(offer.token)
+        sock.sendall(preamble(offer.token, offer.group))
         sock.settimeout(None)
     except OSError:
         sock.close()
         return None
     return Connection(sock.detach())
+
+
+def preamble(token: bytes, group: str = "") -> bytes:
+    """What a connection presents first: its token, then its group (at most 255 bytes)."""
+    name = group.encode()[:255]
+    return token + bytes([len(name)]) + name
+
+
+def read_preamble(sock: socket.socket) -> tuple[bytes, str]:
+    """(token, group) of a new connection (OSError if it sends none in time); the socket
+    is left blocking, with small messages sent at once."""
+    sock.settimeout(_CONNECT_TIMEOUT_S)
+    token = _read_exactly(sock, _TOKEN_BYTES)
+    group = _read_exactly(sock, _read_exactly(sock, 1)[0]).decode(errors="replace")
+    sock.settimeout(None)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return token, group
 
 
 def _read_exactly(sock: socket.socket, size: int) -> bytes:

@@ -51,7 +51,8 @@ class Endpoint:
         self.transport = transport
         self.on_reference = on_reference
         self._lock = threading.Lock()
-        self._last_beat = 0.0
+        self._last_beat = self._last_look = 0.0
+        self.heartbeat_s = HEARTBEAT_S  # the invocation's (`Invocation.heartbeat_s`)
         self.writer: _LineWriter | None = None  # printed lines waiting for their batch
         # A second connection for the rounds alone (Ray: a direct socket, see
         # kubeml.backends.ray.rounds); only the function's own thread publishes.
@@ -66,11 +67,14 @@ class Endpoint:
 
     def progress(self, func_id: int) -> None:
         now = time.monotonic()
-        if now - self._last_beat >= HEARTBEAT_S:
+        if now - self._last_look < HEARTBEAT_S:
+            return
+        self._last_look = now
+        if now - self._last_beat >= self.heartbeat_s:
             self._last_beat = now
             self.send(Progress(func_id))
-            if self.writer is not None and self.writer.due():
-                self.writer.send_lines()  # a line printed before a long quiet stretch
+        if self.writer is not None and self.writer.due():
+            self.writer.send_lines()  # a line printed before a long quiet stretch
 
     def publish(self, report: RoundReport) -> Release:
         if self.rounds is not None:
@@ -150,6 +154,7 @@ def run_invocation(
 
     shards.begin(inv.task_id)
     models.begin(inv.task_id)
+    endpoint.heartbeat_s = inv.heartbeat_s
     source = f"function-{inv.func_id}"
     root = logging.getLogger()
     handler = SinkHandler(endpoint.log, source)

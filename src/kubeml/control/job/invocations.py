@@ -9,6 +9,7 @@ from kubeml.control.job.resize import warmup_steps
 from kubeml.control.plan.chunks import shard_of
 from kubeml.control.plan.position import Position
 from kubeml.runtime.invocation import Invocation, Mode
+from kubeml.runtime.sync import heartbeat_every
 
 if TYPE_CHECKING:
     from kubeml.control.job.loop import TrainJob
@@ -31,6 +32,7 @@ def plain_invocation(job: TrainJob, mode: Mode, parallelism: int, threads: int) 
         optimizer_state=req.optimizer_state.value,
         chunk_samples=job.chunk_samples,
         threads=threads,
+        heartbeat_s=heartbeat_every(job.services.round_timeout_s),
         memory_mb=req.memory_mb or 0,
     )
 
