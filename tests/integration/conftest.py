@@ -24,6 +24,12 @@ def cluster() -> Iterator[Any]:
     """A local multi-node Ray cluster (`ray.cluster_utils.Cluster`) for a test module: a
     head with no CPUs (the control plane's node) and two 1-CPU worker nodes with one
     `kubeml` slot each, so the two functions of a task land on different nodes."""
+    yield from ray_cluster([(1, RAY_NODE_RESOURCES)] * 2)
+
+
+def ray_cluster(workers: list[tuple[int, dict[str, float]]]) -> Iterator[Any]:
+    """A local Ray cluster, connected to: a head with no CPUs, and a worker node of
+    (CPUs, custom resources) for each of `workers`."""
     ray = pytest.importorskip("ray", reason="the ray extra is not installed")
     os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
     from ray.cluster_utils import Cluster
@@ -33,8 +39,8 @@ def cluster() -> Iterator[Any]:
         head_node_args={"num_cpus": 0, "include_dashboard": False, "object_store_memory": 80 * MB},
     )
     try:
-        for _ in range(2):
-            cluster.add_node(num_cpus=1, resources=RAY_NODE_RESOURCES, object_store_memory=80 * MB)
+        for cpus, resources in workers:
+            cluster.add_node(num_cpus=cpus, resources=resources, object_store_memory=80 * MB)
         ray.init(address=cluster.address, namespace="kubeml-tests")
         cluster.wait_for_nodes()
         yield cluster

@@ -19,8 +19,8 @@ from typing import Any
 import pytest
 
 from kubeml.api.schemas import TaskState
-from tests.integration.conftest import MB, wait_for
-from tests.integration.test_ray_shards import STATELESS_MLP, _same, _weights
+from tests.integration.conftest import ray_cluster, wait_for
+from tests.integration.test_ray_shards import STATELESS_MLP, _mid_epoch_2, _same, _weights
 from tests.integration.test_recovery import TASK as CENTRAL
 
 ray = pytest.importorskip("ray", reason="the ray extra is not installed")
@@ -33,21 +33,7 @@ TASK = CENTRAL | {"shards": 1}
 
 @pytest.fixture(scope="module")
 def one_node() -> Iterator[Any]:
-    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
-    from ray.cluster_utils import Cluster
-
-    cluster = Cluster(
-        initialize_head=True,
-        head_node_args={"num_cpus": 0, "include_dashboard": False, "object_store_memory": 80 * MB},
-    )
-    try:
-        cluster.add_node(num_cpus=2, resources=SLOTS, object_store_memory=80 * MB)
-        ray.init(address=cluster.address, namespace="kubeml-tests")
-        cluster.wait_for_nodes()
-        yield cluster
-    finally:
-        ray.shutdown()
-        cluster.shutdown()
+    yield from ray_cluster([(2, SLOTS)])
 
 
 @pytest.fixture(scope="module")
@@ -99,12 +85,6 @@ def test_a_nodes_functions_go_through_its_relay_and_train_the_same_bits(engine, 
     assert epochs[-1].train_loss < epochs[0].train_loss * 0.7
     assert info.accuracy > 85.0
     assert _same(_weights(engine, info.id), direct_weights)
-
-
-def _mid_epoch_2(engine: Any, task_id: str) -> bool:
-    task = engine.get_task(task_id)
-    assert not task.state.finished, task.error
-    return task.epoch == 2 and task.round >= 3
 
 
 @pytest.mark.slow
