@@ -4,6 +4,7 @@ connect to the relay as a Ray function would (`rounds.connect`)."""
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -15,7 +16,7 @@ pytest.importorskip("ray", reason="the ray extra is not installed")
 
 from kubeml.backends.ray import node_relay
 from kubeml.backends.ray.node_relay import NodeRelay
-from kubeml.backends.ray.rounds import RoundChannels, RoundOffer, connect
+from kubeml.backends.ray.rounds import RoundChannels, RoundOffer, connect, preamble
 
 
 def wait_until(condition: Callable[[], bool], timeout_s: float = 5.0) -> None:
@@ -120,6 +121,45 @@ def test_a_report_is_held_no_longer_than_the_hold_time(plane, monkeypatch):
     sides[0].send("publish")  # the other function is slow: its round has not ended
     assert sides[0].poll(5) and sides[0].recv() == ("released", "publish")
     assert 0.15 < time.monotonic() - start < 2.0
+
+
+def test_a_late_report_goes_up_at_once_once_the_others_have_gone(plane, monkeypatch):
+    """The others' reports went up when the hold ran out and they wait for their reply:
+    the late one (a cold start, a replacement) completes the node's round, no new hold."""
+    monkeypatch.setattr(node_relay, "HOLD_S", 0.3)
+    sides = _functions(plane, Rounds(2), 2)
+    sides[0].send("early")
+    time.sleep(0.6)  # its report went up alone at 0.3 s; the round waits for the other
+    start = time.monotonic()
+    sides[1].send("late")
+    assert sides[1].poll(5) and sides[1].recv() == ("released", "late")
+    assert time.monotonic() - start < 0.2  # not held another 0.3 s
+    assert sides[0].recv() == ("released", "early")
+    for side in sides:  # and the next round is held whole again
+        side.send("next")
+    assert [side.recv() for side in sides] == [("released", "next")] * 2
+
+
+def test_a_relay_that_breaks_the_protocol_is_dropped_and_the_hub_goes_on(plane):
+    """What a relay sends is not what the control plane reads (another kubeml version?):
+    its link ends, its functions' connections with it; direct sockets keep working."""
+    from multiprocessing.connection import Connection
+
+    channels = plane[0]
+    (side,) = _functions(plane, Rounds(1), 1)
+    dropped = threading.Event()
+    rogue = socket.create_connection(channels.address)
+    rogue.sendall(preamble(channels.offer_link(dropped.set)))
+    rogue_link = Connection(rogue.detach())
+    rogue_link.send_bytes(b"not a pickle")
+    assert dropped.wait(5)
+    with pytest.raises((EOFError, OSError)):
+        rogue_link.recv_bytes()
+    direct = connect(channels.offer(Rounds(1)))
+    direct.send(1)
+    assert direct.recv() == ("released", 1)
+    side.send(2)  # the real relay still answers
+    assert side.recv() == ("released", 2)
 
 
 def test_withdraw_ends_a_relayed_functions_connection(plane):

@@ -38,6 +38,7 @@ HOLD_S = 1.0  # the longest a report waits at the relay for its group's others
 class _Group:
     members: set[bytes] = field(default_factory=set)  # connected tokens
     held: list[tuple[bytes, bytes]] = field(default_factory=list)  # (token, report)
+    sent: set[bytes] = field(default_factory=set)  # sent up, not answered yet
     since: float = 0.0  # when the first held report arrived
 
 
@@ -92,6 +93,9 @@ class NodeRelay:
             sock.close()
             return
         with self._lock:
+            if self._stopping:
+                sock.close()
+                return
             self._arrived.append((token, group, Connection(sock.detach())))
         with contextlib.suppress(OSError):
             self._wake.send(b"x")
@@ -111,11 +115,17 @@ class NodeRelay:
         except Exception:  # the control plane (or this relay) closed, or broke the protocol
             pass  # every connection ends: the functions' publish fails, their round replays
         finally:
-            for conn, _ in self._conns.values():
+            self._stopping = True
+            self._server.close()
+            with self._lock:
+                arrived, self._arrived = self._arrived, []
+            for conn in [c for c, _ in self._conns.values()] + [c for _, _, c in arrived]:
                 conn.close()
             with contextlib.suppress(OSError):
                 self._up.close()
-            self._server.close()
+            self._selector.close()
+            self._wake_in.close()
+            self._wake.close()
 
     def _take_arrivals(self) -> None:
         with contextlib.suppress(BlockingIOError):
@@ -138,6 +148,7 @@ class NodeRelay:
             conn.close()
             del self._conns[token]
             group.members.discard(token)
+            group.sent.discard(token)
             group.held = [(t, r) for t, r in group.held if t != token]  # its attempt is lost
             if not group.members:
                 del self._groups[group_name]
@@ -149,19 +160,25 @@ class NodeRelay:
         self._send_up(self._complete(group), [])
 
     def _complete(self, group: _Group) -> list[tuple[bytes, bytes]]:
-        """A group's held reports once each of its connected functions has sent one."""
-        if group.held and {t for t, _ in group.held} >= group.members:
-            held, group.held = group.held, []
-            return held
+        """A group's held reports once each of its connected functions has sent one (or
+        had its report sent up already, and waits for the reply: a late report, after the
+        others went up when `HOLD_S` ran out, goes at once)."""
+        if group.held and {t for t, _ in group.held} | group.sent >= group.members:
+            return self._release(group)
         return []
+
+    @staticmethod
+    def _release(group: _Group) -> list[tuple[bytes, bytes]]:
+        held, group.held = group.held, []
+        group.sent.update(t for t, _ in held)
+        return held
 
     def _due(self, now: float) -> list[tuple[bytes, bytes]]:
         """The reports held longer than `HOLD_S`."""
         due: list[tuple[bytes, bytes]] = []
         for group in self._groups.values():
             if group.held and now - group.since >= HOLD_S:
-                due += group.held
-                group.held = []
+                due += self._release(group)
         return due
 
     def _timeout(self) -> float | None:
@@ -179,11 +196,14 @@ class NodeRelay:
             for token in tokens:
                 entry = self._conns.get(token)
                 if entry is not None:
+                    self._groups[entry[1]].sent.discard(token)
                     with contextlib.suppress(OSError):
                         entry[0].send_bytes(payload)
         for token in message.shut:
             entry = self._conns.get(token)
-            if entry is not None:  # the function reads the end; the loop then forgets it
+            if entry is not None:
+                self._groups[entry[1]].sent.discard(token)
+                # the function reads the end; the loop then forgets it
                 with (
                     contextlib.suppress(OSError),
                     socket.socket(fileno=os.dup(entry[0].fileno())) as sock,

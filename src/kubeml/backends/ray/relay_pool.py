@@ -72,16 +72,22 @@ class NodeRelays:
             address = ray.get(relay.handle.address.remote(), timeout=START_TIMEOUT_S)
             relay.pid = ray.get(relay.handle.where.remote(), timeout=START_TIMEOUT_S)[1]
         except Exception:  # no relay: the functions connect directly
+            self._channels.revoke_link(token)
             relay.failed = time.monotonic()
             _kill(relay)
             return
-        relay.address = tuple(address)
+        with self._lock:
+            closed = self._closed
+        if closed:
+            _kill(relay)
+        else:
+            relay.address = tuple(address)
 
     def _lost(self, node_id: str, relay: _Relay) -> None:
         """A relay's connection ended (it died, or its node): the next wants a new one."""
         relay.address = None
         with self._lock:
-            if self._relays.get(node_id) is relay:
+            if self._relays.get(node_id) is relay and not relay.failed:
                 del self._relays[node_id]
         _kill(relay)
 

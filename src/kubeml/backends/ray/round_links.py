@@ -12,8 +12,12 @@ control plane ends (its invocation ended or failed).
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import os
 import pickle
+import socket
+import struct
 import threading
 import time
 from collections.abc import Callable
@@ -23,6 +27,7 @@ from multiprocessing.reduction import ForkingPickler
 from typing import Any
 
 STALE_S = 0.05  # the longest a reply waits for the others of its link and task
+SEND_TIMEOUT_S = 10.0  # a relay that reads nothing this long is dropped (its node is gone)
 LinkLost = Callable[[], None]  # called once a relay's connection has ended
 
 
@@ -75,12 +80,29 @@ class RelayLink:
     def __init__(self, conn: Connection) -> None:
         self.conn = conn
         self._lock = threading.Lock()
+        self._sock: socket.socket | None = None
         self._replies: list[tuple[bytes, bytes]] = []  # (token, payload), to send
         self._shut: list[bytes] = []
         self._since = 0.0  # when the oldest queued reply was queued
         self._waiting: dict[bytes, str] = {}  # token -> group, of reports not answered
         self.sockets: dict[bytes, RelayedSocket] = {}
         self.closed = False
+
+    @classmethod
+    def over(cls, sock: socket.socket) -> RelayLink:
+        """The link on a relay's accepted connection. A send that cannot go on for
+        `SEND_TIMEOUT_S` fails (the relay stopped reading: it would hold up the merging
+        thread), and the kernel probes an idle link, so a node that vanished without a
+        word ends its link too."""
+        seconds = int(SEND_TIMEOUT_S)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, _timeval(seconds))
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        for option, value in (("TCP_KEEPIDLE", seconds), ("TCP_KEEPINTVL", 5), ("TCP_KEEPCNT", 3)):
+            if hasattr(socket, option):
+                sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, option), value)
+        link = cls(Connection(os.dup(sock.fileno())))
+        link._sock = sock
+        return link
 
     def fileno(self) -> int:
         return self.conn.fileno()
@@ -135,10 +157,16 @@ class RelayLink:
         self.end(token)
 
     def flush(self, *, stale_only: bool = False) -> None:
-        with self._lock:
+        """Send what is queued (`stale_only`: if it waited `STALE_S`; the hub calls it so,
+        and never waits for a merging thread that is sending)."""
+        if not self._lock.acquire(blocking=not stale_only):
+            return
+        try:
             queued = self._replies or self._shut
             if queued and (not stale_only or time.monotonic() - self._since >= STALE_S):
                 self._send()
+        finally:
+            self._lock.release()
 
     def _send(self) -> None:
         """Under the lock: send what is queued, each distinct reply once."""
@@ -150,8 +178,11 @@ class RelayLink:
             by_payload.setdefault(id(payload), ([], payload))[0].append(token)
         try:
             self.conn.send_bytes(encode(Down(list(by_payload.values()), shut)))
-        except OSError:
-            self.closed = True  # the hub reads the end
+        except OSError:  # gone, or a send that timed out part-way: the link is done
+            self.closed = True
+            if self._sock is not None:
+                with contextlib.suppress(OSError):
+                    self._sock.shutdown(socket.SHUT_RDWR)  # the hub reads the end
 
     def close(self) -> list[bytes]:
         """End the link; the tokens that were connected through it."""
@@ -162,6 +193,8 @@ class RelayLink:
         for sock in sockets.values():
             sock.shut_here()
         self.conn.close()
+        if self._sock is not None:
+            self._sock.close()
         return list(sockets)
 
 
@@ -207,3 +240,8 @@ class RelayedSocket:
 
     def close(self) -> None:
         self.shut()
+
+
+def _timeval(seconds: int) -> bytes:
+    """A `struct timeval` of whole seconds, for SO_SNDTIMEO."""
+    return struct.pack("ll", seconds, 0)

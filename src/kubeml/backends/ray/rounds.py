@@ -138,6 +138,11 @@ class RoundChannels:
             self._link_tokens[token] = lost
         return token
 
+    def revoke_link(self, token: bytes) -> None:
+        """A relay that did not start: its token is refused from now on."""
+        with self._lock:
+            self._link_tokens.pop(token, None)
+
     def withdraw(self, offer: RoundOffer) -> None:
         """The invocation ended: stop waiting, and end its connection if it came."""
         with self._lock:
@@ -179,7 +184,7 @@ class RoundChannels:
                 self.admitted += 1
                 self._arrived.append((channel, answer))
             elif lost is not None:
-                self._arrived.append((RelayLink(Connection(sock.detach())), lost))
+                self._arrived.append((RelayLink.over(sock), lost))
         if answer is None and lost is None:
             sock.close()
             return
@@ -211,9 +216,11 @@ class RoundChannels:
         """Answer a node relay's message: its functions' reports, or one of them gone."""
         try:
             reports, gone = link.receive()
-        except (EOFError, OSError):  # the relay (or its node) is gone, its functions with it
+        except Exception:  # the relay (or its node) is gone, its functions with it; or it
+            # broke the protocol (another version?): the same, it is never read again
             self._selector.unregister(link)
-            self._links.pop(link)()
+            lost = self._links.pop(link)
+            threading.Thread(target=lost, name="kubeml-relay-lost", daemon=True).start()
             with self._lock:
                 for token in link.close():
                     self._open.pop(token, None)
