@@ -61,7 +61,7 @@ class Settings(BaseSettings):
         description="dataset chunks each Ray node keeps (beyond its object store: spilled)",
     )  # fmt: skip
     ray_relay_min_functions: int = Field(
-        default=2, ge=0, le=1_000_000,
+        default=4, ge=0, le=1_000_000,
         description="a task's functions on one Ray node from which their rounds go through "
         "the node's relay (0: never)",
     )  # fmt: skip

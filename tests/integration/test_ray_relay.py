@@ -43,7 +43,9 @@ def engine(one_node: Any, tmp_path_factory, digits) -> Iterator[Any]:
     from kubeml.settings import Settings
 
     home = tmp_path_factory.mktemp("relay") / "home"
-    settings = Settings(home=home, backend="ray", capacity=2, round_timeout_s=60)
+    settings = Settings(
+        home=home, backend="ray", capacity=2, round_timeout_s=60, ray_relay_min_functions=2
+    )
     backend = RayBackend.from_settings(settings, resources_per_function={"kubeml": 1.0})
     with Engine(settings, backend=backend) as engine:
         engine.create_function("mlp", STATELESS_MLP)

@@ -117,7 +117,7 @@ class RayBackend(FunctionBackend):
         resources_per_function: Resources | None = None,
         start_timeout_s: float = 180.0,
         wait_for_nodes: bool = False,
-        relay_min_functions: int = 2,
+        relay_min_functions: int = 4,
         owns_ray: bool = False,
     ) -> None:
         super().__init__(capacity)

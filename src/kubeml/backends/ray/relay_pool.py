@@ -37,7 +37,7 @@ class NodeRelays:
             node's relay (0: never; 1: always, even alone).
     """
 
-    def __init__(self, channels: RoundChannels, min_functions: int = 2) -> None:
+    def __init__(self, channels: RoundChannels, min_functions: int = 4) -> None:
         self.min_functions = min_functions
         self._channels = channels
         self._remote = ray.remote(NodeRelayActor)
