@@ -28,7 +28,7 @@ import time
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 
-from kubeml.backends.ray.round_links import Down, Up, decode, encode
+from kubeml.backends.ray.round_links import Down, Up, accept_each, decode, encode, shut_down
 from kubeml.backends.ray.rounds import _CONNECT_TIMEOUT_S, preamble, read_preamble
 
 HOLD_S = 1.0  # the longest a report waits at the relay for its group's others
@@ -66,7 +66,10 @@ class NodeRelay:
         self._selector.register(self._up, selectors.EVENT_READ)
         self._stopping = False
         self.messages_up = self.messages_down = 0  # with the control plane (tests read them)
-        threading.Thread(target=self._accept, name="kubeml-relay-accept", daemon=True).start()
+        threading.Thread(
+            target=accept_each, args=(self._server, self._admit), name="kubeml-relay-accept",
+            daemon=True,
+        ).start()  # fmt: skip
         self._thread = threading.Thread(target=self._loop, name="kubeml-node-relay", daemon=True)
         self._thread.start()
 
@@ -78,14 +81,6 @@ class NodeRelay:
         self._thread.join(timeout=5)
 
     # -- connections from the node's functions ---------------------------------------------
-    def _accept(self) -> None:
-        while True:
-            try:
-                sock, _ = self._server.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._admit, args=(sock,), daemon=True).start()
-
     def _admit(self, sock: socket.socket) -> None:
         try:
             token, group = read_preamble(sock)
@@ -203,12 +198,7 @@ class NodeRelay:
             entry = self._conns.get(token)
             if entry is not None:
                 self._groups[entry[1]].sent.discard(token)
-                # the function reads the end; the loop then forgets it
-                with (
-                    contextlib.suppress(OSError),
-                    socket.socket(fileno=os.dup(entry[0].fileno())) as sock,
-                ):
-                    sock.shutdown(socket.SHUT_RDWR)
+                shut_down(entry[0])  # the function reads the end; the loop then forgets it
 
 
 class NodeRelayActor:

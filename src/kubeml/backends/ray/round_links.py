@@ -80,7 +80,6 @@ class RelayLink:
     def __init__(self, conn: Connection) -> None:
         self.conn = conn
         self._lock = threading.Lock()
-        self._sock: socket.socket | None = None
         self._replies: list[tuple[bytes, bytes]] = []  # (token, payload), to send
         self._shut: list[bytes] = []
         self._since = 0.0  # when the oldest queued reply was queued
@@ -95,14 +94,12 @@ class RelayLink:
         thread), and the kernel probes an idle link, so a node that vanished without a
         word ends its link too."""
         seconds = int(SEND_TIMEOUT_S)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, _timeval(seconds))
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, struct.pack("ll", seconds, 0))
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
         for option, value in (("TCP_KEEPIDLE", seconds), ("TCP_KEEPINTVL", 5), ("TCP_KEEPCNT", 3)):
             if hasattr(socket, option):
                 sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, option), value)
-        link = cls(Connection(os.dup(sock.fileno())))
-        link._sock = sock
-        return link
+        return cls(Connection(sock.detach()))
 
     def fileno(self) -> int:
         return self.conn.fileno()
@@ -122,25 +119,26 @@ class RelayLink:
         with self._lock:
             if self.closed:
                 raise OSError("the node relay is gone")
-            group = self._waiting.pop(token, None)
-            if not self._replies and not self._shut:
-                self._since = time.monotonic()
-            self._replies.append((token, payload))
-            if group is None or group not in self._waiting.values():
-                self._send()
+            self._queue(token, self._replies, (token, payload))
 
     def end(self, token: bytes) -> None:
-        """Disconnect `token`'s function (the control plane ends its invocation's rounds)."""
+        """Disconnect `token`'s function (the control plane ends its invocation's rounds);
+        also a report whose token no offer holds."""
         with self._lock:
             self.sockets.pop(token, None)
-            group = self._waiting.pop(token, None)
-            if self.closed:
-                return
-            if not self._replies and not self._shut:
-                self._since = time.monotonic()
-            self._shut.append(token)
-            if group is None or group not in self._waiting.values():
-                self._send()
+            if not self.closed:
+                self._queue(token, self._shut, token)
+            self._waiting.pop(token, None)
+
+    def _queue(self, token: bytes, queue: list[Any], item: Any) -> None:
+        """Under the lock: queue `item` for `token`'s function, and send what is queued
+        unless other functions of its task on this link still wait for theirs."""
+        if not self._replies and not self._shut:
+            self._since = time.monotonic()
+        queue.append(item)
+        group = self._waiting.pop(token, None)
+        if group is None or group not in self._waiting.values():
+            self._send()
 
     def forget(self, token: bytes) -> None:
         """The relay says `token`'s connection ended."""
@@ -151,10 +149,6 @@ class RelayLink:
                 self._send()
         if sock is not None:
             sock.shut_here()
-
-    def refuse(self, token: bytes) -> None:
-        """A report with a token no offer holds: its connection is ended."""
-        self.end(token)
 
     def flush(self, *, stale_only: bool = False) -> None:
         """Send what is queued (`stale_only`: if it waited `STALE_S`; the hub calls it so,
@@ -180,9 +174,7 @@ class RelayLink:
             self.conn.send_bytes(encode(Down(list(by_payload.values()), shut)))
         except OSError:  # gone, or a send that timed out part-way: the link is done
             self.closed = True
-            if self._sock is not None:
-                with contextlib.suppress(OSError):
-                    self._sock.shutdown(socket.SHUT_RDWR)  # the hub reads the end
+            shut_down(self.conn)  # the hub reads the end
 
     def close(self) -> list[bytes]:
         """End the link; the tokens that were connected through it."""
@@ -193,8 +185,6 @@ class RelayLink:
         for sock in sockets.values():
             sock.shut_here()
         self.conn.close()
-        if self._sock is not None:
-            self._sock.close()
         return list(sockets)
 
 
@@ -203,9 +193,10 @@ class RelayedSocket:
     a direct one (`recv` reads the report the hub hands it, `send` queues the reply on
     the link)."""
 
-    def __init__(self, link: RelayLink, token: bytes, answer: Callable[[Any], None]) -> None:
-        self.link, self.token, self.answer = link, token, answer
-        self.group = ""
+    def __init__(
+        self, link: RelayLink, token: bytes, answer: Callable[[Any], None], group: str
+    ) -> None:
+        self.link, self.token, self.answer, self.group = link, token, answer, group
         self._payload: bytes | None = None
         self._shut = False
         link.sockets[token] = self
@@ -219,11 +210,8 @@ class RelayedSocket:
         payload, self._payload = self._payload, None
         if payload is None or self._shut:
             raise EOFError("the relayed round connection ended")
-        message = ForkingPickler.loads(payload)
-        report = getattr(message, "report", None)
-        self.group = getattr(report, "task_id", self.group)
         self.link.waits(self.token, self.group)
-        return message
+        return ForkingPickler.loads(payload)
 
     def send(self, message: Any) -> None:
         if self._shut:
@@ -242,6 +230,19 @@ class RelayedSocket:
         self.shut()
 
 
-def _timeval(seconds: int) -> bytes:
-    """A `struct timeval` of whole seconds, for SO_SNDTIMEO."""
-    return struct.pack("ll", seconds, 0)
+def shut_down(conn: Connection) -> None:
+    """Shut a connection down both ways, leaving its descriptor to its owner: the peer,
+    and whoever reads it here, read the end."""
+    with contextlib.suppress(OSError), socket.socket(fileno=os.dup(conn.fileno())) as sock:
+        sock.shutdown(socket.SHUT_RDWR)
+
+
+def accept_each(server: socket.socket, admit: Callable[[socket.socket], None]) -> None:
+    """Hand each connection `server` accepts to `admit` on a thread of its own (which may
+    wait for the connection's preamble), until the server is closed."""
+    while True:
+        try:
+            sock, _ = server.accept()
+        except OSError:
+            return  # closed
+        threading.Thread(target=admit, args=(sock,), daemon=True).start()

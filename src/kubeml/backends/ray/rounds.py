@@ -31,7 +31,14 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
 
-from kubeml.backends.ray.round_links import STALE_S, LinkLost, RelayedSocket, RelayLink, encoded
+from kubeml.backends.ray.round_links import (
+    STALE_S,
+    LinkLost,
+    RelayedSocket,
+    RelayLink,
+    accept_each,
+    encoded,
+)
 
 _TOKEN_BYTES = 16
 _CONNECT_TIMEOUT_S = 5.0
@@ -106,7 +113,7 @@ class RoundChannels:
     def __init__(self, host: str) -> None:
         self._server = socket.create_server((host, 0))
         self.address: tuple[str, int] = self._server.getsockname()[:2]
-        self._waiting: dict[bytes, Answer] = {}  # offered, not connected yet
+        self._waiting: dict[bytes, tuple[Answer, str]] = {}  # offered: (answer, group)
         self._open: dict[bytes, RoundSocket | RelayedSocket] = {}  # connected, by token
         self._link_tokens: dict[bytes, LinkLost] = {}  # offered to node relays
         self._links: dict[RelayLink, LinkLost] = {}  # connected node relays (the hub's)
@@ -119,7 +126,10 @@ class RoundChannels:
         self._wake_in, self._wake = socket.socketpair()
         self._wake_in.setblocking(False)
         self._selector.register(self._wake_in, selectors.EVENT_READ)
-        threading.Thread(target=self._accept, name="kubeml-ray-rounds", daemon=True).start()
+        threading.Thread(
+            target=accept_each, args=(self._server, self._admit), name="kubeml-ray-rounds",
+            daemon=True,
+        ).start()  # fmt: skip
         threading.Thread(target=self._hub, name="kubeml-ray-rounds-hub", daemon=True).start()
 
     def offer(
@@ -128,7 +138,7 @@ class RoundChannels:
         """An offer for one invocation, to connect here or (`via`) to its node's relay."""
         token = secrets.token_bytes(_TOKEN_BYTES)
         with self._lock:
-            self._waiting[token] = answer
+            self._waiting[token] = (answer, group)
         return RoundOffer(via or self.address, token, group)
 
     def offer_link(self, lost: LinkLost) -> bytes:
@@ -162,14 +172,6 @@ class RoundChannels:
         with contextlib.suppress(OSError):
             self._wake.send(b"x")
 
-    def _accept(self) -> None:
-        while True:
-            try:
-                sock, _ = self._server.accept()
-            except OSError:
-                return  # closed
-            threading.Thread(target=self._admit, args=(sock,), daemon=True).start()
-
     def _admit(self, sock: socket.socket) -> None:
         try:
             token, _ = read_preamble(sock)
@@ -177,7 +179,7 @@ class RoundChannels:
             sock.close()
             return
         with self._lock:
-            answer = self._waiting.pop(token, None)
+            answer = self._waiting.pop(token, (None, ""))[0]
             lost = self._link_tokens.pop(token, None)
             if answer is not None:
                 self._open[token] = channel = RoundSocket(sock)
@@ -232,13 +234,13 @@ class RoundChannels:
         for token, payload in reports:
             with self._lock:
                 sock = self._open.get(token)
-                answer = self._waiting.pop(token, None) if sock is None else None
-                if answer is not None:
-                    self._open[token] = sock = RelayedSocket(link, token, answer)
+                offered = self._waiting.pop(token, None) if sock is None else None
+                if offered is not None:
+                    self._open[token] = sock = RelayedSocket(link, token, *offered)
                     self.admitted += 1
                     self.relayed += 1
             if not isinstance(sock, RelayedSocket) or sock.link is not link:
-                link.refuse(token)  # a token no offer made (or withdrawn since)
+                link.end(token)  # a token no offer made (or withdrawn since)
                 continue
             try:
                 sock.deliver(payload)
