@@ -4,6 +4,7 @@ module constants that tests rewrite (see tests/conftest.py: function_source)."""
 import logging
 import math
 import os
+import signal
 import sys
 import time
 
@@ -27,6 +28,10 @@ MOMENTUM = 0.9  # 0.0: plain SGD, an optimizer with no state between rounds
 # (held: the samples the dataset holds now) to a file per process there.
 RECORD_SAMPLES_TO = None
 DATASET = "digits"  # the dataset the function reads
+# A path: function 1 SIGKILLs its own process in its first validate() call (and leaves the
+# file there, so it happens once); SCORE_SLEEP_S: function 1 sleeps in every validate() call.
+KILL_IN_VALIDATE = None
+SCORE_SLEEP_S = 0.0
 _threads_seen = None
 
 
@@ -103,6 +108,12 @@ class Model(KubeModel):
         return loss.item()
 
     def _score(self, x, y):
+        if KILL_IN_VALIDATE and self.func_id == 1 and not os.path.exists(KILL_IN_VALIDATE):
+            open(KILL_IN_VALIDATE, "w").close()
+            os.kill(os.getpid(), signal.SIGKILL)
+        if SCORE_SLEEP_S and self.func_id == 1:
+            time.sleep(SCORE_SLEEP_S)
+        assert self.task == "val"
         assert not self.network.training, "the system must call model.eval()"
         assert not torch.is_grad_enabled(), "validation must run under no_grad"
         out = self(x)

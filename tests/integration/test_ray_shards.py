@@ -25,6 +25,7 @@ import torch
 from kubeml.api.schemas import TaskState
 from tests.conftest import function_source
 from tests.integration.conftest import RAY_NODE_RESOURCES, wait_for
+from tests.integration.test_epoch_validation import _invocations, _score
 from tests.integration.test_recovery import TASK
 
 STATELESS_MLP = function_source(SLEEP_PER_BATCH_S=0.01, MOMENTUM=0.0)
@@ -234,6 +235,36 @@ def test_compressed_rounds_train_as_well_and_resume_exactly(engine, precision):
     info = engine.wait(task_id, 120)
     assert info.state is TaskState.SUCCEEDED, info.error
     assert _same(_weights(engine, task_id), _weights(engine, whole.id))
+
+
+def _views_served(engine: Any) -> int:
+    """Whole views the functions read from the shard servers so far."""
+    pool = engine.backend.models.sharded._pool
+    servers = pool.servers(0, started=True) if pool is not None else []
+    return sum(ray.get([server.served.remote() for server in servers]))
+
+
+def test_each_epoch_is_scored_by_its_last_round_and_the_next_goes_on_from_it(engine, digits):
+    """int8, validation after every epoch: the epoch's last round settles the model to
+    what the functions hold, they score it there (no validation invocation, no read of
+    the model), and the next epoch starts from the view they hold: a 4-epoch task reads
+    whole views as often as a 1-epoch one, at its functions' first round."""
+    task = dict(TASK, shards=2, sync_precision="int8", validate_every=1)
+    before = _views_served(engine)
+    short = engine.wait(engine.train(**{**task, "epochs": 1}), 120)
+    assert short.state is TaskState.SUCCEEDED, short.error
+    first = _views_served(engine) - before
+    assert first == 2 * 2  # 2 functions, each from 2 shards
+    info = engine.wait(engine.train(**task), 120)
+    assert info.state is TaskState.SUCCEEDED, info.error
+    assert _views_served(engine) - before - first == first
+    assert _invocations(engine, info.id) == 1 + 2 * 4
+    epochs = engine.get_history(info.id).epochs
+    assert all(e.accuracy is not None for e in epochs)
+    assert epochs[-1].accuracy > epochs[0].accuracy and epochs[-1].accuracy > 85
+    accuracy, loss = _score(_weights(engine, info.id), digits)  # the settled final model
+    assert epochs[-1].accuracy == pytest.approx(accuracy, abs=1e-4)
+    assert epochs[-1].val_loss == pytest.approx(loss, rel=1e-4)
 
 
 def test_a_resize_mid_epoch_merges_every_sample_once(engine):

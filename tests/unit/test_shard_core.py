@@ -69,12 +69,12 @@ class Plane:
                     payload[dtype] = mine.numpy().copy()
             core.deposit(token, payload)
 
-    def merge(self, contributions: list[tuple[bytes, int]]) -> None:
+    def merge(self, contributions: list[tuple[bytes, int]], settle: bool = False) -> None:
         plain_kept = 0.0 if self.outer.plain else self.outer.momentum
         sums = [core.reduce(contributions) for core in self.primaries]
         kept = adaptive_kept(self.outer.momentum, sums) if self.outer.adaptive else plain_kept
         for core, replica in zip(self.primaries, self.replicas, strict=True):
-            replica.replicate(core.finish(kept))
+            replica.replicate(core.finish(kept, settle))
 
 
 def _trained(view: dict[str, torch.Tensor], seed: int, scale: float = 0.05) -> dict:
@@ -188,6 +188,24 @@ def test_compressed_updates_keep_the_functions_view_near_the_model(precision):
     gap = (view["float32"] - model["float32"]).abs().max().item()
     scale = model["float32"].abs().max().item()
     assert gap < scale * (0.01 if precision == "int8" else 0.005), gap
+
+
+@pytest.mark.parametrize("precision", ["bf16", "int8"])
+def test_a_settled_round_leaves_the_model_exactly_the_functions_view(precision):
+    """The epoch's last round (`settle`, when the functions score the model they load):
+    the model becomes the view, on the primary and its replica alike; the next rounds
+    carry their rounding again."""
+    plane = Plane(_net().state_dict(), 2, OuterStep("adaptive", 0.7, 0.9), precision)
+    for r in range(3):
+        view = plane.view()
+        plane.deposit(bytes([r]), _trained(view, seed=r))
+        plane.merge([(bytes([r]), 4)], settle=r == 1)
+        model, view = plane.model(), plane.view()
+        assert all(torch.equal(model[d], view[d]) for d in model) == (r == 1), r
+        for primary, replica in zip(plane.primaries, plane.replicas, strict=True):
+            mine, theirs = primary.state(), replica.state()
+            for kind in ("master", "view", "momentum"):
+                assert all(torch.equal(t, theirs[kind][d]) for d, t in mine[kind].items())
 
 
 def test_a_function_applying_the_update_holds_the_shards_view_bit_for_bit():

@@ -57,6 +57,9 @@ class Invocation:
     # function goes on with the momentum the lost one had.
     restore_state: bool = False
     first_batch: int = 0  # the batch index, within this function's epoch, of `order`'s first
+    # The test slice this function scores once the epoch's last round is merged, if its
+    # release says so (`Release.validate`): the epoch's validation without an invocation.
+    validate_ranges: tuple[tuple[int, int], ...] = ()
     threads: int = 1
     heartbeat_s: float = 0.5  # how often the function's heartbeat crosses (`heartbeat_every`)
     memory_mb: int = 0  # the most memory the function may use; 0: the backend's default
@@ -79,6 +82,9 @@ class InvocationResult:
     output: Any = None  # infer output, JSON-able
     # train: seconds spent over its rounds in each phase (`ROUND_PHASES`)
     phases: tuple[float, ...] = ()
+    # train: its test slice scored after the epoch's last round (`validate_ranges`), as a
+    # validation invocation of that slice would have returned it
+    validation: InvocationResult | None = None
 
 
 # A train round's phases, as a function spends them: read the round's model, the K local

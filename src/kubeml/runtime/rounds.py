@@ -216,6 +216,7 @@ class RoundDriver:
             loss=total_loss / batch_index if batch_index else None,
             rounds=round_index - inv.round,
             phases=tuple(phases),
+            validation=self._validate(model) if release.validate and inv.validate_ranges else None,
         )
 
     def _restore_optimizer(self, model: KubeModel) -> None:
@@ -231,9 +232,22 @@ class RoundDriver:
         model.optimizer.load_state_dict(kept)
 
     def _validate(self, model: KubeModel) -> InvocationResult:
-        inv = self.ctx.invocation
+        """Score a test slice with the model itself: the invocation's (validation), or
+        after the epoch's last round, the train invocation's `validate_ranges`."""
+        inv, models = self.ctx.invocation, self.ctx.models
+        if inv.mode is Mode.TRAIN:  # released with `validate`: the reference is the model
+            models.load_reference_into(inv.task_id, model.network.state_dict())
+            assert self.feed is not None
+            self.feed.close()
+            model.task = _TASK_NAMES[Mode.VALIDATE]
+            size = sum(b - a for a, b in inv.validate_ranges)
+            self.feed = ShardFeed(
+                self.ctx.shards, model.dataset, "test", inv.validate_ranges,
+                np.arange(size, dtype=np.int64), model.batch_size, inv.chunk_samples,
+            )  # fmt: skip
+        else:
+            models.load_model_into(inv.task_id, model.network.state_dict())
         validate_step = step_fn(model.validate, "validate")
-        self.ctx.models.load_model_into(inv.task_id, model.network.state_dict())
         batches = self.feed
         assert batches is not None
         model.network.eval()

@@ -34,6 +34,9 @@ class Release:
     # When not 0: the torch threads to train the next round with (the function's share of
     # the cores changed: another task started or ended meanwhile).
     threads: int = 0
+    # The epoch's last round, and validation is due: the model the functions load now is
+    # the model itself, and each scores its test slice (`Invocation.validate_ranges`).
+    validate: bool = False
 
 
 class SyncChannel(Protocol):

@@ -130,10 +130,12 @@ class RemoteMerge(ABC):
     state, are theirs."""
 
     @abstractmethod
-    def merge(self, reports: Sequence[Any]) -> None:
+    def merge(self, reports: Sequence[Any], settle: bool = False) -> None:
         """Merge the round of `reports` (`RoundReport`s of the functions that trained, by
-        func_id); raises
-        `RoundLostError` when it cannot, having put everything back as it was."""
+        func_id); raises `RoundLostError` when it cannot, having put everything back as it
+        was. `settle` (an epoch's last round): the model after the round is exactly what
+        the functions load (a compressed plane drops the rounding it would carry), so they
+        can score it without reading it."""
 
     @abstractmethod
     def outer_state(self) -> dict[str, torch.Tensor]: ...

@@ -153,26 +153,34 @@ class ShardCore:
             vv += float(torch.dot(v, v))
         return dv, dd, vv
 
-    def finish(self, kept: float) -> Payload:
+    def finish(self, kept: float, settle: bool = False) -> Payload:
         """Take the reduced round's step with momentum `kept`; returns what a replica
-        needs to take the same step (`replicate`)."""
+        needs to take the same step (`replicate`). `settle`: the model becomes the view
+        the functions hold after this round (the rounding it would carry is dropped), so
+        they can score the model itself without reading it (the epoch's validation)."""
         if self._round is None:
             raise RuntimeError(f"shard {self.spec.index}: finish without a reduced round")
         pending, self._round = self._round, None
-        self._step(pending.change, pending.integers, kept)
+        self._step(pending.change, pending.integers, kept, settle)
         tokens = frozenset(self.deposits)
         self.deposits.clear()
         self.outgoing = (tokens, self._outgoing())
-        return {"change": pending.wire, "integers": pending.integers, "kept": kept}
+        message = {"change": pending.wire, "integers": pending.integers, "kept": kept}
+        return {**message, "settle": settle}
 
     def replicate(self, message: Payload) -> None:
         """Take, as a replica, the step its primary took (the same bits)."""
         change = {d: decode(e) for d, e in message["change"].items()}
-        self._step(change, dict(message["integers"]), float(message["kept"]))
+        kept, settle = float(message["kept"]), bool(message.get("settle", False))
+        self._step(change, dict(message["integers"]), kept, settle)
         self.deposits.clear()
 
     def _step(
-        self, change: Mapping[str, torch.Tensor], integers: Mapping[str, torch.Tensor], kept: float
+        self,
+        change: Mapping[str, torch.Tensor],
+        integers: Mapping[str, torch.Tensor],
+        kept: float,
+        settle: bool = False,
     ) -> None:
         outer = self.spec.outer
         if outer.momentum > 0:
@@ -207,6 +215,8 @@ class ShardCore:
                     sent = encode(self.master[dtype] - view, self.spec.precision)
                     view.add_(decode(sent))
                     self._sent[dtype] = sent
+                    if settle:
+                        self.master[dtype].copy_(view)
         self.merged += 1
 
     def _outgoing(self) -> Payload:

@@ -82,7 +82,9 @@ class RayHooks(RelayHooks):
         self.models.prefetch(inv.task_id, report.func_id, report.handle)
 
     def with_release(self, inv: Invocation, release: Release) -> Any:
-        if not release.proceed or self.models.sharded.plane(inv.task_id) is not None:
+        if not (release.proceed or release.validate):
+            return None  # the function returns now, without loading the model
+        if self.models.sharded.plane(inv.task_id) is not None:
             return None  # a sharded task's functions fetch their update from the shards
         return self.models.reference_for_function(inv.task_id)
 

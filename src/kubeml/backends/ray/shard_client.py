@@ -44,6 +44,7 @@ class ShardedWeights:
         self._weights: Groups = {d: torch.empty_like(t) for d, t in self.view.items()}
         self._fresh = False  # the view holds the shards' view
         self._token: bytes | None = None  # deposited in the round just released
+        self._applied: bytes | None = None  # the token whose round's update the view holds
 
     def forget(self) -> None:
         """A new invocation. The view is kept: its first load applies the last merged
@@ -53,11 +54,34 @@ class ShardedWeights:
 
     # -- in ------------------------------------------------------------------------------
     def load_into(self, state: dict[str, torch.Tensor]) -> None:
-        """The functions' view of the model into `state` (at each round's start)."""
-        if not (self._fresh and self._token is not None and self._apply_updates(self._token)):
+        """The functions' view of the model into `state` (at each round's start, and for
+        the epoch's validation, where the shards settled the model to it)."""
+        if not self._current():
             self._reload()
-        self._token = None
         self.route.layout.unflatten_into(self.view, state)
+
+    def _current(self) -> bool:
+        """Bring the view to the shards' last merged round with that round's update, if
+        this actor deposited in it; True if the view is now the shards' view. An update
+        applied already (the epoch's validation loaded it) is not applied again: the
+        shards only confirm that no round was merged since."""
+        token, self._token = self._token, None
+        if not self._fresh or token is None:
+            return False
+        current = self._holds(token) if token == self._applied else self._apply_updates(token)
+        if current:
+            self._token = self._applied = token
+        return current
+
+    def _holds(self, token: bytes) -> bool:
+        try:
+            held = ray.get(
+                [srv.holds.remote(self.task_id, s.index, token) for s, srv in self._pairs()],
+                timeout=CALL_TIMEOUT_S,
+            )
+        except (RayError, TimeoutError):
+            return False
+        return all(held)
 
     def model_into(self, state: dict[str, torch.Tensor]) -> None:
         """The model itself (validation): the shards' masters."""
@@ -115,7 +139,7 @@ class ShardedWeights:
             for (spec, _), (_, part) in zip(self._pairs(), parts, strict=True):
                 for dtype, a, b in spec.ranges:
                     self.view[dtype][a:b].copy_(torch.from_numpy(np.array(part[dtype])))
-        self._fresh = True
+        self._fresh, self._applied = True, None
 
     # -- out -----------------------------------------------------------------------------
     def publish(self, state: dict[str, torch.Tensor]) -> ShardDeposit:

@@ -209,8 +209,9 @@ class ShardPlane:
                 server.drop.remote(self.task_id)
 
     # -- a round -------------------------------------------------------------------------
-    def merge(self, reports: Sequence[RoundReport]) -> None:
-        """Merge the round whose functions reported `reports` (those that trained)."""
+    def merge(self, reports: Sequence[RoundReport], settle: bool = False) -> None:
+        """Merge the round whose functions reported `reports` (those that trained); with
+        `settle`, every shard's model becomes the functions' view (`ShardCore.finish`)."""
         with self._lock:
             deposits = [r.handle for r in reports]
             if not all(isinstance(h, ShardDeposit) and h.ok for h in deposits):
@@ -222,7 +223,9 @@ class ShardPlane:
             try:
                 sums = ray.get(
                     [
-                        self.servers[s.index].merge.remote(task, s.index, contributions, kept)
+                        self.servers[s.index].merge.remote(
+                            task, s.index, contributions, kept, settle
+                        )
                         for s in self.specs
                     ],
                     timeout=CALL_TIMEOUT_S,
@@ -231,7 +234,7 @@ class ShardPlane:
                     kept = adaptive_kept(outer.momentum, sums)
                     ray.get(
                         [
-                            self.servers[s.index].finish.remote(self.task_id, s.index, kept)
+                            self.servers[s.index].finish.remote(task, s.index, kept, settle)
                             for s in self.specs
                         ],
                         timeout=CALL_TIMEOUT_S,

@@ -42,6 +42,7 @@ class ShardServer:
         self._buddies: dict[Key, Any] = {}  # the server holding each primary's replica
         self._locks: dict[Key, threading.Lock] = {}
         self._snapshots: dict[Key, dict[str, Any]] = {}  # kept for a checkpoint, until taken
+        self.views_served = 0  # whole views read by functions (a fresh one, or a lost round)
         self._guard = threading.Lock()
 
     def where(self) -> tuple[str, int]:
@@ -143,6 +144,7 @@ class ShardServer:
         index: int,
         contributions: Sequence[tuple[bytes, int]],
         kept: float | None,
+        settle: bool = False,
     ) -> tuple[float, float, float]:
         """Reduce the listed deposits; with `kept` (a step that needs no sums over every
         shard) also take the step and have the replica take it."""
@@ -151,16 +153,16 @@ class ShardServer:
             core = self._primaries[key]
             sums = core.reduce(contributions)
             if kept is not None:
-                self._finish(key, core, kept)
+                self._finish(key, core, kept, settle)
             return sums
 
-    def finish(self, task_id: str, index: int, kept: float) -> None:
+    def finish(self, task_id: str, index: int, kept: float, settle: bool = False) -> None:
         key = (task_id, index)
         with self._lock(key):
-            self._finish(key, self._primaries[key], kept)
+            self._finish(key, self._primaries[key], kept, settle)
 
-    def _finish(self, key: Key, core: ShardCore, kept: float) -> None:
-        message = core.finish(kept)
+    def _finish(self, key: Key, core: ShardCore, kept: float, settle: bool) -> None:
+        message = core.finish(kept, settle)
         buddy = self._buddies.get(key)
         if buddy is not None:
             ray.get(buddy.replicate.remote(key[0], key[1], message))
@@ -183,11 +185,22 @@ class ShardServer:
         with self._lock(key):
             return self._primaries[key].update(token)
 
+    def holds(self, task_id: str, index: int, token: bytes) -> bool:
+        """Whether `token`'s round is still the shard's last merged one."""
+        key = (task_id, index)
+        with self._lock(key):
+            return self._primaries[key].update(token) is not None
+
     def functions_view(self, task_id: str, index: int) -> tuple[int, Payload]:
         key = (task_id, index)
         with self._lock(key):
             core = self._primaries[key]
+            self.views_served += 1
             return core.merged, core.functions_view()
+
+    def served(self) -> int:
+        """How many whole views functions read here (tests: an epoch starts without one)."""
+        return self.views_served
 
     def model(self, task_id: str, index: int) -> Payload:
         key = (task_id, index)

@@ -30,8 +30,8 @@ class ShardedMerge(RemoteMerge):
     def __init__(self, plane: ShardPlane, model: Groups) -> None:
         self.plane, self._model = plane, model
 
-    def merge(self, reports: Sequence[RoundReport]) -> None:
-        self.plane.merge(reports)
+    def merge(self, reports: Sequence[RoundReport], settle: bool = False) -> None:
+        self.plane.merge(reports, settle)
 
     def outer_state(self) -> dict[str, torch.Tensor]:
         return self.plane.outer_state()

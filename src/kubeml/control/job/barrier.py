@@ -77,6 +77,7 @@ class RoundBarrier:
         self.last_progress = time.monotonic()
         self._seen = dict.fromkeys(func_ids, self.last_progress)
         self._alive: set[int] = set()  # functions that gave a sign of life (started)
+        self._scoring: set[int] = set()  # released to score their test slice, not yet ended
         self.last_report: RoundReport | None = None
 
     def publish(self, report: RoundReport) -> Release:
@@ -223,8 +224,13 @@ class RoundBarrier:
 
     def _waiting_for(self) -> set[int]:
         if not self._pending:
-            return set(self._live)
-        return self._live - {r.func_id for r in self._pending[max(self._pending)]}
+            return self._live | self._scoring
+        return self._live - {r.func_id for r in self._pending[max(self._pending)]} | self._scoring
+
+    def ended(self, func_id: int) -> None:
+        """`func_id`'s invocation ended: a function scoring its test slice is not waited for."""
+        with self._cond:
+            self._scoring.discard(func_id)
 
     def _ready(self) -> list[int]:
         """Open rounds every live function has published (a live function has at most one
@@ -251,6 +257,8 @@ class RoundBarrier:
             release = Release(proceed=False)
         self.rounds_merged += 1
         self._live -= {r.func_id for r in reports if r.final}
+        if release.validate:  # they score their test slices now: a hang is still a hang
+            self._scoring |= {r.func_id for r in reports}
         self._released[round_index] = release
         self.last_progress = time.monotonic()
         self._seen = dict.fromkeys(self._seen, self.last_progress)

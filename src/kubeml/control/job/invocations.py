@@ -59,4 +59,12 @@ def train_invocation(
         base = replace(
             base, lr_warmup_from=lr_from, lr_warmup_steps=steps, lr_warmup_offset=ramp_done
         )
-    return replace(base, func_id=func_id, ranges=ranges, order=order, round=position.round)
+    slices = job.state.score_slices
+    return replace(
+        base,
+        func_id=func_id,
+        ranges=ranges,
+        order=order,
+        round=position.round,
+        validate_ranges=slices[func_id] if func_id < len(slices) else (),
+    )

@@ -10,14 +10,13 @@ from typing import TYPE_CHECKING
 
 from kubeml.api.schemas import EpochRecord, TaskState, TrainRequest
 from kubeml.control.job.decisions import Decision, Event, Situation, decide
-from kubeml.control.job.plain import run_plain
+from kubeml.control.job.plain import run_plain, validate_epoch
 from kubeml.control.job.ports import JobListener, JobOutcome, JobServices, NextParallelism
 from kubeml.control.job.resize import LrRule, resize
 from kubeml.control.job.segment import Segment, at
 from kubeml.control.job.state import JobState, Requests
 from kubeml.control.merge.outer import OuterConfig
 from kubeml.control.merge.parameter_server import ParameterServer
-from kubeml.control.plan.chunks import validation_slices
 from kubeml.control.plan.position import Position
 from kubeml.control.records.checkpoints import Checkpoint, CheckpointWriter
 from kubeml.errors import KubeMLError
@@ -100,7 +99,7 @@ class TrainJob:
                     position = self._fresh_position(epoch)
                 state.epoch = epoch
                 record = self._train_epoch(position)
-                if self._validation_due(epoch):
+                if self.validation_due(epoch):
                     record = self._validate(record)
                 state.records.append(record)
                 goal = record.accuracy is not None and record.accuracy >= self.request.goal_accuracy
@@ -227,17 +226,13 @@ class TrainJob:
                 # states their functions kept for this round.
                 self.state.restore_at = position.round
 
-    def _validation_due(self, epoch: int) -> bool:
+    def validation_due(self, epoch: int) -> bool:
         every = self.request.validate_every
         last = epoch + 1 == self.request.epochs
         return last or (every > 0 and (epoch + 1) % every == 0)
 
     def _validate(self, record: EpochRecord) -> EpochRecord:
-        slices = validation_slices(self.test_size, self.state.parallelism)
-        results = [r for r in run_plain(self, Mode.VALIDATE, slices) if r.samples > 0]
-        total = sum(r.samples for r in results)
-        accuracy = sum((r.accuracy or 0.0) * r.samples for r in results) / total
-        loss = sum((r.loss or 0.0) * r.samples for r in results) / total
+        accuracy, loss = validate_epoch(self)
         return record.model_copy(update={"accuracy": accuracy, "val_loss": loss})
 
     def _rescale(self, record: EpochRecord) -> None:

@@ -11,6 +11,7 @@ from kubeml.control.job.barrier import PlainSync
 from kubeml.control.job.decisions import Fail, Hung, Lost, Phase, Replay, Situation
 from kubeml.control.job.invocations import plain_invocation
 from kubeml.control.job.waiting import Finished, wait_for_the_rest, watch
+from kubeml.control.plan.chunks import validation_slices
 from kubeml.runtime.invocation import InvocationResult, Mode
 
 if TYPE_CHECKING:
@@ -76,3 +77,22 @@ def run_plain(
         finally:
             job.listener.on_invocations(len(futures), failed)
     return [results[i] for i in sorted(results)]
+
+
+def validate_epoch(job: TrainJob) -> tuple[float, float]:
+    """The epoch's validation accuracy and loss: the test slices its last round's
+    functions scored (`Release.validate`), and validation invocations for the rest (a
+    function lost meanwhile, or one whose lane ended a round before the others')."""
+    state = job.state
+    with state.lock:
+        slices = state.score_slices or validation_slices(job.test_size, state.parallelism)
+        scored, state.score_slices, state.scored = dict(state.scored), [], {}
+    missing = [s for i, s in enumerate(slices) if s and i not in scored]
+    results = list(scored.values())
+    if missing:
+        results += run_plain(job, Mode.VALIDATE, missing)
+    results = [r for r in results if r.samples > 0]
+    total = sum(r.samples for r in results)
+    accuracy = sum((r.accuracy or 0.0) * r.samples for r in results) / total
+    loss = sum((r.loss or 0.0) * r.samples for r in results) / total
+    return accuracy, loss

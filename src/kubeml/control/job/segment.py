@@ -24,6 +24,7 @@ from kubeml.control.job.decisions import (
 )
 from kubeml.control.job.invocations import train_invocation
 from kubeml.control.job.waiting import Finished, wait_for_the_rest, watch
+from kubeml.control.plan.chunks import validation_slices
 from kubeml.control.plan.position import Position
 from kubeml.errors import BackendError, FunctionError, KubeMLError, RoundLostError
 from kubeml.runtime.invocation import InvocationResult
@@ -60,6 +61,12 @@ class Segment:
             self.restored = state.restore_at == position.round
             state.restore_at = None
             state.segment_functions = len(self.func_ids)
+            # If this segment ends the epoch and validation is due, its functions score
+            # the test set's slices of this N after the last round (`Release.validate`).
+            due = job.validation_due(position.epoch)
+            slices = validation_slices(job.test_size, position.parallelism)
+            state.score_slices = slices if due else []
+            state.scored = {}
             threads = state.segment_threads = job.threads(len(self.func_ids))
             for func_id in self.func_ids:
                 state.attempts[func_id] = state.attempts.get(func_id, -1) + 1
@@ -96,8 +103,13 @@ class Segment:
             return self.barrier.stalled(timeout, services.start_timeout_s)
 
         for status in watch(self.watched, stalled, timeout):
+            if not isinstance(status, Hung):
+                self.barrier.ended(status.func_id)
             if isinstance(status, Finished):
                 self.job.state.add_phases(status.result)
+                if status.result.validation is not None:
+                    with self.job.state.lock:
+                        self.job.state.scored[status.func_id] = status.result.validation
                 continue
             self.failed += int(not isinstance(status, Hung))
             self._carry_out(status, self.job.decide(status, self._situation(status)))
@@ -204,8 +216,12 @@ class Segment:
         whether to go on (not when N is to change or the task stops)."""
         job, state, position = self.job, self.job.state, self.position
         with state.lock:
+            # The epoch's last round (every lane left ends with it) leaves the model exactly
+            # as the functions load it (`settle`), whether or not they score it now.
+            ending = {r.func_id for r in reports if r.final} >= set(position.live())
+            validate = ending and bool(state.score_slices)
             try:
-                in_place = job.server.merge(reports)
+                in_place = job.server.merge(reports, settle=ending)
             except RoundLostError as exc:
                 return self._lost_round(exc)
             before = position.samples
@@ -223,7 +239,7 @@ class Segment:
         resize = wanted is not None and wanted[0] != parallelism
         proceed = not (state.requests.stopping or state.resplit or resize)
         threads = self._threads_now() if proceed else 0  # a last round needs none
-        return Release(proceed=proceed, in_place=in_place, threads=threads)
+        return Release(proceed=proceed, in_place=in_place, threads=threads, validate=validate)
 
     def _lost_round(self, error: RoundLostError) -> Release:
         """The round could not be merged (a parameter shard was lost, and is back as the

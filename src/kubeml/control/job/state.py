@@ -82,6 +82,11 @@ class JobState:
     segment_functions: int = 1  # functions of the running segment
     segment_threads: int = 1  # torch threads each of them runs
     records: list[EpochRecord] = field(default_factory=list)
+    # The epoch's validation as its last round's functions scored it (`Release.validate`):
+    # the test slices of the epoch's last N, and the results by slice; the job scores
+    # the rest in validation invocations.
+    score_slices: list[tuple[tuple[int, int], ...]] = field(default_factory=list)
+    scored: dict[int, InvocationResult] = field(default_factory=dict)
     log: deque[tuple[Event | Resize | str, Decision | None]] = field(
         default_factory=lambda: deque(maxlen=512)
     )

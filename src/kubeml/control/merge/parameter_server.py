@@ -31,8 +31,9 @@ class ParameterServer:
         self._outer: OuterOptimizer | None = None  # built at the first merge (needs the layout)
         self._pending_state: Mapping[str, torch.Tensor] | None = None
 
-    def merge(self, reports: Sequence[RoundReport]) -> bool:
-        """Merge one round: `reports` are the round's functions, sorted by func_id.
+    def merge(self, reports: Sequence[RoundReport], settle: bool = False) -> bool:
+        """Merge one round: `reports` are the round's functions, sorted by func_id;
+        `settle`: the functions will load the model itself (here the reference is).
 
         Returns True if the merged model was also written into the published weights of
         the functions that trained and go on (a store whose published weights are the
@@ -42,7 +43,7 @@ class ParameterServer:
             return False  # nobody trained (every shard was empty): the reference stays
         remote = self.models.remote_merge(self.task_id)
         if remote is not None:  # the model lives on parameter shards: they merge
-            remote.merge(trained)
+            remote.merge(trained, settle)
             return False
         states = [self.models.published_groups(self.task_id, r.func_id, r.handle) for r in trained]
         shared = self.models.shares_published
