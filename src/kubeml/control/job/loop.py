@@ -102,6 +102,13 @@ class TrainJob:
                 if self.validation_due(epoch):
                     record = self._validate(record)
                 state.records.append(record)
+                # The epoch's figures first, as the peers report them: saving the model
+                # can take seconds (a sharded task gathers it). A resume from an older
+                # checkpoint puts the history back to that checkpoint's epochs.
+                self.listener.on_epoch(record)
+                self.log(_describe(record))
+                if phases := state.take_phases(record.epoch):
+                    self.log(phases)
                 goal = record.accuracy is not None and record.accuracy >= self.request.goal_accuracy
                 last = goal or epoch + 1 == self.request.epochs
                 checkpoint = self._checkpoint_at_epoch_end(last)
@@ -109,10 +116,6 @@ class TrainJob:
                     models.save_final(self.task_id)
                 if checkpoint:
                     self.checkpoint(self._fresh_position(epoch + 1))
-                self.listener.on_epoch(record)
-                self.log(_describe(record))
-                if phases := state.take_phases(record.epoch):
-                    self.log(phases)
                 if state.requests.stopping:
                     raise _Stopped
                 if goal:
