@@ -28,7 +28,8 @@ from tests.integration.conftest import RAY_NODE_RESOURCES, wait_for
 from tests.integration.test_epoch_validation import _invocations, _score
 from tests.integration.test_recovery import TASK
 
-STATELESS_MLP = function_source(SLEEP_PER_BATCH_S=0.01, MOMENTUM=0.0)
+STATELESS: dict[str, Any] = dict(SLEEP_PER_BATCH_S=0.01, MOMENTUM=0.0)
+STATELESS_MLP = function_source(**STATELESS)
 
 ray = pytest.importorskip("ray", reason="the ray extra is not installed")
 
@@ -244,20 +245,17 @@ def _views_served(engine: Any) -> int:
     return sum(ray.get([server.served.remote() for server in servers]))
 
 
-def test_each_epoch_is_scored_by_its_last_round_and_the_next_goes_on_from_it(engine, digits):
-    """int8, validation after every epoch: the epoch's last round settles the model to
-    what the functions hold, they score it there (no validation invocation, no read of
-    the model), and the next epoch starts from the view they hold: a 4-epoch task reads
-    whole views as often as a 1-epoch one, at its functions' first round."""
+def test_no_function_reads_the_whole_model_when_it_can_build_it(engine, digits):
+    """int8, validation after every epoch. The functions build the first model themselves
+    (the user's init with the init's seed: the shards' bits), so they read no whole model
+    at the start; each epoch's last round settles the model to what they hold, they score
+    it there (no validation invocation, no read of the model), and the next epoch starts
+    from the view they hold."""
     task = dict(TASK, shards=2, sync_precision="int8", validate_every=1)
     before = _views_served(engine)
-    short = engine.wait(engine.train(**{**task, "epochs": 1}), 120)
-    assert short.state is TaskState.SUCCEEDED, short.error
-    first = _views_served(engine) - before
-    assert first == 2 * 2  # 2 functions, each from 2 shards
     info = engine.wait(engine.train(**task), 120)
     assert info.state is TaskState.SUCCEEDED, info.error
-    assert _views_served(engine) - before - first == first
+    assert _views_served(engine) == before
     assert _invocations(engine, info.id) == 1 + 2 * 4
     epochs = engine.get_history(info.id).epochs
     assert all(e.accuracy is not None for e in epochs)
@@ -265,6 +263,18 @@ def test_each_epoch_is_scored_by_its_last_round_and_the_next_goes_on_from_it(eng
     accuracy, loss = _score(_weights(engine, info.id), digits)  # the settled final model
     assert epochs[-1].accuracy == pytest.approx(accuracy, abs=1e-4)
     assert epochs[-1].val_loss == pytest.approx(loss, rel=1e-4)
+
+
+def test_a_function_whose_first_model_is_not_the_tasks_reads_it(engine, digits, sharded_baseline):
+    """When the model a function builds is not bit for bit the task's (here its init()
+    moves the weights outside the init invocation), it reads the whole model from the
+    shards, and the task ends with the same bits as the run whose functions built it."""
+    engine.create_function("moved", function_source(**STATELESS, PERTURB_REBUILT_INIT=True))
+    before = _views_served(engine)
+    info = engine.wait(engine.train(**{**TASK, "function": "moved"}, shards=2), 120)
+    assert info.state is TaskState.SUCCEEDED, info.error
+    assert _views_served(engine) - before == 2 * 2  # 2 functions, each from 2 shards
+    assert _same(_weights(engine, info.id), sharded_baseline)
 
 
 def test_a_resize_mid_epoch_merges_every_sample_once(engine):

@@ -75,7 +75,7 @@ def execute(
     served = served_models.get(inv) if inv.mode is Mode.INFER else None
     if served is None:
         # The network is built inside main(), so seeding here makes default init reproducible.
-        if inv.mode is Mode.INIT:
+        if inv.mode is Mode.INIT or inv.rebuild_init:
             torch.manual_seed(inv.seed)
         else:
             torch.manual_seed(derive_seed(inv.seed, inv.epoch, inv.func_id, inv.mode.value))

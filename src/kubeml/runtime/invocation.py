@@ -60,6 +60,9 @@ class Invocation:
     # The test slice this function scores once the epoch's last round is merged, if its
     # release says so (`Release.validate`): the epoch's validation without an invocation.
     validate_ranges: tuple[tuple[int, int], ...] = ()
+    # The task's first round: the function builds the initial model itself, seeded as the
+    # init invocation was, and keeps it instead of reading it where it is the same bits.
+    rebuild_init: bool = False
     threads: int = 1
     heartbeat_s: float = 0.5  # how often the function's heartbeat crosses (`heartbeat_every`)
     memory_mb: int = 0  # the most memory the function may use; 0: the backend's default

@@ -4,10 +4,8 @@ invocation (init, an epoch of rounds, validation or inference)."""
 from __future__ import annotations
 
 import inspect
-import json
 import logging
 import math
-import reprlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,7 +19,7 @@ from kubeml.runtime.batching import batch_length, to_device
 from kubeml.runtime.feed import ShardFeed
 from kubeml.runtime.invocation import ROUND_PHASES, Invocation, InvocationResult, Mode
 from kubeml.runtime.seeds import derive_seed
-from kubeml.runtime.serving import served_models
+from kubeml.runtime.serving import predictions, served_models
 from kubeml.runtime.sync import RoundReport, SyncChannel
 from kubeml.sdk.model import KubeArgs, KubeModel
 from kubeml.stores.interfaces import FunctionModels, ShardSource, Split
@@ -136,9 +134,14 @@ class RoundDriver:
         batch_index, round_index, total_loss, total_samples = 0, inv.round, 0.0, 0
         in_place = False  # the last release left the merged model in the published file
         phases = [0.0] * len(ROUND_PHASES)
+        # The task's first round: the network holds the initial model if the store takes
+        # the one built here (`FunctionModels.adopt_initial`).
+        built = inv.rebuild_init and models.adopt_initial(inv.task_id, lambda: self._rebuild(model))
         while True:
             t0 = time.perf_counter()
-            if in_place:
+            if built:
+                built = False
+            elif in_place:
                 models.load_published_into(inv.task_id, inv.func_id, state)
             else:
                 models.load_reference_into(inv.task_id, state)
@@ -218,6 +221,22 @@ class RoundDriver:
             phases=tuple(phases),
             validation=self._validate(model) if release.validate and inv.validate_ranges else None,
         )
+
+    def _rebuild(self, model: KubeModel) -> dict[str, torch.Tensor] | None:
+        """The user's init run again here, on the network `main()` built with the init's
+        seed (`execute`); None where it raised (the store then reads the model)."""
+        self.hook, model.task = "init()", _TASK_NAMES[Mode.INIT]
+        try:
+            if positional_count(model.init) == 0:
+                model.init()
+            else:
+                model.init(model.network)
+        except Exception as exc:
+            self.ctx.logger.debug("init() raised %r building the first model here", exc)
+            return None
+        finally:
+            self.hook, model.task = "main()", _TASK_NAMES[Mode.TRAIN]
+        return model.network.state_dict()
 
     def _restore_optimizer(self, model: KubeModel) -> None:
         """The optimizer's state the function had at the start of this round (a replay, a
@@ -354,40 +373,3 @@ def step_fn(hook: Callable[..., Any], name: str) -> Callable[[Any, int], Any]:
     if hook_arity(hook, name) == 3:
         return lambda batch, index: hook(batch[0], batch[1], index)
     return hook
-
-
-_SHORT = reprlib.Repr()  # what an error shows of a returned value: a line, not a dump
-_SHORT.maxother = _SHORT.maxstring = 80
-
-
-def predictions(output: Any) -> Any:
-    """What `infer()` returned, as JSON values; a clear error, naming the hook and what it
-    returned, for None or anything JSON cannot hold (the answer must cross HTTP)."""
-    hint = (
-        "infer() must return the predictions as a tensor, a numpy array, a list, a dict "
-        "or a number, holding only finite numbers, strings, booleans or None"
-    )
-    if output is None:
-        raise FunctionError("infer() returned None: return the predictions", details=hint)
-    value = jsonable(output)
-    try:
-        json.dumps(value, allow_nan=False)
-    except (TypeError, ValueError) as exc:
-        shown = _SHORT.repr(output)
-        raise FunctionError(
-            f"infer() returned {type(output).__name__} {shown}, which cannot become JSON: {exc}",
-            details=hint,
-        ) from None
-    return value
-
-
-def jsonable(value: Any) -> Any:
-    if isinstance(value, torch.Tensor):
-        return value.detach().cpu().tolist()
-    if isinstance(value, np.ndarray | np.generic):
-        return value.tolist()
-    if isinstance(value, tuple | list):
-        return [jsonable(v) for v in value]
-    if isinstance(value, dict):
-        return {str(k): jsonable(v) for k, v in value.items()}
-    return value

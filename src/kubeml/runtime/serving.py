@@ -1,11 +1,18 @@
-"""Trained models a warm worker keeps loaded, so repeated inference skips main() and the file."""
+"""Trained models a warm worker keeps loaded, so repeated inference skips main() and the
+file; and what `infer()` returns, as JSON."""
 
 from __future__ import annotations
 
+import json
+import reprlib
 import threading
 from collections import OrderedDict
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
+import torch
+
+from kubeml.errors import FunctionError
 from kubeml.runtime.invocation import Invocation
 
 if TYPE_CHECKING:
@@ -64,3 +71,40 @@ class ServedModels:
 
 
 served_models = ServedModels()  # one per worker process (or Ray actor)
+
+
+_SHORT = reprlib.Repr()  # what an error shows of a returned value: a line, not a dump
+_SHORT.maxother = _SHORT.maxstring = 80
+
+
+def predictions(output: Any) -> Any:
+    """What `infer()` returned, as JSON values; a clear error, naming the hook and what it
+    returned, for None or anything JSON cannot hold (the answer must cross HTTP)."""
+    hint = (
+        "infer() must return the predictions as a tensor, a numpy array, a list, a dict "
+        "or a number, holding only finite numbers, strings, booleans or None"
+    )
+    if output is None:
+        raise FunctionError("infer() returned None: return the predictions", details=hint)
+    value = jsonable(output)
+    try:
+        json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        shown = _SHORT.repr(output)
+        raise FunctionError(
+            f"infer() returned {type(output).__name__} {shown}, which cannot become JSON: {exc}",
+            details=hint,
+        ) from None
+    return value
+
+
+def jsonable(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu().tolist()
+    if isinstance(value, np.ndarray | np.generic):
+        return value.tolist()
+    if isinstance(value, tuple | list):
+        return [jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    return value

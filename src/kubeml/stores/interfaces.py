@@ -91,6 +91,13 @@ class FunctionModels(ABC):
         functions train from a compressed copy of it (a sharded task's `view`)."""
         self.load_reference_into(task_id, state)
 
+    def adopt_initial(
+        self, task_id: str, build: Callable[[], dict[str, torch.Tensor] | None]
+    ) -> bool:
+        """Keep the initial model `build()` makes here (the user's init again) if it is
+        the task's, bit for bit, instead of reading it (a sharded task's functions)."""
+        return False
+
     def begin(self, task_id: str) -> None:  # noqa: B027 - only caching stores need it
         """An invocation of `task_id` starts here: drop what other tasks left mapped."""
 

@@ -31,6 +31,7 @@ a round that one shard could not merge is rolled back on all (`rollback`).
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -310,6 +311,21 @@ class ShardCore:
 
     def model(self) -> Payload:
         return {dtype: master.numpy().copy() for dtype, master in self.master.items()}
+
+    def digest(self) -> bytes:
+        """`piece_digest` of the model as the functions start from it (`functions_view`)."""
+        floats = self.view if self.view is not self.master else {}
+        return piece_digest(self.spec, {**self.master, **floats})
+
+
+def piece_digest(spec: ShardSpec, pieces: Mapping[str, torch.Tensor]) -> bytes:
+    """A digest of one shard's piece of a model (its ranges' bits, in order), so a function
+    and a shard can tell whether they hold the same piece without moving it."""
+    digest = hashlib.blake2b(digest_size=16)
+    for dtype, _, _ in spec.ranges:
+        digest.update(dtype.encode())
+        digest.update(pieces[dtype].contiguous().view(torch.uint8).numpy().data)
+    return digest.digest()
 
 
 def adaptive_kept(momentum: float, sums: Sequence[tuple[float, float, float]]) -> float:

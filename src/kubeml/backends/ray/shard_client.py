@@ -28,6 +28,7 @@ from kubeml.backends.ray.shard_plane import (
 from kubeml.errors import BackendError
 from kubeml.stores.codecs import Encoded, decode, encode
 from kubeml.stores.interfaces import Groups
+from kubeml.stores.shard_core import piece_digest
 
 Route = Callable[[bool], ShardRoute]  # (repair) -> the task's route, from the control plane
 
@@ -82,6 +83,27 @@ class ShardedWeights:
         except (RayError, TimeoutError):
             return False
         return all(held)
+
+    def adopt(self, state: dict[str, torch.Tensor]) -> bool:
+        """Take `state`, the initial model built on this actor, as the view if every shard
+        holds the same bits and has merged no round yet: no model crosses the network."""
+        try:
+            answers = ray.get(
+                [srv.digest.remote(self.task_id, s.index) for s, srv in self._pairs()],
+                timeout=CALL_TIMEOUT_S,
+            )
+            self.route.layout.flatten_into(state, self._weights)
+        except (RayError, TimeoutError, KeyError, RuntimeError, ValueError):
+            return False  # a shard gone (the first load repairs it), another layout
+        for (spec, _), (merged, digest) in zip(self._pairs(), answers, strict=True):
+            pieces = {d: self._weights[d][a:b] for d, a, b in spec.ranges}
+            if merged or piece_digest(spec, pieces) != digest:
+                return False
+        with torch.no_grad():
+            for dtype, built in self._weights.items():
+                self.view[dtype].copy_(built)
+        self._fresh, self._token, self._applied = True, None, None
+        return True
 
     def model_into(self, state: dict[str, torch.Tensor]) -> None:
         """The model itself (validation): the shards' masters."""

@@ -202,6 +202,13 @@ class ShardServer:
         """How many whole views functions read here (tests: an epoch starts without one)."""
         return self.views_served
 
+    def digest(self, task_id: str, index: int) -> tuple[int, bytes]:
+        """The rounds merged, and `ShardCore.digest` (a function built the model itself)."""
+        key = (task_id, index)
+        with self._lock(key):
+            core = self._primaries[key]
+            return core.merged, core.digest()
+
     def model(self, task_id: str, index: int) -> Payload:
         key = (task_id, index)
         with self._lock(key):

@@ -67,4 +67,5 @@ def train_invocation(
         order=order,
         round=position.round,
         validate_ranges=slices[func_id] if func_id < len(slices) else (),
+        rebuild_init=position.epoch == 0 and position.round == 0,
     )
