@@ -32,8 +32,8 @@ DATASET = "digits"  # the dataset the function reads
 # file there, so it happens once); SCORE_SLEEP_S: function 1 sleeps in every validate() call.
 KILL_IN_VALIDATE = None
 SCORE_SLEEP_S = 0.0
-# init() moves the weights when a train invocation runs it (building the first model
-# itself): the function's model is not the task's, which it must then read.
+# init() moves the weights when it runs beside others (N > 1: a train invocation building
+# the first model itself, not the init invocation): the model is not the task's.
 PERTURB_REBUILT_INIT = False
 _threads_seen = None
 
@@ -77,10 +77,11 @@ class Model(KubeModel):
         return SGD(self.parameters(), lr=self.lr, momentum=MOMENTUM)
 
     def init(self, model):
+        assert self.task == self.args.task == "init"
         for m in model.modules():
             if isinstance(m, nn.Linear):
                 nn.init.xavier_uniform_(m.weight)
-        if PERTURB_REBUILT_INIT and self.args.task == "train":
+        if PERTURB_REBUILT_INIT and self.parallelism > 1:
             with torch.no_grad():
                 model.fc1.weight.add_(1e-3)
 
@@ -119,7 +120,7 @@ class Model(KubeModel):
             os.kill(os.getpid(), signal.SIGKILL)
         if SCORE_SLEEP_S and self.func_id == 1:
             time.sleep(SCORE_SLEEP_S)
-        assert self.task == "val"
+        assert self.task == self.args.task == "val"
         assert not self.network.training, "the system must call model.eval()"
         assert not torch.is_grad_enabled(), "validation must run under no_grad"
         out = self(x)

@@ -8,7 +8,7 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -118,11 +118,17 @@ class RoundDriver:
 
     def _train(self, model: KubeModel) -> InvocationResult:
         """K local steps a round: load the reference, build or keep the optimizer, train,
-        publish, wait for the release; until the shard is done or the job says stop."""
+        publish, wait for the release; until the shard is done or the job says stop. The
+        release of the epoch's last round may ask for the test slice's scores (`_validate`).
+        """
         inv, models, sync = self.ctx.invocation, self.ctx.models, self.ctx.sync
         if sync is None:
             raise FunctionError("a train invocation needs a sync channel")
         train_step = step_fn(model.train, "train")
+        # The task's first round: the network holds the initial model if the store takes
+        # the one built here (`FunctionModels.adopt_initial`). Before the state is taken:
+        # an init() may replace the network's tensors.
+        built = inv.rebuild_init and models.adopt_initial(inv.task_id, lambda: self._rebuild(model))
         models.share_into(inv.task_id, inv.func_id, model.network)  # publishing copies less
         state = model.network.state_dict()
         batches = self.feed
@@ -134,9 +140,6 @@ class RoundDriver:
         batch_index, round_index, total_loss, total_samples = 0, inv.round, 0.0, 0
         in_place = False  # the last release left the merged model in the published file
         phases = [0.0] * len(ROUND_PHASES)
-        # The task's first round: the network holds the initial model if the store takes
-        # the one built here (`FunctionModels.adopt_initial`).
-        built = inv.rebuild_init and models.adopt_initial(inv.task_id, lambda: self._rebuild(model))
         while True:
             t0 = time.perf_counter()
             if built:
@@ -225,7 +228,10 @@ class RoundDriver:
     def _rebuild(self, model: KubeModel) -> dict[str, torch.Tensor] | None:
         """The user's init run again here, on the network `main()` built with the init's
         seed (`execute`); None where it raised (the store then reads the model)."""
-        self.hook, model.task = "init()", _TASK_NAMES[Mode.INIT]
+        train_args = model.args
+        model.task = _TASK_NAMES[Mode.INIT]
+        model.args = replace(train_args, task=model.task)
+        self.hook = "init()"
         try:
             if positional_count(model.init) == 0:
                 model.init()
@@ -235,7 +241,7 @@ class RoundDriver:
             self.ctx.logger.debug("init() raised %r building the first model here", exc)
             return None
         finally:
-            self.hook, model.task = "main()", _TASK_NAMES[Mode.TRAIN]
+            self.hook, model.task, model.args = "main()", train_args.task, train_args
         return model.network.state_dict()
 
     def _restore_optimizer(self, model: KubeModel) -> None:
@@ -259,6 +265,7 @@ class RoundDriver:
             assert self.feed is not None
             self.feed.close()
             model.task = _TASK_NAMES[Mode.VALIDATE]
+            model.args = replace(model.args, task=model.task)
             size = sum(b - a for a, b in inv.validate_ranges)
             self.feed = ShardFeed(
                 self.ctx.shards, model.dataset, "test", inv.validate_ranges,

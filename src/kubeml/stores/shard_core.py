@@ -10,7 +10,8 @@ counters, stay with shard 0). A shard keeps, in float32 whatever travels:
   and `int8` the functions receive each round the change `master - view` in that
   precision, and the shard adds the same decoded change to its `view`: both hold the
   same bits, and the error of one round's rounding is carried into the next round's
-  change rather than lost;
+  change rather than lost, except at an epoch's last round, which `settle`s: `master`
+  becomes `view` (the functions then score the model they hold);
 - `momentum`: the outer optimizer's buffer over the spans that take the outer step.
 
 A round: each function deposits its change (its weights minus the `view` it started
@@ -82,6 +83,7 @@ class ShardCore:
     _round: _Round | None = None
     _before: _Kept | None = None
     _sent: Payload = field(default_factory=dict)  # the view's last change, encoded
+    _digest: bytes | None = None  # `digest()` while no round changed the model
 
     @classmethod
     def start(
@@ -313,9 +315,12 @@ class ShardCore:
         return {dtype: master.numpy().copy() for dtype, master in self.master.items()}
 
     def digest(self) -> bytes:
-        """`piece_digest` of the model as the functions start from it (`functions_view`)."""
-        floats = self.view if self.view is not self.master else {}
-        return piece_digest(self.spec, {**self.master, **floats})
+        """`piece_digest` of the model as the functions start from it (`functions_view`);
+        asked by every function of a task's first round, so kept until a step."""
+        if self._digest is None or self.merged:
+            floats = self.view if self.view is not self.master else {}
+            self._digest = piece_digest(self.spec, {**self.master, **floats})
+        return self._digest
 
 
 def piece_digest(spec: ShardSpec, pieces: Mapping[str, torch.Tensor]) -> bytes:

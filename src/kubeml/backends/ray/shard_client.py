@@ -50,8 +50,10 @@ class ShardedWeights:
     def forget(self) -> None:
         """A new invocation. The view is kept: its first load applies the last merged
         round's update if this actor's deposit was part of that round (the next epoch of
-        the same lanes: a compressed update instead of the whole model), and reads the
-        whole view otherwise (the shards moved on without it, or back: a lost round)."""
+        the same lanes: a compressed update instead of the whole model), or only asks the
+        shards that no round was merged since, if the update is applied already (the
+        epoch's scoring loaded it); and reads the whole view otherwise (the shards moved
+        on without it, or back: a lost round)."""
 
     # -- in ------------------------------------------------------------------------------
     def load_into(self, state: dict[str, torch.Tensor]) -> None:

@@ -195,7 +195,8 @@ class ShardServer:
         key = (task_id, index)
         with self._lock(key):
             core = self._primaries[key]
-            self.views_served += 1
+            with self._guard:
+                self.views_served += 1
             return core.merged, core.functions_view()
 
     def served(self) -> int:

@@ -206,7 +206,8 @@ class RoundBarrier:
             return set(self._live)
 
     def waiting_for(self) -> set[int]:
-        """Live functions that have not published the newest open round."""
+        """Live functions that have not published the newest open round, and those
+        scoring their test slices after the epoch's last."""
         with self._cond:
             return self._waiting_for()
 

@@ -166,6 +166,9 @@ class TrainJob:
             models.write_reference(self.task_id, models.load_final(self.task_id))
             self.log(f"resuming from epoch {self.start_epoch}")
             return self._fresh_position(self.start_epoch)
+        if self.state.records:  # epochs recorded without a checkpoint: they run again
+            self.state.records = []
+            self.listener.on_restore([])
         # Start all N workers now, not one for init and the rest at the first epoch, so
         # every function of the first round starts together (a cold worker costs ~1 s).
         self.services.backend.warm(self.state.parallelism)
@@ -183,6 +186,7 @@ class TrainJob:
         state = self.state
         state.position = position
         started = time.monotonic()
+        state.trained_at = None
         merged_before = position.samples
         path = position.path  # checkpointed with the position: a resume continues it
         while not position.finished:
@@ -197,7 +201,8 @@ class TrainJob:
             if not path or path[-1] != state.parallelism:
                 path.append(state.parallelism)
             Segment(self, position).run()
-        run_s = time.monotonic() - started
+        # Until the epoch's last merge: its functions may score their test slices after.
+        run_s = (state.trained_at or time.monotonic()) - started
         return EpochRecord(
             epoch=position.epoch + 1,
             train_loss=position.loss_sum / position.batches if position.batches else float("nan"),

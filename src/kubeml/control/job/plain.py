@@ -85,13 +85,16 @@ def validate_epoch(job: TrainJob) -> tuple[float, float]:
     function lost meanwhile, or one whose lane ended a round before the others')."""
     state = job.state
     with state.lock:
+        # The slices of the epoch's last segment, scored with its threads where missing.
+        threads = state.segment_threads if state.score_slices else None
         slices = state.score_slices or validation_slices(job.test_size, state.parallelism)
         scored, state.score_slices, state.scored = dict(state.scored), [], {}
-    missing = [s for i, s in enumerate(slices) if s and i not in scored]
-    results = list(scored.values())
-    if missing:
-        results += run_plain(job, Mode.VALIDATE, missing)
-    results = [r for r in results if r.samples > 0]
+    missing = [i for i, s in enumerate(slices) if s and i not in scored]
+    if missing:  # with the threads the functions scored with: the same sums
+        redone = run_plain(job, Mode.VALIDATE, [slices[i] for i in missing], threads=threads)
+        scored |= dict(zip(missing, redone, strict=True))
+    # In slice order, whoever scored each: the float sums do not depend on who finished first.
+    results = [scored[i] for i in sorted(scored) if scored[i].samples > 0]
     total = sum(r.samples for r in results)
     accuracy = sum((r.accuracy or 0.0) * r.samples for r in results) / total
     loss = sum((r.loss or 0.0) * r.samples for r in results) / total

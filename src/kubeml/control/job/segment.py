@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from concurrent.futures import Future
 from typing import TYPE_CHECKING
 
@@ -229,6 +230,8 @@ class Segment:
                 position.advance(r.func_id, r.samples, r.loss_sum, r.batches)
             position.round += 1
             parallelism = state.parallelism
+            if ending:
+                state.trained_at = time.monotonic()
         batches = sum(r.batches for r in reports)
         loss = sum(r.loss_sum for r in reports) / batches if batches else float("nan")
         samples = position.samples - before

@@ -87,6 +87,7 @@ class JobState:
     # the rest in validation invocations.
     score_slices: list[tuple[tuple[int, int], ...]] = field(default_factory=list)
     scored: dict[int, InvocationResult] = field(default_factory=dict)
+    trained_at: float | None = None  # when the epoch's last round was merged (monotonic)
     log: deque[tuple[Event | Resize | str, Decision | None]] = field(
         default_factory=lambda: deque(maxlen=512)
     )
