@@ -77,26 +77,28 @@ class ShardedWeights:
         return current
 
     def _holds(self, token: bytes) -> bool:
+        held = self._ask_each("holds", token)
+        return held is not None and all(held)
+
+    def _ask_each(self, method: str, *args: Any) -> list[Any] | None:
+        """`method(task, shard, *args)` of every shard's server; None if one failed."""
+        pairs = self._pairs()
+        calls = [getattr(srv, method).remote(self.task_id, s.index, *args) for s, srv in pairs]
         try:
-            held = ray.get(
-                [srv.holds.remote(self.task_id, s.index, token) for s, srv in self._pairs()],
-                timeout=CALL_TIMEOUT_S,
-            )
+            return list(ray.get(calls, timeout=CALL_TIMEOUT_S))
         except (RayError, TimeoutError):
-            return False
-        return all(held)
+            return None
 
     def adopt(self, state: dict[str, torch.Tensor]) -> bool:
         """Take `state`, the initial model built on this actor, as the view if every shard
         holds the same bits and has merged no round yet: no model crosses the network."""
+        answers = self._ask_each("digest")  # None: a shard gone (the first load repairs it)
         try:
-            answers = ray.get(
-                [srv.digest.remote(self.task_id, s.index) for s, srv in self._pairs()],
-                timeout=CALL_TIMEOUT_S,
-            )
             self.route.layout.flatten_into(state, self._weights)
-        except (RayError, TimeoutError, KeyError, RuntimeError, ValueError):
-            return False  # a shard gone (the first load repairs it), another layout
+        except (KeyError, RuntimeError, ValueError):
+            return False  # not the task's layout
+        if answers is None:
+            return False
         for (spec, _), (merged, digest) in zip(self._pairs(), answers, strict=True):
             pieces = {d: self._weights[d][a:b] for d, a, b in spec.ranges}
             if merged or piece_digest(spec, pieces) != digest:
@@ -123,14 +125,8 @@ class ShardedWeights:
         return list(zip(self.route.specs, self.route.servers, strict=True))
 
     def _apply_updates(self, token: bytes) -> bool:
-        try:
-            updates = ray.get(
-                [srv.update.remote(self.task_id, s.index, token) for s, srv in self._pairs()],
-                timeout=CALL_TIMEOUT_S,
-            )
-        except (RayError, TimeoutError):
-            return False
-        if any(u is None for u in updates):
+        updates = self._ask_each("update", token)
+        if updates is None or any(u is None for u in updates):
             return False
         with torch.no_grad():
             for (spec, _), update in zip(self._pairs(), updates, strict=True):
