@@ -22,6 +22,7 @@ import pytest
 from kubeml.api.schemas import TaskState
 from tests.conftest import ROOT, function_source
 from tests.integration.conftest import MB, RAY_NODE_RESOURCES, wait_for
+from tests.integration.test_epoch_validation import _invocations, _score
 from tests.integration.test_recovery import TASK, add_mlp_and_digits
 
 ray = pytest.importorskip("ray", reason="the ray extra is not installed")
@@ -134,6 +135,20 @@ def _mid_epoch_2(engine: Any, task_id: str) -> bool:
 
 
 @pytest.mark.slow
+def test_the_central_merge_scores_each_epoch_in_its_last_round(ray_engine, digits):
+    """`--shards 0` on Ray: the release of an epoch's last round carries the merged
+    reference, so its functions score the model itself, with no validation invocation."""
+    add_mlp_and_digits(ray_engine, digits)
+    info = ray_engine.wait(ray_engine.train(**TASK, shards=0, validate_every=1), 120)
+    assert info.state is TaskState.SUCCEEDED, info.error
+    assert _invocations(ray_engine, info.id) == 1 + 2 * 4
+    epochs = ray_engine.get_history(info.id).epochs
+    assert all(e.accuracy is not None for e in epochs) and epochs[-1].accuracy > 85
+    accuracy, loss = _score(ray_engine.backend.models.load_final(info.id), digits)
+    assert epochs[-1].accuracy == pytest.approx(accuracy, abs=1e-4)
+    assert epochs[-1].val_loss == pytest.approx(loss, rel=1e-4)
+
+
 def test_a_killed_ray_worker_is_replaced_mid_epoch(ray_engine, digits):
     """The recovery tests' task (tests/integration/test_recovery.py) on two Ray nodes:
     SIGKILL of one function's actor costs a replayed round, not the task."""
