@@ -74,7 +74,10 @@ class Plane:
         sums = [core.reduce(contributions) for core in self.primaries]
         kept = adaptive_kept(self.outer.momentum, sums) if self.outer.adaptive else plain_kept
         for core, replica in zip(self.primaries, self.replicas, strict=True):
-            replica.replicate(core.finish(kept, settle))
+            # As a shard server does it: the change goes ahead, the step's terms after.
+            change = core.round_change()
+            message = core.finish(kept, settle)
+            replica.replicate({**change, "kept": message["kept"], "settle": message["settle"]})
 
 
 def _trained(view: dict[str, torch.Tensor], seed: int, scale: float = 0.05) -> dict:

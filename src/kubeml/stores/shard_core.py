@@ -156,6 +156,13 @@ class ShardCore:
             vv += float(torch.dot(v, v))
         return dv, dd, vv
 
+    def round_change(self) -> Payload:
+        """The reduced round's change as a replica takes it (`replicate`, with the step's
+        terms that `finish` adds)."""
+        if self._round is None:
+            raise RuntimeError(f"shard {self.spec.index}: no reduced round")
+        return {"change": self._round.wire, "integers": self._round.integers}
+
     def finish(self, kept: float, settle: bool = False) -> Payload:
         """Take the reduced round's step with momentum `kept`; returns what a replica
         needs to take the same step (`replicate`). `settle`: the model becomes the view

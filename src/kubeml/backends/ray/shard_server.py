@@ -42,6 +42,8 @@ class ShardServer:
         self._buddies: dict[Key, Any] = {}  # the server holding each primary's replica
         self._locks: dict[Key, threading.Lock] = {}
         self._snapshots: dict[Key, dict[str, Any]] = {}  # kept for a checkpoint, until taken
+        self._sending: dict[Key, Any] = {}  # a primary's reduced change on its way (a ref)
+        self._incoming: dict[Key, Payload] = {}  # a replica's change, until the step's call
         self.views_served = 0  # whole views read by functions (a fresh one, or a lost round)
         self._guard = threading.Lock()
 
@@ -124,7 +126,10 @@ class ShardServer:
 
     def drop(self, task_id: str) -> None:
         with self._guard:
-            held_by_task = (self._primaries, self._replicas, self._buddies, self._snapshots)
+            held_by_task = (
+                self._primaries, self._replicas, self._buddies, self._snapshots,
+                self._sending, self._incoming,
+            )  # fmt: skip
             for held in (*held_by_task, self._locks):
                 for key in [k for k in held if k[0] == task_id]:
                     del held[key]
@@ -152,6 +157,9 @@ class ShardServer:
         with self._lock(key):
             core = self._primaries[key]
             sums = core.reduce(contributions)
+            buddy = self._buddies.get(key)
+            if buddy is not None:  # on its way while the sums go round and this one steps
+                self._sending[key] = buddy.take_change.remote(task_id, index, core.round_change())
             if kept is not None:
                 self._finish(key, core, kept, settle)
             return sums
@@ -164,13 +172,27 @@ class ShardServer:
     def _finish(self, key: Key, core: ShardCore, kept: float, settle: bool) -> None:
         message = core.finish(kept, settle)
         buddy = self._buddies.get(key)
-        if buddy is not None:
-            ray.get(buddy.replicate.remote(key[0], key[1], message))
+        if buddy is None:
+            return
+        sending = self._sending.pop(key, None)
+        if sending is not None:  # the change went ahead (`merge`): the step's terms alone
+            ray.get(sending)
+            message = {"kept": message["kept"], "settle": message["settle"]}
+        ray.get(buddy.replicate.remote(key[0], key[1], message))
 
-    def replicate(self, task_id: str, index: int, message: Payload) -> None:
+    def take_change(self, task_id: str, index: int, change: Payload) -> None:
+        """A replica's part of its primary's round, sent as soon as the primary reduced it
+        (`merge`); the step takes it (`replicate`)."""
         key = (task_id, index)
         with self._lock(key):
-            self._replicas[key].replicate(message)
+            self._incoming[key] = change
+
+    def replicate(self, task_id: str, index: int, message: Payload) -> None:
+        """Take the step the primary took: `message` holds its terms, and the change unless
+        it came ahead (`take_change`)."""
+        key = (task_id, index)
+        with self._lock(key):
+            self._replicas[key].replicate({**self._incoming.pop(key, {}), **message})
 
     def rollback(self, task_id: str, index: int, merged: int) -> None:
         """Undo round `merged` on the primary and the replica held here, if they took it."""
