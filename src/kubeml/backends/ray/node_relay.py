@@ -82,11 +82,10 @@ class NodeRelay:
 
     # -- connections from the node's functions ---------------------------------------------
     def _admit(self, sock: socket.socket) -> None:
-        try:
-            token, group = read_preamble(sock)
-        except OSError:
-            sock.close()
+        presented = read_preamble(sock)
+        if presented is None:
             return
+        token, group = presented
         with self._lock:
             if self._stopping:
                 sock.close()

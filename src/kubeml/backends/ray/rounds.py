@@ -173,11 +173,10 @@ class RoundChannels:
             self._wake.send(b"x")
 
     def _admit(self, sock: socket.socket) -> None:
-        try:
-            token, _ = read_preamble(sock)
-        except OSError:
-            sock.close()
+        presented = read_preamble(sock)
+        if presented is None:
             return
+        token = presented[0]
         with self._lock:
             answer = self._waiting.pop(token, (None, ""))[0]
             lost = self._link_tokens.pop(token, None)
@@ -293,12 +292,16 @@ def preamble(token: bytes, group: str = "") -> bytes:
     return token + bytes([len(name)]) + name
 
 
-def read_preamble(sock: socket.socket) -> tuple[bytes, str]:
-    """(token, group) of a new connection (OSError if it sends none in time); the socket
-    is left blocking, with small messages sent at once."""
+def read_preamble(sock: socket.socket) -> tuple[bytes, str] | None:
+    """(token, group) of a new connection; None, the socket closed, if it sends none in
+    time. The socket is left blocking, with small messages sent at once."""
     sock.settimeout(_CONNECT_TIMEOUT_S)
-    token = _read_exactly(sock, _TOKEN_BYTES)
-    group = _read_exactly(sock, _read_exactly(sock, 1)[0]).decode(errors="replace")
+    try:
+        token = _read_exactly(sock, _TOKEN_BYTES)
+        group = _read_exactly(sock, _read_exactly(sock, 1)[0]).decode(errors="replace")
+    except OSError:
+        sock.close()
+        return None
     sock.settimeout(None)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     return token, group

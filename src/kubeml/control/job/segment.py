@@ -65,8 +65,9 @@ class Segment:
             # If this segment ends the epoch and validation is due, its functions score
             # the test set's slices of this N after the last round (`Release.validate`).
             due = job.validation_due(position.epoch)
-            slices = validation_slices(job.test_size, position.parallelism)
-            state.score_slices = slices if due else []
+            state.score_slices = (
+                validation_slices(job.test_size, position.parallelism) if due else []
+            )
             state.scored = {}
             threads = state.segment_threads = job.threads(len(self.func_ids))
             for func_id in self.func_ids:
