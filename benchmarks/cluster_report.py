@@ -170,7 +170,7 @@ def report(
     """The table of one profile and its ratios, as text."""
     lines = [
         f"{profile} links, {setting}, P = {p_bytes / MB:.1f} MB ({p_bytes // 4:,} parameters)",
-        f"{'row':20s} {'round s':>7s} {'sync s':>7s} {'model s':>7s} {'sync/m':>7s} "
+        f"{'row':27s} {'round s':>7s} {'sync s':>7s} {'model s':>7s} {'sync/m':>7s} "
         f"{'cp MB':>7s} {'cp/P':>7s} {'goal s':>7s} {'arrived':>7s}  "
         "each link tx/rx MB per round (shaper drops)",
     ]
@@ -186,7 +186,7 @@ def report(
         )
         arrived = f"{g['arrived']}/{len(g['goal_s'])}" if g else "-"
         lines.append(
-            f"{row:20s} {_f(s.get('round_s'))} {_f(sync)}{'~' if s.get('sync_estimated') else ' '}"
+            f"{row:27s} {_f(s.get('round_s'))} {_f(sync)}{'~' if s.get('sync_estimated') else ' '}"
             f"{_f(model)} {_f(sync / model if sync is not None and model else None)} "
             f"{_f(cp_bytes / MB if cp_bytes is not None else None, 7, 1)} "
             f"{_f(cp_bytes / p_bytes if cp_bytes is not None else None, 7, 4)} "

@@ -251,7 +251,12 @@ def test_codecs_round_trip_within_their_precision(n, scale, precision):
 
 @pytest.mark.parametrize(
     ("fields", "named"),
-    [({"shards": 2}, "shards=2"), ({"sync_precision": "int8"}, "sync_precision=int8")],
+    [
+        ({"shards": 2}, "shards=2"),
+        ({"sync_precision": "int8"}, "sync_precision=int8"),
+        ({"overlap": True}, "overlap=true"),
+        ({"overlap": True, "shards": 0}, "overlap=true with shards=0"),
+    ],
 )
 def test_a_backend_without_shards_refuses_them_by_name(digits_engine, fields, named):
     from kubeml.errors import InvalidInputError
@@ -261,7 +266,9 @@ def test_a_backend_without_shards_refuses_them_by_name(digits_engine, fields, na
     assert digits_engine.list_tasks() == []  # nothing queued
 
 
-@pytest.mark.parametrize("bad", [{"shards": -1}, {"shards": 1.5}, {"sync_precision": "fp8"}])
+@pytest.mark.parametrize(
+    "bad", [{"shards": -1}, {"shards": 1.5}, {"sync_precision": "fp8"}, {"overlap": "yes"}]
+)
 def test_the_request_names_a_bad_shard_field(bad):
     from pydantic import ValidationError
 

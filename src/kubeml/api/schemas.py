@@ -262,6 +262,11 @@ class TrainRequest(BaseModel):
     sync_precision: SyncPrecision = Field(
         default=SyncPrecision.FP32, description="how a sharded round's changes travel"
     )
+    overlap: StrictBool = Field(
+        default=False,
+        description="a sharded round's sync runs beside the next round's local steps, its "
+        "outer step landing one round late (a replayed round is then not the same bits)",
+    )
 
     @model_validator(mode="after")
     def _check_policy(self) -> TrainRequest:

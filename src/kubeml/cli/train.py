@@ -34,6 +34,7 @@ _FLAGS = {
     "memory_mb": "--memory-mb",
     "shards": "--shards",
     "sync_precision": "--sync-precision",
+    "overlap": "--overlap",
 }
 
 
@@ -136,6 +137,14 @@ def train(
             "--sync-precision", help="how a sharded round's changes travel: fp32, bf16 or int8"
         ),
     ] = "fp32",
+    overlap: Annotated[
+        bool,
+        typer.Option(
+            "--overlap",
+            help="a sharded round's sync runs beside the next round's steps, its outer step "
+            "landing a round late (a replayed round is then not the same bits)",
+        ),
+    ] = False,
     watch: Annotated[
         bool, typer.Option("--watch", "-w", help="show live progress until the task ends")
     ] = False,
@@ -151,6 +160,7 @@ def train(
         "validate_every": validate_every, "goal_accuracy": goal_accuracy,
         "optimizer_state": optimizer_state, "max_retries": max_retries,
         "checkpoint_every_s": checkpoint_every, "sync_precision": sync_precision,
+        "overlap": overlap,
     }  # fmt: skip
     optional = {
         "seed": seed, "k": k, "outer_optimizer": outer_optimizer, "outer_lr": outer_lr,

@@ -11,7 +11,7 @@ from kubeml.runtime.invocation import Invocation, InvocationResult, LogSink, Mod
 from kubeml.runtime.loader import load_function
 from kubeml.runtime.rounds import FunctionContext, RoundDriver
 from kubeml.runtime.seeds import derive_seed
-from kubeml.runtime.serving import served_models
+from kubeml.runtime.serving import serve, served_models
 from kubeml.runtime.sync import SyncChannel
 from kubeml.sdk.model import driven_by
 from kubeml.stores.interfaces import FunctionModels, ShardSource
@@ -87,7 +87,7 @@ def execute(
             if served is None:
                 main()
             else:
-                driver.result = driver.serve(served)
+                driver.result = serve(driver, served)
     except KubeMLError as exc:
         if exc.details is None:
             exc.details = traceback.format_exc()

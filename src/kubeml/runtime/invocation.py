@@ -63,6 +63,9 @@ class Invocation:
     # The task's first round: the function builds the initial model itself, seeded as the
     # init invocation was, and keeps it instead of reading it where it is the same bits.
     rebuild_init: bool = False
+    # A round's sync runs beside the next round's steps where the store can (parameter
+    # shards: `FunctionModels.eager`), its outer step reaching the function a round late.
+    overlap: bool = False
     threads: int = 1
     heartbeat_s: float = 0.5  # how often the function's heartbeat crosses (`heartbeat_every`)
     memory_mb: int = 0  # the most memory the function may use; 0: the backend's default
@@ -91,8 +94,10 @@ class InvocationResult:
 
 
 # A train round's phases, as a function spends them: read the round's model, the K local
-# steps, send its change (publish), wait for the merge (the barrier and the release).
-ROUND_PHASES = ("load", "steps", "send", "wait")
+# steps, send its change (publish), wait for the merge (the barrier and the release); and
+# where rounds overlap their sync, the sync's seconds hidden behind the next round's steps
+# (not part of the round's time: the wait is what the next round did not hide).
+ROUND_PHASES = ("load", "steps", "send", "wait", "overlapped")
 
 
 LogSink = Callable[[str, str], None]  # (source, message)

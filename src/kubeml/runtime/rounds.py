@@ -3,24 +3,23 @@ invocation (init, an epoch of rounds, validation or inference)."""
 
 from __future__ import annotations
 
-import inspect
 import logging
 import math
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Any
 
 import numpy as np
 import torch
 
-from kubeml.errors import DeviceError, FunctionError, InvalidInferenceInputError
+from kubeml.errors import FunctionError
 from kubeml.runtime.batching import batch_length, to_device
 from kubeml.runtime.feed import ShardFeed
+from kubeml.runtime.hooks import call_init, resolve_device, step_fn
 from kubeml.runtime.invocation import ROUND_PHASES, Invocation, InvocationResult, Mode
+from kubeml.runtime.overlap import InFlight
 from kubeml.runtime.seeds import derive_seed
-from kubeml.runtime.serving import predictions, served_models
-from kubeml.runtime.sync import RoundReport, SyncChannel
+from kubeml.runtime.serving import serve, served_models
+from kubeml.runtime.sync import Release, RoundReport, SyncChannel
 from kubeml.sdk.model import KubeArgs, KubeModel
 from kubeml.stores.interfaces import FunctionModels, ShardSource, Split
 
@@ -108,19 +107,16 @@ class RoundDriver:
     def _init(self, model: KubeModel) -> InvocationResult:
         inv = self.ctx.invocation
         self.hook = "init()"
-        if positional_count(model.init) == 0:  # the 2021 library's `init(self)`
-            model.init()
-        else:
-            model.init(model.network)
+        call_init(model)
         self.hook = "main()"
         self.ctx.models.write_reference(inv.task_id, model.network.state_dict())
         return InvocationResult(inv.func_id, Mode.INIT)
 
     def _train(self, model: KubeModel) -> InvocationResult:
         """K local steps a round: load the reference, build or keep the optimizer, train,
-        publish, wait for the release; until the shard is done or the job says stop. The
-        release of the epoch's last round may ask for the test slice's scores (`_validate`).
-        """
+        publish, wait for the release (or, with `overlap`, train the next round meanwhile:
+        `InFlight`); until the shard is done or the job says stop. The epoch's last release
+        may ask for the test slice's scores (`_validate`)."""
         inv, models, sync = self.ctx.invocation, self.ctx.models, self.ctx.sync
         if sync is None:
             raise FunctionError("a train invocation needs a sync channel")
@@ -139,82 +135,120 @@ class RoundDriver:
         model.network.train()
         batch_index, round_index, total_loss, total_samples = 0, inv.round, 0.0, 0
         in_place = False  # the last release left the merged model in the published file
+        eager = flight = None  # overlapped rounds: the weights, the last round's sync
         phases = [0.0] * len(ROUND_PHASES)
-        while True:
-            t0 = time.perf_counter()
-            if built:
-                built = False
-            elif in_place:
-                models.load_published_into(inv.task_id, inv.func_id, state)
-            else:
-                models.load_reference_into(inv.task_id, state)
-            # torch's RNG (dropout, augmentation) is a function of the round's position, so
-            # a round replayed on a fresh worker, or resumed from a checkpoint, draws what
-            # the uninterrupted run drew.
-            torch.manual_seed(derive_seed(inv.seed, inv.epoch, inv.func_id, "round", round_index))
-            if model.optimizer is None or inv.optimizer_state == "reset":
-                self.hook = "configure_optimizers()"
-                # Each build starts from the task's lr: a hook that scales `self.lr` (as the
-                # 2021 experiments do per epoch) must not compound it round after round.
-                model.lr = inv.lr
-                model.optimizer = model.configure_optimizers()
-                # Before a restore: the kept state holds the lr its last step used (a ramp's).
-                base_lrs = [group["lr"] for group in model.optimizer.param_groups]
-                if round_index == inv.round and inv.restore_state:
-                    self._restore_optimizer(model)
-            loss_sum, samples, start_index = 0.0, 0, batch_index
-            t1 = time.perf_counter()
-            while batch_index < n_batches and batch_index - start_index < k:
-                step = inv.lr_warmup_offset + batch_index  # a replay goes on with the ramp
-                if step <= inv.lr_warmup_steps:  # after a resize: ramp to the new lr
-                    factor = warmup_factor(inv, step)
-                    for group, base_lr in zip(model.optimizer.param_groups, base_lrs, strict=True):
-                        group["lr"] = base_lr * factor
-                self.hook = "__getitem__()"
-                batch = to_device(next(it), model.device)
-                sync.progress(inv.func_id)  # the heartbeat: a hook that never returns is hung
-                self.hook = "train()"
-                loss = float(train_step(batch, inv.first_batch + batch_index))
-                if not math.isfinite(loss):
-                    raise FunctionError(
-                        f"train() returned loss {loss} at epoch {inv.epoch}, batch "
-                        f"{batch_index} (func_id {inv.func_id}); lower the learning rate or "
-                        "check the data"
+        try:
+            while True:
+                t0 = time.perf_counter()
+                if built:
+                    built = False
+                elif flight is not None:
+                    pass  # it goes on from its own weights while the last round merges
+                elif in_place:
+                    models.load_published_into(inv.task_id, inv.func_id, state)
+                else:
+                    models.load_reference_into(inv.task_id, state)
+                if inv.overlap and flight is None:
+                    eager = models.eager(inv.task_id)
+                    if eager is not None:
+                        eager.begin()
+                # torch's RNG (dropout, augmentation) is a function of the round's position:
+                # a replayed or resumed round draws what the uninterrupted run drew.
+                seed = derive_seed(inv.seed, inv.epoch, inv.func_id, "round", round_index)
+                torch.manual_seed(seed)
+                if model.optimizer is None or inv.optimizer_state == "reset":
+                    self.hook = "configure_optimizers()"
+                    # Each build starts from the task's lr: a hook that scales `self.lr` (as
+                    # the 2021 experiments do per epoch) must not compound it round after round.
+                    model.lr = inv.lr
+                    model.optimizer = model.configure_optimizers()
+                    # Before a restore: the kept state holds the lr its last step used.
+                    base_lrs = [group["lr"] for group in model.optimizer.param_groups]
+                    if round_index == inv.round and inv.restore_state:
+                        self._restore_optimizer(model)
+                loss_sum, samples, start_index = 0.0, 0, batch_index
+                t1 = time.perf_counter()
+                while batch_index < n_batches and batch_index - start_index < k:
+                    if flight is not None and flight.halted():
+                        break  # the job stops the function: this round will not be merged
+                    step = inv.lr_warmup_offset + batch_index  # a replay goes on with the ramp
+                    if step <= inv.lr_warmup_steps:  # after a resize: ramp to the new lr
+                        factor = warmup_factor(inv, step)
+                        for group, lr in zip(model.optimizer.param_groups, base_lrs, strict=True):
+                            group["lr"] = lr * factor
+                    self.hook = "__getitem__()"
+                    batch = to_device(next(it), model.device)
+                    sync.progress(inv.func_id)  # the heartbeat: a hook that never returns is hung
+                    self.hook = "train()"
+                    loss = float(train_step(batch, inv.first_batch + batch_index))
+                    if not math.isfinite(loss):
+                        raise FunctionError(
+                            f"train() returned loss {loss} at epoch {inv.epoch}, batch "
+                            f"{batch_index} (func_id {inv.func_id}); lower the learning rate "
+                            "or check the data"
+                        )
+                    loss_sum += loss
+                    samples += batch_length(batch)
+                    batch_index += 1
+                self.hook = "main()"
+                final = batch_index >= n_batches
+                states = models.states if inv.optimizer_state == "keep" else None
+                if not final and states is not None and model.optimizer.state:  # (SGD: none)
+                    # Before the round is published: once it is merged, a replay of the
+                    # next round on a fresh worker starts from this.
+                    states.save(
+                        inv.task_id, inv.func_id, round_index + 1, model.optimizer.state_dict()
                     )
-                loss_sum += loss
-                samples += batch_length(batch)
-                batch_index += 1
-            self.hook = "main()"
-            final = batch_index >= n_batches
-            states = models.states if inv.optimizer_state == "keep" else None
-            if not final and states is not None and model.optimizer.state:  # (plain SGD: none)
-                # Before the round is published: once it is merged, a replay of the next
-                # round on a fresh worker starts from this.
-                states.save(inv.task_id, inv.func_id, round_index + 1, model.optimizer.state_dict())
-            t2 = time.perf_counter()
-            handle = models.publish(inv.task_id, inv.func_id, state)
-            t3 = time.perf_counter()
-            report = RoundReport(
-                inv.task_id,
-                inv.func_id,
-                round_index,
-                samples,
-                loss_sum,
-                batch_index - start_index,
-                final,
-                handle,
-            )
-            release = sync.publish(report)
-            for i, spent in enumerate((t1 - t0, t2 - t1, t3 - t2, time.perf_counter() - t3)):
-                phases[i] += spent
-            in_place = release.in_place and samples > 0
-            if release.threads:
-                torch.set_num_threads(release.threads)
-            total_loss += loss_sum
-            total_samples += samples
-            round_index += 1
-            if final or not release.proceed:
-                break
+                t2 = stepped = time.perf_counter()
+                if flight is not None:
+                    release, seconds = flight.wait(), flight.seconds
+                    flight = None
+                    waited = time.perf_counter() - stepped
+                    phases[3] += waited
+                    phases[4] += max(0.0, seconds - waited)
+                    if not release.proceed:  # this round is dropped: the job stopped before it
+                        batch_index = start_index
+                        break
+                    if release.threads:
+                        torch.set_num_threads(release.threads)
+                    t2 = time.perf_counter()
+                if eager is not None:
+                    eager.rebase(state)  # the change, onto the model merged meanwhile
+                    handle = None  # deposited by the sync (`InFlight`, `EagerWeights.deposit`)
+                else:
+                    handle = models.publish(inv.task_id, inv.func_id, state)
+                t3 = time.perf_counter()
+                report = RoundReport(
+                    inv.task_id,
+                    inv.func_id,
+                    round_index,
+                    samples,
+                    loss_sum,
+                    batch_index - start_index,
+                    final,
+                    handle,
+                )
+                if eager is not None and not final:
+                    flight = InFlight(eager, sync, report)
+                    release = Release(proceed=True)  # the round's own comes with the next
+                else:
+                    if eager is not None:
+                        report = replace(report, handle=eager.deposit())
+                    release = sync.publish(report)
+                spans = (t1 - t0, stepped - t1, t3 - t2, time.perf_counter() - t3)
+                for i, spent in enumerate(spans):
+                    phases[i] += spent
+                in_place = release.in_place and samples > 0
+                if release.threads:
+                    torch.set_num_threads(release.threads)
+                total_loss += loss_sum
+                total_samples += samples
+                round_index += 1
+                if final or not release.proceed:
+                    break
+        finally:
+            if flight is not None:  # the function failed with a round in flight
+                flight.abandon()
         return InvocationResult(
             inv.func_id,
             Mode.TRAIN,
@@ -233,10 +267,7 @@ class RoundDriver:
         model.args = replace(train_args, task=model.task)
         self.hook = "init()"
         try:
-            if positional_count(model.init) == 0:
-                model.init()
-            else:
-                model.init(model.network)
+            call_init(model)
         except Exception as exc:
             self.ctx.logger.debug("init() raised %r building the first model here", exc)
             return None
@@ -305,33 +336,7 @@ class RoundDriver:
         inv = self.ctx.invocation
         model.network.load_state_dict(self.ctx.models.load_final(inv.task_id))
         served_models.keep(inv, model)  # this worker's next call for the model starts here
-        return self.serve(model)
-
-    def serve(self, model: KubeModel) -> InvocationResult:
-        """Predictions of `model`, built and holding the trained weights already."""
-        inv = self.ctx.invocation
-        self.attach(model)
-        model.network.eval()
-        self.hook = "infer()"
-        data = list(inv.infer_data or [])
-        try:
-            with torch.no_grad():
-                if positional_count(model.infer) >= 2:  # the 2021 library's (network, data)
-                    output = model.infer(model.network, data)
-                else:
-                    output = model.infer(data)
-        except FunctionError:
-            raise  # the model defines no infer(): not the input's fault
-        except Exception as exc:
-            import traceback
-
-            # The input is the only thing that changes between inferences of one model.
-            raise InvalidInferenceInputError(
-                f"the function's infer() rejected the input: {type(exc).__name__}: {exc}",
-                details=traceback.format_exc(),
-            ) from None
-        self.hook = "main()"
-        return InvocationResult(inv.func_id, Mode.INFER, output=predictions(output))
+        return serve(self, model)
 
 
 def warmup_factor(inv: Invocation, step: int) -> float:
@@ -341,42 +346,3 @@ def warmup_factor(inv: Invocation, step: int) -> float:
         return 1.0
     start = inv.lr_warmup_from / inv.lr
     return start + (1.0 - start) * (step + 1) / inv.lr_warmup_steps
-
-
-def resolve_device(gpu: bool, func_id: int) -> torch.device:
-    """`cuda:(func_id % device_count)` for `gpu=True`; never a silent CPU fallback."""
-    if not gpu:
-        return torch.device("cpu")
-    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    if count == 0:
-        raise DeviceError(
-            f"gpu=True but no CUDA device is visible to function {func_id} "
-            f"(torch {torch.__version__}, CUDA build {torch.version.cuda or 'none'}); "
-            "run on a machine with a GPU or pass gpu=False"
-        )
-    return torch.device(f"cuda:{func_id % count}")
-
-
-def positional_count(hook: Callable[..., Any]) -> int:
-    """How many positional arguments a bound hook names (`*args` counts as one: the
-    SDK's defaults take the seed's form)."""
-    params = inspect.signature(hook).parameters.values()
-    named = sum(p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) for p in params)
-    return named or int(any(p.kind is p.VAR_POSITIONAL for p in params))
-
-
-def hook_arity(hook: Callable[..., Any], name: str) -> int:
-    """2 for `(batch, batch_index)`, 3 for `(x, y, batch_index)` (the seed's form)."""
-    count = positional_count(hook)
-    if count not in (2, 3):
-        raise FunctionError(
-            f"{name}() must take (x, y, batch_index) or (batch, batch_index), not {count} arguments"
-        )
-    return count
-
-
-def step_fn(hook: Callable[..., Any], name: str) -> Callable[[Any, int], Any]:
-    """The user's train/validate hook as `step(batch, batch_index)`, whatever its form."""
-    if hook_arity(hook, name) == 3:
-        return lambda batch, index: hook(batch[0], batch[1], index)
-    return hook

@@ -12,10 +12,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from kubeml.errors import FunctionError
-from kubeml.runtime.invocation import Invocation
+from kubeml.errors import FunctionError, InvalidInferenceInputError
+from kubeml.runtime.hooks import positional_count
+from kubeml.runtime.invocation import Invocation, InvocationResult, Mode
 
 if TYPE_CHECKING:
+    from kubeml.runtime.rounds import RoundDriver
     from kubeml.sdk.model import KubeModel
 
 # A worker serves a handful of tasks at most; each entry holds a whole network.
@@ -71,6 +73,34 @@ class ServedModels:
 
 
 served_models = ServedModels()  # one per worker process (or Ray actor)
+
+
+def serve(driver: RoundDriver, model: KubeModel) -> InvocationResult:
+    """Predictions of `model`, built and holding the trained weights already, for the
+    invocation `driver` runs."""
+    inv = driver.ctx.invocation
+    driver.attach(model)
+    model.network.eval()
+    driver.hook = "infer()"
+    data = list(inv.infer_data or [])
+    try:
+        with torch.no_grad():
+            if positional_count(model.infer) >= 2:  # the 2021 library's (network, data)
+                output = model.infer(model.network, data)
+            else:
+                output = model.infer(data)
+    except FunctionError:
+        raise  # the model defines no infer(): not the input's fault
+    except Exception as exc:
+        import traceback
+
+        # The input is the only thing that changes between inferences of one model.
+        raise InvalidInferenceInputError(
+            f"the function's infer() rejected the input: {type(exc).__name__}: {exc}",
+            details=traceback.format_exc(),
+        ) from None
+    driver.hook = "main()"
+    return InvocationResult(inv.func_id, Mode.INFER, output=predictions(output))
 
 
 _SHORT = reprlib.Repr()  # what an error shows of a returned value: a line, not a dump

@@ -6,7 +6,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 if TYPE_CHECKING:
     import numpy as np
@@ -67,6 +67,10 @@ class ShardSource(ABC):
         """An invocation of `task_id` starts here: drop what other tasks left cached."""
 
 
+# The user's init run again where a function starts (None: it raised).
+InitialBuild = Callable[[], "dict[str, torch.Tensor] | None"]
+
+
 class FunctionModels(ABC):
     """A function's view of the weights: the reference in, its own weights out."""
 
@@ -91,9 +95,7 @@ class FunctionModels(ABC):
         functions train from a compressed copy of it (a sharded task's `view`)."""
         self.load_reference_into(task_id, state)
 
-    def adopt_initial(
-        self, task_id: str, build: Callable[[], dict[str, torch.Tensor] | None]
-    ) -> bool:
+    def adopt_initial(self, task_id: str, build: InitialBuild) -> bool:
         """Keep the initial model `build()` makes here (the user's init again) if it is
         the task's, bit for bit, instead of reading it (a sharded task's functions)."""
         return False
@@ -101,9 +103,7 @@ class FunctionModels(ABC):
     def begin(self, task_id: str) -> None:  # noqa: B027 - only caching stores need it
         """An invocation of `task_id` starts here: drop what other tasks left mapped."""
 
-    def share_into(  # noqa: B027 - only stores with shared memory can
-        self, task_id: str, func_id: int, network: torch.nn.Module
-    ) -> None:
+    def share_into(self, task_id: str, func_id: int, network: torch.nn.Module) -> None:  # noqa: B027
         """Move the network's tensors into the memory `publish` writes, so publishing
         them copies nothing. Stores whose published weights travel (Ray) keep copying."""
 
@@ -115,8 +115,34 @@ class FunctionModels(ABC):
         the reference, which holds the same values."""
         self.load_reference_into(task_id, state)
 
+    def eager(self, task_id: str) -> EagerWeights | None:
+        """Weights for overlapped rounds (on parameter shards); None: rounds wait."""
+        return None
+
     # Where the function keeps its optimizer's state between rounds; None: nowhere.
     states: FunctionStates | None = None
+
+
+class EagerWeights(Protocol):
+    """A function's weights when its rounds overlap their sync (the "eager" outer step of
+    DiLoCo, arXiv 2502.12996): a round starts from the function's own weights while the
+    last round's change is merged, and its change moves onto the merged model once that
+    arrives. `begin` and `rebase` run on the function's thread; `deposit` and `catch_up`
+    on the sync's, never while the function's thread touches the weights."""
+
+    def begin(self) -> None:
+        """The round starting now starts from the model just loaded."""
+
+    def rebase(self, state: dict[str, torch.Tensor]) -> None:
+        """The round's change (`state` less its start) onto the merged model the weights
+        hold now; `state` and the next round's start become that sum."""
+
+    def deposit(self) -> Any:
+        """Send the change `rebase` took to the shards; the handle for the round report."""
+
+    def catch_up(self) -> bool:
+        """After the round's release: bring the held model to the merged one; False when
+        it could not (the next `rebase` reads the whole model again)."""
 
 
 # -- what the parameter server uses -----------------------------------------------------------

@@ -5,7 +5,7 @@ side, and the requests a function sends it, are in `kubeml.backends.ray.stores`.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
@@ -24,7 +24,13 @@ from kubeml.backends.ray.stores import (
     _flatten,
 )
 from kubeml.stores.flat import FlatLayout
-from kubeml.stores.interfaces import FunctionModels, ShardSource, Split
+from kubeml.stores.interfaces import (
+    EagerWeights,
+    FunctionModels,
+    InitialBuild,
+    ShardSource,
+    Split,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -110,14 +116,15 @@ class RemoteModelStore(FunctionModels):
         buffer = ref if isinstance(ref, np.ndarray) else cast("np.ndarray", ray.get(ref))
         layout.unflatten_into(layout.over(buffer), state)
 
-    def adopt_initial(
-        self, task_id: str, build: Callable[[], dict[str, torch.Tensor] | None]
-    ) -> bool:
+    def adopt_initial(self, task_id: str, build: InitialBuild) -> bool:
         weights = self._weights(task_id)
         if weights is None:
             return False  # the central merge: the reference comes from the control plane
         state = build()
         return state is not None and weights.adopt(state)
+
+    def eager(self, task_id: str) -> EagerWeights | None:
+        return self._weights(task_id)
 
     def load_model_into(self, task_id: str, state: dict[str, torch.Tensor]) -> None:
         weights = self._weights(task_id)

@@ -46,6 +46,9 @@ class ShardedWeights:
         self._fresh = False  # the view holds the shards' view
         self._token: bytes | None = None  # deposited in the round just released
         self._applied: bytes | None = None  # the token whose round's update the view holds
+        # Overlapped rounds: where the round started, and its change (`EagerWeights`).
+        self._start: Groups | None = None
+        self._change: Groups | None = None
 
     def forget(self) -> None:
         """A new invocation. The view is kept: its first load applies the last merged
@@ -164,8 +167,14 @@ class ShardedWeights:
     # -- out -----------------------------------------------------------------------------
     def publish(self, state: dict[str, torch.Tensor]) -> ShardDeposit:
         """Deposit this round's change at every shard; the handle for the round report."""
-        layout, precision = self.route.layout, self.route.precision
-        layout.flatten_into(state, self._weights)
+        self.route.layout.flatten_into(state, self._weights)
+        mine, view = self._weights, self.view
+        return self._deposit(lambda dtype, a, b: mine[dtype][a:b].float() - view[dtype][a:b])
+
+    def _deposit(self, change: Callable[[str, int, int], torch.Tensor]) -> ShardDeposit:
+        """Send every shard its piece of `change(dtype, a, b)` (the float groups; the others
+        as the weights hold them)."""
+        precision = self.route.precision
         token = new_token()
         calls = []
         with torch.no_grad():
@@ -174,7 +183,7 @@ class ShardedWeights:
                 for dtype, a, b in spec.ranges:
                     mine = self._weights[dtype][a:b]
                     if mine.is_floating_point():
-                        payload[dtype] = encode(mine.float() - self.view[dtype][a:b], precision)
+                        payload[dtype] = encode(change(dtype, a, b), precision)
                     else:
                         payload[dtype] = mine.numpy().copy()
                 calls.append(server.deposit.remote(self.task_id, spec.index, token, payload))
@@ -185,3 +194,36 @@ class ShardedWeights:
             return ShardDeposit(token, ok=False)
         self._token = token
         return ShardDeposit(token)
+
+    # -- overlapped rounds (`EagerWeights`) ----------------------------------------------
+    def begin(self) -> None:
+        if self._start is None:
+            self._start = {d: torch.empty_like(t) for d, t in self.view.items()}
+            self._change = {d: torch.empty_like(t) for d, t in self.view.items()}
+        for dtype, held in self.view.items():
+            self._start[dtype].copy_(held)
+
+    def rebase(self, state: dict[str, torch.Tensor]) -> None:
+        assert self._start is not None and self._change is not None, "rebase before begin"
+        if not self._fresh:  # the last catch-up failed: the whole model again (repairing)
+            self._reload()
+        self.route.layout.flatten_into(state, self._weights)
+        with torch.no_grad():
+            for dtype, mine in self._weights.items():
+                start, change = self._start[dtype], self._change[dtype]
+                if mine.is_floating_point():
+                    torch.sub(mine, start, out=change)
+                    torch.add(self.view[dtype], change, out=start)
+                else:
+                    start.copy_(mine)
+        self.route.layout.unflatten_into(self._start, state)
+
+    def deposit(self) -> ShardDeposit:
+        change = self._change
+        assert change is not None, "deposit before rebase"
+        return self._deposit(lambda dtype, a, b: change[dtype][a:b])
+
+    def catch_up(self) -> bool:
+        current = self._current()
+        self._fresh = current
+        return current

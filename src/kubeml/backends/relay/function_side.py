@@ -51,6 +51,9 @@ class Endpoint:
         self.transport = transport
         self.on_reference = on_reference
         self._lock = threading.Lock()
+        # One exchange at a time over `transport`: a request and its answer, or a report
+        # and its release (an overlapped round publishes from the sync's thread).
+        self._exchange = threading.Lock()
         self._last_beat = self._last_look = 0.0
         self.heartbeat_s = HEARTBEAT_S  # the invocation's (`Invocation.heartbeat_s`)
         self.writer: _LineWriter | None = None  # printed lines waiting for their batch
@@ -89,8 +92,9 @@ class Endpoint:
                     f"broke in round {report.round} ({type(exc).__name__})"
                 ) from exc
         else:
-            self.send(Publish(report))
-            answer = self.transport.receive()
+            with self._exchange:
+                self.send(Publish(report))
+                answer = self.transport.receive()
         if not isinstance(answer, Released):
             raise BackendError(f"relay protocol error: expected a release, got {answer!r}")
         # A release is a heartbeat: the barrier counts every function it releases as seen
@@ -102,8 +106,9 @@ class Endpoint:
         return answer.release
 
     def ask(self, what: Any) -> Any:
-        self.send(Request(what))
-        answer = self.transport.receive()
+        with self._exchange:
+            self.send(Request(what))
+            answer = self.transport.receive()
         if not isinstance(answer, Answer):
             raise BackendError(f"relay protocol error: expected an answer, got {answer!r}")
         if answer.error is not None:

@@ -60,6 +60,7 @@ def train_invocation(
             base, lr_warmup_from=lr_from, lr_warmup_steps=steps, lr_warmup_offset=ramp_done
         )
     slices = job.state.score_slices
+    overlap = job.request.overlap and job.services.models.remote_merge(job.task_id) is not None
     return replace(
         base,
         func_id=func_id,
@@ -68,4 +69,5 @@ def train_invocation(
         round=position.round,
         validate_ranges=slices[func_id] if func_id < len(slices) else (),
         rebuild_init=position.epoch == 0 and position.round == 0,
+        overlap=overlap,
     )

@@ -162,13 +162,24 @@ class Engine:
         return task_id
 
     def _check_plane(self, request: TrainRequest) -> None:
-        """Shards and a sync precision need a backend whose functions can reach shards."""
+        """Shards, a sync precision and overlapped rounds need a backend whose functions
+        can reach shards."""
+        if request.overlap and request.shards == 0:
+            raise InvalidInputError(
+                "overlap=true with shards=0: overlapped rounds need parameter shards; the "
+                "central merge's rounds wait for it (drop one of them)"
+            )
         if self.backend.name == "ray":
             return
         if request.shards:
             raise InvalidInputError(
                 f"shards={request.shards}: parameter shards need the ray backend; the "
                 f"{self.backend.name} backend merges in shared memory (use 0 or leave it unset)"
+            )
+        if request.overlap:
+            raise InvalidInputError(
+                f"overlap=true: overlapped rounds need parameter shards (the ray backend); the "
+                f"{self.backend.name} backend's rounds merge in shared memory (leave it unset)"
             )
         if request.sync_precision.value != "fp32":
             raise InvalidInputError(

@@ -1,0 +1,80 @@
+"""Overlapped rounds (`overlap`) on the sharded path of a local two-node Ray cluster: each
+round's sync (deposit, merge, update) runs beside the next round's steps. The task trains
+as well as with rounds that wait, every sample is merged once per epoch, and no bit
+depends on when a sync lands (two runs agree); a function SIGKILLed with a round in
+flight is replayed, and a resize drops the round the functions trained ahead."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+from typing import Any
+
+import pytest
+
+from kubeml.api.schemas import TaskState
+from tests.integration import test_ray_shards as shards
+from tests.integration.conftest import wait_for
+from tests.integration.test_ray_shards import _log, _mid_epoch_2, _same, _weights
+from tests.integration.test_recovery import TASK
+
+pytest.importorskip("ray", reason="the ray extra is not installed")
+
+pytestmark = pytest.mark.ray
+
+engine = shards.engine  # the sharded tests' engine, on this module's cluster
+
+OVERLAPPED: dict[str, Any] = {**TASK, "shards": 2, "overlap": True}
+
+
+def _overlapped_s(engine: Any, task_id: str) -> list[float]:
+    """Each epoch's mean seconds of a round's sync spent beside the next round's steps."""
+    return [float(x) for x in re.findall(r"overlapped (\S+) s", _log(engine, task_id))]
+
+
+def test_overlapped_rounds_train_as_well_and_land_the_same_bits(engine):
+    first = engine.wait(engine.train(**OVERLAPPED), 120)
+    assert first.state is TaskState.SUCCEEDED, first.error
+    epochs = engine.get_history(first.id).epochs
+    assert epochs[-1].train_loss < epochs[0].train_loss * 0.7
+    assert first.accuracy > 85.0
+    assert all(e.samples == 1497 for e in epochs)  # every sample once per epoch
+    overlapped = _overlapped_s(engine, first.id)
+    assert len(overlapped) == 4 and all(s > 0 for s in overlapped), overlapped
+
+    again = engine.wait(engine.train(**OVERLAPPED), 120)
+    assert again.state is TaskState.SUCCEEDED, again.error
+    assert _same(_weights(engine, first.id), _weights(engine, again.id))
+    waiting = engine.wait(engine.train(**{**OVERLAPPED, "overlap": False}), 120)
+    assert waiting.state is TaskState.SUCCEEDED, waiting.error
+    assert _overlapped_s(engine, waiting.id) == [0.0] * 4
+    # The outer step reaches each function a round late: other weights, as good a model.
+    assert not _same(_weights(engine, first.id), _weights(engine, waiting.id))
+    assert abs(first.accuracy - waiting.accuracy) < 5.0
+
+
+def test_a_function_killed_with_a_round_in_flight_is_replayed(engine):
+    task_id = engine.train(**OVERLAPPED)
+    wait_for(lambda: _mid_epoch_2(engine, task_id), 60)
+    pids = engine.backend.describe()["worker_pids"][task_id]
+    os.kill(pids[0], signal.SIGKILL)
+    info = engine.wait(task_id, 120)
+    assert info.state is TaskState.SUCCEEDED, info.error
+    assert (info.failures, info.retries) == (1, 1)
+    assert "replaying round" in _log(engine, task_id)
+    epochs = engine.get_history(task_id).epochs
+    assert all(e.samples == 1497 for e in epochs)
+    assert info.accuracy > 85.0
+
+
+def test_a_resize_drops_the_round_trained_ahead_and_merges_every_sample_once(engine):
+    task_id = engine.train(**{**OVERLAPPED, "epochs": 2})
+    wait_for(lambda: engine.get_task(task_id).round >= 3, 60)
+    engine.tasks.request_parallelism(task_id, 1, "the test shrinks it")
+    info = engine.wait(task_id, 120)
+    assert info.state is TaskState.SUCCEEDED, info.error
+    epochs = engine.get_history(task_id).epochs
+    assert epochs[0].parallelism_path == [2, 1]
+    assert all(e.samples == 1497 for e in epochs)
+    assert info.accuracy > 80.0
