@@ -61,7 +61,14 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from benchmarks.cluster_report import estimate_syncs, per_round, ratios, report, time_to_goal
+from benchmarks.cluster_report import (
+    estimate_syncs,
+    per_round,
+    phase_syncs,
+    ratios,
+    report,
+    time_to_goal,
+)
 from benchmarks.reference import ROOT
 
 KUBEML_ROWS: dict[str, dict[str, Any]] = {
@@ -246,6 +253,14 @@ def figures(
         f"cap {args.cap_s:.0f} s per run, seeds {args.seed_list}"
     )
     text = report(profile, summaries, goals, p_bytes, setting)
+    timed = phase_syncs(results)
+    for row, sync in timed.items():
+        model = summaries.get(row, {}).get("bandwidth_model_s")
+        against = f", {sync / model:.2f} x the bandwidth model" if model else ""
+        text += (
+            f"\n{row}: a round's sync as its functions time it (load + send + wait + "
+            f"overlapped, every round): {sync:.2f} s{against}"
+        )
     for row, reasons in errors.items():
         for reason in reasons:
             text += f"\n{row}: failed: {reason[:500]}"
@@ -253,8 +268,8 @@ def figures(
         text += f"\n{row}: skipped: {reason}"
     return {
         "profile": profile, "summaries": summaries, "goals": goals, "compute_s": compute_s,
-        "ratios": ratios(summaries, goals, p_bytes), "skipped": skipped, "errors": errors,
-        "report": text, "runs": results,
+        "ratios": ratios(summaries, goals, p_bytes), "phase_sync_s": timed,
+        "skipped": skipped, "errors": errors, "report": text, "runs": results,
     }  # fmt: skip
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import re
 import statistics
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -86,6 +87,31 @@ def time_to_goal(runs: Iterable[Mapping[str, Any]], cap_s: float) -> dict[str, A
         "median_goal_s": statistics.median(times) if times else math.inf,
         "arrived": sum(math.isfinite(t) for t in times),
     }
+
+
+# The sync as a function times it: reading the round's model (a compressed update, at a
+# round's start), sending its change, waiting for the merge, and where rounds overlap, the
+# part of the sync its next round's steps hid.
+SYNC_PHASES = ("load", "send", "wait", "overlapped")
+
+
+def phase_syncs(runs: Iterable[Mapping[str, Any]]) -> dict[str, float]:
+    """Each kubeml row's mean seconds of a round's sync as its functions time them, from
+    the task log's line per epoch (`a function's round, mean over R: load X s, ...`):
+    every round counts, an epoch's first and last among them."""
+    seconds: dict[str, float] = {}
+    rounds: dict[str, int] = {}
+    for run in runs:
+        for line in run.get("round_phases", []):
+            count = re.search(r"mean over (\d+)", line)
+            phases = dict(re.findall(r"(\w+) ([\d.]+) s", line))
+            if count is None or not phases:
+                continue
+            n = int(count.group(1))
+            sync = sum(float(phases.get(name, 0.0)) for name in SYNC_PHASES)
+            seconds[run["row"]] = seconds.get(run["row"], 0.0) + sync * n
+            rounds[run["row"]] = rounds.get(run["row"], 0) + n
+    return {row: seconds[row] / rounds[row] for row in seconds if rounds[row]}
 
 
 def estimate_syncs(summaries: dict[str, dict[str, Any]]) -> float | None:
