@@ -238,11 +238,12 @@ def test_compressed_rounds_train_as_well_and_resume_exactly(engine, precision):
     assert _same(_weights(engine, task_id), _weights(engine, whole.id))
 
 
-def _views_served(engine: Any) -> int:
-    """Whole views the functions read from the shard servers so far."""
+def _views_served(engine: Any, counter: str = "served") -> int:
+    """Whole views the functions read from the shard servers so far (`fetched`: first
+    models the servers fetched from the writer's node, not taken from a function there)."""
     pool = engine.backend.models.sharded._pool
     servers = pool.servers(0, started=True) if pool is not None else []
-    return sum(ray.get([server.served.remote() for server in servers]))
+    return sum(ray.get([getattr(server, counter).remote() for server in servers]))
 
 
 def test_no_function_reads_the_whole_model_when_it_can_build_it(engine, digits):
@@ -252,10 +253,11 @@ def test_no_function_reads_the_whole_model_when_it_can_build_it(engine, digits):
     it there (no validation invocation, no read of the model), and the next epoch starts
     from the view they hold."""
     task = dict(TASK, shards=2, sync_precision="int8", validate_every=1)
-    before = _views_served(engine)
+    before, fetched = _views_served(engine), _views_served(engine, "fetched")
     info = engine.wait(engine.train(**task), 120)
     assert info.state is TaskState.SUCCEEDED, info.error
     assert _views_served(engine) == before
+    assert _views_served(engine, "fetched") == fetched  # each node's servers took it there
     assert _invocations(engine, info.id) == 1 + 2 * 4
     epochs = engine.get_history(info.id).epochs
     assert all(e.accuracy is not None for e in epochs)
@@ -270,10 +272,11 @@ def test_a_function_whose_first_model_is_not_the_tasks_reads_it(engine, digits, 
     moves the weights outside the init invocation), it reads the whole model from the
     shards, and the task ends with the same bits as the run whose functions built it."""
     engine.create_function("moved", function_source(**STATELESS, PERTURB_REBUILT_INIT=True))
-    before = _views_served(engine)
+    before, fetched = _views_served(engine), _views_served(engine, "fetched")
     info = engine.wait(engine.train(**{**TASK, "function": "moved"}, shards=2), 120)
     assert info.state is TaskState.SUCCEEDED, info.error
     assert _views_served(engine) - before == 2 * 2  # 2 functions, each from 2 shards
+    assert _views_served(engine, "fetched") - fetched == 2 * 2  # 2 primaries, 2 replicas
     assert _same(_weights(engine, info.id), sharded_baseline)
 
 

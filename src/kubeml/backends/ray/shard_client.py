@@ -10,6 +10,7 @@ invocation, a shard replaced) reads the whole view again.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from typing import Any
 
@@ -94,12 +95,15 @@ class ShardedWeights:
 
     def adopt(self, state: dict[str, torch.Tensor]) -> bool:
         """Take `state`, the initial model built on this actor, as the view if every shard
-        holds the same bits and has merged no round yet: no model crosses the network."""
-        answers = self._ask_each("digest")  # None: a shard gone (the first load repairs it)
+        holds the same bits and has merged no round yet: no model crosses the network.
+        First hand each shard server on this node its piece, which it takes if it awaits
+        the same bits (`ShardServer.offer`)."""
         try:
             self.route.layout.flatten_into(state, self._weights)
         except (KeyError, RuntimeError, ValueError):
             return False  # not the task's layout
+        self._offer()
+        answers = self._ask_each("digest")  # None: a shard gone (the first load repairs it)
         if answers is None:
             return False
         for (spec, _), (merged, digest) in zip(self._pairs(), answers, strict=True):
@@ -111,6 +115,27 @@ class ShardedWeights:
                 self.view[dtype].copy_(built)
         self._fresh, self._token, self._applied = True, None, None
         return True
+
+    def _offer(self) -> None:
+        """This node's shard servers' pieces of the model just built (`adopt`)."""
+        route, here = self.route, ray.get_runtime_context().get_node_id()
+        calls = []
+        for i, spec in enumerate(route.specs):
+            holders = [
+                (servers[i], replica)
+                for servers, nodes, replica in (
+                    (route.servers, route.nodes, False),
+                    (route.replicas, route.replica_nodes, True),
+                )
+                if i < len(nodes) and nodes[i] == here
+            ]
+            if holders:
+                pieces = {d: self._weights[d][a:b].numpy().copy() for d, a, b in spec.ranges}
+            for server, replica in holders:
+                calls.append(server.offer.remote(self.task_id, spec.index, pieces, replica))
+        # A shard that did not take its piece fetches it when first needed.
+        with contextlib.suppress(RayError, TimeoutError):
+            ray.get(calls, timeout=CALL_TIMEOUT_S)
 
     def model_into(self, state: dict[str, torch.Tensor]) -> None:
         """The model itself (validation): the shards' masters."""

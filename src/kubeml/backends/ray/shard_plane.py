@@ -60,6 +60,9 @@ class ShardRoute:
     specs: tuple[ShardSpec, ...]
     servers: tuple[Any, ...]  # the primary of shard i is servers[i]
     precision: str
+    replicas: tuple[Any, ...] = ()  # the server holding shard i's replica
+    nodes: tuple[str, ...] = ()  # the node of each primary's server ("": unknown)
+    replica_nodes: tuple[str, ...] = ()
 
 
 def new_token() -> bytes:
@@ -108,7 +111,13 @@ class ShardPlane:
     def route(self) -> ShardRoute:
         with self._lock:
             servers = tuple(self.servers[s.index] for s in self.specs)
-            return ShardRoute(self.layout, tuple(self.specs), servers, self.precision)
+            replicas = tuple(self.servers[self._buddy(s.index)] for s in self.specs)
+            node_of = {id(h): n for n, h in self.pool.placed(self.servers)}
+            return ShardRoute(
+                self.layout, tuple(self.specs), servers, self.precision, replicas,
+                tuple(node_of.get(id(h), "") for h in servers),
+                tuple(node_of.get(id(h), "") for h in replicas),
+            )  # fmt: skip
 
     # -- state in and out ----------------------------------------------------------------
     def load(
@@ -134,8 +143,10 @@ class ShardPlane:
         self.pushes += 1
 
     def load_written(self, buffer: Any) -> None:
-        """Put the model a function just wrote (`buffer`: the ref of its flat buffer, in its
-        node's object store) on the shards, cut on that node by its server: none of it
+        """Announce the model a function just wrote (`buffer`: the ref of its flat buffer,
+        in its node's object store) to the shards, cut on that node by its server: each
+        shard's primary and replica await it, taken from a function on their node that
+        builds the same piece, else fetched from the cut (`ShardServer.expect`). None of it
         crosses the control plane's link (`load` would take it in and out again)."""
         where = ray.experimental.get_object_locations([buffer], timeout_ms=10_000).get(buffer, {})
         nodes = set(where.get("node_ids") or [])
@@ -143,9 +154,17 @@ class ShardPlane:
             cutter = next((h for n, h in self.pool.placed(self.servers) if n in nodes), None)
             self.cut_near = cutter is not None
             cutter = cutter or self.servers[0]  # no server there: one fetches it all
-            cut = cutter.cut.options(num_returns=len(self.specs))
-            states = cut.remote(buffer, self.layout, self.specs)
-        self._hold(states if len(self.specs) > 1 else [states])
+            count = len(self.specs)
+            cut = cutter.cut.options(num_returns=2 * count).remote(buffer, self.layout, self.specs)
+            digests = self._wait(list(cut[count:]), "cutting the model for its shards")
+            calls = []
+            for spec, state, digest in zip(self.specs, cut[:count], digests, strict=True):
+                primary, buddy = self.servers[spec.index], self.servers[self._buddy(spec.index)]
+                calls.append(primary.expect.remote(self.task_id, spec, digest, [state], buddy))
+                calls.append(buddy.expect.remote(self.task_id, spec, digest, [state], None, True))
+            self._wait(calls, "announcing the model to its shards")
+            self.merged = 0
+            self._gathered = None
 
     def _hold(self, states: Sequence[Any]) -> None:
         """Each shard's primary takes its state (refs, one per spec) and hands its replica a

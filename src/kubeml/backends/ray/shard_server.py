@@ -9,6 +9,11 @@ shard it held as the last merged round left it on another server. Threaded (Ray'
 `max_concurrency`): a primary waiting for its replica must not block the replica's own
 primary on the same server. Ray does the transport: deposits and updates are numpy
 arrays in Ray's object store, moved between the nodes that hold them.
+
+A task's first model is *awaited* (`expect`): a function on this node that built the same
+piece (the user's init again, `ShardedWeights.adopt`) hands it over (`offer`), so the
+model crosses no link; the first call that needs an awaited shard fetches it from where
+the writer's node cut it (`_held`).
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import ray
@@ -24,10 +29,12 @@ import torch
 
 from kubeml.backends.ray.chunk_route import Arrays, ChunkCache, ChunkKey
 from kubeml.stores.flat import FlatLayout
-from kubeml.stores.shard_core import Payload, ShardCore
+from kubeml.stores.shard_core import Payload, ShardCore, piece_digest
 from kubeml.stores.shard_plan import ShardSpec, slice_groups
 
 Key = tuple[str, int]  # (task id, shard index)
+# A first model not taken yet: its spec, digest, [the ref of its cut state], the buddy.
+Awaited = tuple[ShardSpec, bytes, list[Any], Any]
 CONCURRENCY = 16
 
 
@@ -45,6 +52,9 @@ class ShardServer:
         self._sending: dict[Key, Any] = {}  # a primary's reduced change on its way (a ref)
         self._incoming: dict[Key, Payload] = {}  # a replica's change, until the step's call
         self.views_served = 0  # whole views read by functions (a fresh one, or a lost round)
+        # First models, by (task, shard, replica), until a function offers or a call fetches.
+        self._awaited: dict[tuple[str, int, bool], Awaited] = {}
+        self.first_fetched = 0  # first models fetched from the writer's node, not offered
         self._guard = threading.Lock()
 
     def where(self) -> tuple[str, int]:
@@ -60,8 +70,56 @@ class ShardServer:
         (`ShardCore.state`), with its replica on `buddy` (None: no replica)."""
         key = (task_id, spec.index)
         with self._lock(key):
+            self._awaited.pop((*key, False), None)
             self._primaries[key] = ShardCore.from_state(spec, state)
             self._buddies[key] = buddy
+
+    def expect(
+        self, task_id: str, spec: ShardSpec, digest: bytes, refs: list[Any], buddy: Any,
+        replica: bool = False,
+    ) -> None:  # fmt: skip
+        """Await shard `spec.index`'s first model (as its primary, or `replica`): offered by
+        a function here, or fetched from `refs[0]` when first needed."""
+        key = (task_id, spec.index)
+        with self._lock(key):
+            self._awaited[(*key, replica)] = (spec, digest, refs, buddy)
+
+    def offer(self, task_id: str, index: int, pieces: Payload, replica: bool) -> bool:
+        """A function on this node built the task's first model: take its piece of an
+        awaited shard if it is the same bits."""
+        key = (task_id, index)
+        with self._lock(key):
+            awaited = self._awaited.get((*key, replica))
+            if awaited is None:
+                return False
+            spec = awaited[0]
+            master = {d: torch.from_numpy(np.array(p)) for d, p in pieces.items()}
+            named = {d for d, _, _ in spec.ranges}
+            if set(master) != named or piece_digest(spec, master) != awaited[1]:
+                return False
+            self._take(key, replica, {"master": master, "view": {}, "momentum": {}, "merged": 0})
+            return True
+
+    def _held(self, key: Key, replica: bool = False) -> ShardCore:
+        """The shard's core (under its lock), its first model fetched if still awaited."""
+        if (*key, replica) in self._awaited:
+            ref = self._awaited[(*key, replica)][2][0]
+            self._take(key, replica, cast("dict[str, Any]", ray.get(ref)))
+            with self._guard:
+                self.first_fetched += 1
+        return (self._replicas if replica else self._primaries)[key]
+
+    def _take(self, key: Key, replica: bool, state: dict[str, Any]) -> None:
+        spec, _, _, buddy = self._awaited.pop((*key, replica))
+        if replica:
+            self._replicas[key] = ShardCore.from_state(spec, state)
+        else:
+            self._primaries[key] = ShardCore.from_state(spec, state)
+            self._buddies[key] = buddy
+
+    def fetched(self) -> int:
+        """First models fetched rather than offered (tests: none, where functions built it)."""
+        return self.first_fetched
 
     def hold_from(self, task_id: str, spec: ShardSpec, refs: list[Any], buddy: Any) -> None:
         """`hold` the state in `refs[0]` (a ref in a list: Ray passes it unresolved), then
@@ -74,19 +132,16 @@ class ShardServer:
 
     def cut(self, buffer: np.ndarray, layout: FlatLayout, specs: Sequence[ShardSpec]) -> Any:
         """Each shard's starting state (`ShardCore.state`) from a model a function on this
-        node wrote (a flat buffer, read from the node's object store): one return value per
-        spec, kept on this node, so each shard's servers fetch only their piece, from here."""
+        node wrote (a flat buffer, read from the node's object store), then each one's
+        `piece_digest`: 2·S return values, the states kept on this node, so a shard whose
+        node's functions do not build the same model fetches only its piece, from here."""
         groups = layout.over(buffer)
-        states = tuple(
-            {
-                "master": {d: piece.clone() for d, piece in slice_groups(spec, groups).items()},
-                "view": {},
-                "momentum": {},
-                "merged": 0,
-            }
-            for spec in specs
-        )
-        return states[0] if len(states) == 1 else states
+        states, digests = [], []
+        for spec in specs:
+            master = {d: piece.clone() for d, piece in slice_groups(spec, groups).items()}
+            states.append({"master": master, "view": {}, "momentum": {}, "merged": 0})
+            digests.append(piece_digest(spec, master))
+        return (*states, *digests)
 
     def set_buddy(self, task_id: str, index: int, buddy: Any) -> None:
         key = (task_id, index)
@@ -96,6 +151,7 @@ class ShardServer:
     def hold_replica(self, task_id: str, spec: ShardSpec, state: dict[str, Any]) -> None:
         key = (task_id, spec.index)
         with self._lock(key):
+            self._awaited.pop((*key, True), None)
             self._replicas[key] = ShardCore.from_state(spec, state)
 
     def state(self, task_id: str, index: int, replica: bool = False) -> dict[str, Any]:
@@ -103,20 +159,20 @@ class ShardServer:
         replica, or the primary a replica stands in for)."""
         key = (task_id, index)
         with self._lock(key):
-            return (self._replicas if replica else self._primaries)[key].state()
+            return self._held(key, replica).state()
 
     def outer(self, task_id: str, index: int) -> dict[str, Any]:
         """The shard's outer momentum and functions' view (a checkpoint's outer state)."""
         key = (task_id, index)
         with self._lock(key):
-            return self._primaries[key].outer()
+            return self._held(key).outer()
 
     def snapshot(self, task_id: str, index: int) -> None:
         """Keep a copy of the shard as its last merged round left it, for a checkpoint that
         gathers it (`taken`) while the next rounds run."""
         key = (task_id, index)
         with self._lock(key):
-            self._snapshots[key] = self._primaries[key].state()
+            self._snapshots[key] = self._held(key).state()
 
     def taken(self, task_id: str, index: int) -> dict[str, Any] | None:
         """The snapshot kept last (None: none, e.g. this server replaced the one that took it)."""
@@ -126,9 +182,9 @@ class ShardServer:
 
     def drop(self, task_id: str) -> None:
         with self._guard:
-            held_by_task = (
+            held_by_task: tuple[dict[Any, Any], ...] = (
                 self._primaries, self._replicas, self._buddies, self._snapshots,
-                self._sending, self._incoming,
+                self._sending, self._incoming, self._awaited,
             )  # fmt: skip
             for held in (*held_by_task, self._locks):
                 for key in [k for k in held if k[0] == task_id]:
@@ -139,7 +195,7 @@ class ShardServer:
         """A function's change for the open round; returns the rounds merged so far."""
         key = (task_id, index)
         with self._lock(key):
-            core = self._primaries[key]
+            core = self._held(key)
             core.deposit(token, payload)
             return core.merged
 
@@ -155,7 +211,7 @@ class ShardServer:
         shard) also take the step and have the replica take it."""
         key = (task_id, index)
         with self._lock(key):
-            core = self._primaries[key]
+            core = self._held(key)
             sums = core.reduce(contributions)
             buddy = self._buddies.get(key)
             if buddy is not None:  # on its way while the sums go round and this one steps
@@ -167,7 +223,7 @@ class ShardServer:
     def finish(self, task_id: str, index: int, kept: float, settle: bool = False) -> None:
         key = (task_id, index)
         with self._lock(key):
-            self._finish(key, self._primaries[key], kept, settle)
+            self._finish(key, self._held(key), kept, settle)
 
     def _finish(self, key: Key, core: ShardCore, kept: float, settle: bool) -> None:
         message = core.finish(kept, settle)
@@ -192,7 +248,7 @@ class ShardServer:
         it came ahead (`take_change`)."""
         key = (task_id, index)
         with self._lock(key):
-            self._replicas[key].replicate({**self._incoming.pop(key, {}), **message})
+            self._held(key, True).replicate({**self._incoming.pop(key, {}), **message})
 
     def rollback(self, task_id: str, index: int, merged: int) -> None:
         """Undo round `merged` on the primary and the replica held here, if they took it."""
@@ -205,18 +261,18 @@ class ShardServer:
     def update(self, task_id: str, index: int, token: bytes) -> Payload | None:
         key = (task_id, index)
         with self._lock(key):
-            return self._primaries[key].update(token)
+            return self._held(key).update(token)
 
     def holds(self, task_id: str, index: int, token: bytes) -> bool:
         """Whether `token`'s round is still the shard's last merged one."""
         key = (task_id, index)
         with self._lock(key):
-            return self._primaries[key].update(token) is not None
+            return self._held(key).update(token) is not None
 
     def functions_view(self, task_id: str, index: int) -> tuple[int, Payload]:
         key = (task_id, index)
         with self._lock(key):
-            core = self._primaries[key]
+            core = self._held(key)
             with self._guard:
                 self.views_served += 1
             return core.merged, core.functions_view()
@@ -226,16 +282,20 @@ class ShardServer:
         return self.views_served
 
     def digest(self, task_id: str, index: int) -> tuple[int, bytes]:
-        """The rounds merged, and `ShardCore.digest` (a function built the model itself)."""
+        """The rounds merged, and `ShardCore.digest` (a function built the model itself);
+        an awaited first model's digest without fetching it."""
         key = (task_id, index)
         with self._lock(key):
-            core = self._primaries[key]
+            awaited = self._awaited.get((*key, False))
+            if awaited is not None:
+                return 0, awaited[1]
+            core = self._held(key)
             return core.merged, core.digest()
 
     def model(self, task_id: str, index: int) -> Payload:
         key = (task_id, index)
         with self._lock(key):
-            return self._primaries[key].model()
+            return self._held(key).model()
 
     def ping(self) -> bool:
         return True
