@@ -6,17 +6,14 @@ flight is replayed, and a resize drops the round the functions trained ahead."""
 
 from __future__ import annotations
 
-import os
 import re
-import signal
 from typing import Any
 
 import pytest
 
 from kubeml.api.schemas import TaskState
 from tests.integration import test_ray_shards as shards
-from tests.integration.conftest import wait_for
-from tests.integration.test_ray_shards import _log, _mid_epoch_2, _same, _weights
+from tests.integration.test_ray_shards import _log, _same, _weights
 from tests.integration.test_recovery import TASK
 
 pytest.importorskip("ray", reason="the ray extra is not installed")
@@ -55,26 +52,11 @@ def test_overlapped_rounds_train_as_well_and_land_the_same_bits(engine):
 
 
 def test_a_function_killed_with_a_round_in_flight_is_replayed(engine):
-    task_id = engine.train(**OVERLAPPED)
-    wait_for(lambda: _mid_epoch_2(engine, task_id), 60)
-    pids = engine.backend.describe()["worker_pids"][task_id]
-    os.kill(pids[0], signal.SIGKILL)
-    info = engine.wait(task_id, 120)
-    assert info.state is TaskState.SUCCEEDED, info.error
-    assert (info.failures, info.retries) == (1, 1)
-    assert "replaying round" in _log(engine, task_id)
-    epochs = engine.get_history(task_id).epochs
+    info = shards.kill_a_function_mid_epoch(engine, OVERLAPPED)
+    epochs = engine.get_history(info.id).epochs
     assert all(e.samples == 1497 for e in epochs)
     assert info.accuracy > 85.0
 
 
 def test_a_resize_drops_the_round_trained_ahead_and_merges_every_sample_once(engine):
-    task_id = engine.train(**{**OVERLAPPED, "epochs": 2})
-    wait_for(lambda: engine.get_task(task_id).round >= 3, 60)
-    engine.tasks.request_parallelism(task_id, 1, "the test shrinks it")
-    info = engine.wait(task_id, 120)
-    assert info.state is TaskState.SUCCEEDED, info.error
-    epochs = engine.get_history(task_id).epochs
-    assert epochs[0].parallelism_path == [2, 1]
-    assert all(e.samples == 1497 for e in epochs)
-    assert info.accuracy > 80.0
+    shards.shrink_mid_epoch(engine, {**OVERLAPPED, "epochs": 2})

@@ -160,7 +160,13 @@ def _shard_pids_after(engine: Any) -> list[int]:
 
 
 def test_a_killed_function_on_the_sharded_path_changes_no_bit(engine, sharded_baseline):
-    task_id = engine.train(**TASK, shards=2)
+    info = kill_a_function_mid_epoch(engine, {**TASK, "shards": 2})
+    assert _same(_weights(engine, info.id), sharded_baseline)
+
+
+def kill_a_function_mid_epoch(engine: Any, task: dict[str, Any]) -> Any:
+    """SIGKILL one function mid-epoch 2: its round is replayed and the task succeeds."""
+    task_id = engine.train(**task)
     wait_for(lambda: _mid_epoch_2(engine, task_id), 60)
     pids = engine.backend.describe()["worker_pids"][task_id]
     os.kill(pids[0], signal.SIGKILL)
@@ -168,7 +174,7 @@ def test_a_killed_function_on_the_sharded_path_changes_no_bit(engine, sharded_ba
     assert info.state is TaskState.SUCCEEDED, info.error
     assert (info.failures, info.retries) == (1, 1)
     assert "replaying round" in _log(engine, task_id)
-    assert _same(_weights(engine, task_id), sharded_baseline)
+    return info
 
 
 def test_a_round_socket_broken_mid_epoch_costs_a_round_and_no_bit(engine, sharded_baseline):
@@ -281,7 +287,12 @@ def test_a_function_whose_first_model_is_not_the_tasks_reads_it(engine, digits, 
 
 
 def test_a_resize_mid_epoch_merges_every_sample_once(engine):
-    task_id = engine.train(**{**TASK, "epochs": 2}, shards=2)
+    shrink_mid_epoch(engine, {**TASK, "epochs": 2, "shards": 2})
+
+
+def shrink_mid_epoch(engine: Any, task: dict[str, Any]) -> None:
+    """N 2 -> 1 from round 3 of the first epoch: every sample still merged once."""
+    task_id = engine.train(**task)
     wait_for(lambda: engine.get_task(task_id).round >= 3, 60)
     engine.tasks.request_parallelism(task_id, 1, "the test shrinks it")
     info = engine.wait(task_id, 120)

@@ -42,7 +42,8 @@ def test_seed_lenet_learns_mnist_with_two_functions_and_k_8(make_engine, mnist_5
 
 def test_the_log_says_where_a_functions_round_went(digits_engine):
     """Each epoch's line of round phases: the K steps of a function that sleeps 20 ms a
-    batch take at least K x 20 ms, and the rounds counted are the epoch's, per function."""
+    batch take at least K x 20 ms, and the rounds counted are the epoch's, per function;
+    no sync ran beside the steps (`overlapped`: a sharded task's `--overlap` only)."""
     digits_engine.create_function("sleepy", function_source(SLEEP_PER_BATCH_S=0.02))
     task_id = digits_engine.train(
         function="sleepy", dataset="digits", epochs=1, parallelism=2, k=4, static=True
@@ -53,7 +54,8 @@ def test_the_log_says_where_a_functions_round_went(digits_engine):
     assert len(lines) == 1, lines
     counted, phases = lines[0].split("mean over ")[1].split(": ", 1)
     spent = {p.split()[0]: float(p.split()[1]) for p in phases.split(", ")}
-    assert list(spent) == ["load", "steps", "send", "wait"]
+    assert list(spent) == ["load", "steps", "send", "wait", "overlapped"]
+    assert spent["overlapped"] == 0.0  # rounds that wait for their merge hide no sync
     assert int(counted) == 2 * epoch.rounds  # both functions' rounds
     assert spent["steps"] >= 0.02 * 3  # K=4 batches of 20 ms a round (the last: fewer)
     assert all(t >= 0 for t in spent.values())
