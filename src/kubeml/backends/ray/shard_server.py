@@ -3,9 +3,11 @@ shards of the tasks' models (`kubeml.stores.shard_core`), each as a primary (mer
 the functions' deposits) or as the replica of another server's primary, and the dataset
 chunks whose home the node is (`kubeml.backends.ray.chunk_route`).
 
-A primary's step is not finished until its replica took the same one (`merge`, `finish`
-call the replica's `replicate` and wait), so a server lost at any moment leaves every
-shard it held as the last merged round left it on another server. Threaded (Ray's
+A primary's step is not finished until its replica holds the same one (`merge`, `finish`
+call the replica's `replicate` and wait for it to keep the step, which the replica takes
+in a thread of its own, or before anything reads the replica: `_held`), so a server lost
+at any moment leaves every shard it held as the last merged round left it on another
+server. Threaded (Ray's
 `max_concurrency`): a primary waiting for its replica must not block the replica's own
 primary on the same server. Ray does the transport: deposits and updates are numpy
 arrays in Ray's object store, moved between the nodes that hold them.
@@ -51,6 +53,7 @@ class ShardServer:
         self._snapshots: dict[Key, dict[str, Any]] = {}  # kept for a checkpoint, until taken
         self._sending: dict[Key, Any] = {}  # a primary's reduced change on its way (a ref)
         self._incoming: dict[Key, Payload] = {}  # a replica's change, until the step's call
+        self._steps: dict[Key, Payload] = {}  # a replica's step, kept until it is taken
         self.views_served = 0  # whole views read by functions (a fresh one, or a lost round)
         # First models, by (task, shard, replica), until a function offers or a call fetches.
         self._awaited: dict[tuple[str, int, bool], Awaited] = {}
@@ -107,6 +110,8 @@ class ShardServer:
             self._take(key, replica, cast("dict[str, Any]", ray.get(ref)))
             with self._guard:
                 self.first_fetched += 1
+        if replica and key in self._steps:  # a step kept (`replicate`), not yet taken
+            self._replicas[key].replicate(self._steps.pop(key))
         return (self._replicas if replica else self._primaries)[key]
 
     def _take(self, key: Key, replica: bool, state: dict[str, Any]) -> None:
@@ -152,6 +157,7 @@ class ShardServer:
         key = (task_id, spec.index)
         with self._lock(key):
             self._awaited.pop((*key, True), None)
+            self._steps.pop(key, None)  # the state holds every step its primary took
             self._replicas[key] = ShardCore.from_state(spec, state)
 
     def state(self, task_id: str, index: int, replica: bool = False) -> dict[str, Any]:
@@ -184,7 +190,7 @@ class ShardServer:
         with self._guard:
             held_by_task: tuple[dict[Any, Any], ...] = (
                 self._primaries, self._replicas, self._buddies, self._snapshots,
-                self._sending, self._incoming, self._awaited,
+                self._sending, self._incoming, self._awaited, self._steps,
             )  # fmt: skip
             for held in (*held_by_task, self._locks):
                 for key in [k for k in held if k[0] == task_id]:
@@ -244,16 +250,26 @@ class ShardServer:
             self._incoming[key] = change
 
     def replicate(self, task_id: str, index: int, message: Payload) -> None:
-        """Take the step the primary took: `message` holds its terms, and the change unless
-        it came ahead (`take_change`)."""
+        """Keep the step the primary took (`message`: its terms, and the change unless it
+        came ahead: `take_change`) and answer at once: the round is safe once the step is
+        kept here. It is taken in a thread, or first by any call that reads the replica."""
         key = (task_id, index)
         with self._lock(key):
-            self._held(key, True).replicate({**self._incoming.pop(key, {}), **message})
+            self._held(key, True)  # an earlier step first
+            self._steps[key] = {**self._incoming.pop(key, {}), **message}
+        threading.Thread(target=self._take_step, args=(key,), daemon=True).start()
+
+    def _take_step(self, key: Key) -> None:
+        with self._lock(key):
+            if key in self._steps:  # (gone: taken already, or the task dropped)
+                self._held(key, True)
 
     def rollback(self, task_id: str, index: int, merged: int) -> None:
         """Undo round `merged` on the primary and the replica held here, if they took it."""
         key = (task_id, index)
         with self._lock(key):
+            if key in self._steps:  # a step kept: taken, then undone
+                self._held(key, True)
             for held in (self._primaries, self._replicas):
                 if key in held:
                     held[key].rollback(merged)
