@@ -6,9 +6,12 @@ the machine's load, so an in-process engine is enough here; seconds are not repo
     python -m benchmarks.outer_study [WORKLOADS] [CONFIGS] [SEEDS] [OUT.jsonl]
     python -m benchmarks.outer_study mnist-lenet-example average,adaptive 0,1,2
     python -m benchmarks.outer_study chars,cnn-bn adaptive,sum 0   # harness workloads
+    python -m benchmarks.outer_study chars-adam,chars-n4 adaptive 0,1,2   # variants
 
 A workload of the harness (`benchmarks/specs.py`: chars, cnn-bn, lenet-seed...) trains on
 its own data, lr and batch (`lenet-seed` on the Fashion-MNIST cut the others use here).
+A variant (`VARIANTS`) is one of those with another inner optimizer or lr, or N=4: the
+workloads the adaptive step's noise rule was checked on after it was chosen.
 
 Each line of OUT (default benchmarks/results/outer-study.jsonl) is one task.
 """
@@ -39,6 +42,17 @@ WORKLOADS: dict[str, tuple[str, str, float, int, tuple[str, str] | None]] = {
     "mnist-lenet-example": ("examples/lenet_mnist.py", "mnist", 0.02, 3, None),
     "mnist-mlpbn": ("benchmarks/functions/mlp_bn_mnist.py", "mnist5k", 0.01, 6, None),
 }
+RMSPROP_ADAM = (
+    "return RMSprop(self.parameters(), lr=self.lr)",
+    "return torch.optim.Adam(self.parameters(), lr=self.lr)",
+)
+# name: (the workload it varies, patch of the source or None, inner lr or None, N)
+VARIANTS: dict[str, tuple[str, tuple[str, str] | None, float | None, int]] = {
+    "chars-adam": ("chars", RMSPROP_ADAM, 0.001, 2),
+    "chars-n4": ("chars", None, None, 4),
+    "lenet-seed-n4": ("lenet-seed", None, None, 4),
+    "fashion-sgd-n4": ("fashion-sgd", None, None, 4),
+}
 CONFIGS: dict[str, dict[str, Any]] = {
     "average": {"outer_optimizer": "average"},
     "nest.7/.9": {"outer_optimizer": "nesterov", "outer_lr": 0.7, "outer_momentum": 0.9},
@@ -67,21 +81,31 @@ def main(argv: list[str]) -> None:
     data["mnist"] = prepare("mnist5k", tmp / "mnist").data_dir
     data["mnist5k"] = data["mnist"]  # the name the harness's MNIST functions read
     for name in workloads:  # a harness workload trains on its own full data
-        if name in SPECS and SPECS[name].dataset not in data:
-            data[SPECS[name].dataset] = prepare(name, tmp / name).data_dir
-    with fresh_engine() as engine:
+        base = VARIANTS[name][0] if name in VARIANTS else name
+        if base in SPECS and SPECS[base].dataset not in data:
+            data[SPECS[base].dataset] = prepare(base, tmp / base).data_dir
+    with fresh_engine(capacity=4) as engine:
         for dataset, path in data.items():
             a = Arrays.load(path)
             engine.create_dataset(dataset, a.train_x, a.train_y, a.test_x, a.test_y)
         for name in workloads:
-            if name in SPECS:
-                spec = SPECS[name]
-                file, dataset, lr, epochs = spec.function_file, spec.dataset, spec.lr, spec.epochs
-                patch, batch = None, spec.batch_size
+            base, patch, lr, parallelism = VARIANTS.get(name, (name, None, None, 2))
+            if base in SPECS:
+                spec = SPECS[base]
+                file, dataset, epochs, batch = (
+                    spec.function_file,
+                    spec.dataset,
+                    spec.epochs,
+                    spec.batch_size,
+                )
+                lr = lr or spec.lr
             else:
-                (file, dataset, lr, epochs, patch), batch = WORKLOADS[name], 64
+                file, dataset, base_lr, epochs, base_patch = WORKLOADS[base]
+                patch, lr, batch = patch or base_patch, lr or base_lr, 64
             source = (ROOT / file).read_text()
             if patch:
+                if patch[0] not in source:
+                    raise SystemExit(f"{name}: {file} no longer has the line the variant patches")
                 source = source.replace(*patch)
             function = name.replace(".", "")
             engine.create_function(function, source)
@@ -90,7 +114,7 @@ def main(argv: list[str]) -> None:
                     options = {"k": 8, **CONFIGS[config]}
                     task_id = engine.train(
                         function=function, dataset=dataset, epochs=epochs, lr=lr,
-                        batch_size=batch, parallelism=2, static=True, seed=seed,
+                        batch_size=batch, parallelism=parallelism, static=True, seed=seed,
                         validate_every=1, **options,
                     )  # fmt: skip
                     info = engine.wait(task_id, timeout_s=1800)

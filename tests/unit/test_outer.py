@@ -262,3 +262,60 @@ def test_copies_get_the_merged_model_and_may_be_the_merged_states(monkeypatch, n
         assert all(torch.equal(plain_ref[k], copied_ref[k]) for k in plain_ref)
         for state in own:
             assert all(torch.equal(state[k], copied_ref[k]) for k in copied_ref)
+
+
+def _noisy_round(layout: FlatLayout, ref: dict[str, torch.Tensor], seed: int) -> list:
+    """Two published states whose changes (on the stepped spans) are orthogonal noise:
+    nothing shared between the two functions."""
+    gen = torch.Generator().manual_seed(seed)
+    first, second = (torch.randn(ref["float32"].numel(), generator=gen) * 0.1 for _ in "ab")
+    second -= (second @ first) / (first @ first) * first
+    return [_moved(layout, ref, first), _moved(layout, ref, second)]
+
+
+def test_adaptive_takes_the_sum_of_changes_that_are_mostly_noise(monkeypatch):
+    monkeypatch.setattr(outer, "BLOCK", 8)
+    net = _net()
+    layout = FlatLayout.from_state(net.state_dict())
+    ref = _groups(layout, net.state_dict())
+    opt = OuterOptimizer(OuterConfig("adaptive", lr=0.7, momentum=0.9), layout, MergeWorkers(2))
+    mask = torch.zeros(ref["float32"].numel(), dtype=torch.bool)
+    for a, b in stepped_spans(layout)["float32"]:
+        mask[a:b] = True
+    for r in range(3):
+        before = ref["float32"].clone()
+        states = _noisy_round(layout, ref, 10 * r)
+        total = sum(s["float32"] - before for s in states)
+        opt.step(ref, states, [1, 1])
+        assert opt.noise is not None and opt.noise > 16 / 17  # past the rule's ramp
+        assert opt.last_scale == 0.0  # the momentum is dropped
+        # the reference moved by the sum of the two changes, as the plain loop would
+        assert torch.allclose(ref["float32"][mask], (before + total)[mask], atol=1e-5)
+        untouched = ~mask  # the statistics and their neighbours: no step at all
+        assert torch.equal(ref["float32"][untouched], before[untouched])
+
+
+def test_the_noise_share_is_kept_in_the_state_and_continues_identically():
+    net = _net()
+    layout = FlatLayout.from_state(net.state_dict())
+    config = OuterConfig("adaptive", lr=0.7, momentum=0.9)
+    a_ref = _groups(layout, net.state_dict())
+    a = OuterOptimizer(config, layout)
+    for r in range(2):
+        a.step(a_ref, _round(layout, a_ref, 10 * r), [3, 1])
+    state = a.state_dict()
+    assert float(state["noise"]) == a.noise
+    b_ref = {k: v.clone() for k, v in a_ref.items()}
+    b = OuterOptimizer(config, layout)
+    b.load_state_dict(state)
+    fresh = OuterOptimizer(config, layout)
+    fresh.load_state_dict({k: v for k, v in state.items() if k != "noise"})
+    c_ref = {k: v.clone() for k, v in a_ref.items()}
+    for r in range(2, 6):
+        states = _noisy_round(layout, a_ref, 10 * r)  # the share climbs: the rule acts
+        a.step(a_ref, states, [3, 1])
+        b.step(b_ref, [{k: v.clone() for k, v in s.items()} for s in states], [3, 1])
+        fresh.step(c_ref, [{k: v.clone() for k, v in s.items()} for s in states], [3, 1])
+    assert torch.equal(a_ref["float32"], b_ref["float32"])
+    assert a.noise == b.noise
+    assert not torch.equal(a_ref["float32"], c_ref["float32"])  # the share mattered

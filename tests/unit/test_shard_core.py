@@ -14,7 +14,8 @@ from hypothesis import strategies as st
 from kubeml.control.merge.outer import OuterConfig, OuterOptimizer
 from kubeml.stores.codecs import INT8_BLOCK, decode, encode
 from kubeml.stores.flat import FlatLayout
-from kubeml.stores.shard_core import MissingDepositError, ShardCore, adaptive_kept
+from kubeml.stores.outer_rule import StepTerms, adaptive_step, total, weights_sq
+from kubeml.stores.shard_core import MissingDepositError, ShardCore
 from kubeml.stores.shard_plan import ALIGN, OuterStep, plan_shards, slice_groups
 
 
@@ -41,6 +42,7 @@ class Plane:
         self.primaries = [ShardCore.start(s, slice_groups(s, groups)) for s in self.specs]
         self.replicas = [ShardCore.start(s, slice_groups(s, groups)) for s in self.specs]
         self.outer = outer
+        self.noise: float | None = None
 
     def view(self) -> dict[str, torch.Tensor]:
         full = {d: torch.zeros(n, dtype=getattr(torch, d)) for d, n in self.layout.group_numel}
@@ -70,14 +72,20 @@ class Plane:
             core.deposit(token, payload)
 
     def merge(self, contributions: list[tuple[bytes, int]], settle: bool = False) -> None:
-        plain_kept = 0.0 if self.outer.plain else self.outer.momentum
+        outer = self.outer
+        terms = StepTerms(0.0 if outer.plain else outer.momentum, outer.lr)
         sums = [core.reduce(contributions) for core in self.primaries]
-        kept = adaptive_kept(self.outer.momentum, sums) if self.outer.adaptive else plain_kept
+        if outer.adaptive:
+            share = weights_sq([s for _, s in contributions])
+            terms, self.noise = adaptive_step(
+                outer.lr, outer.momentum, total(sums), share, self.noise
+            )
         for core, replica in zip(self.primaries, self.replicas, strict=True):
             # As a shard server does it: the change goes ahead, the step's terms after.
             change = core.round_change()
-            message = core.finish(kept, settle)
-            replica.replicate({**change, "kept": message["kept"], "settle": message["settle"]})
+            message = core.finish(terms, settle)
+            steps = {k: message[k] for k in ("kept", "scale", "settle")}
+            replica.replicate({**change, **steps})
 
 
 def _trained(view: dict[str, torch.Tensor], seed: int, scale: float = 0.05) -> dict:
@@ -103,11 +111,14 @@ def test_shards_cover_every_element_once_on_aligned_cuts():
         assert stepped == layout.group_numel[0][1] - bn_buffers
 
 
-@pytest.mark.parametrize(("name", "lr", "mu"), [("average", 1.0, 0.0), ("nesterov", 0.7, 0.9)])
+@pytest.mark.parametrize(
+    ("name", "lr", "mu"), [("average", 1.0, 0.0), ("nesterov", 0.7, 0.9), ("adaptive", 0.7, 0.9)]
+)
 def test_fp32_shards_follow_the_central_merge(name, lr, mu):
     """Three rounds of two functions: S=3 fp32 shards end where the central outer
     optimizer does (to float rounding: the shards add the averaged change to the model,
-    the central merge averages the models)."""
+    the central merge averages the models). The functions' changes are pure noise here,
+    so `adaptive` takes their sum on both (`outer_rule`)."""
     state = _net().state_dict()
     plane = Plane(state, 3, OuterStep(name, lr, mu), "fp32")
     layout = plane.layout
@@ -124,6 +135,9 @@ def test_fp32_shards_follow_the_central_merge(name, lr, mu):
     model = plane.model()
     for dtype in model:
         assert torch.allclose(model[dtype], reference[dtype], atol=1e-5), dtype
+    if name == "adaptive":
+        assert plane.noise == pytest.approx(central.noise, abs=1e-6)
+        assert central.noise is not None and central.noise > 16 / 17  # past the ramp
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16", "int8"])

@@ -18,22 +18,23 @@ A round: each function deposits its change (its weights minus the `view` it star
 from), encoded (`codecs`), under a token of its own; `reduce` takes the sample-weighted
 mean `d` of the listed tokens' changes, rounds it to the sync precision (`d~`, the
 outer step's input: what a replica receives, so the replica's state stays the same
-bits as the shard's), and for `adaptive` returns the shard's share of the sums that
-the cosine of the whole change needs; `finish(kept)` takes the step:
+bits as the shard's), and for `adaptive` returns the shard's share of the sums the
+rule needs (`outer_rule.RoundSums`: the cosine of the whole change, the functions'
+noise); `finish(terms)` takes the step:
 
-    stepped spans:   v <- kept * v + d~;   master <- master + lr * (d~ + kept * v)
+    stepped spans:   v <- kept * v + d~;   master <- master + scale * d~ + lr * kept * v
     other spans:     master <- view + d~   (BatchNorm statistics: the plain average)
 
-with `kept` the momentum the step keeps (`adaptive`: momentum x the cosine, clamped
-to [0, 1], summed over every shard by the control plane; `nesterov`: the momentum;
-`average`: no stepped spans). The state before the step is kept until the next one:
-a round that one shard could not merge is rolled back on all (`rollback`).
+with `terms` (`outer_rule.StepTerms`) the momentum the step keeps and the factor of the
+change (`adaptive`: from the sums over every shard, by the control plane; `nesterov`:
+the momentum and the lr; `average`: no stepped spans). The state before the step is
+kept until the next one: a round that one shard could not merge is rolled back on all
+(`rollback`).
 """
 
 from __future__ import annotations
 
 import hashlib
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -42,6 +43,7 @@ import numpy as np
 import torch
 
 from kubeml.stores.codecs import decode, encode
+from kubeml.stores.outer_rule import RoundSums, StepTerms
 from kubeml.stores.shard_plan import ShardSpec, gaps
 
 Payload = dict[str, Any]  # dtype -> Encoded (floats) or np.ndarray (integers, raw)
@@ -58,7 +60,7 @@ class _Round:
     change: dict[str, torch.Tensor]  # d~ per float dtype
     integers: dict[str, torch.Tensor]  # the new integer values
     wire: Payload  # d~ as it travels to the replica
-    sums: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    sums: RoundSums = field(default_factory=RoundSums)
 
 
 @dataclass
@@ -113,9 +115,9 @@ class ShardCore:
     def deposit(self, token: bytes, payload: Payload) -> None:
         self.deposits[token] = payload
 
-    def reduce(self, contributions: Sequence[tuple[bytes, int]]) -> tuple[float, float, float]:
+    def reduce(self, contributions: Sequence[tuple[bytes, int]]) -> RoundSums:
         """Average the listed deposits' changes (weighted by samples); returns the shard's
-        (d.v, d.d, v.v) for the adaptive cosine (zeros when no step needs it)."""
+        share of the adaptive rule's sums (zeros when no step needs them)."""
         missing = [t.hex()[:8] for t, _ in contributions if t not in self.deposits]
         if missing:
             raise MissingDepositError(f"shard {self.spec.index} has no deposit {missing}")
@@ -126,6 +128,8 @@ class ShardCore:
         change: dict[str, torch.Tensor] = {}
         integers: dict[str, torch.Tensor] = {}
         wire: Payload = {}
+        adaptive = self.spec.outer.adaptive
+        spread = 0.0  # sum w_i |d_i|^2 over the stepped spans
         with torch.no_grad():
             for dtype in self.master:
                 payloads = [(self.deposits[t][dtype], s / total) for t, s in contributions if s]
@@ -139,14 +143,21 @@ class ShardCore:
                 part = torch.empty_like(d)
                 for payload, weight in payloads:
                     d.add_(decode(payload, part), alpha=weight)
+                    if adaptive:
+                        spread += weight * self._squared(dtype, part)
                 wire[dtype] = encode(d, precision)
                 change[dtype] = d if precision == "fp32" else decode(wire[dtype])
         self._round = _Round(change, integers, wire)
-        if self.spec.outer.adaptive:
-            self._round.sums = self._sums(change)
+        if adaptive:
+            self._round.sums = self._sums(change, spread)
         return self._round.sums
 
-    def _sums(self, change: Mapping[str, torch.Tensor]) -> tuple[float, float, float]:
+    def _squared(self, dtype: str, values: torch.Tensor) -> float:
+        """|values|^2 over the shard's stepped spans of `dtype`."""
+        spans = [(a, b) for d, a, b in self.spec.stepped if d == dtype]
+        return sum(float(torch.dot(values[a:b], values[a:b])) for a, b in spans)
+
+    def _sums(self, change: Mapping[str, torch.Tensor], spread: float) -> RoundSums:
         dv = dd = vv = 0.0
         for dtype, a, b in self.spec.stepped:
             d = change[dtype][a:b]
@@ -154,7 +165,7 @@ class ShardCore:
             dv += float(torch.dot(d, v))
             dd += float(torch.dot(d, d))
             vv += float(torch.dot(v, v))
-        return dv, dd, vv
+        return RoundSums(dv, dd, vv, spread)
 
     def round_change(self) -> Payload:
         """The reduced round's change as a replica takes it (`replicate`, with the step's
@@ -163,33 +174,33 @@ class ShardCore:
             raise RuntimeError(f"shard {self.spec.index}: no reduced round")
         return {"change": self._round.wire, "integers": self._round.integers}
 
-    def finish(self, kept: float, settle: bool = False) -> Payload:
-        """Take the reduced round's step with momentum `kept`; returns what a replica
+    def finish(self, terms: StepTerms, settle: bool = False) -> Payload:
+        """Take the reduced round's step with `terms`; returns what a replica
         needs to take the same step (`replicate`). `settle`: the model becomes the view
         the functions hold after this round (the rounding it would carry is dropped), so
         they can score the model itself without reading it (the epoch's validation)."""
         if self._round is None:
             raise RuntimeError(f"shard {self.spec.index}: finish without a reduced round")
         pending, self._round = self._round, None
-        self._step(pending.change, pending.integers, kept, settle)
+        self._step(pending.change, pending.integers, terms, settle)
         tokens = frozenset(self.deposits)
         self.deposits.clear()
         self.outgoing = (tokens, self._outgoing())
-        message = {"change": pending.wire, "integers": pending.integers, "kept": kept}
+        message = {"change": pending.wire, "integers": pending.integers, **step_message(terms)}
         return {**message, "settle": settle}
 
     def replicate(self, message: Payload) -> None:
         """Take, as a replica, the step its primary took (the same bits)."""
         change = {d: decode(e) for d, e in message["change"].items()}
-        kept, settle = float(message["kept"]), bool(message.get("settle", False))
-        self._step(change, dict(message["integers"]), kept, settle)
+        terms = StepTerms(float(message["kept"]), float(message["scale"]))
+        self._step(change, dict(message["integers"]), terms, bool(message.get("settle", False)))
         self.deposits.clear()
 
     def _step(
         self,
         change: Mapping[str, torch.Tensor],
         integers: Mapping[str, torch.Tensor],
-        kept: float,
+        terms: StepTerms,
         settle: bool = False,
     ) -> None:
         outer = self.spec.outer
@@ -213,12 +224,7 @@ class ShardCore:
                     else:
                         torch.add(view[a:b], d[a:b], out=master[a:b])
                 for a, b in runs:
-                    step = d[a:b]
-                    if outer.momentum > 0:
-                        v = self._buffer(dtype)[a:b]
-                        v.mul_(kept).add_(step)
-                        step = step + kept * v
-                    master[a:b].add_(step.to(master.dtype), alpha=outer.lr)
+                    self._step_span(master[a:b], d[a:b], dtype, a, b, terms)
             if self.spec.precision != "fp32":
                 for dtype in change:
                     view = self.view[dtype]
@@ -228,6 +234,22 @@ class ShardCore:
                     if settle:
                         self.master[dtype].copy_(view)
         self.merged += 1
+
+    def _step_span(
+        self, master: torch.Tensor, d: torch.Tensor, dtype: str, a: int, b: int, terms: StepTerms
+    ) -> None:
+        """The outer step on one stepped span (`terms.scale` is the lr unless the adaptive
+        rule takes more of the change)."""
+        lr = self.spec.outer.lr
+        if self.spec.outer.momentum <= 0:
+            master.add_(d.to(master.dtype), alpha=terms.scale)
+            return
+        v = self._buffer(dtype)[a:b]
+        v.mul_(terms.kept).add_(d)
+        if terms.scale == lr:
+            master.add_((d + terms.kept * v).to(master.dtype), alpha=lr)
+        else:
+            master.add_((d * terms.scale + (lr * terms.kept) * v).to(master.dtype))
 
     def _outgoing(self) -> Payload:
         """The round's update as the functions receive it: the new values at fp32, else
@@ -340,11 +362,6 @@ def piece_digest(spec: ShardSpec, pieces: Mapping[str, torch.Tensor]) -> bytes:
     return digest.digest()
 
 
-def adaptive_kept(momentum: float, sums: Sequence[tuple[float, float, float]]) -> float:
-    """The momentum an adaptive step keeps: `momentum` x cos(d, v) over every shard,
-    clamped to [0, 1] (1 before there is any momentum)."""
-    dv = sum(s[0] for s in sums)
-    dd = sum(s[1] for s in sums)
-    vv = sum(s[2] for s in sums)
-    cosine = dv / math.sqrt(dd * vv) if dd > 0 and vv > 0 else 1.0
-    return momentum * max(0.0, min(1.0, cosine))
+def step_message(terms: StepTerms) -> Payload:
+    """The step's terms as a replica receives them."""
+    return {"kept": terms.kept, "scale": terms.scale}

@@ -2,7 +2,7 @@
 each round's merge as a few small messages, and the repair of a lost shard server.
 
 Per round the control plane sends each shard the list of (token, samples) of the
-functions that reported, and receives three floats per shard (`adaptive`'s sums) and an
+functions that reported, and receives four floats per shard (`adaptive`'s sums) and an
 acknowledgement: no weight bytes. Weights cross its link only when a task resumes (the
 checkpoint pushed to the shards), at checkpoints and after the last epoch (the model, and
 the outer optimizer's state, gathered from them). A task's first model goes from the
@@ -35,7 +35,7 @@ from kubeml.errors import KubeMLError, RoundLostError, StorageError
 from kubeml.runtime.sync import RoundReport
 from kubeml.stores.flat import FlatLayout
 from kubeml.stores.interfaces import Groups
-from kubeml.stores.shard_core import adaptive_kept
+from kubeml.stores.outer_rule import StepTerms, adaptive_step, noise_state, total, weights_sq
 from kubeml.stores.shard_plan import OuterStep, ShardSpec, plan_shards, slice_groups
 
 # A shard that has not answered a round's merge (or a function's deposit) in this long is
@@ -87,6 +87,7 @@ class ShardPlane:
         self.gathers = 0  # the model's or the outer state's trips to the control plane
         self.pushes = 0  # the model's trips from the control plane (`load`)
         self.cut_near: bool | None = None  # `load_written`: cut on the writer's node
+        self.noise: float | None = None  # `adaptive`: the smoothed noise share (`outer_rule`)
         self._lock = threading.Lock()
 
     @classmethod
@@ -125,9 +126,11 @@ class ShardPlane:
         model: Groups,
         view: Groups | None = None,
         momentum: Groups | None = None,
+        noise: float | None = None,
     ) -> None:
-        """Put a model (and the functions' view and the outer momentum, resuming) on the
-        shards and their replicas; the next round is the plane's first."""
+        """Put a model (and the functions' view, the outer momentum and the adaptive step's
+        noise share, resuming) on the shards and their replicas; the next round is the
+        plane's first."""
         states = [
             ray.put(
                 {
@@ -140,6 +143,7 @@ class ShardPlane:
             for spec in self.specs
         ]
         self._hold(states)
+        self.noise = noise
         self.pushes += 1
 
     def load_written(self, buffer: Any) -> None:
@@ -163,7 +167,7 @@ class ShardPlane:
                 calls.append(primary.expect.remote(self.task_id, spec, digest, [state], buddy))
                 calls.append(buddy.expect.remote(self.task_id, spec, digest, [state], None, True))
             self._wait(calls, "announcing the model to its shards")
-            self.merged = 0
+            self.merged, self.noise = 0, None
             self._gathered = None
 
     def _hold(self, states: Sequence[Any]) -> None:
@@ -199,7 +203,8 @@ class ShardPlane:
             refs = [self.servers[s.index].outer.remote(self.task_id, s.index) for s in self.specs]
             states = self._wait(refs, "gathering the outer state from the shards")
             self.gathers += 1
-        return self.assemble(states)[1]
+            noise = self.noise
+        return {**self.assemble(states)[1], **noise_state(noise)}
 
     def assemble(self, states: Sequence[dict[str, Any]]) -> tuple[Groups, dict[str, torch.Tensor]]:
         """The full model groups (from each shard's `master`, where present) and the outer
@@ -237,30 +242,35 @@ class ShardPlane:
                 self._lose_round("a function could not reach a parameter shard")
             contributions = [(h.token, r.samples) for h, r in zip(deposits, reports, strict=True)]
             outer = self.specs[0].outer
-            kept = None if outer.adaptive else (outer.momentum if not outer.plain else 0.0)
-            task = self.task_id
+            terms = None
+            if not outer.adaptive:
+                terms = StepTerms(outer.momentum if not outer.plain else 0.0, outer.lr)
+            task, noise = self.task_id, self.noise
             try:
                 sums = ray.get(
                     [
                         self.servers[s.index].merge.remote(
-                            task, s.index, contributions, kept, settle
+                            task, s.index, contributions, terms, settle
                         )
                         for s in self.specs
                     ],
                     timeout=CALL_TIMEOUT_S,
                 )
-                if kept is None:
-                    kept = adaptive_kept(outer.momentum, sums)
+                if terms is None:
+                    share = weights_sq([r.samples for r in reports])
+                    terms, noise = adaptive_step(
+                        outer.lr, outer.momentum, total(sums), share, self.noise
+                    )
                     ray.get(
                         [
-                            self.servers[s.index].finish.remote(task, s.index, kept, settle)
+                            self.servers[s.index].finish.remote(task, s.index, terms, settle)
                             for s in self.specs
                         ],
                         timeout=CALL_TIMEOUT_S,
                     )
             except (RayError, KeyError, TimeoutError) as exc:
                 self._lose_round(f"a parameter shard failed ({type(exc).__name__})")
-            self.merged += 1
+            self.merged, self.noise = self.merged + 1, noise
 
     def _lose_round(self, why: str) -> None:
         """Repair what was lost, undo the open round where it was taken, and say so."""

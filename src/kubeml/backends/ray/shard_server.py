@@ -31,7 +31,8 @@ import torch
 
 from kubeml.backends.ray.chunk_route import Arrays, ChunkCache, ChunkKey
 from kubeml.stores.flat import FlatLayout
-from kubeml.stores.shard_core import Payload, ShardCore, piece_digest
+from kubeml.stores.outer_rule import RoundSums, StepTerms
+from kubeml.stores.shard_core import Payload, ShardCore, piece_digest, step_message
 from kubeml.stores.shard_plan import ShardSpec, slice_groups
 
 Key = tuple[str, int]  # (task id, shard index)
@@ -210,10 +211,10 @@ class ShardServer:
         task_id: str,
         index: int,
         contributions: Sequence[tuple[bytes, int]],
-        kept: float | None,
+        terms: StepTerms | None,
         settle: bool = False,
-    ) -> tuple[float, float, float]:
-        """Reduce the listed deposits; with `kept` (a step that needs no sums over every
+    ) -> RoundSums:
+        """Reduce the listed deposits; with `terms` (a step that needs no sums over every
         shard) also take the step and have the replica take it."""
         key = (task_id, index)
         with self._lock(key):
@@ -222,24 +223,24 @@ class ShardServer:
             buddy = self._buddies.get(key)
             if buddy is not None:  # on its way while the sums go round and this one steps
                 self._sending[key] = buddy.take_change.remote(task_id, index, core.round_change())
-            if kept is not None:
-                self._finish(key, core, kept, settle)
+            if terms is not None:
+                self._finish(key, core, terms, settle)
             return sums
 
-    def finish(self, task_id: str, index: int, kept: float, settle: bool = False) -> None:
+    def finish(self, task_id: str, index: int, terms: StepTerms, settle: bool = False) -> None:
         key = (task_id, index)
         with self._lock(key):
-            self._finish(key, self._held(key), kept, settle)
+            self._finish(key, self._held(key), terms, settle)
 
-    def _finish(self, key: Key, core: ShardCore, kept: float, settle: bool) -> None:
-        message = core.finish(kept, settle)
+    def _finish(self, key: Key, core: ShardCore, terms: StepTerms, settle: bool) -> None:
+        message = core.finish(terms, settle)
         buddy = self._buddies.get(key)
         if buddy is None:
             return
         sending = self._sending.pop(key, None)
         if sending is not None:  # the change went ahead (`merge`): the step's terms alone
             ray.get(sending)
-            message = {"kept": message["kept"], "settle": message["settle"]}
+            message = {**step_message(terms), "settle": message["settle"]}
         ray.get(buddy.replicate.remote(key[0], key[1], message))
 
     def take_change(self, task_id: str, index: int, change: Payload) -> None:

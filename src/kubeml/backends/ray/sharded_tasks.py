@@ -21,6 +21,7 @@ from kubeml.errors import BackendError
 from kubeml.runtime.sync import RoundReport
 from kubeml.stores.flat import FlatLayout
 from kubeml.stores.interfaces import Groups, RemoteMerge, ShardRequest
+from kubeml.stores.outer_rule import NOISE_KEY, noise_state
 from kubeml.stores.shard_plan import OuterStep
 
 
@@ -44,6 +45,7 @@ class ShardedMerge(RemoteMerge):
         pairs = [(spec.index, plane.servers[spec.index]) for spec in plane.specs]
         refs = [server.snapshot.remote(plane.task_id, index) for index, server in pairs]
         gather(refs, f"task {plane.task_id}: taking a snapshot of its shards", BackendError)
+        noise = noise_state(plane.noise)  # as the shards' copies: between two rounds
 
         def collect() -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
             refs = [server.taken.remote(plane.task_id, index) for index, server in pairs]
@@ -53,19 +55,24 @@ class ShardedMerge(RemoteMerge):
                 raise BackendError(f"{what}: a shard server was replaced before")
             groups, outer = plane.assemble(states)
             plane.gathers += 1
-            return plane.layout.views(groups), outer
+            return plane.layout.views(groups), {**outer, **noise}
 
         return collect
 
     def load_outer_state(self, state: Mapping[str, torch.Tensor]) -> None:
-        """Resume the shards with the checkpoint's momentum (and the functions' view)."""
+        """Resume the shards with the checkpoint's momentum (and the functions' view, and
+        the adaptive step's noise share)."""
         momentum: dict[str, torch.Tensor] = {}
         view: dict[str, torch.Tensor] = {}
+        noise = None
         for key, tensor in state.items():
             kind, _, dtype = key.partition(".")
-            (view if kind == "view" else momentum)[dtype] = tensor.reshape(-1)
+            if key == NOISE_KEY:
+                noise = float(tensor)
+            else:
+                (view if kind == "view" else momentum)[dtype] = tensor.reshape(-1)
         self.plane.gather(self._model)
-        self.plane.load(self._model, view or None, momentum)
+        self.plane.load(self._model, view or None, momentum, noise)
 
 
 class ShardedTasks:

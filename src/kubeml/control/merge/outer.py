@@ -15,13 +15,17 @@ cosine between the round's change and the momentum, floored at 0:
 
     c <- max(0, cos(d, v));  v <- mu * c * v + d;  reference <- reference + lr * (d + mu * c * v)
 
+and which, when the functions' changes are mostly noise, moves towards the sum of the
+changes instead (`kubeml.stores.outer_rule`: the rule and its measurements).
+
 Steady progress in one direction keeps most of the momentum; a change that turns away
 from it (an overshoot: a large inner lr, few rounds an epoch, early training) drops it.
 Plain `nesterov` 0.7 / 0.9 extrapolates ~7x the averaged change, which speeds up a
 user's low inner lr and wrecks a high one (docs/performance.md: the seed's LeNet example
 at lr 0.02 ended at 89% with `nesterov`, 93.8% with `average`, 93.9% with `adaptive`).
 The cosine needs the whole change first, so `adaptive` makes two passes: one averages
-and sums the dot products, one steps. Only floating-point *parameters* take
+and sums the dot products (and each function's squared change, for the noise share),
+one steps. Only floating-point *parameters* take
 the outer step. Integer and boolean tensors (BatchNorm's `num_batches_tracked`) and
 BatchNorm's running statistics (`running_mean`, `running_var`) take the plain average:
 they are estimates of the data, not descent directions, and extrapolating a variance
@@ -38,7 +42,6 @@ it, so the result is the same bits on one core or many.
 
 from __future__ import annotations
 
-import math
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -53,6 +56,14 @@ from kubeml.control.merge.average import (
 )
 from kubeml.control.merge.workers import MergeWorkers, merge_workers
 from kubeml.stores.flat import FlatLayout
+from kubeml.stores.outer_rule import (
+    NOISE_KEY,
+    RoundSums,
+    StepTerms,
+    adaptive_step,
+    noise_state,
+    total,
+)
 from kubeml.stores.shard_plan import gaps, stepped_spans
 
 BLOCK = 1 << 18  # elements: 1 MB per float32 operand, ~5 MB for N=2, stays in L2/L3
@@ -92,9 +103,16 @@ def _change_into(
     d.sub_(target[blk.a : blk.b])
 
 
-def _nesterov(d: torch.Tensor, v: torch.Tensor, ref: torch.Tensor, mu: float, lr: float) -> None:
-    """One Nesterov step of a block: v <- mu * v + d, then ref += lr * (d + mu * v)."""
+def _nesterov(
+    d: torch.Tensor, v: torch.Tensor, ref: torch.Tensor, mu: float, lr: float, scale: float
+) -> None:
+    """One Nesterov step of a block: v <- mu * v + d, then ref += scale * d + lr * mu * v
+    (`scale` is lr but where the adaptive rule takes more of the change)."""
     torch.add(d, v, alpha=mu, out=v)
+    if scale != lr:
+        ref.add_(d, alpha=scale)
+        ref.add_(v, alpha=lr * mu)
+        return
     d.add_(v, alpha=mu)  # the look-ahead
     ref.add_(d, alpha=lr)
 
@@ -138,6 +156,7 @@ class OuterOptimizer:
         self._scratch = threading.local()  # nesterov: one block of the change per lane
         self._change: dict[str, torch.Tensor] = {}  # adaptive, when no copy is a state
         self.last_scale = 1.0  # adaptive: the momentum's share kept at the last round
+        self.noise: float | None = None  # adaptive: the smoothed noise share (`outer_rule`)
 
     @property
     def plain(self) -> bool:
@@ -217,16 +236,15 @@ class OuterOptimizer:
         if not self._adaptive:
             run(lambda blk: self._step_block(floats[blk.dtype], pairs, blk), stepped)
             return
-        sums = run(
+        parts = run(
             lambda blk: self._change_block(floats[blk.dtype], change, pairs, blk), stepped, False
         )
-        dv = dd = vv = 0.0
-        for block_dv, block_dd, block_vv in sums:  # in block order: the same float sums
-            dv, dd, vv = dv + block_dv, dd + block_dd, vv + block_vv
-        cosine = dv / math.sqrt(dd * vv) if dd > 0 and vv > 0 else 1.0
-        self.last_scale = max(0.0, min(1.0, cosine))
-        kept = mu * self.last_scale
-        run(lambda blk: self._adaptive_block(floats[blk.dtype], change, kept, blk), stepped)
+        sums = total(parts)  # in block order: the same float sums on any number of lanes
+        terms, self.noise = adaptive_step(
+            self.config.lr, mu, sums, sum(w * w for _, w in pairs), self.noise
+        )
+        self.last_scale = terms.kept / mu
+        run(lambda blk: self._adaptive_block(floats[blk.dtype], change, terms, blk), stepped)
 
     @property
     def _adaptive(self) -> bool:
@@ -238,32 +256,44 @@ class OuterOptimizer:
         change: Groups,
         pairs: list[tuple[Groups, float]],
         blk: _Block,
-    ) -> tuple[float, float, float]:
+    ) -> RoundSums:
         """Adaptive, pass 1: the block's averaged change `d`, kept in `change`, and its
-        share of the sums for cos(d, v)."""
+        share of the round's sums (`outer_rule.RoundSums`)."""
         d = change[blk.dtype][blk.a : blk.b]
         v = self._momentum[blk.dtype][blk.a : blk.b]
+        ref = target[blk.a : blk.b]
+        scratch = self._block_scratch(target)[: blk.b - blk.a]
         with torch.no_grad():
+            spread = 0.0
+            for state, weight in _cut(pairs, blk):  # before `d` may overwrite the first
+                torch.sub(state, ref, out=scratch)
+                spread += weight * float(torch.dot(scratch, scratch))
             _change_into(d, target, pairs, blk)
-            return float(torch.dot(d, v)), float(torch.dot(d, d)), float(torch.dot(v, v))
+            dv, dd, vv = (float(torch.dot(a, b)) for a, b in ((d, v), (d, d), (v, v)))
+            return RoundSums(dv, dd, vv, spread)
 
     def _adaptive_block(
-        self, target: torch.Tensor, change: Groups, kept: float, blk: _Block
+        self, target: torch.Tensor, change: Groups, terms: StepTerms, blk: _Block
     ) -> None:
-        """Adaptive, pass 2: the Nesterov step with the momentum scaled by `kept` / mu."""
+        """Adaptive, pass 2: the Nesterov step with the round's `terms`."""
         d = change[blk.dtype][blk.a : blk.b]
         v = self._momentum[blk.dtype][blk.a : blk.b]
         with torch.no_grad():
-            _nesterov(d, v, target[blk.a : blk.b], kept, self.config.lr)
+            _nesterov(d, v, target[blk.a : blk.b], terms.kept, self.config.lr, terms.scale)
+
+    def _block_scratch(self, target: torch.Tensor) -> torch.Tensor:
+        """A block of scratch memory for the calling lane."""
+        scratch = getattr(self._scratch, "block", None)
+        if scratch is None or scratch.numel() < BLOCK or scratch.dtype != target.dtype:
+            scratch = self._scratch.block = torch.empty(BLOCK, dtype=target.dtype)
+        return scratch
 
     def _step_block(
         self, target: torch.Tensor, pairs: list[tuple[Groups, float]], blk: _Block
     ) -> None:
         """Nesterov (or plain SGD for momentum 0) on one block, in one pass."""
         lr, mu = self.config.lr, self.config.momentum
-        scratch = getattr(self._scratch, "block", None)
-        if scratch is None or scratch.numel() < BLOCK or scratch.dtype != target.dtype:
-            scratch = self._scratch.block = torch.empty(BLOCK, dtype=target.dtype)
+        scratch = self._block_scratch(target)
         with torch.no_grad():
             ref = target[blk.a : blk.b]
             d = scratch[: blk.b - blk.a]
@@ -271,7 +301,7 @@ class OuterOptimizer:
             if mu == 0:
                 ref.add_(d, alpha=lr)
                 return
-            _nesterov(d, self._momentum[blk.dtype][blk.a : blk.b], ref, mu, lr)
+            _nesterov(d, self._momentum[blk.dtype][blk.a : blk.b], ref, mu, lr, lr)
 
     def _buffer(self, dtype: str, target: torch.Tensor) -> torch.Tensor:
         buffer = self._momentum.get(dtype)
@@ -281,14 +311,20 @@ class OuterOptimizer:
 
     # -- checkpoints --------------------------------------------------------------------
     def state_dict(self) -> dict[str, torch.Tensor]:
-        """The momentum buffers, keyed `momentum.<dtype>` (empty before the first step)."""
-        return {f"momentum.{dtype}": t.clone() for dtype, t in self._momentum.items()}
+        """The momentum buffers, keyed `momentum.<dtype>` (empty before the first step),
+        and `noise`, the adaptive step's smoothed noise share, once measured."""
+        state = {f"momentum.{dtype}": t.clone() for dtype, t in self._momentum.items()}
+        return {**state, **noise_state(self.noise)}
 
     def load_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:
         momentum = {}
+        noise = None
         for key, tensor in state.items():
             kind, _, dtype = key.partition(".")
-            if kind != "momentum" or not dtype:
+            if key == NOISE_KEY:
+                noise = float(tensor)
+            elif kind != "momentum" or not dtype:
                 raise ValueError(f"unknown outer optimizer state {key!r}")
-            momentum[dtype] = tensor.detach().clone().reshape(-1)
-        self._momentum = momentum
+            else:
+                momentum[dtype] = tensor.detach().clone().reshape(-1)
+        self._momentum, self.noise = momentum, noise
