@@ -24,7 +24,7 @@ def _round(signal: torch.Tensor, noises: list[torch.Tensor], samples: list[int])
     changes = [signal + e for e in noises]
     d = sum(wi * c for wi, c in zip(w, changes, strict=True))
     spread = sum(wi * float(c @ c) for wi, c in zip(w, changes, strict=True))
-    return RoundSums(0.0, float(d @ d), 0.0, spread)
+    return RoundSums(0.0, float(d @ d), 0.0, spread, float(d @ d))
 
 
 def _orthogonal(count: int, size: int = 64) -> list[torch.Tensor]:
@@ -46,9 +46,9 @@ def test_the_noise_share_of_orthogonal_noise_is_read_exactly(samples, ratio):
 
 
 def test_a_round_that_cannot_tell_says_so_and_cancelling_changes_are_all_noise():
-    assert noise_share(RoundSums(0, 1.0, 0, 2.0), weights_sq([7])) is None  # one function
-    assert noise_share(RoundSums(0, 0.0, 0, 2.0), 0.5) is None  # no change at all
-    assert noise_share(RoundSums(0, 1e-12, 0, 2.0), 0.5) == 1.0  # changes cancelling out
+    assert noise_share(RoundSums(0, 1.0, 0, 2.0, 1.0), weights_sq([7])) is None  # one function
+    assert noise_share(RoundSums(0, 0.0, 0, 2.0, 0.0), 0.5) is None  # no change at all
+    assert noise_share(RoundSums(0, 1e-12, 0, 2.0, 1e-12), 0.5) == 1.0  # changes cancelling out
 
 
 def test_weights_square_sum_skips_functions_that_trained_nothing():
@@ -79,12 +79,12 @@ def test_the_sum_takes_over_between_the_ramps_ends():
 
 def test_a_signal_keeps_the_adaptive_step_and_noise_turns_it_into_the_sum():
     # a steady direction, little noise: the cosine keeps the momentum, the lr scales
-    steady = RoundSums(dv=1.0, dd=1.0, vv=1.0, spread=1.2)
+    steady = RoundSums(dv=1.0, dd=1.0, vv=1.0, spread=1.2, read_dd=1.0)
     terms, noise = adaptive_step(0.7, 0.9, steady, 0.5, None)
     assert (terms.kept, terms.scale) == (pytest.approx(0.9), 0.7)
     assert noise == pytest.approx(2 * 0.2 / 1.2)
     # the changes of four functions, orthogonal round after round: the sum, no momentum
-    noisy = RoundSums(dv=0.0, dd=1.0, vv=1.0, spread=4.0)
+    noisy = RoundSums(dv=0.0, dd=1.0, vv=1.0, spread=4.0, read_dd=1.0)
     terms, noise = adaptive_step(0.7, 0.9, noisy, 0.25, None)
     assert noise == 1.0
     assert (terms.kept, terms.scale) == (0.0, pytest.approx(4.0))
@@ -97,6 +97,6 @@ def test_a_signal_keeps_the_adaptive_step_and_noise_turns_it_into_the_sum():
 
 
 def test_shares_of_the_sums_add_up_in_order():
-    parts = [RoundSums(1, 2, 3, 4), RoundSums(0.5, 0.5, 0.5, 0.5)]
-    assert total(parts) == RoundSums(1.5, 2.5, 3.5, 4.5)
+    parts = [RoundSums(1, 2, 3, 4, 5), RoundSums(0.5, 0.5, 0.5, 0.5, 0.5)]
+    assert total(parts) == RoundSums(1.5, 2.5, 3.5, 4.5, 5.5)
     assert total([]) == RoundSums()

@@ -53,16 +53,23 @@ class StepTerms:
 @dataclass(frozen=True)
 class RoundSums:
     """A round's sums over the spans that take the outer step (a shard's share of them,
-    or the whole model's): d.v, d.d and v.v for the cosine, and sum w_i |d_i|^2."""
+    or the whole model's): d.v, d.d and v.v for the cosine; sum w_i |d_i|^2 over the
+    elements read for the noise share (`spread`), and d.d over those same elements
+    (`read_dd`: all of them on a shard; a sample of the blocks in a large central merge)."""
 
     dv: float = 0.0
     dd: float = 0.0
     vv: float = 0.0
     spread: float = 0.0
+    read_dd: float = 0.0
 
     def __add__(self, other: RoundSums) -> RoundSums:
         return RoundSums(
-            self.dv + other.dv, self.dd + other.dd, self.vv + other.vv, self.spread + other.spread
+            self.dv + other.dv,
+            self.dd + other.dd,
+            self.vv + other.vv,
+            self.spread + other.spread,
+            self.read_dd + other.read_dd,
         )
 
 
@@ -78,9 +85,9 @@ def noise_share(sums: RoundSums, weights_sq: float) -> float | None:
     """The share of a function's squared change that is noise, read from one round
     (`weights_sq`: sum w_i^2 of the sample weights, 1/N for N equal functions); None
     when one round cannot tell (a single function, or no change)."""
-    if weights_sq >= 1.0 - 1e-9 or sums.dd <= 0.0:
+    if weights_sq >= 1.0 - 1e-9 or sums.read_dd <= 0.0:
         return None
-    gain = sums.spread / sums.dd
+    gain = sums.spread / sums.read_dd
     return min(1.0, max(0.0, (gain - 1.0) / (gain * (1.0 - weights_sq))))
 
 

@@ -165,7 +165,7 @@ class ShardCore:
             dv += float(torch.dot(d, v))
             dd += float(torch.dot(d, d))
             vv += float(torch.dot(v, v))
-        return RoundSums(dv, dd, vv, spread)
+        return RoundSums(dv, dd, vv, spread, dd)
 
     def round_change(self) -> Payload:
         """The reduced round's change as a replica takes it (`replicate`, with the step's
