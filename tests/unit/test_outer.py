@@ -220,15 +220,21 @@ def test_the_result_is_the_same_bits_on_one_lane_or_several(monkeypatch, name):
         assert 0 < min(one_scales[1:]) < 1  # the cosine really scaled the momentum
 
 
-def test_adaptive_matches_the_straightforward_whole_tensor_computation(monkeypatch):
-    monkeypatch.setattr(outer, "BLOCK", 4)
-    net = _net()
-    layout = FlatLayout.from_state(net.state_dict())
-    ref = _groups(layout, net.state_dict())
+def _adaptive_on_blocks(monkeypatch, block: int) -> tuple:
+    """An adaptive 0.7/0.9 optimizer on blocks of `block` elements (two lanes), the
+    reference groups it steps, and the mask of the stepped elements."""
+    monkeypatch.setattr(outer, "BLOCK", block)
+    layout = FlatLayout.from_state(_net().state_dict())
+    ref = _groups(layout, _net().state_dict())
     opt = OuterOptimizer(OuterConfig("adaptive", lr=0.7, momentum=0.9), layout, MergeWorkers(2))
     mask = torch.zeros(ref["float32"].numel(), dtype=torch.bool)
     for a, b in stepped_spans(layout)["float32"]:
         mask[a:b] = True
+    return layout, ref, opt, mask
+
+
+def test_adaptive_matches_the_straightforward_whole_tensor_computation(monkeypatch):
+    layout, ref, opt, mask = _adaptive_on_blocks(monkeypatch, 4)
     x = ref["float32"].double()  # the same maths, whole tensors, in float64
     v = torch.zeros_like(x)
     for r in range(4):
@@ -274,14 +280,7 @@ def _noisy_round(layout: FlatLayout, ref: dict[str, torch.Tensor], seed: int) ->
 
 
 def test_adaptive_takes_the_sum_of_changes_that_are_mostly_noise(monkeypatch):
-    monkeypatch.setattr(outer, "BLOCK", 8)
-    net = _net()
-    layout = FlatLayout.from_state(net.state_dict())
-    ref = _groups(layout, net.state_dict())
-    opt = OuterOptimizer(OuterConfig("adaptive", lr=0.7, momentum=0.9), layout, MergeWorkers(2))
-    mask = torch.zeros(ref["float32"].numel(), dtype=torch.bool)
-    for a, b in stepped_spans(layout)["float32"]:
-        mask[a:b] = True
+    layout, ref, opt, mask = _adaptive_on_blocks(monkeypatch, 8)
     for r in range(3):
         before = ref["float32"].clone()
         states = _noisy_round(layout, ref, 10 * r)
