@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -85,6 +86,11 @@ def test_what_a_server_leaves_behind_is_found(tmp_path: Path) -> None:
     settings = Settings(home=tmp_path / "home", shm_dir=tmp_path / "shm")
     env = {**os.environ, "KUBEML_HOME": str((tmp_path / "home").resolve())}
     orphan = subprocess.Popen(["sleep", "60"], env=env)  # a worker that outlived its server
+    # Popen can return before the kernel has written the new program's environment.
+    environ = Path(f"/proc/{orphan.pid}/environ")
+    deadline = time.monotonic() + 10
+    while env["KUBEML_HOME"].encode() not in environ.read_bytes() and time.monotonic() < deadline:
+        time.sleep(0.01)
     sockets = Path(tempfile.mkdtemp(prefix=f"kubeml-workers-{orphan.pid}-"))
     (tmp_path / "shm").mkdir()
     try:
