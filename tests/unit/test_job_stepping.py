@@ -51,13 +51,15 @@ def test_a_drop_past_the_budget_scales_the_lr_like_every_other_change_of_n(store
     )
     assert job.run().state is TaskState.SUCCEEDED
     assert _decisions(job) == [("Lost", Drop(1, survivors=1))]
-    assert job.state.parallelism == 1 and job.state.lr == pytest.approx(0.01)
+    assert job.state.parallelism == 1 and job.state.lr == pytest.approx(0.02)
     [change] = [e for e, d in job.state.log if isinstance(e, Resize)]
-    assert (change.parallelism, change.lr, change.lr_from) == (1, pytest.approx(0.01), 0.02)
+    assert (change.parallelism, change.lr, change.lr_from) == (1, pytest.approx(0.02), 0.04)
+    before = [i for i in backend.invocations if i.mode is Mode.TRAIN and i.parallelism == 2]
+    assert before and all(i.lr == pytest.approx(0.04) for i in before)  # lr x N from the start
     after = [i for i in backend.invocations if i.mode is Mode.TRAIN and i.parallelism == 1]
-    assert after and all(i.lr == pytest.approx(0.01) for i in after)
-    assert after[0].lr_warmup_from == 0.02  # the first segment at the new N ramps up to it
-    assert [r.lr for r in recorder.epochs] == [pytest.approx(0.01)] * 2
+    assert after and all(i.lr == pytest.approx(0.02) for i in after)
+    assert after[0].lr_warmup_from == 0.04  # the first segment at the new N ramps up to it
+    assert [r.lr for r in recorder.epochs] == [pytest.approx(0.02)] * 2
     exactly_once(backend, 2)
 
 
@@ -76,7 +78,7 @@ def test_a_resize_and_a_stop_at_chosen_rounds_leave_the_exact_position(stores):
     assert job.run().state is TaskState.STOPPED
     position = job.state.position
     assert position.round == 5 and position.path == [2, 3]
-    assert position.parallelism == 3 and job.state.lr == pytest.approx(0.045)
+    assert position.parallelism == 3 and job.state.lr == pytest.approx(0.09)
     merged = Counter(int(s) for s in position.trained_samples())
     assert max(merged.values()) == 1 and sum(merged.values()) == position.samples
     checkpoint = stores[2].load("task1")
@@ -158,7 +160,7 @@ def test_requests_from_other_threads_at_random_moments_keep_the_invariants(store
         assert "every function of the task was lost" in outcome.error
     else:
         assert outcome.state in (TaskState.SUCCEEDED, TaskState.STOPPED)
-    rule = LrRule(0.02, "linear", 2)
+    rule = LrRule(0.02, "linear")
     for parallelism, granted, lr in backend.starts:
         assert parallelism <= granted
         assert lr == pytest.approx(rule.at(parallelism))

@@ -7,13 +7,14 @@ import pytest
 from kubeml.control.job.resize import LrRule, resize, scaled_lr, warmup_steps
 
 
-def test_lr_follows_n_relative_to_the_start():
-    assert scaled_lr(0.01, "none", 2, 4) == 0.01
-    assert scaled_lr(0.01, "linear", 2, 4) == pytest.approx(0.02)
-    assert scaled_lr(0.01, "sqrt", 2, 4) == pytest.approx(0.01 * math.sqrt(2))
-    assert scaled_lr(0.01, "linear", 2, 1) == pytest.approx(0.005)
+def test_lr_follows_n_from_one_process():
+    assert scaled_lr(0.01, "none", 4) == 0.01
+    assert scaled_lr(0.01, "linear", 4) == pytest.approx(0.04)
+    assert scaled_lr(0.01, "sqrt", 4) == pytest.approx(0.02)
+    assert scaled_lr(0.01, "sqrt", 2) == pytest.approx(0.01 * math.sqrt(2))
+    assert scaled_lr(0.01, "linear", 1) == scaled_lr(0.01, "sqrt", 1) == 0.01
     with pytest.raises(ValueError, match="lr scaling"):
-        scaled_lr(0.01, "cubic", 1, 2)
+        scaled_lr(0.01, "cubic", 2)
 
 
 def test_lr_warm_up_lasts_a_few_rounds_and_never_more_than_the_epoch():
@@ -40,26 +41,27 @@ def test_the_function_ramps_its_lr_over_the_warm_up_steps():
     ("scaling", "granted", "lr", "ramp_from"),
     [
         ("none", 1, 0.01, None),  # N changes, the lr does not: no ramp
-        ("linear", 1, 0.005, 0.01),
-        ("linear", 4, 0.02, 0.01),
-        ("sqrt", 4, 0.01 * math.sqrt(2), 0.01),
+        ("linear", 1, 0.01, 0.02),
+        ("linear", 4, 0.04, 0.02),
+        ("sqrt", 4, 0.02, 0.01 * math.sqrt(2)),
     ],
 )
 def test_a_change_of_n_gives_the_rules_lr_and_ramps_from_the_old_one(
     scaling, granted, lr, ramp_from
 ):
-    rule = LrRule(0.01, scaling, start_parallelism=2)
-    change = resize(2, 0.01, None, granted, rule, "at round 3 of epoch 1: why")
+    rule = LrRule(0.01, scaling)
+    old = rule.at(2)
+    change = resize(2, old, None, granted, rule, "at round 3 of epoch 1: why")
     assert change is not None
     assert change.parallelism == granted
     assert change.lr == pytest.approx(lr)
-    assert change.lr_from == ramp_from
+    assert change.lr_from == pytest.approx(ramp_from)
     assert change.line.startswith(f"N 2 -> {granted} at round 3 of epoch 1: why")
-    assert ("lr 0.01 ->" in change.line) == (ramp_from is not None)
+    assert (f"lr {old:g} ->" in change.line) == (ramp_from is not None)
 
 
-def test_the_same_n_is_no_change_and_the_lr_is_relative_to_the_start_not_the_last_n():
-    rule = LrRule(0.01, "linear", start_parallelism=2)
-    assert resize(3, 0.015, None, 3, rule, "x") is None
-    down = resize(3, 0.015, None, 1, rule, "x")  # 2 -> 3 -> 1: lr at N=1 is half the base
-    assert down is not None and down.lr == pytest.approx(0.005) and down.lr_from == 0.015
+def test_the_same_n_is_no_change_and_the_lr_is_relative_to_one_process_not_the_last_n():
+    rule = LrRule(0.01, "linear")
+    assert resize(3, 0.03, None, 3, rule, "x") is None
+    down = resize(3, 0.03, None, 1, rule, "x")  # 2 -> 3 -> 1: lr at N=1 is the base
+    assert down is not None and down.lr == pytest.approx(0.01) and down.lr_from == 0.03

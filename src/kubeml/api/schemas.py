@@ -167,7 +167,8 @@ MAX_SHARDS = 1024
 
 
 class LrScaling(str, Enum):
-    """How the learning rate follows N, relative to the N a task started with."""
+    """How the learning rate follows N: the task's `lr` is one process's (the user's own
+    loop's), and each of N functions trains at lr x sqrt(N), lr x N or lr."""
 
     NONE = "none"
     LINEAR = "linear"
@@ -239,7 +240,7 @@ class TrainRequest(BaseModel):
     outer_optimizer: OuterOptimizerName = OuterOptimizerName.ADAPTIVE
     outer_lr: OuterLr = Field(default=0.7, description="nesterov and adaptive; (0, 2]")
     outer_momentum: OuterMomentum = Field(default=0.9, description="nesterov and adaptive; [0, 1)")
-    lr_scaling: LrScaling = LrScaling.NONE
+    lr_scaling: LrScaling = LrScaling.SQRT
     policy: PolicyName | None = Field(
         default=None, description="null = static if `static`, else throughput"
     )

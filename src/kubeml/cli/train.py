@@ -95,7 +95,10 @@ def train(
     ] = None,
     lr_scaling: Annotated[
         Literal["none", "linear", "sqrt"] | None,
-        typer.Option("--lr-scaling", help="how the lr follows N when it changes [default: none]"),
+        typer.Option(
+            "--lr-scaling",
+            help="each of N functions trains at lr x sqrt(N), lr x N or lr [default: sqrt]",
+        ),
     ] = None,
     policy: Annotated[
         Literal["static", "throughput", "goodput"] | None,

@@ -212,7 +212,7 @@ def test_train_sends_the_outer_optimizer_lr_scaling_and_policy(cli: Cli) -> None
     cli.engine.stop_task(task_id)
 
 
-def test_train_defaults_are_the_2021_ones_but_k_and_the_outer_step(cli: Cli) -> None:
+def test_train_defaults_are_the_2021_ones_but_k_the_outer_step_and_the_lr_rule(cli: Cli) -> None:
     task_id = cli.ok("train", "-f", "mlp", "-d", "digits").stdout.strip()
     request = cli.engine.get_task(task_id).request
     assert (request.epochs, request.batch_size, request.lr, request.parallelism) == (1, 64, 0.01, 2)
@@ -222,7 +222,8 @@ def test_train_defaults_are_the_2021_ones_but_k_and_the_outer_step(cli: Cli) -> 
     # chosen by measurement (docs/performance.md): K=8 and the adaptive Nesterov outer step
     assert (request.outer_optimizer.value, request.outer_lr, request.outer_momentum) == (
         "adaptive", 0.7, 0.9)  # fmt: skip
-    assert (request.lr_scaling.value, request.effective_policy.value) == ("none", "throughput")
+    # each of N functions trains at lr x sqrt(N): the lr given is one process's
+    assert (request.lr_scaling.value, request.effective_policy.value) == ("sqrt", "throughput")
     assert request.memory_mb is None  # the server's KUBEML_FUNCTION_MEMORY_MB
 
 

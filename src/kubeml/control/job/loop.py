@@ -63,10 +63,14 @@ class TrainJob:
         self.task_id, self.request, self.function = task_id, request, function
         self.services, self.listener, self.policy = services, listener, policy
         self.start_epoch = start_epoch
+        self.lr_rule = LrRule(request.lr, request.lr_scaling.value)
         self.state = JobState(
-            parallelism, request.lr, start_epoch, requests or Requests(), records=list(records)
+            parallelism,
+            self.lr_rule.at(parallelism),
+            start_epoch,
+            requests or Requests(),
+            records=list(records),
         )
-        self.lr_rule = LrRule(request.lr, request.lr_scaling.value, parallelism)
         self.server = ParameterServer(task_id, services.models, _outer_config(request))
         services.models.request_shards(task_id, _shard_request(request))
         self.checkpoints = CheckpointWriter(
@@ -91,7 +95,8 @@ class TrainJob:
         try:
             self.log(
                 f"task started: N={state.parallelism}, K={self.request.k}, "
-                f"{self.request.epochs} epoch(s) on {self.train_size} samples"
+                f"{self.request.epochs} epoch(s) on {self.train_size} samples, "
+                f"lr {state.lr:g} ({self.request.lr:g}, {self.request.lr_scaling.value} scaling)"
             )
             position = self._initialise()
             for epoch in range(position.epoch, self.request.epochs):

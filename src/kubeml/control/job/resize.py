@@ -9,13 +9,13 @@ from dataclasses import dataclass
 LR_WARMUP_ROUNDS = 4  # rounds of linear lr ramp after a resize (a quarter epoch for K=-1)
 
 
-def scaled_lr(lr: float, scaling: str, start_parallelism: int, parallelism: int) -> float:
-    """The lr at N functions for a task that started at `start_parallelism` with `lr`."""
-    ratio = parallelism / start_parallelism
+def scaled_lr(lr: float, scaling: str, parallelism: int) -> float:
+    """The lr each of N functions trains at, for a task whose `lr` is one process's (the
+    lr of the user's own loop): lr x N (`linear`), lr x sqrt(N) (`sqrt`) or lr (`none`)."""
     if scaling == "linear":
-        return lr * ratio
+        return lr * parallelism
     if scaling == "sqrt":
-        return lr * math.sqrt(ratio)
+        return lr * math.sqrt(parallelism)
     if scaling == "none":
         return lr
     raise ValueError(f"lr scaling must be none, linear or sqrt, not {scaling!r}")
@@ -31,15 +31,14 @@ def warmup_steps(k: int, batches_per_function: int) -> int:
 
 @dataclass(frozen=True)
 class LrRule:
-    """A task's lr as a function of N: `base_lr` at `start_parallelism`, scaled by
-    `scaling` (none, linear, sqrt)."""
+    """A task's lr as a function of N: `base_lr` for one process, scaled by `scaling`
+    (none, linear, sqrt)."""
 
     base_lr: float
     scaling: str
-    start_parallelism: int
 
     def at(self, parallelism: int) -> float:
-        return scaled_lr(self.base_lr, self.scaling, self.start_parallelism, parallelism)
+        return scaled_lr(self.base_lr, self.scaling, parallelism)
 
 
 @dataclass(frozen=True)
