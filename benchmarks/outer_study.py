@@ -7,9 +7,12 @@ the machine's load, so an in-process engine is enough here; seconds are not repo
     python -m benchmarks.outer_study mnist-lenet-example average,adaptive 0,1,2
     python -m benchmarks.outer_study chars,cnn-bn adaptive,sum 0   # harness workloads
     python -m benchmarks.outer_study chars-adam,chars-n4 adaptive 0,1,2   # variants
+    python -m benchmarks.outer_study fashion-sgd,quickstart adaptive,lr-none 0,1,2 --full
 
 A workload of the harness (`benchmarks/specs.py`: chars, cnn-bn, lenet-seed...) trains on
-its own data, lr and batch (`lenet-seed` on the Fashion-MNIST cut the others use here).
+its own data, lr and batch (`lenet-seed` on the Fashion-MNIST cut the others use here;
+`--full`: every Fashion-MNIST workload on the whole set). `quickstart` is PyTorch's
+quickstart recipe, held out: added after the defaults were chosen.
 A variant (`VARIANTS`) is one of those with another inner optimizer or lr, or N=4: the
 workloads the adaptive step's noise rule was checked on after it was chosen.
 
@@ -41,6 +44,7 @@ WORKLOADS: dict[str, tuple[str, str, float, int, tuple[str, str] | None]] = {
     "fashion-adam": (LENET, "fashion", 0.001, 4, ADAM_PATCH),
     "mnist-lenet-example": ("examples/lenet_mnist.py", "mnist", 0.02, 3, None),
     "mnist-mlpbn": ("benchmarks/functions/mlp_bn_mnist.py", "mnist5k", 0.01, 6, None),
+    "quickstart": ("benchmarks/functions/mlp_quickstart_fashion.py", "fashion", 0.001, 10, None),
 }
 RMSPROP_ADAM = (
     "return RMSprop(self.parameters(), lr=self.lr)",
@@ -55,6 +59,8 @@ VARIANTS: dict[str, tuple[str, tuple[str, str] | None, float | None, int]] = {
 }
 CONFIGS: dict[str, dict[str, Any]] = {
     "average": {"outer_optimizer": "average"},
+    "lr-none": {"lr_scaling": "none"},  # the lr as given at every N (before session 28)
+    "lr-linear": {"lr_scaling": "linear"},
     "nest.7/.9": {"outer_optimizer": "nesterov", "outer_lr": 0.7, "outer_momentum": 0.9},
     "nest1/.5": {"outer_optimizer": "nesterov", "outer_lr": 1.0, "outer_momentum": 0.5},
     "adaptive": {"outer_optimizer": "adaptive", "outer_lr": 0.7, "outer_momentum": 0.9},
@@ -71,13 +77,15 @@ CONFIGS: dict[str, dict[str, Any]] = {
 
 
 def main(argv: list[str]) -> None:
+    full = "--full" in argv  # Fashion-MNIST whole (60,000/10,000), not its cut
+    argv = [a for a in argv if a != "--full"]
     workloads = argv[0].split(",") if argv else list(WORKLOADS)
     configs = argv[1].split(",") if len(argv) > 1 else list(CONFIGS)
     seeds = [int(s) for s in argv[2].split(",")] if len(argv) > 2 else [0, 1, 2]
     out = Path(argv[3]) if len(argv) > 3 else ROOT / "benchmarks/results/outer-study.jsonl"
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix="kubeml-outer-study-"))
-    data = {"fashion": prepare("fashion", tmp / "fashion", quick=True).data_dir}
+    data = {"fashion": prepare("fashion", tmp / "fashion", quick=not full).data_dir}
     data["mnist"] = prepare("mnist5k", tmp / "mnist").data_dir
     data["mnist5k"] = data["mnist"]  # the name the harness's MNIST functions read
     for name in workloads:  # a harness workload trains on its own full data

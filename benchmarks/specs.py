@@ -96,18 +96,6 @@ SPECS = {
         "40,000/8,000 windows of 8 standard-library modules (the last 10% of each held out)",
         batch_size=50,
     ),
-    "quickstart": Spec(
-        "quickstart",
-        "benchmarks/functions/mlp_quickstart_fashion.py",
-        "quickstart",
-        "fashion",
-        70.0,
-        10,
-        0.001,
-        "PyTorch's quickstart network (784-512-512-10, ReLU), default init, plain SGD lr "
-        "0.001 without momentum, batch 64, pixels in [0, 1]; Fashion-MNIST 60,000/10,000. "
-        "Held out: added after the defaults were chosen",
-    ),
 }
 
 
