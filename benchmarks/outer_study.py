@@ -77,6 +77,9 @@ CONFIGS: dict[str, dict[str, Any]] = {
 
 
 def main(argv: list[str]) -> None:
+    if {"-h", "--help"} & set(argv):
+        print(__doc__)
+        return
     full = "--full" in argv  # Fashion-MNIST whole (60,000/10,000), not its cut
     argv = [a for a in argv if a != "--full"]
     workloads = argv[0].split(",") if argv else list(WORKLOADS)
