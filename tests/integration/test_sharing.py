@@ -3,6 +3,7 @@ takes a slot back from a running elastic one mid-epoch and gives it back when it
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 import time
@@ -62,9 +63,12 @@ def test_a_queued_task_takes_a_slot_back_mid_epoch_and_the_runner_gets_it_back(
     logs = engine.logs_of(a)
     messages = [line.message for line in logs]
     shrink = [m for m in messages if m.startswith("N 2 -> 1 at round")]
-    assert shrink and shrink[0].endswith("of epoch 1: slots taken back for task " + b), messages
+    at_two = f"{0.05 * math.sqrt(2):g}"  # each function's lr: lr x sqrt(N), the default
+    taken = f"of epoch 1: slots taken back for task {b}, lr {at_two} -> 0.05"
+    assert shrink and shrink[0].endswith(taken), messages
     grow = [m for m in messages if m.startswith("N 1 -> 2 at round")]
-    assert grow and grow[0].endswith(f": slots freed (task {b} ended)"), messages
+    freed = f": slots freed (task {b} ended), lr 0.05 -> {at_two}"
+    assert grow and grow[0].endswith(freed), messages
     # b started while a's first epoch still ran, and a went back to 2 within an epoch
     first_epoch_end = next(line.time for line in logs if line.message.startswith("epoch 1:"))
     assert info_b.started_at is not None and info_b.started_at < first_epoch_end
