@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from collections import Counter
 from dataclasses import replace
@@ -332,7 +333,8 @@ def test_n_changes_up_and_down_mid_epoch_and_every_sample_is_trained_once(stores
     assert first.parallelism_path == [2, 3, 1, 2] and first.parallelism == 2
     assert second.parallelism_path is None
     assert first.samples == second.samples == TRAIN_SIZE
-    assert "N 3 -> 1 at round 4 of epoch 1: test wants 1" in recorder.logs
+    at_three = f"{0.01 * math.sqrt(3):g}"  # each function's lr: lr x sqrt(N), the default
+    assert f"N 3 -> 1 at round 4 of epoch 1: test wants 1, lr {at_three} -> 0.01" in recorder.logs
     assert job.services.slots.asked == [("answer", 3), ("answer", 1), ("answer", 2)]
     exactly_once(backend, 2)
 

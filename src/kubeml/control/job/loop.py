@@ -64,12 +64,9 @@ class TrainJob:
         self.services, self.listener, self.policy = services, listener, policy
         self.start_epoch = start_epoch
         self.lr_rule = LrRule(request.lr, request.lr_scaling.value)
+        first_lr = self.lr_rule.at(parallelism)
         self.state = JobState(
-            parallelism,
-            self.lr_rule.at(parallelism),
-            start_epoch,
-            requests or Requests(),
-            records=list(records),
+            parallelism, first_lr, start_epoch, requests or Requests(), records=list(records)
         )
         self.server = ParameterServer(task_id, services.models, _outer_config(request))
         services.models.request_shards(task_id, _shard_request(request))
