@@ -11,8 +11,9 @@ epoch, `--test-size` test samples), one function or rank per worker node, all ro
 the same K (8), batch (64) and lr (0.05):
 
 - kubeml-central (shards=0), kubeml-sharded (shards=null: one shard server per worker
-  node), kubeml-sharded-bf16, kubeml-sharded-int8 (sync_precision), kubeml-sharded-int8-
-  overlap (overlap: each round's sync beside the next round's steps): the Ray head (no
+  node), kubeml-sharded-bf16, kubeml-sharded-int8, kubeml-sharded-int4 (sync_precision),
+  kubeml-sharded-int8-overlap, kubeml-sharded-int4-overlap (overlap: each round's sync
+  beside the next round's steps): the Ray head (no
   CPUs) and a kubeml server on the Ray backend on `cp`, a 1-CPU Ray worker node per worker
   node. The server is started once per profile; each row warms its workers with a
   throw-away task, then trains one task per seed, submitted as a user submits one.
@@ -77,6 +78,8 @@ KUBEML_ROWS: dict[str, dict[str, Any]] = {
     "kubeml-sharded-bf16": {"shards": None, "sync_precision": "bf16"},
     "kubeml-sharded-int8": {"shards": None, "sync_precision": "int8"},
     "kubeml-sharded-int8-overlap": {"shards": None, "sync_precision": "int8", "overlap": True},
+    "kubeml-sharded-int4": {"shards": None, "sync_precision": "int4"},
+    "kubeml-sharded-int4-overlap": {"shards": None, "sync_precision": "int4", "overlap": True},
 }
 PEER_ROWS = ("ddp", "ddp-local-sgd", "ray-train")
 ROWS = (*KUBEML_ROWS, *PEER_ROWS)

@@ -12,7 +12,8 @@ the machine's load, so an in-process engine is enough here; seconds are not repo
 A workload of the harness (`benchmarks/specs.py`: chars, cnn-bn, lenet-seed...) trains on
 its own data, lr and batch (`lenet-seed` on the Fashion-MNIST cut the others use here;
 `--full`: every Fashion-MNIST workload on the whole set). `quickstart` is PyTorch's
-quickstart recipe, held out: added after the defaults were chosen.
+quickstart recipe, held out: added after the defaults were chosen. `widemlp` is the
+network benchmark's MLP on its cut (8,192/2,048; `widemlp-n4` at its N).
 A variant (`VARIANTS`) is one of those with another inner optimizer or lr, or N=4: the
 workloads the adaptive step's noise rule was checked on after it was chosen.
 
@@ -27,7 +28,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from benchmarks.data import Arrays
+from benchmarks.data import Arrays, load_fashion_mnist
 from benchmarks.reference import ROOT
 from benchmarks.rows_kubeml import fresh_engine
 from benchmarks.specs import SPECS, prepare
@@ -45,6 +46,8 @@ WORKLOADS: dict[str, tuple[str, str, float, int, tuple[str, str] | None]] = {
     "mnist-lenet-example": ("examples/lenet_mnist.py", "mnist", 0.02, 3, None),
     "mnist-mlpbn": ("benchmarks/functions/mlp_bn_mnist.py", "mnist5k", 0.01, 6, None),
     "quickstart": ("benchmarks/functions/mlp_quickstart_fashion.py", "fashion", 0.001, 10, None),
+    # the network benchmark's workload (`benchmarks.cluster`: 8,192/2,048, N=4 there)
+    "widemlp": ("benchmarks/functions/mlp_wide_fashion.py", "fashion8k", 0.05, 6, None),
 }
 RMSPROP_ADAM = (
     "return RMSprop(self.parameters(), lr=self.lr)",
@@ -56,11 +59,13 @@ VARIANTS: dict[str, tuple[str, tuple[str, str] | None, float | None, int]] = {
     "chars-n4": ("chars", None, None, 4),
     "lenet-seed-n4": ("lenet-seed", None, None, 4),
     "fashion-sgd-n4": ("fashion-sgd", None, None, 4),
+    "widemlp-n4": ("widemlp", None, None, 4),
 }
 CONFIGS: dict[str, dict[str, Any]] = {
     "average": {"outer_optimizer": "average"},
     "lr-none": {"lr_scaling": "none"},  # the lr as given at every N (before session 28)
     "lr-linear": {"lr_scaling": "linear"},
+    "average-lr-none": {"outer_optimizer": "average", "lr_scaling": "none"},  # DDP local SGD
     "nest.7/.9": {"outer_optimizer": "nesterov", "outer_lr": 0.7, "outer_momentum": 0.9},
     "nest1/.5": {"outer_optimizer": "nesterov", "outer_lr": 1.0, "outer_momentum": 0.5},
     "adaptive": {"outer_optimizer": "adaptive", "outer_lr": 0.7, "outer_momentum": 0.9},
@@ -91,6 +96,9 @@ def main(argv: list[str]) -> None:
     data = {"fashion": prepare("fashion", tmp / "fashion", quick=not full).data_dir}
     data["mnist"] = prepare("mnist5k", tmp / "mnist").data_dir
     data["mnist5k"] = data["mnist"]  # the name the harness's MNIST functions read
+    if any(n.startswith("widemlp") for n in workloads):
+        data["fashion8k"] = tmp / "fashion8k"
+        load_fashion_mnist(8192, 2048).save(data["fashion8k"])
     for name in workloads:  # a harness workload trains on its own full data
         base = VARIANTS[name][0] if name in VARIANTS else name
         if base in SPECS and SPECS[base].dataset not in data:

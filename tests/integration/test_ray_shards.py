@@ -224,7 +224,7 @@ def test_stop_and_resume_on_the_sharded_path_changes_no_bit(engine, sharded_base
     assert engine.backend.models.sharded.pushes >= 1  # the checkpoint, from the control plane
 
 
-@pytest.mark.parametrize("precision", ["bf16", "int8"])
+@pytest.mark.parametrize("precision", ["bf16", "int8", "int4"])
 def test_compressed_rounds_train_as_well_and_resume_exactly(engine, precision):
     """A compressed task trains to the fp32 run's accuracy; stopped and resumed
     mid-epoch (the functions' view comes back from the checkpoint), it ends with the

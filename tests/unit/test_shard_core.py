@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kubeml.control.merge.outer import OuterConfig, OuterOptimizer
-from kubeml.stores.codecs import INT8_BLOCK, decode, encode
+from kubeml.stores.codecs import INT4_BLOCK, INT8_BLOCK, decode, encode
 from kubeml.stores.flat import FlatLayout
 from kubeml.stores.outer_rule import StepTerms, adaptive_step, total, weights_sq
 from kubeml.stores.shard_core import MissingDepositError, ShardCore
@@ -140,7 +140,7 @@ def test_fp32_shards_follow_the_central_merge(name, lr, mu):
         assert central.noise is not None and central.noise > 16 / 17  # past the ramp
 
 
-@pytest.mark.parametrize("precision", ["fp32", "bf16", "int8"])
+@pytest.mark.parametrize("precision", ["fp32", "bf16", "int8", "int4"])
 def test_a_replica_holds_the_same_bits_as_its_primary(precision):
     state = _net().state_dict()
     plane = Plane(state, 2, OuterStep("adaptive", 0.7, 0.9), precision)
@@ -160,7 +160,7 @@ def test_a_replica_holds_the_same_bits_as_its_primary(precision):
             assert mine["view"]
 
 
-@pytest.mark.parametrize("precision", ["fp32", "int8"])
+@pytest.mark.parametrize("precision", ["fp32", "int8", "int4"])
 def test_rollback_puts_back_the_bits_of_the_last_merged_round(precision):
     state = _net().state_dict()
     plane = Plane(state, 2, OuterStep("adaptive", 0.7, 0.9), precision)
@@ -191,7 +191,7 @@ def test_a_token_the_shard_never_received_refuses_the_merge():
         plane.primaries[0].reduce([(b"a", 3), (b"zz", 3)])
 
 
-@pytest.mark.parametrize("precision", ["bf16", "int8"])
+@pytest.mark.parametrize("precision", ["bf16", "int8", "int4"])
 def test_compressed_updates_keep_the_functions_view_near_the_model(precision):
     """The view's rounding error does not pile up: after many rounds it stays within
     one round's rounding of the model."""
@@ -204,10 +204,10 @@ def test_compressed_updates_keep_the_functions_view_near_the_model(precision):
     view, model = plane.view(), plane.model()
     gap = (view["float32"] - model["float32"]).abs().max().item()
     scale = model["float32"].abs().max().item()
-    assert gap < scale * (0.01 if precision == "int8" else 0.005), gap
+    assert gap < scale * {"bf16": 0.005, "int8": 0.01, "int4": 0.1}[precision], gap
 
 
-@pytest.mark.parametrize("precision", ["bf16", "int8"])
+@pytest.mark.parametrize("precision", ["bf16", "int8", "int4"])
 def test_a_settled_round_leaves_the_model_exactly_the_functions_view(precision):
     """The epoch's last round (`settle`, when the functions score the model they load):
     the model becomes the view, on the primary and its replica alike; the next rounds
@@ -225,9 +225,10 @@ def test_a_settled_round_leaves_the_model_exactly_the_functions_view(precision):
                 assert all(torch.equal(t, theirs[kind][d]) for d, t in mine[kind].items())
 
 
-def test_a_function_applying_the_update_holds_the_shards_view_bit_for_bit():
+@pytest.mark.parametrize("precision", ["int8", "int4"])
+def test_a_function_applying_the_update_holds_the_shards_view_bit_for_bit(precision):
     state = _net().state_dict()
-    plane = Plane(state, 2, OuterStep("adaptive", 0.7, 0.9), "int8")
+    plane = Plane(state, 2, OuterStep("adaptive", 0.7, 0.9), precision)
     mine = plane.view()  # what a function loaded at the round's start
     plane.deposit(b"t", _trained(mine, seed=3))
     plane.merge([(b"t", 8)])
@@ -248,7 +249,7 @@ def test_a_function_applying_the_update_holds_the_shards_view_bit_for_bit():
 @given(
     n=st.integers(1, 3 * INT8_BLOCK + 5),
     scale=st.floats(1e-6, 1e3),
-    precision=st.sampled_from(["fp32", "bf16", "int8"]),
+    precision=st.sampled_from(["fp32", "bf16", "int8", "int4"]),
 )
 def test_codecs_round_trip_within_their_precision(n, scale, precision):
     x = torch.randn(n, generator=torch.Generator().manual_seed(n)) * scale
@@ -256,10 +257,12 @@ def test_codecs_round_trip_within_their_precision(n, scale, precision):
     y = decode(encoded)
     assert y.shape == x.shape and y.dtype == torch.float32
     err = (x - y).abs().max().item()
-    bound = {"fp32": 0.0, "bf16": 2**-8, "int8": 1 / 254 + 1e-6}[precision]
+    bound = {"fp32": 0.0, "bf16": 2**-8, "int8": 1 / 254 + 1e-6, "int4": 1 / 14 + 1e-6}[precision]
     assert err <= bound * x.abs().max().item() + 1e-30
     bytes_per = encoded.nbytes / n
-    assert bytes_per <= {"fp32": 4, "bf16": 2, "int8": 1 + 4 / INT8_BLOCK * 2 + 4 / n}[precision]
+    most = {"fp32": 4, "bf16": 2, "int8": 1 + 4 / INT8_BLOCK * 2 + 4 / n}
+    most["int4"] = 0.5 + 4 / INT4_BLOCK + (INT4_BLOCK // 2 + 4) / n  # the last block padded
+    assert bytes_per <= most[precision]
     assert torch.equal(decode(encode(x, precision)), y)  # deterministic
 
 

@@ -158,6 +158,7 @@ class SyncPrecision(str, Enum):
     FP32 = "fp32"
     BF16 = "bf16"
     INT8 = "int8"
+    INT4 = "int4"
 
     def __str__(self) -> str:
         return self.value

@@ -135,9 +135,10 @@ def train(
         ),
     ] = None,
     sync_precision: Annotated[
-        Literal["fp32", "bf16", "int8"],
+        Literal["fp32", "bf16", "int8", "int4"],
         typer.Option(
-            "--sync-precision", help="how a sharded round's changes travel: fp32, bf16 or int8"
+            "--sync-precision",
+            help="how a sharded round's changes travel: fp32, bf16, int8 or int4",
         ),
     ] = "fp32",
     overlap: Annotated[
