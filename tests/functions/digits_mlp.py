@@ -20,6 +20,7 @@ FAIL_AT_BATCH = None  # raise in train() at this batch index
 NAN_AT_BATCH = None  # return NaN from train() at this batch index
 EXIT_AT_BATCH = None  # sys.exit(0) in function 0's train() at this batch index
 SLEEP_PER_BATCH_S = 0.0
+PAUSE_AT_EPOCH_START_S = 0.0  # function 0 sleeps before each epoch's first batch from epoch 2
 USE_GPU = False
 BATCH_STYLE = False  # train(self, batch, batch_index) instead of (x, y, batch_index)
 PRINT_THREADS = False  # print torch's thread count whenever it changed since the last batch
@@ -102,12 +103,17 @@ class Model(KubeModel):
             print(f"threads now {_threads_seen}")
         assert self.network.training, "the system must call model.train()"
         assert x.device == self.device
+        if PAUSE_AT_EPOCH_START_S and batch_index == 0 and self.epoch >= 2 and self.func_id == 0:
+            time.sleep(PAUSE_AT_EPOCH_START_S)
+        kept = len(self.optimizer.state)  # the momentum buffers it starts the step with
         self.optimizer.zero_grad()
         loss = F.cross_entropy(self(x), y)
         loss.backward()
         self.optimizer.step()
         if batch_index == 0:
-            self.logger.info(f"first batch of epoch {self.epoch}: loss {loss.item():.4f}")
+            self.logger.info(
+                f"first batch of epoch {self.epoch}: loss {loss.item():.4f}, {kept} kept states"
+            )
             print(f"printed by function {self.func_id}")
             logging.info("root logger line")
         if NAN_AT_BATCH is not None and batch_index == NAN_AT_BATCH:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import re
 import time
+from collections import defaultdict
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -78,3 +80,14 @@ def wait_until(condition: Callable[[], bool], timeout_s: float = 30.0) -> bool:
 def wait_for(condition: Callable[[], bool], timeout_s: float = 120.0) -> None:
     """`wait_until`, failing the test when `condition` never held."""
     assert wait_until(condition, timeout_s), "condition not met in time"
+
+
+def kept_at_epoch_starts(engine: Any, task_id: str) -> dict[int, list[int]]:
+    """Epoch -> the momentum buffers each function's first batch of it started with, as
+    tests/functions/digits_mlp.py logs them (6: every parameter's; 0: a fresh optimizer)."""
+    kept: dict[int, list[int]] = defaultdict(list)
+    for line in engine.logs_of(task_id):
+        found = re.search(r"first batch of epoch (\d+): loss \S+, (\d+) kept states", line.message)
+        if found:
+            kept[int(found[1])].append(int(found[2]))
+    return {epoch: sorted(counts) for epoch, counts in kept.items()}

@@ -21,7 +21,7 @@ import pytest
 
 from kubeml.api.schemas import TaskState
 from tests.conftest import ROOT, function_source
-from tests.integration.conftest import MB, RAY_NODE_RESOURCES, wait_for
+from tests.integration.conftest import MB, RAY_NODE_RESOURCES, kept_at_epoch_starts, wait_for
 from tests.integration.test_epoch_validation import _invocations, _score
 from tests.integration.test_recovery import TASK, add_mlp_and_digits
 
@@ -107,14 +107,18 @@ def test_user_exception_fails_the_task_with_the_users_traceback(ray_engine, digi
     assert "in _step" in info.traceback and "user code exploded" in info.traceback
 
 
-def test_user_output_reaches_the_task_log(ray_engine, digits):
+def test_user_output_reaches_the_task_log_and_momentum_the_next_epoch(ray_engine, digits):
+    """Each lane's next epoch runs on the actor that trained it, which kept its optimizer."""
     _add_digits(ray_engine, digits)
     ray_engine.create_function("mlp", function_source())
-    task_id = ray_engine.train(function="mlp", dataset="digits", epochs=1, lr=0.05)
+    task_id = ray_engine.train(
+        function="mlp", dataset="digits", epochs=3, lr=0.05, parallelism=2, static=True
+    )
     assert ray_engine.wait(task_id, 60).state is TaskState.SUCCEEDED
     messages = [(line.source, line.message) for line in ray_engine.logs_of(task_id)]
     assert any(s == "function-1" and "first batch of epoch 1" in m for s, m in messages)
     assert any("printed by function 0" in m for _, m in messages)
+    assert kept_at_epoch_starts(ray_engine, task_id) == {1: [0, 0], 2: [6, 6], 3: [6, 6]}
 
 
 def _alive_actor_pids() -> set[int]:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -133,6 +134,31 @@ def test_three_killed_workers_change_no_bit_of_the_result(make_engine, digits, b
     baseline.assert_same_weights(engine.models.load_final(task_id))
 
 
+def test_a_worker_killed_in_an_epochs_first_round_replays_it_with_the_lanes_kept_momentum(
+    make_engine, digits, baseline
+):
+    """The replay starts from the optimizer state the lane carried out of the last epoch."""
+    engine = make_engine("process")
+    engine.create_function(
+        "mlp", function_source(SLEEP_PER_BATCH_S=0.01, PAUSE_AT_EPOCH_START_S=2.0)
+    )
+    engine.create_dataset(
+        "digits", digits["train_x"], digits["train_y"], digits["test_x"], digits["test_y"]
+    )
+    task_id = engine.train(**TASK)
+    # Epoch 2 recorded: function 0 pauses 2 s before epoch 3's first batch.
+    wait_for(lambda: len(engine.get_history(task_id).epochs) == 2)
+    time.sleep(0.3)
+    pids = engine.backend.describe()["worker_pids"][task_id]
+    os.kill(pids[0], signal.SIGKILL)
+    info = engine.wait(task_id, 240)
+    assert info.state is TaskState.SUCCEEDED, info.traceback
+    assert [e.failures for e in engine.get_history(task_id).epochs] == [0, 0, 1, 0]
+    logs = "\n".join(line.message for line in engine.logs_of(task_id))
+    assert re.search(r"replaying round 1\b", logs), logs
+    baseline.assert_same_weights(engine.models.load_final(task_id))
+
+
 def test_resume_right_after_stop_continues_exactly(make_engine, digits, baseline):
     engine = make_engine("process")
     add_mlp_and_digits(engine, digits)
@@ -150,7 +176,11 @@ def test_resume_right_after_stop_continues_exactly(make_engine, digits, baseline
     baseline.assert_same_weights(engine.models.load_final(task_id))
 
 
-def test_a_killed_server_comes_back_and_resumes_the_task(digits, baseline, tmp_path):
+@pytest.mark.parametrize("at", ["mid-epoch", "epoch-start"])
+def test_a_killed_server_comes_back_and_resumes_the_task(digits, baseline, tmp_path, at):
+    """From a mid-epoch checkpoint; or from an epoch's end, where the functions go on into
+    the next epoch with the optimizer states their lanes kept (function 0 pauses before
+    epoch 3's first batch, and the server dies then)."""
     from kubeml.client import Client, ensure_server, server_status, stop_server
     from kubeml.settings import Settings
 
@@ -162,21 +192,27 @@ def test_a_killed_server_comes_back_and_resumes_the_task(digits, baseline, tmp_p
         # Stored here as the other tests' 64-sample chunks (the server would cut its own).
         LocalDatasetStore(settings.home / "datasets").create("digits", dict(digits))
         client = Client(ensure_server(settings, quiet=True), token="")
-        client.create_function("mlp", SLOW_MLP)
+        pause = 3.0 if at == "epoch-start" else 0.0
+        client.create_function(
+            "mlp", function_source(SLEEP_PER_BATCH_S=0.01, PAUSE_AT_EPOCH_START_S=pause)
+        )
         assert LocalDatasetStore(settings.home / "datasets").chunk_samples("digits") == 64
-        task_id = client.train(**TASK, checkpoint_every_s=0.2)
+        task_id = client.train(**TASK, checkpoint_every_s=0.2 if at == "mid-epoch" else 600)
         store = CheckpointStore(settings.home / "checkpoints")
 
-        def mid_epoch_checkpoint() -> Position | None:
+        def wanted_checkpoint() -> Position | None:
             # Mid-epoch checkpoints are written in a thread: wait until one is on disk, early
             # enough in its epoch (12 rounds) that the epoch's end does not replace it first.
             checkpoint = store.load(task_id)
             if checkpoint is None:
                 return None
             p = checkpoint.position
+            if at == "epoch-start":
+                return p if (p.epoch, p.round) == (2, 0) else None
             return p if p.epoch in (1, 2) and 1 <= p.round <= 8 else None
 
-        wait_for(lambda: mid_epoch_checkpoint() is not None)
+        wait_for(lambda: wanted_checkpoint() is not None)
+        time.sleep(0.3)  # epoch-start: function 0 is in its pause
         status = server_status(settings)
         assert status is not None
         workers = children(int(status["pid"]))
@@ -192,7 +228,8 @@ def test_a_killed_server_comes_back_and_resumes_the_task(digits, baseline, tmp_p
         assert abs(info.accuracy - baseline.accuracy) <= 1.0, (info.accuracy, baseline)
         logs = "\n".join(line.message for line in client.logs(task_id))
         # The checkpoint the kill left is mid-epoch (a later one only moves it forward).
-        assert re.search(r"resuming from the checkpoint at epoch [2-4], round [1-9]", logs), logs
+        resumed = r"epoch [2-4], round [1-9]" if at == "mid-epoch" else r"epoch 3 start"
+        assert re.search(rf"resuming from the checkpoint at {resumed}", logs), logs
         final = torch.load(settings.home / "models" / f"{task_id}.pt", weights_only=True)
         baseline.assert_same_weights(final)
     finally:

@@ -7,6 +7,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
 import torch
@@ -24,6 +25,7 @@ from kubeml.sdk.model import KubeArgs, KubeModel
 from kubeml.stores.interfaces import FunctionModels, ShardSource, Split
 
 # `self.task` in the hooks: the 2021 library's names for what an invocation does.
+_KEPT_CLASS = "kubeml_optimizer"  # beside a kept optimizer state: the class that kept it
 _TASK_NAMES = {Mode.INIT: "init", Mode.TRAIN: "train", Mode.VALIDATE: "val", Mode.INFER: "infer"}
 
 
@@ -162,7 +164,6 @@ class RoundDriver:
                     # the 2021 experiments do per epoch) must not compound it round after round.
                     model.lr = inv.lr
                     model.optimizer = model.configure_optimizers()
-                    # Before a restore: the kept state holds the lr its last step used.
                     base_lrs = [group["lr"] for group in model.optimizer.param_groups]
                     if round_index == inv.round and inv.restore_state:
                         self._restore_optimizer(model)
@@ -193,12 +194,12 @@ class RoundDriver:
                 self.hook = "main()"
                 final = batch_index >= n_batches
                 states = models.states if inv.optimizer_state == "keep" else None
-                if not final and states is not None and model.optimizer.state:  # (SGD: none)
+                if states is not None and model.optimizer.state:  # (plain SGD: none)
                     # Before the round is published: once it is merged, a replay of the
-                    # next round on a fresh worker starts from this.
-                    states.save(
-                        inv.task_id, inv.func_id, round_index + 1, model.optimizer.state_dict()
-                    )
+                    # next round on a fresh worker starts from this; after the epoch's
+                    # last round, the lane's first round of the next epoch does.
+                    epoch, at = (inv.epoch + 1, 0) if final else (inv.epoch, round_index + 1)
+                    states.save(inv.task_id, inv.func_id, epoch, at, kept_state(model.optimizer))
                 t2 = stepped = time.perf_counter()
                 if flight is not None:
                     release, seconds = flight.wait(), flight.seconds
@@ -276,16 +277,16 @@ class RoundDriver:
         return model.network.state_dict()
 
     def _restore_optimizer(self, model: KubeModel) -> None:
-        """The optimizer's state the function had at the start of this round (a replay, a
-        resume), kept by the store; without it the round starts with a fresh optimizer."""
-        inv = self.ctx.invocation
-        states = self.ctx.models.states
-        kept = states.load(inv.task_id, inv.func_id, inv.round) if states is not None else None
-        if kept is None:  # the optimizer kept nothing (plain SGD), or it was not kept
-            self.ctx.logger.debug("no kept optimizer state for round %d", inv.round + 1)
-            return
+        """The optimizer's state the function had at the start of this round (the lane's
+        last epoch's, a replay's, a resume's), kept by the store; without it the round
+        starts with a fresh optimizer."""
+        inv, states = self.ctx.invocation, self.ctx.models.states
+        kept = states.load(inv.task_id, inv.func_id, inv.epoch, inv.round) if states else None
         assert model.optimizer is not None
-        model.optimizer.load_state_dict(kept)
+        if kept is None:  # plain SGD keeps nothing; or the state was lost with its worker
+            self.ctx.logger.debug("no kept optimizer state for round %d", inv.round + 1)
+        elif unfit := load_kept(model.optimizer, kept):
+            self.ctx.logger.info(f"the optimizer starts fresh: {unfit}")
 
     def _validate(self, model: KubeModel) -> InvocationResult:
         """Score a test slice with the model itself: the invocation's (validation), or
@@ -346,3 +347,24 @@ def warmup_factor(inv: Invocation, step: int) -> float:
         return 1.0
     start = inv.lr_warmup_from / inv.lr
     return start + (1.0 - start) * (step + 1) / inv.lr_warmup_steps
+
+
+def kept_state(optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """The optimizer's state to keep, naming its class (`load_kept` checks it)."""
+    return {**optimizer.state_dict(), _KEPT_CLASS: type(optimizer).__qualname__}
+
+
+def load_kept(optimizer: torch.optim.Optimizer, kept: dict[str, Any]) -> str | None:
+    """Load a kept state into the optimizer `configure_optimizers` just built, keeping the
+    hyperparameters it set (an lr that follows `self.epoch`); why not, if it does not fit."""
+    built = type(optimizer).__qualname__
+    if kept.pop(_KEPT_CLASS, built) != built:
+        return "configure_optimizers() built another optimizer"
+    chosen = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
+    try:
+        optimizer.load_state_dict(kept)
+    except ValueError as exc:  # other parameter groups than the kept state's
+        return f"the kept state does not fit: {exc}"
+    for group, values in zip(optimizer.param_groups, chosen, strict=True):
+        group.update(values)
+    return None

@@ -21,31 +21,32 @@ Groups = dict[str, "torch.Tensor"]  # flat per-dtype buffers of one model state
 # -- what a function uses ---------------------------------------------------------------------
 class FunctionStates(ABC):
     """A function's own state between rounds (its optimizer's), kept so that a round
-    replayed on a fresh worker, or resumed from a checkpoint, starts from the same bits.
-    Two rounds are kept per function: a function lost after keeping the next round's
-    state, but before its round merged, is replayed from the older one."""
+    replayed on a fresh worker, or resumed from a checkpoint, starts from the same bits,
+    and so that the next epoch's lane goes on with it. A state is named by the round it
+    starts: (epoch, round); an epoch's last round keeps (epoch + 1, 0). Two rounds are kept
+    per function: a function lost after keeping the next round's state, but before its
+    round merged, is replayed from the older one."""
 
     @abstractmethod
-    def save(self, task_id: str, func_id: int, round_index: int, state: dict[str, Any]) -> None:
-        """Keep `state` as what `func_id` starts round `round_index` with."""
+    def save(
+        self, task_id: str, func_id: int, epoch: int, round_index: int, state: dict[str, Any]
+    ) -> None:
+        """Keep `state` as what `func_id` starts round `round_index` of `epoch` with."""
 
     @abstractmethod
-    def load(self, task_id: str, func_id: int, round_index: int) -> dict[str, Any] | None:
+    def load(
+        self, task_id: str, func_id: int, epoch: int, round_index: int
+    ) -> dict[str, Any] | None:
         """What `save` kept for that round; None if nothing was."""
 
     def gather(
-        self, task_id: str, round_index: int, func_ids: Sequence[int]
+        self, task_id: str, epoch: int, round_index: int, func_ids: Sequence[int]
     ) -> dict[int, dict[str, Any]]:
-        """Every one of `func_ids`' states for `round_index` (a checkpoint), or none."""
-        states = {f: self.load(task_id, f, round_index) for f in func_ids}
+        """Every one of `func_ids`' states for the round (a checkpoint), or none."""
+        states = {f: self.load(task_id, f, epoch, round_index) for f in func_ids}
         if any(state is None for state in states.values()):
             return {}
         return states  # type: ignore[return-value]
-
-    def restore(self, task_id: str, round_index: int, states: dict[int, dict[str, Any]]) -> None:
-        """Put states back (from a checkpoint) for the functions of `round_index`."""
-        for func_id, state in states.items():
-            self.save(task_id, func_id, round_index, state)
 
 
 class ShardSource(ABC):

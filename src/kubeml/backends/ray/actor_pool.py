@@ -8,6 +8,7 @@ import contextlib
 import functools
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +20,7 @@ from kubeml.backends.ray import cluster
 from kubeml.backends.ray.function_actor import FunctionActor
 from kubeml.backends.ray.placement import Resources, Shape, demand, describe_shape, has_room
 from kubeml.errors import BackendError
+from kubeml.runtime.invocation import Invocation, Mode
 
 
 @dataclass(eq=False)
@@ -28,6 +30,7 @@ class RayActor(PooledWorker):
     handle: Any
     shape: Shape
     node_id: str = "?"  # known once placed
+    lane: tuple[str, int] | None = None  # (task, func_id) it trained last: it keeps its state
 
     def kill(self) -> None:
         with contextlib.suppress(Exception):
@@ -70,7 +73,9 @@ class ActorPool:
         def choose(
             idle: list[RayActor], busy: list[RayActor]
         ) -> tuple[list[RayActor], list[RayActor]]:
-            taken = [a for a in idle if a.shape == shape][:count]
+            fits = [a for a in idle if a.shape == shape]
+            fits.sort(key=lambda a: a.last_task_id != task_id)  # the task's own first
+            taken = fits[:count]
             if light:  # an actor that ran this task last may keep its model loaded
                 warm = [a for a in idle if a.last_task_id == task_id]
                 taken = (warm or taken or idle)[:count]
@@ -216,6 +221,19 @@ class ActorPool:
         period = min(10.0, max(0.5, self.idle_timeout_s / 4))
         while not self._closing.wait(period):
             self._workers.expire(self.idle_timeout_s)
+
+
+def by_lane(actors: list[RayActor], invocations: Sequence[Invocation]) -> list[RayActor]:
+    """The actors in the invocations' order, a train lane on the actor that trained it last
+    where that is among them: it keeps the optimizer state the lane goes on with."""
+    free = list(actors)
+    mine = [next((a for a in free if a.lane == (i.task_id, i.func_id)), None) for i in invocations]
+    free = [a for a in free if a not in mine]
+    chosen = [a if a is not None else free.pop(0) for a in mine]
+    for actor, inv in zip(chosen, invocations, strict=True):
+        if inv.mode is Mode.TRAIN:
+            actor.lane = (inv.task_id, inv.func_id)
+    return chosen
 
 
 def _placed(actors: list[RayActor]) -> list[RayActor]:

@@ -45,7 +45,7 @@ from ray.exceptions import RayError
 
 from kubeml.backends.base import FunctionBackend, SyncHandler, note_unbounded
 from kubeml.backends.ray import cluster
-from kubeml.backends.ray.actor_pool import ActorPool, RayActor
+from kubeml.backends.ray.actor_pool import ActorPool, RayActor, by_lane
 from kubeml.backends.ray.actor_relay import (
     ActorTransport,
     FunctionSources,
@@ -218,6 +218,7 @@ class RayBackend(FunctionBackend):
         light = len(invocations) == 1 and invocations[0].mode in (Mode.INIT, Mode.INFER)
         shape = self._shape(invocations[0])
         actors = self._actors.acquire(shape, len(invocations), invocations[0].task_id, light)
+        actors = by_lane(actors, invocations)
         crowds = Counter(a.node_id for a in actors)  # the gang's functions on each node
 
         def run(index: int, inv: Invocation, future: Future[InvocationResult]) -> None:

@@ -27,6 +27,7 @@ from kubeml.stores.flat import FlatLayout
 from kubeml.stores.interfaces import (
     EagerWeights,
     FunctionModels,
+    FunctionStates,
     InitialBuild,
     ShardSource,
     Split,
@@ -56,6 +57,47 @@ class RemoteDatasetStore(ShardSource):
             self._task_id = task_id
 
 
+class ActorStates(FunctionStates):
+    """The optimizer states a lane carries into its next epoch, in the actor's memory: the
+    backend gives a task's next epoch's lane to the actor that trained it (`RayBackend`).
+    Only those are kept; a round's state is not, so a replayed round (on a fresh actor)
+    starts a fresh optimizer, as a lane that lands on another actor does."""
+
+    def __init__(self) -> None:
+        self._kept: dict[tuple[str, int], tuple[int, dict[str, Any]]] = {}
+
+    def save(
+        self, task_id: str, func_id: int, epoch: int, round_index: int, state: dict[str, Any]
+    ) -> None:
+        if round_index == 0:
+            self._kept[(task_id, func_id)] = (epoch, _copied(state))
+
+    def load(
+        self, task_id: str, func_id: int, epoch: int, round_index: int
+    ) -> dict[str, Any] | None:
+        kept = self._kept.get((task_id, func_id))
+        if round_index != 0 or kept is None or kept[0] != epoch:
+            return None
+        return _copied(kept[1])
+
+    def begin(self, task_id: str) -> None:
+        """Other tasks' states are not needed here any more."""
+        self._kept = {key: kept for key, kept in self._kept.items() if key[0] == task_id}
+
+
+def _copied(state: Any) -> Any:
+    """The state with its tensors copied (the optimizer that kept them goes on)."""
+    import torch
+
+    if isinstance(state, torch.Tensor):
+        return state.clone()
+    if isinstance(state, dict):
+        return {k: _copied(v) for k, v in state.items()}
+    if isinstance(state, list | tuple):
+        return type(state)(_copied(v) for v in state)
+    return state
+
+
 class RemoteModelStore(FunctionModels):
     """A function's view of the weights: the reference by value or ref, publishing by value
     or with `ray.put`."""
@@ -65,11 +107,13 @@ class RemoteModelStore(FunctionModels):
         self._references: dict[str, ReferenceRef | ShardRoute] = {}
         self._scratch: dict[str, np.ndarray] = {}
         self._sharded: dict[str, ShardedWeights] = {}
+        self._states = self.states = ActorStates()
 
     def begin(self, task_id: str) -> None:
         """A new invocation: the reference may have moved on since the last one, and other
         tasks' state is no longer needed here."""
         self._references.clear()
+        self._states.begin(task_id)
         for other in [t for t in self._scratch if t != task_id]:
             del self._scratch[other]
         self._sharded = {t: w for t, w in self._sharded.items() if t == task_id}

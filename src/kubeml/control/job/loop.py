@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 from kubeml.api.schemas import EpochRecord, TaskState, TrainRequest
 from kubeml.control.job.decisions import Decision, Event, Situation, decide
+from kubeml.control.job.kept import gather_kept, restore_kept, starts_kept
 from kubeml.control.job.plain import run_plain, validate_epoch
 from kubeml.control.job.ports import JobListener, JobOutcome, JobServices, NextParallelism
 from kubeml.control.job.resize import LrRule, resize
@@ -157,11 +158,11 @@ class TrainJob:
             self.log(f"resuming from the checkpoint at {checkpoint.label}")
             position = checkpoint.position
             if position.round == 0 and position.samples == 0:
-                return self._fresh_position(position.epoch)  # with today's N
-            if checkpoint.function_states and models.states is not None:
+                position = self._fresh_position(position.epoch)  # with today's N
+            kept, states = checkpoint.function_states, models.states
+            if states is not None and restore_kept(states, self.task_id, position, kept):
                 # The functions go on with the optimizers they had.
-                models.states.restore(self.task_id, position.round, checkpoint.function_states)
-                self.state.restore_at = position.round
+                self.state.restore_at, self.state.kept_n = position.round, position.parallelism
             return position
         if self.start_epoch > 0 and models.has_final(self.task_id):
             # A task from before checkpoints: the model of its last completed epoch.
@@ -203,6 +204,7 @@ class TrainJob:
             if not path or path[-1] != state.parallelism:
                 path.append(state.parallelism)
             Segment(self, position).run()
+        state.kept_n = position.parallelism  # each lane kept its next epoch's state
         # Until the epoch's last merge: its functions may score their test slices after.
         run_s = (state.trained_at or time.monotonic()) - started
         return EpochRecord(
@@ -231,9 +233,9 @@ class TrainJob:
             if position.parallelism != self.state.parallelism:
                 position.resplit(self.state.parallelism)
                 self.state.restore_at = None  # new lanes start with fresh optimizers
-            elif position.round > 0 and self.request.optimizer_state.value == "keep":
-                # The same lanes go on (a resize granted no change): with the optimizer
-                # states their functions kept for this round.
+            elif starts_kept(self.request.optimizer_state.value, self.state.kept_n, position):
+                # The same lanes go on (a resize granted no change, or the next epoch of
+                # the same N): with the optimizer states their functions kept for it.
                 self.state.restore_at = position.round
 
     def validation_due(self, epoch: int) -> bool:
@@ -298,16 +300,15 @@ class TrainJob:
         if fill is None:
             views = models.layout(self.task_id).views(models.reference_groups(self.task_id))
             model = {k: v.clone() for k, v in views.items()}
-        states = models.states
-        keep = self.request.optimizer_state.value == "keep" and position.round > 0
+        states, keep = models.states, self.request.optimizer_state.value
         snapshot = Checkpoint(
             position=Position.from_state(position.to_state()),  # a copy, frozen now
             model=model,
             records=list(self.state.records),
             outer_state=self.server.state_dict() if fill is None else {},
             function_states=(
-                states.gather(self.task_id, position.round, position.live())
-                if keep and states is not None
+                gather_kept(states, self.task_id, position)
+                if states is not None and starts_kept(keep, self.state.kept_n, position)
                 else {}
             ),
         )

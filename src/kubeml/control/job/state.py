@@ -79,6 +79,7 @@ class JobState:
     attempts: dict[int, int] = field(default_factory=dict)  # func_id -> its current attempt
     resplit: bool = False  # a function was dropped: re-split at the next round boundary
     restore_at: int | None = None  # a resumed mid-epoch round whose functions' states are kept
+    kept_n: int | None = None  # the N whose lanes kept the states their next epoch starts with
     segment_functions: int = 1  # functions of the running segment
     segment_threads: int = 1  # torch threads each of them runs
     records: list[EpochRecord] = field(default_factory=list)
