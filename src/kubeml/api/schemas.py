@@ -130,11 +130,12 @@ MemoryMb = Annotated[(int, *_int_range(1, MAX_MEMORY_MB, " (megabytes)"))]
 
 
 class OptimizerState(str, Enum):
-    """What happens to optimizer state (momentum) between K-AVG rounds of one invocation.
+    """What happens to optimizer state (momentum) between K-AVG rounds.
 
     `reset` rebuilds the optimizer every round, as KubeML 2021 did. `keep` builds it once
-    per invocation and keeps its state across the rounds of the epoch; parameters are
-    overwritten in place with the merged model, so the optimizer keeps pointing at them.
+    per invocation and keeps its state across the rounds of the epoch (parameters are
+    overwritten in place with the merged model, so the optimizer keeps pointing at them),
+    and each lane's next epoch goes on with it while N stays, as a torch loop's does.
     """
 
     RESET = "reset"
