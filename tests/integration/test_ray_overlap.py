@@ -12,7 +12,9 @@ from typing import Any
 import pytest
 
 from kubeml.api.schemas import TaskState
+from tests.conftest import function_source
 from tests.integration import test_ray_shards as shards
+from tests.integration.conftest import kept_at_epoch_starts
 from tests.integration.test_ray_shards import _log, _same, _weights
 from tests.integration.test_recovery import TASK
 
@@ -49,6 +51,15 @@ def test_overlapped_rounds_train_as_well_and_land_the_same_bits(engine):
     # The outer step reaches each function a round late: other weights, as good a model.
     assert not _same(_weights(engine, first.id), _weights(engine, waiting.id))
     assert abs(first.accuracy - waiting.accuracy) < 5.0
+
+
+def test_an_overlapped_lanes_next_epoch_goes_on_with_its_momentum(engine):
+    """The optimizer state stays on the actor that trained the lane, which trains its next
+    epoch (the other tests here train plain SGD, which keeps none)."""
+    engine.create_function("mlp-momentum", function_source(SLEEP_PER_BATCH_S=0.01))
+    info = engine.wait(engine.train(**{**OVERLAPPED, "function": "mlp-momentum", "epochs": 3}), 120)
+    assert info.state is TaskState.SUCCEEDED, info.error
+    assert kept_at_epoch_starts(engine, info.id) == {1: [0, 0], 2: [6, 6], 3: [6, 6]}
 
 
 def test_a_function_killed_with_a_round_in_flight_is_replayed(engine):
