@@ -225,7 +225,8 @@ class ActorPool:
 
 def by_lane(actors: list[RayActor], invocations: Sequence[Invocation]) -> list[RayActor]:
     """The actors in the invocations' order, a train lane on the actor that trained it last
-    where that is among them: it keeps the optimizer state the lane goes on with."""
+    where that is among them: it keeps the optimizer state the lane goes on with. Each
+    actor given a train invocation now holds that lane."""
     free = list(actors)
     mine = [next((a for a in free if a.lane == (i.task_id, i.func_id)), None) for i in invocations]
     free = [a for a in free if a not in mine]

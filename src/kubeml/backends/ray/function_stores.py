@@ -5,6 +5,7 @@ side, and the requests a function sends it, are in `kubeml.backends.ray.stores`.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, cast
 
@@ -70,7 +71,7 @@ class ActorStates(FunctionStates):
         self, task_id: str, func_id: int, epoch: int, round_index: int, state: dict[str, Any]
     ) -> None:
         if round_index == 0:
-            self._kept[(task_id, func_id)] = (epoch, _copied(state))
+            self._kept[(task_id, func_id)] = (epoch, copy.deepcopy(state))
 
     def load(
         self, task_id: str, func_id: int, epoch: int, round_index: int
@@ -78,24 +79,11 @@ class ActorStates(FunctionStates):
         kept = self._kept.get((task_id, func_id))
         if round_index != 0 or kept is None or kept[0] != epoch:
             return None
-        return _copied(kept[1])
+        return copy.deepcopy(kept[1])  # the optimizer it goes into steps in place
 
     def begin(self, task_id: str) -> None:
         """Other tasks' states are not needed here any more."""
         self._kept = {key: kept for key, kept in self._kept.items() if key[0] == task_id}
-
-
-def _copied(state: Any) -> Any:
-    """The state with its tensors copied (the optimizer that kept them goes on)."""
-    import torch
-
-    if isinstance(state, torch.Tensor):
-        return state.clone()
-    if isinstance(state, dict):
-        return {k: _copied(v) for k, v in state.items()}
-    if isinstance(state, list | tuple):
-        return type(state)(_copied(v) for v in state)
-    return state
 
 
 class RemoteModelStore(FunctionModels):
