@@ -8,6 +8,7 @@ the machine's load, so an in-process engine is enough here; seconds are not repo
     python -m benchmarks.outer_study chars,cnn-bn adaptive,sum 0   # harness workloads
     python -m benchmarks.outer_study chars-adam,chars-n4 adaptive 0,1,2   # variants
     python -m benchmarks.outer_study fashion-sgd,quickstart adaptive,lr-none 0,1,2 --full
+    python -m benchmarks.outer_study widemlp-n4 ddp-local-sgd,adaptive 0,1,2,3,4,5
 
 A workload of the harness (`benchmarks/specs.py`: chars, cnn-bn, lenet-seed...) trains on
 its own data, lr and batch (`lenet-seed` on the Fashion-MNIST cut the others use here;
@@ -16,6 +17,10 @@ quickstart recipe, held out: added after the defaults were chosen. `widemlp` is 
 network benchmark's MLP on its cut (8,192/2,048; `widemlp-n4` at its N).
 A variant (`VARIANTS`) is one of those with another inner optimizer or lr, or N=4: the
 workloads the adaptive step's noise rule was checked on after it was chosen.
+
+`ddp-local-sgd` is not kubeml: torch DDP with PyTorch's local SGD (`benchmarks.rows_torch`,
+one process per function, parameters averaged every K steps) on the same data, network,
+optimizer, lr as given, batch and N, for the epoch-by-epoch comparison with the peer.
 
 Each line of OUT (default benchmarks/results/outer-study.jsonl) is one task.
 """
@@ -29,8 +34,10 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.data import Arrays, load_fashion_mnist
+from benchmarks.records import Workload
 from benchmarks.reference import ROOT
 from benchmarks.rows_kubeml import fresh_engine
+from benchmarks.rows_torch import run_ddp
 from benchmarks.specs import SPECS, prepare
 
 ADAM_PATCH = (
@@ -61,6 +68,7 @@ VARIANTS: dict[str, tuple[str, tuple[str, str] | None, float | None, int]] = {
     "fashion-sgd-n4": ("fashion-sgd", None, None, 4),
     "widemlp-n4": ("widemlp", None, None, 4),
 }
+DDP = "ddp-local-sgd"  # the peer, not a kubeml config (`run_ddp`)
 CONFIGS: dict[str, dict[str, Any]] = {
     "average": {"outer_optimizer": "average"},
     "lr-none": {"lr_scaling": "none"},  # the lr as given at every N (before session 28)
@@ -89,6 +97,8 @@ def main(argv: list[str]) -> None:
     argv = [a for a in argv if a != "--full"]
     workloads = argv[0].split(",") if argv else list(WORKLOADS)
     configs = argv[1].split(",") if len(argv) > 1 else list(CONFIGS)
+    if unknown := [c for c in configs if c not in CONFIGS and c != DDP]:
+        raise SystemExit(f"unknown config(s) {unknown}: choose from {[*CONFIGS, DDP]}")
     seeds = [int(s) for s in argv[2].split(",")] if len(argv) > 2 else [0, 1, 2]
     out = Path(argv[3]) if len(argv) > 3 else ROOT / "benchmarks/results/outer-study.jsonl"
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -128,8 +138,19 @@ def main(argv: list[str]) -> None:
                 source = source.replace(*patch)
             function = name.replace(".", "")
             engine.create_function(function, source)
+            patched = tmp / f"{function}.py"  # the source as deployed, for the DDP rows
+            patched.write_text(source)
             for seed in seeds:
                 for config in configs:
+                    if config == DDP:
+                        workload = Workload(
+                            data_dir=data[dataset], train_size=0, test_size=0, name=name,
+                            function_file=str(patched), epochs=epochs, goal_accuracy=101.0,
+                            batch_size=batch, lr=lr, seed=seed,
+                        )  # fmt: skip
+                        row = run_ddp(workload, k=8, world=parallelism)
+                        _record(out, name, config, seed, [e.accuracy for e in row.epochs])
+                        continue
                     options = {"k": 8, **CONFIGS[config]}
                     task_id = engine.train(
                         function=function, dataset=dataset, epochs=epochs, lr=lr,
@@ -137,12 +158,20 @@ def main(argv: list[str]) -> None:
                         validate_every=1, **options,
                     )  # fmt: skip
                     info = engine.wait(task_id, timeout_s=1800)
-                    accuracy = [round(e.accuracy, 2) for e in engine.get_history(task_id).epochs]
-                    record = {"workload": name, "config": config, "seed": seed}
-                    record.update(acc=accuracy, state=info.state.value, error=info.error)
-                    print(json.dumps(record), flush=True)
-                    with out.open("a") as f:
-                        f.write(json.dumps(record) + "\n")
+                    accuracy = [e.accuracy for e in engine.get_history(task_id).epochs]
+                    _record(out, name, config, seed, accuracy, info.state.value, info.error)
+
+
+def _record(
+    out: Path, name: str, config: str, seed: int, accuracy: list[float], *extra: Any
+) -> None:
+    record = {"workload": name, "config": config, "seed": seed}
+    record["acc"] = [round(a, 2) for a in accuracy]
+    if extra:
+        record.update(state=extra[0], error=extra[1])
+    print(json.dumps(record), flush=True)
+    with out.open("a") as f:
+        f.write(json.dumps(record) + "\n")
 
 
 if __name__ == "__main__":
