@@ -159,16 +159,16 @@ def main(argv: list[str]) -> None:
                     )  # fmt: skip
                     info = engine.wait(task_id, timeout_s=1800)
                     accuracy = [e.accuracy for e in engine.get_history(task_id).epochs]
-                    _record(out, name, config, seed, accuracy, info.state.value, info.error)
+                    state, error = info.state.value, info.error
+                    _record(out, name, config, seed, accuracy, state=state, error=error)
 
 
 def _record(
-    out: Path, name: str, config: str, seed: int, accuracy: list[float], *extra: Any
+    out: Path, name: str, config: str, seed: int, accuracy: list[float], **more: Any
 ) -> None:
+    """One line of OUT (and of the output): the run's test accuracy after every epoch."""
     record = {"workload": name, "config": config, "seed": seed}
-    record["acc"] = [round(a, 2) for a in accuracy]
-    if extra:
-        record.update(state=extra[0], error=extra[1])
+    record.update(acc=[round(a, 2) for a in accuracy], **more)
     print(json.dumps(record), flush=True)
     with out.open("a") as f:
         f.write(json.dumps(record) + "\n")
